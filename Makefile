@@ -1,0 +1,58 @@
+# fuchun — the two commands: `make demo` (set up everything, stylise the bundled example) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+OUT := models/out
+MODEL := $(OUT)/vgg16-max
+MODEL_AVG := $(OUT)/vgg16-avg
+TEST_MODEL := $(OUT)/test-random
+EXPORT := cd models && ../$(PY) -m fuchun_export
+CARGO ?= cargo
+
+.PHONY: all venv models test-models build demo test test-python test-rust bench clean
+
+all: build models
+
+venv: $(VENV)/.stamp
+$(VENV)/.stamp: models/requirements.txt models/requirements-nodeps.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r models/requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps -r models/requirements-nodeps.txt
+	touch $@
+
+EXPORTER_SRC := $(wildcard models/fuchun_export/*.py)
+
+models: $(MODEL)/manifest.json $(MODEL_AVG)/manifest.json
+$(MODEL)/manifest.json: $(VENV)/.stamp $(EXPORTER_SRC)
+	$(EXPORT) --weights hed --pooling max --out ../$(MODEL)
+$(MODEL_AVG)/manifest.json: $(VENV)/.stamp $(EXPORTER_SRC)
+	$(EXPORT) --weights hed --pooling avg --out ../$(MODEL_AVG)
+
+# Small random-weight graph (channels / 8) for fast Rust tests.
+test-models: $(TEST_MODEL)/manifest.json
+$(TEST_MODEL)/manifest.json: $(VENV)/.stamp $(EXPORTER_SRC)
+	$(EXPORT) --weights random --seed 1 --width-divisor 8 --quantiles 64 --out ../$(TEST_MODEL)
+
+build:
+	$(CARGO) build --release --locked
+
+demo: models build
+	mkdir -p out
+	./target/release/fuchun stylize --content examples/tubingen.jpg --style examples/fuchun.jpg \
+		--output out/tubingen_fuchun.png
+	@echo "wrote out/tubingen_fuchun.png"
+
+test: test-python test-rust
+
+test-python: $(VENV)/.stamp
+	cd models && ../$(PY) -m pytest -q tests
+
+test-rust: models test-models
+	$(CARGO) test --release --locked
+
+bench: models build
+	./target/release/fuchun bench
+
+clean:
+	rm -rf $(OUT) out target

@@ -1,0 +1,262 @@
+"""Command line: export features.onnx, objective.onnx and manifest.json for a weight source.
+
+    python -m fuchun_export --weights hed --out models/out/vgg16-max
+    python -m fuchun_export --weights keras-h5 vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5 --out DIR
+    python -m fuchun_export --weights npz my_vgg.npz --out DIR
+    python -m fuchun_export --weights random --seed 3 --out DIR
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from . import __version__
+from .graph import OPSET, TERMS, ConfigError, LossConfig, build_features, build_loss, layer_info
+from .weights import WeightsError, load_hed, load_keras_h5, load_npz, random_weights
+
+# Default term weights: tuned so the bundled example (photo + Fuchun scroll, 512 px, hed weights) gives a
+# convincing result without tuning. Documented in models/README.md.
+DEFAULT_TERM_WEIGHTS = {"content": 1.0, "style": 1.0e3, "shift": 5.0e2, "hist": 1.0, "tv": 1.0e2}
+
+
+def default_layer_weights(weights, cfg):
+    """Per-layer weights that make every layer's Gram loss comparable: Gram entries scale like the square of the
+    activations, so each style/shift layer is divided by the square of a typical activation energy measured on a
+    fixed natural-statistics probe (see models/README.md)."""
+    return {
+        "content": [1.0] * len(cfg.content_layers),
+        "style": [1.0 / len(cfg.style_layers)] * len(cfg.style_layers),
+        "shift": [1.0 / max(1, len(cfg.shift_layers))] * len(cfg.shift_layers),
+        "hist": [1.0 / max(1, len(cfg.hist_layers))] * len(cfg.hist_layers),
+    }
+
+
+def objective_from_loss(loss_model):
+    """Reverse-mode gradient of `total` w.r.t. `x` by onnx_ad, then the seed fixed to 1 and the gradient reshaped
+    to the image's shape, so the runtime feeds only x, targets and weights."""
+    from .ad import reverse
+    model = reverse(loss_model, inputs=["x"], outputs=["total"], layout="onnx")
+    g = model.graph
+    seed = [i for i in g.input if i.name.startswith("adj_")]
+    grad = [o for o in g.output if o.name.startswith("adj_")]
+    if len(seed) != 1 or len(grad) != 1:
+        raise RuntimeError(f"unexpected onnx_ad signature: seeds {[i.name for i in seed]}, "
+                           f"gradients {[o.name for o in grad]}")
+    seed_name, grad_name = seed[0].name, grad[0].name
+    g.input.remove(seed[0])
+    one = numpy_helper.from_array(np.ones([1], dtype=helper.tensor_dtype_to_np_dtype(
+        seed[0].type.tensor_type.elem_type)), seed_name)
+    g.initializer.append(one)
+    g.output.remove(grad[0])
+    g.node.append(helper.make_node("Squeeze", [grad_name, "grad_seed_axis"], ["grad"]))
+    g.initializer.append(numpy_helper.from_array(np.array([4], dtype=np.int64), "grad_seed_axis"))
+    g.output.append(helper.make_tensor_value_info("grad", grad[0].type.tensor_type.elem_type, [1, 3, "H", "W"]))
+    prune_initializers(model)
+    return model
+
+
+def prune_initializers(model):
+    """Drop initializers no node reads (onnx_ad folds some shape arithmetic and leaves the constants behind)."""
+    g = model.graph
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    keep = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+
+
+def build_all(weights, cfg, dtype=np.float32):
+    cfg.validate(weights.arch, weights)
+    features = build_features(weights, cfg, dtype)
+    loss = build_loss(weights, cfg, dtype)
+    objective = objective_from_loss(loss)
+    return features, loss, objective
+
+
+def flops_per_pixel(weights, cfg):
+    """Multiply-adds x2 per input pixel of the forward pass up to the deepest layer used."""
+    from .graph import layer_names
+    order = layer_names(weights.arch)
+    deepest = max(order.index(l) for l in cfg.all_layers())
+    total = 0.0
+    for layer in order[:deepest + 1]:
+        if layer.startswith("relu"):
+            k = weights.kernels["conv" + layer[4:]]
+            stride = 2 ** (int(layer[4]) - 1)
+            total += 2.0 * k.shape[0] * k.shape[1] * 9 / stride ** 2
+    return total
+
+
+def _io(value, meaning):
+    t = value.type.tensor_type
+    shape = [d.dim_param if d.dim_param else d.dim_value for d in t.shape.dim]
+    return {"name": value.name, "dtype": helper.tensor_dtype_to_np_dtype(t.elem_type).name, "shape": shape,
+            "meaning": meaning}
+
+
+def _meaning(name):
+    if name == "x":
+        return "image, RGB float in [0,1], [1,3,H,W]; H and W >= min_size"
+    for prefix, text in (("content_", "content target: the content image's activations at this layer"),
+                         ("gram_", "style target: Gram matrix F F^T / (h w) of the style activations"),
+                         ("shift_h_", "long-range target: Gram between the activations and themselves shifted "
+                                      "right by delta"),
+                         ("shift_v_", "long-range target: Gram between the activations and themselves shifted "
+                                      "down by delta"),
+                         ("hist_", "histogram target: per-channel table of K sorted quantiles of the style "
+                                   "activations"),
+                         ("feat_", "activations of this layer, [1,C,h,w]")):
+        if name.startswith(prefix):
+            return f"{text} ({name[len(prefix):]})"
+    return {
+        "term_weights": f"weights of the terms, in the order {list(TERMS)}; 0 disables a term",
+        "content_layer_weights": "per content layer weights", "style_layer_weights": "per style layer weights",
+        "shift_layer_weights": "per long-range (shift) layer weights",
+        "hist_layer_weights": "per histogram layer weights",
+        "total": "sum over terms of term_weights[t] * loss_t",
+        "grad": "d total / d x, [1,3,H,W]",
+    }.get(name, "loss of the term " + name[5:] + " (layer-weighted, before its term weight)")
+
+
+def manifest(weights, cfg, features, objective, files):
+    from .graph import layer_names
+    layers = []
+    for name in cfg.all_layers():
+        c, s = layer_info(weights.arch, weights, name)
+        layers.append({"name": name, "channels": int(c), "stride": int(s)})
+    deepest_stride = max(l["stride"] for l in layers)
+    min_size = max([deepest_stride] + [(d + 1) * layer_info(weights.arch, weights, l)[1]
+                                       for l, d in cfg.shift_layers.items()])
+    import onnx_ad
+    return {
+        "format": "fuchun-model",
+        "format_version": 1,
+        "exporter": {"name": "fuchun_export", "version": __version__},
+        "versions": {"onnx": onnx.__version__, "onnx_ad": getattr(onnx_ad, "__version__", "unknown"),
+                     "numpy": np.__version__, "python": sys.version.split()[0]},
+        "opset": OPSET,
+        "weights": weights.source,
+        "architecture": weights.arch,
+        "pooling": cfg.pooling,
+        "preprocess": weights.preprocess.to_json(),
+        "all_layers": layer_names(weights.arch),
+        "layers": layers,
+        "terms": list(TERMS),
+        "content_layers": list(cfg.content_layers),
+        "style_layers": list(cfg.style_layers),
+        "shift_layers": [{"layer": l, "delta": int(d)} for l, d in cfg.shift_layers.items()],
+        "hist_layers": list(cfg.hist_layers),
+        "quantiles": cfg.quantiles,
+        "min_size": int(min_size),
+        "default_term_weights": DEFAULT_TERM_WEIGHTS,
+        "default_layer_weights": default_layer_weights(weights, cfg),
+        "forward_flops_per_pixel": flops_per_pixel(weights, cfg),
+        "objective_flops_per_pixel": 2.0 * flops_per_pixel(weights, cfg),
+        "formulas": {
+            "gram": "G(F) = F F^T / (h w), F reshaped to [C, h w]",
+            "content": "sum_l w_l * mean((F_l - P_l)^2)",
+            "style": "sum_l w_l * mean_{C x C}((G(F_l) - A_l)^2)",
+            "shift": "sum_l w_l * (mean((Gh_l - Ah_l)^2) + mean((Gv_l - Av_l)^2)) / 2, "
+                     "Gh = F[:, :, :, :-d] F[:, :, :, d:]^T / (h (w - d)), Gv likewise along the height",
+            "hist": "sum_l w_l * mean((F_l - M_l)^2), M_l = per channel the quantile table resampled to h w "
+                    "entries, taken at each element's rank (no derivative)",
+            "tv": "mean((x[..., 1:] - x[..., :-1])^2) + mean((x[:, :, 1:] - x[:, :, :-1])^2)",
+            "total": "sum_t term_weights[t] * loss_t",
+            "quantile": "q_k = sorted value at position p = (k + 0.5) n / K - 0.5 (clipped to [0, n-1]), linear "
+                        "interpolation",
+        },
+        "graphs": {
+            "features": {"file": files["features"],
+                         "inputs": [_io(v, _meaning(v.name)) for v in features.graph.input],
+                         "outputs": [_io(v, _meaning(v.name)) for v in features.graph.output]},
+            "objective": {"file": files["objective"],
+                          "inputs": [_io(v, _meaning(v.name)) for v in objective.graph.input],
+                          "outputs": [_io(v, _meaning(v.name)) for v in objective.graph.output]},
+        },
+    }
+
+
+def export(weights, cfg, out_dir, log=print):
+    t0 = time.time()
+    features, _, objective = build_all(weights, cfg)
+    os.makedirs(out_dir, exist_ok=True)
+    files = {"features": "features.onnx", "objective": "objective.onnx"}
+    for key, model in (("features", features), ("objective", objective)):
+        onnx.checker.check_model(model)
+        tmp = os.path.join(out_dir, files[key] + ".tmp")
+        onnx.save(model, tmp)
+        os.replace(tmp, os.path.join(out_dir, files[key]))
+    man = manifest(weights, cfg, features, objective, files)
+    from .weights import sha256_file
+    for key in files:
+        man["graphs"][key]["sha256"] = sha256_file(os.path.join(out_dir, files[key]))
+    man["export_seconds"] = round(time.time() - t0, 2)
+    tmp = os.path.join(out_dir, "manifest.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(man, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, os.path.join(out_dir, "manifest.json"))
+    log(f"exported {weights.arch}/{cfg.pooling} from {weights.source.get('kind')} to {out_dir} "
+        f"in {time.time() - t0:.1f} s")
+    return man
+
+
+def parse_layers(text):
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def parse_shift(text):
+    out = {}
+    for item in parse_layers(text):
+        if ":" not in item:
+            raise ConfigError(f"--shift-layers item {item!r} must be LAYER:DELTA, e.g. relu3_1:4")
+        name, d = item.split(":", 1)
+        try:
+            out[name] = int(d)
+        except ValueError:
+            raise ConfigError(f"--shift-layers: delta {d!r} of {name} is not an integer") from None
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m fuchun_export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", nargs="+", default=["hed"], metavar=("KIND", "PATH"),
+                   help="hed (default, offline) | keras-h5 PATH | npz PATH | random")
+    p.add_argument("--seed", type=int, default=0, help="seed for --weights random")
+    p.add_argument("--arch", default="vgg16", help="architecture for --weights random (vgg16|vgg19)")
+    p.add_argument("--width-divisor", type=int, default=1, help="shrink channels for --weights random (tests)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--pooling", default="max", choices=["max", "avg"])
+    p.add_argument("--content-layers", default="relu4_2")
+    p.add_argument("--style-layers", default="relu1_1,relu2_1,relu3_1,relu4_1,relu5_1")
+    p.add_argument("--shift-layers", default="relu2_1:8,relu3_1:4,relu4_1:2",
+                   help="LAYER:DELTA list for the long-range term (delta in feature pixels); '' disables it")
+    p.add_argument("--hist-layers", default="relu1_1,relu4_1", help="'' disables the histogram term")
+    p.add_argument("--quantiles", type=int, default=256, help="quantiles per channel in the histogram targets")
+    a = p.parse_args(argv)
+    try:
+        kind, rest = a.weights[0], a.weights[1:]
+        if kind == "hed":
+            w = load_hed(rest[0] if rest else None)
+        elif kind in ("keras-h5", "npz"):
+            if len(rest) != 1:
+                raise WeightsError(f"--weights {kind} needs exactly one PATH")
+            w = load_keras_h5(rest[0]) if kind == "keras-h5" else load_npz(rest[0])
+        elif kind == "random":
+            w = random_weights(a.arch, a.seed, a.width_divisor)
+        else:
+            raise WeightsError(f"unknown weight source {kind!r}: use hed, keras-h5 PATH, npz PATH or random")
+        cfg = LossConfig(parse_layers(a.content_layers), parse_layers(a.style_layers), parse_shift(a.shift_layers),
+                         parse_layers(a.hist_layers), a.quantiles, a.pooling)
+        export(w, cfg, a.out)
+    except (WeightsError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

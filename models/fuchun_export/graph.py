@@ -1,0 +1,314 @@
+"""ONNX graphs: the VGG feature extractor and the style-transfer loss (forward only; the gradient comes from
+onnx_ad.reverse in export.py). Formulas are documented in models/README.md and mirrored in reference.py."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .weights import Weights, conv_names
+
+OPSET = 18
+TERMS = ("content", "style", "shift", "hist", "tv")
+
+
+class ConfigError(Exception):
+    """An export configuration that cannot work (unknown layer, bad shift ...)."""
+
+
+def layer_names(arch):
+    """Every addressable layer in network order: relu1_1, relu1_2, pool1, relu2_1, ..."""
+    out = []
+    for conv in conv_names(arch):
+        b, i = conv[4], conv[6:]
+        out.append(f"relu{b}_{i}")
+        last = [c for c in conv_names(arch) if c[4] == b][-1]
+        if conv == last:
+            out.append(f"pool{b}")
+    return out
+
+
+def layer_info(arch, weights: Weights, name):
+    """(channels, stride) of a layer."""
+    if name not in layer_names(arch):
+        raise ConfigError(f"unknown layer {name!r} for {arch}: valid layers are {', '.join(layer_names(arch))}")
+    b = int(name[4])
+    if name.startswith("pool"):
+        conv = [c for c in conv_names(arch) if c[4] == str(b)][-1]
+        return weights.kernels[conv].shape[0], 2 ** b
+    return weights.kernels["conv" + name[4:]].shape[0], 2 ** (b - 1)
+
+
+@dataclass
+class LossConfig:
+    content_layers: list = field(default_factory=lambda: ["relu4_2"])
+    style_layers: list = field(default_factory=lambda: ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"])
+    # Long-range consistency: layer -> shift in feature pixels. Default: 16 image pixels at every layer.
+    shift_layers: dict = field(default_factory=lambda: {"relu2_1": 8, "relu3_1": 4, "relu4_1": 2})
+    hist_layers: list = field(default_factory=lambda: ["relu1_1", "relu4_1"])
+    quantiles: int = 256
+    pooling: str = "max"
+
+    def validate(self, arch, weights):
+        if self.pooling not in ("max", "avg"):
+            raise ConfigError(f"unknown pooling {self.pooling!r}: use max or avg")
+        if not self.content_layers or not self.style_layers:
+            raise ConfigError("at least one content layer and one style layer are needed")
+        for name in self.all_layers():
+            layer_info(arch, weights, name)
+        for name, d in self.shift_layers.items():
+            if int(d) < 1:
+                raise ConfigError(f"shift for {name} must be >= 1 feature pixel, got {d}")
+        if self.quantiles < 2:
+            raise ConfigError(f"--quantiles must be >= 2, got {self.quantiles}")
+
+    def all_layers(self):
+        seen = []
+        for name in [*self.content_layers, *self.style_layers, *self.shift_layers, *self.hist_layers]:
+            if name not in seen:
+                seen.append(name)
+        return seen
+
+
+class Builder:
+    """Tiny helper around onnx.helper that names values uniquely."""
+
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+        self.elem = helper.np_dtype_to_tensor_dtype(self.dtype)
+        self.nodes, self.inits, self.inputs, self.outputs = [], [], [], []
+        self._n = 0
+
+    def name(self, stem):
+        self._n += 1
+        return f"{stem}_{self._n}"
+
+    def op(self, op_type, inputs, stem=None, n_out=1, **attrs):
+        outs = [self.name(stem or op_type.lower()) for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    def const(self, value, stem="c", dtype=None):
+        arr = np.asarray(value, dtype=dtype or self.dtype)
+        name = self.name(stem)
+        self.inits.append(numpy_helper.from_array(arr, name))
+        return name
+
+    def i64(self, value, stem="i"):
+        return self.const(value, stem, np.int64)
+
+    def input(self, name, shape, elem=None):
+        self.inputs.append(helper.make_tensor_value_info(name, elem or self.elem, shape))
+        return name
+
+    def output(self, value, name, shape, elem=None):
+        self.nodes.append(helper.make_node("Identity", [value], [name]))
+        self.outputs.append(helper.make_tensor_value_info(name, elem or self.elem, shape))
+
+    def model(self, graph_name, doc=""):
+        graph = helper.make_graph(self.nodes, graph_name, self.inputs, self.outputs, self.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                  producer_name="fuchun-export", doc_string=doc)
+        model.ir_version = 9
+        return model
+
+
+def vgg_features(b: Builder, weights: Weights, x, wanted, pooling):
+    """Append the preprocessing and VGG layers up to the deepest wanted one; returns {layer: value}."""
+    pre = weights.preprocess
+    perm = [2, 1, 0] if pre.channel_order == "bgr" else [0, 1, 2]
+    # Per-channel affine in RGB order; the BGR reorder is folded exactly into conv1_1's input channels.
+    mean_rgb = np.array([pre.mean[perm[c]] for c in range(3)])
+    std_rgb = np.array([pre.std[perm[c]] for c in range(3)])
+    scale = (pre.scale / std_rgb).reshape(1, 3, 1, 1)
+    shift = (-mean_rgb / std_rgb).reshape(1, 3, 1, 1)
+    v = b.op("Add", [b.op("Mul", [x, b.const(scale, "pre_scale")]), b.const(shift, "pre_shift")], "pre")
+    order = layer_names(weights.arch)
+    deepest = max(order.index(w) for w in wanted)
+    found = {}
+    for layer in order[:deepest + 1]:
+        if layer.startswith("relu"):
+            conv = "conv" + layer[4:]
+            k = weights.kernels[conv]
+            if conv == "conv1_1":
+                k = k[:, perm]  # network expects BGR; our input v is RGB
+            v = b.op("Conv", [v, b.const(k, conv + "_W"), b.const(weights.biases[conv], conv + "_B")], conv,
+                     kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+            v = b.op("Relu", [v], layer)
+        else:
+            if pooling == "max":
+                v = b.op("MaxPool", [v], layer, kernel_shape=[2, 2], strides=[2, 2])
+            else:
+                v = _avg_pool2(b, v)
+        if layer in wanted:
+            found[layer] = v
+    return found
+
+
+def _avg_pool2(b, v):
+    """2x2 average pooling, stride 2, floor mode (as AveragePool). Written as crop + reshape + mean because
+    onnx_ad differentiates AveragePool only for a static input shape; this form works for any H and W."""
+    for axis in (2, 3):
+        extent = b.op("Gather", [b.op("Shape", [v]), b.i64([axis])], axis=0)
+        keep = b.op("Mul", [b.op("Div", [extent, b.i64([2])]), b.i64([2])])
+        v, _ = b.op("Split", [v, b.op("Concat", [keep, b.op("Sub", [extent, keep])], axis=0)], "crop", n_out=2,
+                    axis=axis)
+    shape = b.op("Shape", [v])
+    half = b.op("Div", [b.op("Gather", [shape, b.i64([2, 3])], axis=0), b.i64([2])])
+    h2, w2 = b.op("Split", [half, b.i64([1, 1])], n_out=2, axis=0)
+    target = b.op("Concat", [b.op("Gather", [shape, b.i64([0, 1])], axis=0), h2, b.i64([2]), w2, b.i64([2])], axis=0)
+    return b.op("ReduceMean", [b.op("Reshape", [v, target]), b.i64([3, 5])], "pool", keepdims=0)
+
+
+def build_features(weights: Weights, cfg: LossConfig, dtype=np.float32):
+    b = Builder(dtype)
+    x = b.input("x", [1, 3, "H", "W"])
+    feats = vgg_features(b, weights, x, cfg.all_layers(), cfg.pooling)
+    for layer in cfg.all_layers():
+        c, s = layer_info(weights.arch, weights, layer)
+        b.output(feats[layer], f"feat_{layer}", [1, c, f"{layer}_h", f"{layer}_w"])
+    return b.model("fuchun_features", "image -> VGG activations used to build style-transfer targets")
+
+
+# ---- loss pieces -------------------------------------------------------------------------------------
+
+def _mse(b, a, t):
+    d = b.op("Sub", [a, t])
+    return b.op("ReduceMean", [b.op("Mul", [d, d])], "mse", keepdims=0)
+
+
+def _count(b, v, axes):
+    """Number of elements along `axes` of v, as a float scalar (no derivative: comes from Shape)."""
+    shape = b.op("Shape", [v])
+    dims = b.op("Gather", [shape, b.i64(axes)], axis=0)
+    n = b.op("ReduceProd", [dims], keepdims=0)
+    return b.op("Cast", [n], to=b.elem)
+
+
+def _gram(b, f1, f2, channels):
+    """f1 f2^T / n over the spatial positions, [C, C]."""
+    shape = b.i64([channels, -1])
+    a = b.op("Reshape", [f1, shape])
+    c = b.op("Reshape", [f2, shape])
+    g = b.op("MatMul", [a, b.op("Transpose", [c], perm=[1, 0])], "gram")
+    return b.op("Div", [g, _count(b, f1, [2, 3])])
+
+
+def _matched(b, feat, quantiles, channels):
+    """Histogram-matched copy of feat: each element replaced by the style quantile at its rank. Built only from
+    integer ranks and the (non-differentiated) quantile table, so it carries no derivative."""
+    flat = b.op("Reshape", [feat, b.i64([channels, -1])])
+    n_i = b.op("Gather", [b.op("Shape", [flat]), b.i64([1])], axis=0)                # [1] int64
+    _, order = b.op("TopK", [flat, n_i], "sort", n_out=2, axis=1, largest=0, sorted=1)  # ascending indices
+    n_s = b.op("Squeeze", [n_i, b.i64([0])])
+    positions = b.op("Range", [b.i64(0), n_s, b.i64(1)])                              # [n]
+    upd = b.op("Expand", [b.op("Unsqueeze", [positions, b.i64([0])]), b.op("Shape", [order])])
+    ranks = b.op("ScatterElements", [b.op("ConstantOfShape", [b.op("Shape", [order])],
+                                          value=helper.make_tensor("z", TensorProto.INT64, [1], [0])),
+                                     order, upd], "ranks", axis=1)
+    # Resample the K-entry table to n entries: position p = (j + 0.5) K / n - 0.5, linear interpolation.
+    k_count = b.op("Cast", [b.op("Gather", [b.op("Shape", [quantiles]), b.i64([1])], axis=0)], to=b.elem)
+    n_f = b.op("Cast", [n_i], to=b.elem)
+    p = b.op("Sub", [b.op("Div", [b.op("Mul", [b.op("Add", [b.op("Cast", [positions], to=b.elem), b.const(0.5)]),
+                                                 k_count]), n_f]), b.const(0.5)])
+    p = b.op("Max", [b.op("Min", [p, b.op("Sub", [k_count, b.const(1.0)])]), b.const(0.0)])
+    lo_f = b.op("Floor", [p])
+    frac = b.op("Sub", [p, lo_f])
+    lo = b.op("Cast", [lo_f], to=TensorProto.INT64)
+    hi = b.op("Min", [b.op("Add", [lo, b.i64(1)]),
+                      b.op("Cast", [b.op("Sub", [k_count, b.const(1.0)])], to=TensorProto.INT64)])
+    q_lo = b.op("Gather", [quantiles, lo], axis=1)
+    q_hi = b.op("Gather", [quantiles, hi], axis=1)
+    table = b.op("Add", [q_lo, b.op("Mul", [b.op("Sub", [q_hi, q_lo]), frac])])       # [C, n]
+    matched = b.op("GatherElements", [table, ranks], "matched", axis=1)
+    return b.op("Reshape", [matched, b.op("Shape", [feat])], "matched_full")
+
+
+def _shifted_pair(b, v, axis, d):
+    """(v[..., :-d], v[..., d:]) along `axis`, by Split with sizes computed at run time (onnx_ad reverses Split
+    into a Concat with zeros for any image size; Slice would need a static shape)."""
+    extent = b.op("Gather", [b.op("Shape", [v]), b.i64([axis])], axis=0)        # [1]
+    rest = b.op("Sub", [extent, b.i64([d])])
+    head, _ = b.op("Split", [v, b.op("Concat", [rest, b.i64([d])], axis=0)], "split", n_out=2, axis=axis)
+    _, tail = b.op("Split", [v, b.op("Concat", [b.i64([d]), rest], axis=0)], "split", n_out=2, axis=axis)
+    return head, tail
+
+
+def _weighted_sum(b, losses, weights_input):
+    """sum_l w[l] * loss[l] with w a graph input of shape [L]; 0 when there are no layers."""
+    if not losses:
+        return b.const(0.0, "zero")
+    stacked = b.op("Concat", [b.op("Unsqueeze", [l, b.i64([0])]) for l in losses], axis=0)
+    return b.op("ReduceSum", [b.op("Mul", [stacked, weights_input])], keepdims=0)
+
+
+def build_loss(weights: Weights, cfg: LossConfig, dtype=np.float32):
+    """The forward loss graph: x + targets + weights -> total and each term. Input/output names are the
+    contract with the Rust runtime (see manifest.py)."""
+    b = Builder(dtype)
+    arch = weights.arch
+    x = b.input("x", [1, 3, "H", "W"])
+    feats = vgg_features(b, weights, x, cfg.all_layers(), cfg.pooling)
+    info = {name: layer_info(arch, weights, name) for name in cfg.all_layers()}
+    K = cfg.quantiles
+    terms = {}
+
+    losses = []
+    for layer in cfg.content_layers:
+        c = info[layer][0]
+        t = b.input(f"content_{layer}", [1, c, f"{layer}_h", f"{layer}_w"])
+        losses.append(_mse(b, feats[layer], t))
+    w_content = b.input("content_layer_weights", [len(cfg.content_layers)])
+    terms["content"] = _weighted_sum(b, losses, w_content)
+
+    losses = []
+    for layer in cfg.style_layers:
+        c = info[layer][0]
+        t = b.input(f"gram_{layer}", [c, c])
+        losses.append(_mse(b, _gram(b, feats[layer], feats[layer], c), t))
+    w_style = b.input("style_layer_weights", [len(cfg.style_layers)])
+    terms["style"] = _weighted_sum(b, losses, w_style)
+
+    losses = []
+    for layer, d in cfg.shift_layers.items():
+        c, f = info[layer][0], feats[layer]
+        th = b.input(f"shift_h_{layer}", [c, c])
+        tv = b.input(f"shift_v_{layer}", [c, c])
+        gh = _gram(b, *_shifted_pair(b, f, 3, d), c)
+        gv = _gram(b, *_shifted_pair(b, f, 2, d), c)
+        both = b.op("Add", [_mse(b, gh, th), _mse(b, gv, tv)])
+        losses.append(b.op("Mul", [both, b.const(0.5)]))
+    if cfg.shift_layers:
+        w_shift = b.input("shift_layer_weights", [len(cfg.shift_layers)])
+        terms["shift"] = _weighted_sum(b, losses, w_shift)
+    else:
+        terms["shift"] = b.const(0.0, "zero")
+
+    losses = []
+    for layer in cfg.hist_layers:
+        c = info[layer][0]
+        q = b.input(f"hist_{layer}", [c, K])
+        losses.append(_mse(b, feats[layer], _matched(b, feats[layer], q, c)))
+    if cfg.hist_layers:
+        w_hist = b.input("hist_layer_weights", [len(cfg.hist_layers)])
+        terms["hist"] = _weighted_sum(b, losses, w_hist)
+    else:
+        terms["hist"] = b.const(0.0, "zero")
+
+    left, right = _shifted_pair(b, x, 3, 1)
+    top, bottom = _shifted_pair(b, x, 2, 1)
+    dx = b.op("Sub", [right, left])
+    dy = b.op("Sub", [bottom, top])
+    terms["tv"] = b.op("Add", [b.op("ReduceMean", [b.op("Mul", [dx, dx])], keepdims=0),
+                               b.op("ReduceMean", [b.op("Mul", [dy, dy])], keepdims=0)], "tv")
+
+    tw = b.input("term_weights", [len(TERMS)])
+    stacked = b.op("Concat", [b.op("Unsqueeze", [terms[t], b.i64([0])]) for t in TERMS], axis=0)
+    total = b.op("ReduceSum", [b.op("Mul", [stacked, tw])], "total", keepdims=0)
+    b.output(total, "total", [])
+    for t in TERMS:
+        b.output(terms[t], f"loss_{t}", [])
+    return b.model("fuchun_loss", "style-transfer loss: content + style (Gram) + shift (Berger-Memisevic) "
+                                  "+ hist (Risser) + tv")
