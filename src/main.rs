@@ -1,1 +1,41 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fuchun::commands::{bench, stylize};
+
+/// fuchun: neural style transfer (Gatys + long-range consistency + histogram loss) on ONNX Runtime.
+#[derive(Parser)]
+#[command(version, about, args_override_self = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Stylise one image.
+    Stylize(Box<stylize::StylizeArgs>),
+    /// Measure evaluation speed, FLOP/s against the CPU's peak, memory and coarse-to-fine gains.
+    Bench(Box<bench::BenchArgs>),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FUCHUN_LOG").unwrap_or_else(|_| "warn,ort=error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Stylize(a) => stylize::run(a),
+        Command::Bench(a) => bench::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,8 +1,9 @@
 """Independent numpy implementations of the loss formulas (models/README.md), for tests and for checking the Rust
 runtime's targets. Nothing here is used to build the graphs.
 
-    python -m fuchun_export.reference targets FEATURES.npz OUT.npz --quantiles 256 --shift relu3_1:4
-computes Gram, shifted-Gram and quantile targets of every `feat_*` array in FEATURES.npz.
+    python -m fuchun_export.reference targets FEATURES_DIR OUT_DIR --quantiles 256 --shift relu3_1:4
+computes Gram, shifted-Gram and quantile targets of every `feat_<layer>.npy` in FEATURES_DIR (the Rust tests
+compare the runtime's targets with these).
 """
 from __future__ import annotations
 
@@ -111,23 +112,27 @@ def vgg_forward(x, weights, layers, pooling="max"):
 
 
 def _targets_main(argv):
+    """Read `feat_<layer>.npy` files from a directory, write gram_/shift_h_/shift_v_/hist_<layer>.npy (float64)."""
     import argparse
+    import os
     p = argparse.ArgumentParser(prog="python -m fuchun_export.reference targets")
-    p.add_argument("features")
-    p.add_argument("out")
+    p.add_argument("features_dir")
+    p.add_argument("out_dir")
     p.add_argument("--quantiles", type=int, default=256)
     p.add_argument("--shift", default="", help="LAYER:DELTA,...")
     a = p.parse_args(argv)
-    feats = dict(np.load(a.features))
     shifts = dict((s.split(":")[0], int(s.split(":")[1])) for s in a.shift.split(",") if s)
-    res = {}
-    for name, f in feats.items():
-        layer = name[5:] if name.startswith("feat_") else name
-        res[f"gram_{layer}"] = gram(f)
-        res[f"hist_{layer}"] = quantiles(f, a.quantiles)
+    os.makedirs(a.out_dir, exist_ok=True)
+    for name in sorted(os.listdir(a.features_dir)):
+        if not (name.startswith("feat_") and name.endswith(".npy")):
+            continue
+        layer = name[5:-4]
+        f = np.load(os.path.join(a.features_dir, name))
+        out = {f"gram_{layer}": gram(f), f"hist_{layer}": quantiles(f, a.quantiles)}
         if layer in shifts:
-            res[f"shift_h_{layer}"], res[f"shift_v_{layer}"] = shifted_grams(f, shifts[layer])
-    np.savez(a.out, **res)
+            out[f"shift_h_{layer}"], out[f"shift_v_{layer}"] = shifted_grams(f, shifts[layer])
+        for key, value in out.items():
+            np.save(os.path.join(a.out_dir, key + ".npy"), np.ascontiguousarray(value))
     return 0
 
 

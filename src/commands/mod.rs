@@ -1,0 +1,5 @@
+//! Command-line commands (argument structs and their implementations); `main.rs` only wires them to clap.
+
+pub mod bench;
+pub mod common;
+pub mod stylize;

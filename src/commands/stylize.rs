@@ -1,0 +1,262 @@
+//! `fuchun stylize`: one image, end to end, from the command line.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::common::ModelArgs;
+use crate::engine::TERMS;
+use crate::imageio::{self, Limits, Planar};
+use crate::transfer::{stylize, EvalRecord, Hooks, Init, Optimizer, StylizeOptions, Weights};
+
+#[derive(Debug, Clone, Args)]
+pub struct StylizeArgs {
+    /// Content image (JPEG, PNG or WebP).
+    #[arg(long, short = 'c', value_name = "PATH")]
+    pub content: PathBuf,
+    /// Style image(s), comma-separated.
+    #[arg(long, short = 's', value_name = "PATH[,PATH…]", value_delimiter = ',', required = true)]
+    pub style: Vec<PathBuf>,
+    /// Output image (.png or .jpg).
+    #[arg(long, short = 'o', value_name = "PATH")]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub opts: TransferArgs,
+    /// Save the current image every N iterations (beside the output, as NAME_<scale>_<iteration>.EXT).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub save_every: usize,
+    /// Write one JSON line per evaluation (scale, iteration, each term's loss, elapsed ms) to PATH.
+    #[arg(long, value_name = "PATH")]
+    pub trace: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+/// The transfer settings (shared by `stylize`, `bench` and the daemon's named styles).
+#[derive(Debug, Clone, Args)]
+pub struct TransferArgs {
+    /// Longest side of the output in pixels.
+    #[arg(long, default_value_t = 512)]
+    pub image_size: usize,
+    /// Coarse-to-fine scales (longest side), e.g. 128,256,512; default: 128 doubling up to --image-size.
+    #[arg(long, value_delimiter = ',')]
+    pub scales: Vec<usize>,
+    /// Iterations per scale.
+    #[arg(long, default_value_t = 200)]
+    pub iterations: usize,
+    /// Early stop: relative loss decrease over --tol-window iterations below this (0 disables).
+    #[arg(long, default_value_t = 1e-2)]
+    pub tol: f64,
+    /// Window of the early stop, in iterations.
+    #[arg(long, default_value_t = 10)]
+    pub tol_window: usize,
+    /// Content term weight (default: the model's, see manifest.json).
+    #[arg(long)]
+    pub content_weight: Option<f32>,
+    /// Style (Gram) term weight.
+    #[arg(long)]
+    pub style_weight: Option<f32>,
+    /// Long-range consistency (shifted Gram) term weight.
+    #[arg(long)]
+    pub shift_weight: Option<f32>,
+    /// Histogram term weight.
+    #[arg(long)]
+    pub hist_weight: Option<f32>,
+    /// Total-variation weight.
+    #[arg(long)]
+    pub tv_weight: Option<f32>,
+    /// Weights of the style images, comma-separated (normalised to sum 1). Default: equal.
+    #[arg(long, value_delimiter = ',')]
+    pub style_blend_weights: Vec<f32>,
+    /// Style images are resized to this factor × the output size.
+    #[arg(long, default_value_t = 1.0)]
+    pub style_scale: f32,
+    /// Initial image: content, noise, or a PATH.
+    #[arg(long, default_value = "content")]
+    pub init: String,
+    /// lbfgs or adam.
+    #[arg(long, default_value = "lbfgs", value_parser = ["lbfgs", "adam"])]
+    pub optimizer: String,
+    /// L-BFGS history size (memory: 2 × N × 3 × pixels floats).
+    #[arg(long, default_value_t = 10)]
+    pub lbfgs_history: usize,
+    /// Adam learning rate (image in [0,1]).
+    #[arg(long, default_value_t = 0.02)]
+    pub learning_rate: f32,
+    /// Keep the content's colours (luminance-only transfer, YCbCr).
+    #[arg(long)]
+    pub original_colors: bool,
+    /// Seed for noise initialisation.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl TransferArgs {
+    pub fn options(&self, manifest: &crate::engine::Manifest, limits: &Limits) -> Result<StylizeOptions> {
+        let mut w = Weights::defaults(manifest);
+        for (i, v) in [self.content_weight, self.style_weight, self.shift_weight, self.hist_weight, self.tv_weight]
+            .into_iter()
+            .enumerate()
+        {
+            if let Some(v) = v {
+                if !v.is_finite() || v < 0.0 {
+                    bail!("--{}-weight must be a non-negative number, got {v}", TERMS[i]);
+                }
+                w.terms[i] = v;
+            }
+        }
+        let mut o = StylizeOptions::new(w);
+        o.image_size = self.image_size;
+        o.scales = self.scales.clone();
+        o.iterations = self.iterations;
+        o.tol = self.tol;
+        o.tol_window = self.tol_window;
+        o.style_blend = self.style_blend_weights.clone();
+        if !(self.style_scale > 0.0 && self.style_scale.is_finite()) {
+            bail!("--style-scale must be positive, got {}", self.style_scale);
+        }
+        o.style_scale = self.style_scale;
+        o.init = match self.init.as_str() {
+            "content" => Init::Content,
+            "noise" | "random" => Init::Noise,
+            path => Init::Image(
+                imageio::load_path(Path::new(path), limits).with_context(|| format!("--init {path}"))?,
+            ),
+        };
+        o.optimizer = match self.optimizer.as_str() {
+            "adam" => Optimizer::Adam { learning_rate: self.learning_rate },
+            _ => Optimizer::Lbfgs { history: self.lbfgs_history },
+        };
+        o.original_colors = self.original_colors;
+        o.seed = self.seed;
+        o.resolved_scales()?;
+        Ok(o)
+    }
+}
+
+struct CliHooks {
+    bar: Option<ProgressBar>,
+    trace: Option<std::io::BufWriter<std::fs::File>>,
+    trace_error: Option<std::io::Error>,
+    save_every: usize,
+    output: PathBuf,
+    saved: Vec<PathBuf>,
+}
+
+impl Hooks for CliHooks {
+    fn scale_start(&mut self, scale: usize, width: usize, height: usize, iterations: usize) {
+        if let Some(b) = &self.bar {
+            b.set_length(iterations as u64);
+            b.set_position(0);
+            b.set_prefix(format!("scale {} {width}x{height}", scale + 1));
+        }
+    }
+
+    fn evaluation(&mut self, r: &EvalRecord) {
+        if let Some(b) = &self.bar {
+            let l = &r.losses;
+            b.set_position(r.iteration as u64);
+            b.set_message(format!(
+                "total {:.4e}  content {:.3e} style {:.3e} shift {:.3e} hist {:.3e} tv {:.3e}",
+                l.total, l.terms[0], l.terms[1], l.terms[2], l.terms[3], l.terms[4]
+            ));
+        }
+        if let Some(t) = &mut self.trace {
+            let l = &r.losses;
+            let line = serde_json::json!({
+                "scale": r.scale, "width": r.width, "height": r.height, "iteration": r.iteration,
+                "evaluation": r.evaluation, "total": l.total, "content": l.terms[0], "style": l.terms[1],
+                "shift": l.terms[2], "hist": l.terms[3], "tv": l.terms[4], "elapsed_ms": r.elapsed_ms,
+            });
+            if let Err(e) = writeln!(t, "{line}") {
+                self.trace_error.get_or_insert(e);
+            }
+        }
+    }
+
+    fn wants_image(&self, _scale: usize, iteration: usize) -> bool {
+        self.save_every > 0 && iteration > 0 && iteration % self.save_every == 0
+    }
+
+    fn iteration(&mut self, scale: usize, iteration: usize, image: &Planar) -> Result<()> {
+        let stem = self.output.file_stem().and_then(|s| s.to_str()).unwrap_or("out");
+        let ext = self.output.extension().and_then(|s| s.to_str()).unwrap_or("png");
+        let path = self.output.with_file_name(format!("{stem}_{}_{iteration:04}.{ext}", scale + 1));
+        let mut img = image.clone();
+        img.data.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
+        imageio::save_path(&img, &path).with_context(|| format!("saving {}", path.display()))?;
+        self.saved.push(path);
+        Ok(())
+    }
+}
+
+pub fn run(args: &StylizeArgs) -> Result<()> {
+    let t0 = Instant::now();
+    imageio::OutputFormat::from_path(&args.output)?;
+    let limits = Limits::default();
+    let content = imageio::load_path(&args.content, &limits).with_context(|| format!("content image {}", args.content.display()))?;
+    let mut styles = Vec::new();
+    for s in &args.style {
+        styles.push(imageio::load_path(s, &limits).with_context(|| format!("style image {}", s.display()))?);
+    }
+    let mut model = args.model.load()?;
+    let opts = args.opts.options(&model.manifest, &limits)?;
+    let show_bar = !args.quiet && std::io::stderr().is_terminal();
+    let bar = show_bar.then(|| {
+        let b = ProgressBar::new(opts.iterations as u64);
+        b.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {elapsed} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        b
+    });
+    let trace = match &args.trace {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating the trace file {}", p.display()))?,
+        )),
+        None => None,
+    };
+    if let Some(parent) = args.output.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let mut hooks =
+        CliHooks { bar, trace, trace_error: None, save_every: args.save_every, output: args.output.clone(), saved: Vec::new() };
+    let outcome = stylize(&mut model, &content, &styles, &opts, &mut hooks)?;
+    if let Some(b) = &hooks.bar {
+        b.finish_and_clear();
+    }
+    if let Some(mut t) = hooks.trace.take() {
+        t.flush().context("writing the trace file")?;
+    }
+    if let Some(e) = hooks.trace_error {
+        bail!("writing the trace file: {e}");
+    }
+    imageio::save_path(&outcome.image, &args.output).with_context(|| format!("saving {}", args.output.display()))?;
+    let l = outcome.final_losses();
+    println!(
+        "wrote {} ({}x{}) in {:.1} s: {} evaluations over {} scale(s), provider {}, final loss {:.4e} \
+         (content {:.3e}, style {:.3e}, shift {:.3e}, hist {:.3e}, tv {:.3e})",
+        args.output.display(),
+        outcome.image.width,
+        outcome.image.height,
+        t0.elapsed().as_secs_f64(),
+        outcome.evaluations(),
+        outcome.scales.len(),
+        model.provider,
+        l.total,
+        l.terms[0],
+        l.terms[1],
+        l.terms[2],
+        l.terms[3],
+        l.terms[4]
+    );
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! Engine: ONNX Runtime, execution providers and the graph contract (manifest).
+
+pub mod manifest;
+pub mod model;
+pub mod runtime;
+
+pub use manifest::{Manifest, TERMS};
+pub use model::{FeatureMap, Losses, Model, ObjectiveInputs};
+pub use runtime::{Provider, RuntimeOptions};

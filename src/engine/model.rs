@@ -1,0 +1,240 @@
+//! The exported graphs as ONNX Runtime sessions: features (image -> activations) and objective (image + targets
+//! + weights -> losses and gradient), checked against the manifest.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use ort::session::Session;
+use ort::value::{DynValue, Tensor, TensorRef};
+use sha2::{Digest, Sha256};
+
+use super::manifest::{GraphInfo, Manifest, TERMS};
+use super::runtime::{self, Provider, RuntimeOptions};
+
+/// Activations of one layer, `[C, h, w]` row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureMap {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub data: Vec<f32>,
+}
+
+impl FeatureMap {
+    pub fn positions(&self) -> usize {
+        self.height * self.width
+    }
+}
+
+/// Losses of one evaluation (each term layer-weighted, before its term weight).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Losses {
+    pub total: f64,
+    pub terms: [f64; 5],
+}
+
+impl Losses {
+    pub fn term(&self, name: &str) -> f64 {
+        TERMS.iter().position(|t| *t == name).map(|i| self.terms[i]).unwrap_or(f64::NAN)
+    }
+}
+
+/// Every objective input except `x`, as ready-made tensors (built once per image size and reused).
+pub struct ObjectiveInputs {
+    values: Vec<(String, DynValue)>,
+}
+
+impl ObjectiveInputs {
+    pub fn new() -> Self {
+        ObjectiveInputs { values: Vec::new() }
+    }
+
+    pub fn set(&mut self, name: &str, shape: &[usize], data: Vec<f32>) -> Result<()> {
+        let n: usize = shape.iter().product();
+        if n != data.len() {
+            bail!("input {name}: shape {shape:?} needs {n} values, got {}", data.len());
+        }
+        let t = Tensor::from_array((shape.to_vec(), data)).map_err(|e| anyhow!("tensor {name}: {e}"))?;
+        self.values.retain(|(k, _)| k != name);
+        self.values.push((name.to_string(), t.into_dyn()));
+        Ok(())
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.values.iter().map(|(k, _)| k.as_str())
+    }
+}
+
+impl Default for ObjectiveInputs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub struct Model {
+    pub manifest: Manifest,
+    pub provider: Provider,
+    features: Session,
+    objective: Session,
+    feature_outputs: Vec<String>,
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl Model {
+    /// Load and validate a model directory (manifest.json + graphs).
+    pub fn load(dir: &Path, opts: &RuntimeOptions) -> Result<Model> {
+        let manifest = Manifest::load(dir)?;
+        let env = runtime::init(opts.library.as_deref())?;
+        let mut provider = Provider::Cpu;
+        let mut open = |g: &GraphInfo| -> Result<Session> {
+            let path = manifest.graph_path(g);
+            if !path.is_file() {
+                bail!("graph {} listed in the manifest is missing: re-export with `make models`", path.display());
+            }
+            if !g.sha256.is_empty() {
+                let got = sha256_file(&path)?;
+                if got != g.sha256 {
+                    bail!(
+                        "graph {} does not match its manifest (sha256 {got}, manifest says {}): the files come from \
+                         different exports; re-export with `make models`",
+                        path.display(),
+                        g.sha256
+                    );
+                }
+            }
+            let (builder, p) = runtime::session_builder(env, opts)?;
+            provider = p;
+            let mut builder = builder;
+            let session = builder
+                .commit_from_file(&path)
+                .map_err(|e| anyhow!("ONNX Runtime cannot load {}: {e}; re-export with `make models`", path.display()))?;
+            check_signature(&session, g, &path)?;
+            Ok(session)
+        };
+        let features = open(&manifest.graphs.features)?;
+        let objective = open(&manifest.graphs.objective)?;
+        let feature_outputs = manifest.graphs.features.outputs.iter().map(|o| o.name.clone()).collect();
+        Ok(Model { manifest, provider, features, objective, feature_outputs })
+    }
+
+    /// Reject image sizes the graphs cannot handle.
+    pub fn check_size(&self, height: usize, width: usize) -> Result<()> {
+        let m = self.manifest.min_size;
+        if height < m || width < m {
+            bail!("image of {width}x{height} is too small: this model needs at least {m}x{m} pixels (use a larger --image-size)");
+        }
+        Ok(())
+    }
+
+    /// Activations of every layer the terms use (keyed by layer name) for an RGB [0,1] planar image.
+    pub fn features(&mut self, image: &[f32], height: usize, width: usize) -> Result<BTreeMap<String, FeatureMap>> {
+        self.check_size(height, width)?;
+        let x = TensorRef::from_array_view(([1usize, 3, height, width], image)).map_err(|e| anyhow!("input tensor: {e}"))?;
+        let outputs = self.features.run(ort::inputs!["x" => x]).map_err(|e| anyhow!("running features.onnx: {e}"))?;
+        let mut out = BTreeMap::new();
+        for name in &self.feature_outputs {
+            let (shape, data) = outputs[name.as_str()]
+                .try_extract_tensor::<f32>()
+                .map_err(|e| anyhow!("features.onnx output {name}: {e}"))?;
+            if shape.len() != 4 {
+                bail!("features.onnx output {name} has rank {}, expected 4", shape.len());
+            }
+            let layer = name.strip_prefix("feat_").unwrap_or(name).to_string();
+            out.insert(
+                layer,
+                FeatureMap {
+                    channels: shape[1] as usize,
+                    height: shape[2] as usize,
+                    width: shape[3] as usize,
+                    data: data.to_vec(),
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// One loss + gradient evaluation. `grad` receives d total / d x.
+    pub fn evaluate(
+        &mut self,
+        x: &[f32],
+        height: usize,
+        width: usize,
+        inputs: &ObjectiveInputs,
+        grad: &mut [f32],
+    ) -> Result<Losses> {
+        if x.len() != 3 * height * width || grad.len() != x.len() {
+            bail!("image buffer of {} values does not match {width}x{height}", x.len());
+        }
+        let xt = TensorRef::from_array_view(([1usize, 3, height, width], x)).map_err(|e| anyhow!("input tensor: {e}"))?;
+        let mut feed: Vec<(std::borrow::Cow<'_, str>, ort::session::SessionInputValue<'_>)> =
+            Vec::with_capacity(inputs.values.len() + 1);
+        feed.push(("x".into(), xt.into()));
+        for (k, v) in &inputs.values {
+            feed.push((k.as_str().into(), v.into()));
+        }
+        let outputs = self.objective.run(feed).map_err(|e| anyhow!("running objective.onnx: {e}"))?;
+        let scalar = |name: &str| -> Result<f64> {
+            let (_, d) = outputs[name].try_extract_tensor::<f32>().map_err(|e| anyhow!("output {name}: {e}"))?;
+            d.first().map(|v| *v as f64).ok_or_else(|| anyhow!("output {name} is empty"))
+        };
+        let mut losses = Losses { total: scalar("total")?, terms: [0.0; 5] };
+        for (i, t) in TERMS.iter().enumerate() {
+            losses.terms[i] = scalar(&format!("loss_{t}"))?;
+        }
+        let (_, g) = outputs["grad"].try_extract_tensor::<f32>().map_err(|e| anyhow!("output grad: {e}"))?;
+        if g.len() != grad.len() {
+            bail!("objective.onnx returned a gradient of {} values for {} pixels", g.len(), grad.len());
+        }
+        grad.copy_from_slice(g);
+        Ok(losses)
+    }
+}
+
+/// Every input and output the manifest names must exist in the graph with the same element type and rank, and
+/// vice versa.
+fn check_signature(session: &Session, g: &GraphInfo, path: &Path) -> Result<()> {
+    let fix = "the manifest and the graph come from different exports: re-export with `make models`";
+    for (kind, actual, declared) in [("input", session.inputs(), &g.inputs), ("output", session.outputs(), &g.outputs)] {
+        for d in declared {
+            let a = actual
+                .iter()
+                .find(|o| o.name() == d.name)
+                .ok_or_else(|| anyhow!("{}: {kind} {} is in the manifest but not in the graph; {fix}", path.display(), d.name))?;
+            let ty = a.dtype();
+            let shape = ty.tensor_shape().map(|s| s.len()).unwrap_or(usize::MAX);
+            let elem = ty.tensor_type().map(|t| format!("{t:?}").to_lowercase()).unwrap_or_default();
+            let want = if d.dtype == "float32" { "float32" } else { d.dtype.as_str() };
+            if shape != d.shape.len() || !(elem == want || (want == "float32" && elem == "float32")) {
+                bail!(
+                    "{}: {kind} {} is {elem} of rank {shape} in the graph but {} of rank {} in the manifest; {fix}",
+                    path.display(),
+                    d.name,
+                    d.dtype,
+                    d.shape.len()
+                );
+            }
+            if let Some(dims) = ty.tensor_shape() {
+                for (i, (a, m)) in dims.iter().zip(d.dims()).enumerate() {
+                    if let Some(m) = m {
+                        if *a >= 0 && *a != m {
+                            bail!("{}: {kind} {} dimension {i} is {a} in the graph but {m} in the manifest; {fix}", path.display(), d.name);
+                        }
+                    }
+                }
+            }
+        }
+        for a in actual {
+            if !declared.iter().any(|d| d.name == a.name()) {
+                bail!("{}: graph {kind} {} is not described by the manifest; {fix}", path.display(), a.name());
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,265 @@
+//! ONNX Runtime: finding and loading the shared library, the process-wide environment, execution providers.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+use anyhow::{anyhow, bail, Context, Result};
+use ort::environment::Environment;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
+
+/// Which execution provider runs the graphs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    /// TensorRT, then CUDA, then CPU: the first that this build and library support.
+    Auto,
+    TensorRt,
+    Cuda,
+    Cpu,
+}
+
+impl FromStr for Provider {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Provider::Auto),
+            "tensorrt" | "trt" => Ok(Provider::TensorRt),
+            "cuda" => Ok(Provider::Cuda),
+            "cpu" => Ok(Provider::Cpu),
+            other => bail!("unknown provider {other:?}: use auto, tensorrt, cuda or cpu"),
+        }
+    }
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Provider::Auto => "auto",
+            Provider::TensorRt => "tensorrt",
+            Provider::Cuda => "cuda",
+            Provider::Cpu => "cpu",
+        })
+    }
+}
+
+/// Runtime settings shared by every session.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Path of libonnxruntime.so; None: ORT_DYLIB_PATH, then the project's .venv.
+    pub library: Option<PathBuf>,
+    pub provider: Provider,
+    /// Intra-op threads (0: ONNX Runtime's default, one per core).
+    pub threads: usize,
+    pub tensorrt_fp16: bool,
+    pub tensorrt_cache: Option<PathBuf>,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions { library: None, provider: Provider::Auto, threads: 0, tensorrt_fp16: false, tensorrt_cache: None }
+    }
+}
+
+struct Loaded {
+    env: Environment,
+    library: PathBuf,
+}
+
+static RUNTIME: OnceLock<std::result::Result<Loaded, String>> = OnceLock::new();
+
+/// Where libonnxruntime is looked for when no path is given.
+pub fn discover_library() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("ORT_DYLIB_PATH") {
+        if !p.is_empty() {
+            return Ok(PathBuf::from(p));
+        }
+    }
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Ok(cwd) = std::env::current_dir() {
+        roots.extend(cwd.ancestors().map(Path::to_path_buf));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
+    }
+    roots.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    for root in &roots {
+        if let Some(p) = find_in_venv(&root.join(".venv")) {
+            return Ok(p);
+        }
+    }
+    for p in ["/usr/lib/libonnxruntime.so", "/usr/local/lib/libonnxruntime.so", "/usr/lib/aarch64-linux-gnu/libonnxruntime.so"] {
+        if Path::new(p).exists() {
+            return Ok(PathBuf::from(p));
+        }
+    }
+    bail!(
+        "ONNX Runtime library not found: pass --ort-library /path/to/libonnxruntime.so, set ORT_DYLIB_PATH, \
+         or run `make venv` (installs the onnxruntime wheel into .venv)"
+    )
+}
+
+fn find_in_venv(venv: &Path) -> Option<PathBuf> {
+    let lib = venv.join("lib");
+    let mut pythons: Vec<PathBuf> = std::fs::read_dir(&lib).ok()?.flatten().map(|e| e.path()).collect();
+    pythons.sort();
+    for py in pythons {
+        let capi = py.join("site-packages/onnxruntime/capi");
+        if let Ok(entries) = std::fs::read_dir(&capi) {
+            let mut libs: Vec<PathBuf> = entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so"))
+                })
+                .collect();
+            libs.sort();
+            if let Some(p) = libs.pop() {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+/// Load ONNX Runtime once per process. Later calls return the library loaded first (ONNX Runtime allows one
+/// environment per process); asking for a different library then is an error.
+pub fn init(library: Option<&Path>) -> Result<&'static Environment> {
+    let wanted = match library {
+        Some(p) => p.to_path_buf(),
+        None => discover_library()?,
+    };
+    let loaded = RUNTIME.get_or_init(|| load(&wanted).map_err(|e| format!("{e:#}")));
+    match loaded {
+        Ok(l) => {
+            if library.is_some() && l.library != wanted {
+                bail!(
+                    "ONNX Runtime is already loaded from {} in this process; cannot switch to {}",
+                    l.library.display(),
+                    wanted.display()
+                );
+            }
+            Ok(&l.env)
+        }
+        Err(e) => Err(anyhow!("{e}")),
+    }
+}
+
+/// The library path in use, if loaded.
+pub fn loaded_library() -> Option<PathBuf> {
+    RUNTIME.get().and_then(|r| r.as_ref().ok()).map(|l| l.library.clone())
+}
+
+fn load(path: &Path) -> Result<Loaded> {
+    let meta = std::fs::metadata(path).with_context(|| {
+        format!(
+            "ONNX Runtime library {} does not exist: pass --ort-library with the path of libonnxruntime.so \
+             (in the onnxruntime wheel: site-packages/onnxruntime/capi/), or run `make venv`",
+            path.display()
+        )
+    })?;
+    if !meta.is_file() {
+        bail!("ONNX Runtime library {} is not a file: pass the path of libonnxruntime.so", path.display());
+    }
+    let builder = ort::init_from(path).map_err(|e| {
+        anyhow!(
+            "{} is not a usable ONNX Runtime library ({e}): pass --ort-library with libonnxruntime.so \
+             version >= 1.17 (e.g. from `pip install onnxruntime`)",
+            path.display()
+        )
+    })?;
+    let env = builder.with_name("fuchun").build().map_err(|e| anyhow!("creating the ONNX Runtime environment: {e}"))?;
+    tracing::info!(library = %path.display(), "ONNX Runtime loaded");
+    Ok(Loaded { env, library: path.to_path_buf() })
+}
+
+/// The ONNX Runtime version string of the loaded library.
+pub fn version() -> String {
+    ort::info().split(',').find_map(|s| s.trim().strip_prefix("git-branch=").map(str::to_string)).unwrap_or_else(|| {
+        ort::info().chars().take(60).collect()
+    })
+}
+
+/// Execution providers that the loaded library reports (e.g. "CPUExecutionProvider").
+pub fn available_providers() -> Vec<String> {
+    #[allow(unused_mut)]
+    let mut out = vec!["CPUExecutionProvider".to_string()];
+    #[cfg(feature = "cuda")]
+    if matches!(<ort::ep::CUDA as ort::ep::ExecutionProvider>::is_available(), Ok(true)) {
+        out.push("CUDAExecutionProvider".into());
+    }
+    #[cfg(feature = "tensorrt")]
+    if matches!(<ort::ep::TensorRT as ort::ep::ExecutionProvider>::is_available(), Ok(true)) {
+        out.push("TensorrtExecutionProvider".into());
+    }
+    out
+}
+
+/// Create a session builder with the requested provider registered; returns the provider that will run.
+pub fn session_builder(env: &Environment, opts: &RuntimeOptions) -> Result<(SessionBuilder, Provider)> {
+    let mut b = ort::session::Session::builder(env).map_err(|e| anyhow!("ONNX Runtime session options: {e}"))?;
+    b = b
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(|e| anyhow!("setting the optimisation level: {e}"))?;
+    if opts.threads > 0 {
+        b = b.with_intra_threads(opts.threads).map_err(|e| anyhow!("setting {} threads: {e}", opts.threads))?;
+    }
+    let order: &[Provider] = match opts.provider {
+        Provider::Auto => &[Provider::TensorRt, Provider::Cuda, Provider::Cpu],
+        Provider::TensorRt => &[Provider::TensorRt],
+        Provider::Cuda => &[Provider::Cuda],
+        Provider::Cpu => &[Provider::Cpu],
+    };
+    let mut reasons = Vec::new();
+    for &p in order {
+        match register(&mut b, p, opts) {
+            Ok(()) => {
+                if opts.provider == Provider::Auto {
+                    tracing::info!(provider = %p, "execution provider selected");
+                }
+                return Ok((b, p));
+            }
+            Err(e) => {
+                tracing::debug!(provider = %p, error = %e, "provider unavailable");
+                reasons.push(format!("{p}: {e:#}"));
+            }
+        }
+    }
+    bail!("execution provider {} is unavailable ({}): use --provider cpu or auto", opts.provider, reasons.join("; "))
+}
+
+#[allow(unused_variables)]
+fn register(b: &mut SessionBuilder, p: Provider, opts: &RuntimeOptions) -> Result<()> {
+    match p {
+        Provider::Cpu | Provider::Auto => Ok(()),
+        Provider::Cuda => {
+            #[cfg(feature = "cuda")]
+            {
+                use ort::ep::ExecutionProvider;
+                if !ort::ep::CUDA::is_available().unwrap_or(false) {
+                    bail!("the loaded ONNX Runtime library has no CUDA provider (install onnxruntime-gpu)");
+                }
+                ort::ep::CUDA::default().register(b).map_err(|e| anyhow!("{e}"))
+            }
+            #[cfg(not(feature = "cuda"))]
+            bail!("this fuchun binary was built without CUDA support: rebuild with `cargo build --release --features cuda`")
+        }
+        Provider::TensorRt => {
+            #[cfg(feature = "tensorrt")]
+            {
+                use ort::ep::ExecutionProvider;
+                if !ort::ep::TensorRT::is_available().unwrap_or(false) {
+                    bail!("the loaded ONNX Runtime library has no TensorRT provider (install the JetPack onnxruntime-gpu)");
+                }
+                let mut trt = ort::ep::TensorRT::default().with_fp16(opts.tensorrt_fp16);
+                if let Some(dir) = &opts.tensorrt_cache {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating the TensorRT engine cache {}", dir.display()))?;
+                    trt = trt.with_engine_cache(true).with_engine_cache_path(dir.display().to_string());
+                }
+                trt.register(b).map_err(|e| anyhow!("{e}"))
+            }
+            #[cfg(not(feature = "tensorrt"))]
+            bail!("this fuchun binary was built without TensorRT support: rebuild with `cargo build --release --features tensorrt`")
+        }
+    }
+}

@@ -1,0 +1,467 @@
+//! Image I/O: decoding with limits (bytes, dimensions, pixels, memory) checked before any large allocation,
+//! EXIF orientation, resizing, and encoding. Images are planar RGB f32 in [0,1] (`[3, h, w]`), the layout the
+//! graphs take.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use image::{DynamicImage, ImageDecoder, ImageReader, Rgb32FImage, RgbImage};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planar {
+    pub width: usize,
+    pub height: usize,
+    /// R plane, then G, then B; `3 * width * height` values.
+    pub data: Vec<f32>,
+}
+
+impl Planar {
+    pub fn new(width: usize, height: usize) -> Planar {
+        Planar { width, height, data: vec![0.0; 3 * width * height] }
+    }
+
+    pub fn from_rgb8(img: &RgbImage) -> Planar {
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        let mut p = Planar::new(w, h);
+        let n = w * h;
+        for (i, px) in img.pixels().enumerate() {
+            for c in 0..3 {
+                p.data[c * n + i] = px[c] as f32 / 255.0;
+            }
+        }
+        p
+    }
+
+    pub fn to_rgb8(&self) -> RgbImage {
+        let n = self.width * self.height;
+        let mut img = RgbImage::new(self.width as u32, self.height as u32);
+        for (i, px) in img.pixels_mut().enumerate() {
+            for c in 0..3 {
+                px[c] = (self.data[c * n + i].clamp(0.0, 1.0) * 255.0).round() as u8;
+            }
+        }
+        img
+    }
+
+    fn to_rgb32f(&self) -> Rgb32FImage {
+        let n = self.width * self.height;
+        let mut img = Rgb32FImage::new(self.width as u32, self.height as u32);
+        for (i, px) in img.pixels_mut().enumerate() {
+            for c in 0..3 {
+                px[c] = self.data[c * n + i];
+            }
+        }
+        img
+    }
+
+    fn from_rgb32f(img: &Rgb32FImage) -> Planar {
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        let mut p = Planar::new(w, h);
+        let n = w * h;
+        for (i, px) in img.pixels().enumerate() {
+            for c in 0..3 {
+                p.data[c * n + i] = px[c];
+            }
+        }
+        p
+    }
+
+    /// Resampled copy (Catmull-Rom when shrinking or enlarging; identity when the size is unchanged).
+    pub fn resize(&self, width: usize, height: usize) -> Planar {
+        if width == self.width && height == self.height {
+            return self.clone();
+        }
+        let out = image::imageops::resize(
+            &self.to_rgb32f(),
+            width.max(1) as u32,
+            height.max(1) as u32,
+            image::imageops::FilterType::CatmullRom,
+        );
+        Planar::from_rgb32f(&out)
+    }
+
+    /// Scaled so that the longest side is `longest`, aspect kept, each side ≥ 1.
+    pub fn fit_longest(&self, longest: usize) -> Planar {
+        let (w, h) = fit_size(self.width, self.height, longest);
+        self.resize(w, h)
+    }
+}
+
+/// (w, h) with the longest side `longest` and the aspect of `width`×`height`.
+pub fn fit_size(width: usize, height: usize, longest: usize) -> (usize, usize) {
+    if width >= height {
+        (longest, ((height as f64 * longest as f64 / width as f64).round() as usize).max(1))
+    } else {
+        (((width as f64 * longest as f64 / height as f64).round() as usize).max(1), longest)
+    }
+}
+
+/// What a decoder may accept. Everything is checked before the pixel buffer is allocated.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_bytes: u64,
+    pub max_width: u32,
+    pub max_height: u32,
+    pub max_pixels: u64,
+    pub max_alloc: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_bytes: 64 << 20, max_width: 16384, max_height: 16384, max_pixels: 64_000_000, max_alloc: 1 << 30 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{path}: file not found: check the path")]
+    NotFound { path: PathBuf },
+    #[error("{path}: cannot read ({source}): check the file's permissions")]
+    Unreadable { path: PathBuf, source: std::io::Error },
+    #[error("{bytes} bytes is over the limit of {limit} bytes: send a smaller image (or raise the limit)")]
+    TooManyBytes { bytes: u64, limit: u64 },
+    #[error("the data is empty: expected a JPEG, PNG or WebP image")]
+    Empty,
+    #[error("not a supported image: expected JPEG, PNG or WebP")]
+    UnknownFormat,
+    #[error("the image is corrupt or truncated ({0}): re-encode or re-send it")]
+    Decode(String),
+    #[error("the image is {width}x{height} pixels, over the limit ({limit}): downscale it first")]
+    TooLarge { width: u64, height: u64, limit: String },
+    #[error("cannot encode the image: {0}")]
+    Encode(String),
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("unsupported output format {0:?}: use a .png, .jpg or .jpeg file name")]
+    OutputFormat(String),
+}
+
+impl ImageError {
+    /// A short machine-readable code (for MQTT error messages).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ImageError::NotFound { .. } => "not_found",
+            ImageError::Unreadable { .. } => "unreadable",
+            ImageError::TooManyBytes { .. } => "payload_too_large",
+            ImageError::Empty => "empty_payload",
+            ImageError::UnknownFormat => "not_an_image",
+            ImageError::Decode(_) => "corrupt_image",
+            ImageError::TooLarge { .. } => "image_too_large",
+            ImageError::Encode(_) => "encode_failed",
+            ImageError::Write { .. } => "write_failed",
+            ImageError::OutputFormat(_) => "bad_output_format",
+        }
+    }
+}
+
+/// Read and decode an image file.
+pub fn load_path(path: &Path, limits: &Limits) -> Result<Planar, ImageError> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            ImageError::NotFound { path: path.to_path_buf() }
+        } else {
+            ImageError::Unreadable { path: path.to_path_buf(), source: e }
+        }
+    })?;
+    if meta.len() > limits.max_bytes {
+        return Err(ImageError::TooManyBytes { bytes: meta.len(), limit: limits.max_bytes });
+    }
+    let bytes = std::fs::read(path).map_err(|e| ImageError::Unreadable { path: path.to_path_buf(), source: e })?;
+    decode(&bytes, limits)
+}
+
+fn too_large(w: u64, h: u64, limits: &Limits) -> ImageError {
+    ImageError::TooLarge {
+        width: w,
+        height: h,
+        limit: format!("at most {}x{} and {} pixels", limits.max_width, limits.max_height, limits.max_pixels),
+    }
+}
+
+/// Decode JPEG, PNG or WebP bytes: the size limits are checked on the header, before decoding; EXIF orientation
+/// is applied; grey, alpha and 16-bit images become RGB (alpha is dropped).
+pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Planar, ImageError> {
+    if bytes.is_empty() {
+        return Err(ImageError::Empty);
+    }
+    if bytes.len() as u64 > limits.max_bytes {
+        return Err(ImageError::TooManyBytes { bytes: bytes.len() as u64, limit: limits.max_bytes });
+    }
+    let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| ImageError::Decode(e.to_string()))?;
+    match reader.format() {
+        Some(image::ImageFormat::Jpeg) => {
+            if !jpeg_is_complete(bytes) {
+                return Err(ImageError::Decode("JPEG data ends before its end-of-image marker".into()));
+            }
+        }
+        Some(image::ImageFormat::Png | image::ImageFormat::WebP) => {}
+        _ => return Err(ImageError::UnknownFormat),
+    }
+    if let Some((w, h)) = declared_dimensions(bytes) {
+        if w > limits.max_width || h > limits.max_height || w as u64 * h as u64 > limits.max_pixels {
+            return Err(too_large(w as u64, h as u64, limits));
+        }
+    }
+    let mut decoder = reader.into_decoder().map_err(|e| map_decode_error(e, limits))?;
+    let (w, h) = decoder.dimensions();
+    if w > limits.max_width || h > limits.max_height || w as u64 * h as u64 > limits.max_pixels {
+        return Err(too_large(w as u64, h as u64, limits));
+    }
+    if w == 0 || h == 0 {
+        return Err(ImageError::Decode(format!("the image declares {w}x{h} pixels")));
+    }
+    let mut il = image::Limits::default();
+    il.max_image_width = Some(limits.max_width);
+    il.max_image_height = Some(limits.max_height);
+    il.max_alloc = Some(limits.max_alloc);
+    decoder.set_limits(il).map_err(|e| map_decode_error(e, limits))?;
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| map_decode_error(e, limits))?;
+    img.apply_orientation(orientation);
+    Ok(Planar::from_rgb8(&img.to_rgb8()))
+}
+
+/// Width and height as the PNG (IHDR) or JPEG (SOFn) header declares them, read without decoding, so that a
+/// huge declared size is refused even when the rest of the file is missing. None for other formats (WebP: the
+/// decoder's own header check applies).
+fn declared_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    let be32 = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    if bytes.len() >= 24 && bytes.starts_with(b"\x89PNG\r\n\x1a\n") && &bytes[12..16] == b"IHDR" {
+        return Some((be32(&bytes[16..20]), be32(&bytes[20..24])));
+    }
+    if bytes.starts_with(&[0xFF, 0xD8]) {
+        let mut i = 2;
+        while i + 9 < bytes.len() {
+            if bytes[i] != 0xFF {
+                return None;
+            }
+            let marker = bytes[i + 1];
+            if marker == 0xFF {
+                i += 1;
+                continue;
+            }
+            let len = u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize;
+            if (0xC0..=0xCF).contains(&marker) && ![0xC4, 0xC8, 0xCC].contains(&marker) {
+                let h = u16::from_be_bytes([bytes[i + 5], bytes[i + 6]]) as u32;
+                let w = u16::from_be_bytes([bytes[i + 7], bytes[i + 8]]) as u32;
+                return Some((w, h));
+            }
+            i += 2 + len;
+        }
+    }
+    None
+}
+
+/// Whether a JPEG's last scan is followed by its end-of-image marker. The decoder pads a truncated scan with grey
+/// rather than failing, so a cut-off upload would otherwise be accepted. Inside entropy-coded data 0xFF is always
+/// stuffed (FF 00) or a restart marker, so FF D9 after the last start-of-scan (FF DA) can only be the real EOI.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    match last_sos {
+        Some(i) => bytes[i..].windows(2).any(|w| w == [0xFF, 0xD9]),
+        None => false,
+    }
+}
+
+fn map_decode_error(e: image::ImageError, limits: &Limits) -> ImageError {
+    match e {
+        image::ImageError::Limits(l) => ImageError::TooLarge { width: 0, height: 0, limit: format!("{l}; {limits:?}") },
+        image::ImageError::Unsupported(u) => ImageError::Decode(u.to_string()),
+        other => ImageError::Decode(other.to_string()),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OutputFormat {
+    Png,
+    Jpeg { quality: u8 },
+}
+
+impl OutputFormat {
+    pub fn from_path(path: &Path) -> Result<OutputFormat, ImageError> {
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+        match ext.as_str() {
+            "png" => Ok(OutputFormat::Png),
+            "jpg" | "jpeg" => Ok(OutputFormat::Jpeg { quality: 92 }),
+            _ => Err(ImageError::OutputFormat(path.display().to_string())),
+        }
+    }
+}
+
+pub fn encode(img: &Planar, format: OutputFormat) -> Result<Vec<u8>, ImageError> {
+    let rgb = img.to_rgb8();
+    let mut out = Vec::new();
+    match format {
+        OutputFormat::Png => rgb
+            .write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png)
+            .map_err(|e| ImageError::Encode(e.to_string()))?,
+        OutputFormat::Jpeg { quality } => {
+            let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
+            rgb.write_with_encoder(enc).map_err(|e| ImageError::Encode(e.to_string()))?
+        }
+    }
+    Ok(out)
+}
+
+/// Encode by the file's extension and write atomically (temporary file in the same directory, then rename).
+pub fn save_path(img: &Planar, path: &Path) -> Result<(), ImageError> {
+    let bytes = encode(img, OutputFormat::from_path(path)?)?;
+    let write_err = |e| ImageError::Write { path: path.to_path_buf(), source: e };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(write_err)?;
+    }
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("image");
+    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
+    std::fs::write(&tmp, &bytes).map_err(write_err)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        write_err(e)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gradient(w: usize, h: usize) -> Planar {
+        let mut p = Planar::new(w, h);
+        let n = w * h;
+        for y in 0..h {
+            for x in 0..w {
+                let i = y * w + x;
+                p.data[i] = x as f32 / w as f32;
+                p.data[n + i] = y as f32 / h as f32;
+                p.data[2 * n + i] = ((x + y) % 7) as f32 / 7.0;
+            }
+        }
+        Planar::from_rgb8(&p.to_rgb8())
+    }
+
+    pub(crate) fn crc32(data: &[u8]) -> u32 {
+        let mut c = 0xffff_ffffu32;
+        for &b in data {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+            }
+        }
+        !c
+    }
+
+    fn chunk(kind: &[u8], data: &[u8]) -> Vec<u8> {
+        let mut body = kind.to_vec();
+        body.extend_from_slice(data);
+        let mut out = (data.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&crc32(&body).to_be_bytes());
+        out
+    }
+
+    #[test]
+    fn png_round_trip_is_exact_and_jpeg_is_close() {
+        let img = gradient(37, 23);
+        let back = decode(&encode(&img, OutputFormat::Png).unwrap(), &Limits::default()).unwrap();
+        assert!(back == img, "PNG round trip changed the pixels");
+        let j = decode(&encode(&img, OutputFormat::Jpeg { quality: 95 }).unwrap(), &Limits::default()).unwrap();
+        let err: f32 = j.data.iter().zip(&img.data).map(|(a, b)| (a - b).abs()).sum::<f32>() / img.data.len() as f32;
+        assert!(err < 0.03, "{err}");
+    }
+
+    /// A JPEG with an EXIF APP1 segment saying "rotate 90° clockwise" (orientation 6).
+    fn jpeg_with_orientation(img: &Planar, orientation: u16) -> Vec<u8> {
+        let jpeg = encode(img, OutputFormat::Jpeg { quality: 95 }).unwrap();
+        let mut tiff = b"MM\x00\x2a\x00\x00\x00\x08".to_vec();
+        tiff.extend_from_slice(&1u16.to_be_bytes()); // one IFD entry
+        tiff.extend_from_slice(&0x0112u16.to_be_bytes()); // Orientation
+        tiff.extend_from_slice(&3u16.to_be_bytes()); // SHORT
+        tiff.extend_from_slice(&1u32.to_be_bytes()); // count
+        tiff.extend_from_slice(&orientation.to_be_bytes());
+        tiff.extend_from_slice(&[0, 0]);
+        tiff.extend_from_slice(&0u32.to_be_bytes()); // no next IFD
+        let mut app1 = b"Exif\x00\x00".to_vec();
+        app1.extend_from_slice(&tiff);
+        let mut out = jpeg[..2].to_vec(); // SOI
+        out.extend_from_slice(&[0xFF, 0xE1]);
+        out.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+        out.extend_from_slice(&app1);
+        out.extend_from_slice(&jpeg[2..]);
+        out
+    }
+
+    #[test]
+    fn exif_orientation_is_honoured() {
+        let mut img = Planar::new(40, 20);
+        // a bright red block in the top-left corner
+        for y in 0..6 {
+            for x in 0..6 {
+                img.data[y * 40 + x] = 1.0;
+            }
+        }
+        let bytes = jpeg_with_orientation(&img, 6);
+        let got = decode(&bytes, &Limits::default()).unwrap();
+        assert_eq!((got.width, got.height), (20, 40));
+        // rotated 90° clockwise: the top-left corner moves to the top-right
+        let n = got.width * got.height;
+        let red = |x: usize, y: usize| got.data[y * got.width + x] - got.data[n + y * got.width + x];
+        assert!(red(17, 2) > 0.6, "{}", red(17, 2));
+        assert!(red(2, 2) < 0.2);
+    }
+
+    #[test]
+    fn hostile_inputs_give_the_right_errors() {
+        let l = Limits::default();
+        assert!(matches!(decode(b"", &l), Err(ImageError::Empty)));
+        assert!(matches!(decode(b"hello, this is not an image", &l), Err(ImageError::UnknownFormat)));
+        let jpeg = encode(&gradient(64, 64), OutputFormat::Jpeg { quality: 90 }).unwrap();
+        let e = decode(&jpeg[..jpeg.len() / 2], &l).unwrap_err();
+        assert!(matches!(e, ImageError::Decode(_)), "{e}");
+        let mut png = encode(&gradient(64, 64), OutputFormat::Png).unwrap();
+        // IHDR's CRC no longer matches its data (bytes 29..33 of the file)
+        png[29] ^= 0xff;
+        let e = decode(&png, &l).unwrap_err();
+        assert!(matches!(e, ImageError::Decode(_)), "{e}");
+        // header declaring 100000 x 100000
+        let mut ihdr = Vec::new();
+        ihdr.extend_from_slice(&100_000u32.to_be_bytes());
+        ihdr.extend_from_slice(&100_000u32.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+        let mut huge = b"\x89PNG\r\n\x1a\n".to_vec();
+        huge.extend(chunk(b"IHDR", &ihdr));
+        let e = decode(&huge, &l).unwrap_err();
+        assert!(matches!(e, ImageError::TooLarge { width: 100_000, .. }), "{e}");
+        assert!(e.to_string().contains("100000x100000"));
+        // over the byte limit
+        let small = Limits { max_bytes: 100, ..l };
+        assert!(matches!(decode(&jpeg, &small), Err(ImageError::TooManyBytes { .. })));
+    }
+
+    #[test]
+    fn decompression_bomb_is_rejected_before_decoding() {
+        // a real, valid 12000x6000 PNG of zeros: ~200 KB compressed, 216 MB decoded
+        let (w, h) = (12000u32, 6000u32);
+        let img = RgbImage::new(w, h);
+        let mut png = Vec::new();
+        img.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+        assert!(png.len() < 2 << 20, "{}", png.len());
+        let limits = Limits { max_pixels: 16_000_000, ..Limits::default() };
+        let e = decode(&png, &limits).unwrap_err();
+        assert!(matches!(e, ImageError::TooLarge { .. }), "{e}");
+    }
+
+    #[test]
+    fn sizes_and_paths() {
+        assert_eq!(fit_size(400, 300, 128), (128, 96));
+        assert_eq!(fit_size(300, 400, 128), (96, 128));
+        assert_eq!(fit_size(1000, 1, 10), (10, 1));
+        let g = gradient(40, 30).fit_longest(20);
+        assert_eq!((g.width, g.height), (20, 15));
+        assert!(matches!(OutputFormat::from_path(Path::new("a.gif")), Err(ImageError::OutputFormat(_))));
+        let dir = std::env::temp_dir().join(format!("fuchun-io-{}", std::process::id()));
+        let p = dir.join("sub/out.png");
+        save_path(&g, &p).unwrap();
+        let quantised = Planar::from_rgb8(&g.to_rgb8());
+        assert!(load_path(&p, &Limits::default()).unwrap() == quantised, "PNG round trip changed the pixels");
+        assert!(matches!(load_path(&dir.join("nope.png"), &Limits::default()), Err(ImageError::NotFound { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,6 @@
+//! fuchun: optimisation-based neural style transfer (Gatys + Berger-Memisevic + Risser) on ONNX Runtime.
+
+pub mod engine;
+pub mod imageio;
+pub mod commands;
+pub mod transfer;

@@ -1,0 +1,10 @@
+//! Transfer: targets, optimisers and the coarse-to-fine schedule that turns a content image and style images
+//! into a stylised image.
+
+pub mod color;
+pub mod optim;
+pub mod schedule;
+pub mod targets;
+
+pub use schedule::{stylize, EvalRecord, Hooks, Init, NoHooks, Optimizer, Outcome, ScaleReport, StylizeOptions};
+pub use targets::{StyleTargets, Weights};

@@ -1,0 +1,487 @@
+//! Optimisers over a flat image vector: L-BFGS (default) and Adam.
+//!
+//! Hand-written rather than taken from argmin: the objective here returns loss *and* gradient from one graph run
+//! (argmin's line searches ask for cost and gradient separately, which would double the evaluations or need a
+//! cache keyed by the parameter vector), the history is kept in f32 to halve L-BFGS's memory at large sizes
+//! (2·m·n floats), and the schedule needs per-iteration callbacks (early stop, intermediate saves, cancellation).
+
+use anyhow::Result;
+
+pub trait Objective {
+    /// Loss at x; writes d loss / d x into grad (same length as x).
+    fn evaluate(&mut self, x: &[f32], grad: &mut [f32]) -> Result<f64>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Continue,
+    Stop,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct IterInfo {
+    pub iteration: usize,
+    pub evaluations: usize,
+    pub loss: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    MaxIterations,
+    MaxEvaluations,
+    Callback,
+    Converged,
+    LineSearchFailed,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Summary {
+    pub iterations: usize,
+    pub evaluations: usize,
+    pub loss: f64,
+    pub reason: StopReason,
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    // four accumulators in f64: exact enough and vectorisable
+    let mut s = [0.0f64; 4];
+    let chunks = a.len() / 4 * 4;
+    for i in (0..chunks).step_by(4) {
+        s[0] += a[i] as f64 * b[i] as f64;
+        s[1] += a[i + 1] as f64 * b[i + 1] as f64;
+        s[2] += a[i + 2] as f64 * b[i + 2] as f64;
+        s[3] += a[i + 3] as f64 * b[i + 3] as f64;
+    }
+    let mut t = s[0] + s[1] + s[2] + s[3];
+    for i in chunks..a.len() {
+        t += a[i] as f64 * b[i] as f64;
+    }
+    t
+}
+
+fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += alpha * xi;
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Lbfgs {
+    pub history: usize,
+    pub max_iterations: usize,
+    pub max_evaluations: usize,
+}
+
+struct Pair {
+    s: Vec<f32>,
+    y: Vec<f32>,
+    rho: f64,
+}
+
+impl Lbfgs {
+    /// Minimise from `x`; on return `x` holds the best point seen (the last accepted one).
+    pub fn minimize(
+        &self,
+        x: &mut [f32],
+        f: &mut dyn Objective,
+        on_iter: &mut dyn FnMut(&IterInfo, &[f32]) -> Control,
+    ) -> Result<Summary> {
+        let n = x.len();
+        let m = self.history.max(1);
+        let mut g = vec![0.0f32; n];
+        let mut evals = 0usize;
+        let mut loss = f.evaluate(x, &mut g)?;
+        evals += 1;
+        let mut pairs: std::collections::VecDeque<Pair> = std::collections::VecDeque::with_capacity(m);
+        let mut spare: Option<Pair> = None;
+        let mut d = vec![0.0f32; n];
+        let mut x_new = vec![0.0f32; n];
+        let mut g_new = vec![0.0f32; n];
+        let mut alpha = vec![0.0f64; m];
+        let mut fails = 0usize;
+        let mut iterations = 0usize;
+        let mut reason = StopReason::MaxIterations;
+        if !loss.is_finite() {
+            anyhow::bail!("the objective is not finite at the starting point ({loss})");
+        }
+        while iterations < self.max_iterations {
+            if evals >= self.max_evaluations {
+                reason = StopReason::MaxEvaluations;
+                break;
+            }
+            // two-loop recursion: d = -H g
+            d.copy_from_slice(&g);
+            for (i, p) in pairs.iter().enumerate().rev() {
+                let a = p.rho * dot(&p.s, &d);
+                alpha[i] = a;
+                axpy(-(a as f32), &p.y, &mut d);
+            }
+            let gamma = pairs.back().map(|p| {
+                let yy = dot(&p.y, &p.y);
+                if yy > 0.0 { 1.0 / (p.rho * yy) } else { 1.0 }
+            });
+            let scale = match gamma {
+                Some(gm) => gm as f32,
+                None => {
+                    // first step: a move of at most ~1/255 per pixel
+                    let gmax = g.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+                    if gmax > 0.0 { (1.0 / 255.0) / gmax } else { 1.0 }
+                }
+            };
+            d.iter_mut().for_each(|v| *v *= scale);
+            for (i, p) in pairs.iter().enumerate() {
+                let b = p.rho * dot(&p.y, &d);
+                axpy((alpha[i] - b) as f32, &p.s, &mut d);
+            }
+            d.iter_mut().for_each(|v| *v = -*v);
+            let mut gd = dot(&g, &d);
+            if !(gd < 0.0) {
+                // not a descent direction: forget the curvature pairs and use steepest descent
+                pairs.clear();
+                let gmax = g.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+                let sc = if gmax > 0.0 { (1.0 / 255.0) / gmax } else { 1.0 };
+                for (di, gi) in d.iter_mut().zip(&g) {
+                    *di = -sc * gi;
+                }
+                gd = dot(&g, &d);
+                if !(gd < 0.0) {
+                    reason = StopReason::Converged; // zero gradient
+                    break;
+                }
+            }
+            // backtracking line search (Armijo, c1 = 1e-4) with quadratic / cubic interpolation
+            let c1 = 1e-4;
+            let mut t = 1.0f64;
+            let mut prev: Option<(f64, f64)> = None; // (t, f) of the previous trial
+            let mut accepted = false;
+            let mut loss_new = f64::NAN;
+            while evals < self.max_evaluations {
+                for ((xn, xi), di) in x_new.iter_mut().zip(x.iter()).zip(&d) {
+                    *xn = xi + (t as f32) * di;
+                }
+                loss_new = f.evaluate(&x_new, &mut g_new)?;
+                evals += 1;
+                if loss_new.is_finite() && loss_new <= loss + c1 * t * gd {
+                    accepted = true;
+                    break;
+                }
+                let t_next = if !loss_new.is_finite() {
+                    t * 0.1
+                } else {
+                    match prev {
+                        None => {
+                            // minimiser of the quadratic through f(0), f'(0), f(t)
+                            let denom = 2.0 * (loss_new - loss - gd * t);
+                            if denom > 0.0 { -gd * t * t / denom } else { t * 0.5 }
+                        }
+                        Some((t0, f0)) => {
+                            // cubic through f(0), f'(0), f(t0), f(t)
+                            let r1 = loss_new - loss - gd * t;
+                            let r2 = f0 - loss - gd * t0;
+                            let a = (r1 / (t * t) - r2 / (t0 * t0)) / (t - t0);
+                            let b = (-t0 * r1 / (t * t) + t * r2 / (t0 * t0)) / (t - t0);
+                            if a.abs() < 1e-300 {
+                                -gd / (2.0 * b)
+                            } else {
+                                let disc = b * b - 3.0 * a * gd;
+                                if disc >= 0.0 { (-b + disc.sqrt()) / (3.0 * a) } else { t * 0.5 }
+                            }
+                        }
+                    }
+                };
+                prev = Some((t, loss_new));
+                t = if t_next.is_finite() { t_next.clamp(0.1 * t, 0.5 * t) } else { 0.5 * t };
+                if t < 1e-10 {
+                    break;
+                }
+            }
+            if !accepted {
+                if evals >= self.max_evaluations {
+                    reason = StopReason::MaxEvaluations;
+                    break;
+                }
+                fails += 1;
+                pairs.clear();
+                if fails >= 2 {
+                    reason = StopReason::LineSearchFailed;
+                    break;
+                }
+                continue;
+            }
+            fails = 0;
+            // curvature pair s = x_new - x, y = g_new - g (reuse the oldest buffers when full)
+            let mut p = if pairs.len() == m { pairs.pop_front().unwrap() } else {
+                spare.take().unwrap_or_else(|| Pair { s: vec![0.0; n], y: vec![0.0; n], rho: 0.0 })
+            };
+            for i in 0..n {
+                p.s[i] = x_new[i] - x[i];
+                p.y[i] = g_new[i] - g[i];
+            }
+            let sy = dot(&p.s, &p.y);
+            let norms = (dot(&p.s, &p.s) * dot(&p.y, &p.y)).sqrt();
+            if sy > 1e-10 * norms && sy > 0.0 {
+                p.rho = 1.0 / sy;
+                pairs.push_back(p);
+            } else {
+                spare = Some(p);
+            }
+            x.copy_from_slice(&x_new);
+            std::mem::swap(&mut g, &mut g_new);
+            // Armijo acceptance makes every accepted step a strict decrease: x is always the best point seen.
+            loss = loss_new;
+            iterations += 1;
+            if on_iter(&IterInfo { iteration: iterations, evaluations: evals, loss }, x) == Control::Stop {
+                reason = StopReason::Callback;
+                break;
+            }
+        }
+        Ok(Summary { iterations, evaluations: evals, loss, reason })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Adam {
+    pub learning_rate: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub epsilon: f32,
+    pub max_iterations: usize,
+}
+
+impl Adam {
+    /// Bias-corrected Adam; one evaluation per iteration. On return `x` holds the best point evaluated.
+    pub fn minimize(
+        &self,
+        x: &mut [f32],
+        f: &mut dyn Objective,
+        on_iter: &mut dyn FnMut(&IterInfo, &[f32]) -> Control,
+    ) -> Result<Summary> {
+        let n = x.len();
+        let mut g = vec![0.0f32; n];
+        let mut m1 = vec![0.0f32; n];
+        let mut m2 = vec![0.0f32; n];
+        let mut best = x.to_vec();
+        let mut best_loss = f64::INFINITY;
+        let mut reason = StopReason::MaxIterations;
+        let mut it = 0usize;
+        let mut evals = 0usize;
+        while it < self.max_iterations {
+            let loss = f.evaluate(x, &mut g)?;
+            evals += 1;
+            if !loss.is_finite() {
+                anyhow::bail!("the objective became non-finite ({loss}) at Adam iteration {it}: lower --learning-rate");
+            }
+            if loss < best_loss {
+                best_loss = loss;
+                best.copy_from_slice(x);
+            }
+            it += 1;
+            let (b1, b2) = (self.beta1, self.beta2);
+            let c1 = 1.0 - b1.powi(it as i32);
+            let c2 = 1.0 - b2.powi(it as i32);
+            for i in 0..n {
+                m1[i] = b1 * m1[i] + (1.0 - b1) * g[i];
+                m2[i] = b2 * m2[i] + (1.0 - b2) * g[i] * g[i];
+                let mh = m1[i] / c1;
+                let vh = m2[i] / c2;
+                x[i] -= self.learning_rate * mh / (vh.sqrt() + self.epsilon);
+            }
+            if on_iter(&IterInfo { iteration: it, evaluations: evals, loss }, x) == Control::Stop {
+                reason = StopReason::Callback;
+                break;
+            }
+        }
+        x.copy_from_slice(&best);
+        Ok(Summary { iterations: it, evaluations: evals, loss: best_loss, reason })
+    }
+}
+
+/// Early stop on relative loss change over a window.
+pub struct EarlyStop {
+    window: usize,
+    tol: f64,
+    history: std::collections::VecDeque<f64>,
+}
+
+impl EarlyStop {
+    pub fn new(window: usize, tol: f64) -> Self {
+        EarlyStop { window: window.max(1), tol, history: std::collections::VecDeque::new() }
+    }
+
+    /// True when the loss decreased by less than `tol` (relative) between `window` updates ago and now.
+    pub fn update(&mut self, loss: f64) -> bool {
+        self.history.push_back(loss);
+        if self.history.len() <= self.window {
+            return false;
+        }
+        let old = self.history.pop_front().unwrap();
+        let rel = (old - loss) / old.abs().max(1e-300);
+        rel < self.tol
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Quadratic {
+        diag: Vec<f32>,
+        target: Vec<f32>,
+    }
+    impl Objective for Quadratic {
+        fn evaluate(&mut self, x: &[f32], g: &mut [f32]) -> Result<f64> {
+            let mut f = 0.0;
+            for i in 0..x.len() {
+                let d = x[i] - self.target[i];
+                f += 0.5 * (self.diag[i] * d * d) as f64;
+                g[i] = self.diag[i] * d;
+            }
+            Ok(f)
+        }
+    }
+
+    fn quadratic(n: usize) -> Quadratic {
+        Quadratic {
+            diag: (0..n).map(|i| 1.0 + 99.0 * i as f32 / n as f32).collect(),
+            target: (0..n).map(|i| (i as f32 * 0.37).sin()).collect(),
+        }
+    }
+
+    /// Rosenbrock chain in f64 on f32 parameters.
+    struct Rosenbrock {
+        evals: usize,
+    }
+    impl Objective for Rosenbrock {
+        fn evaluate(&mut self, x: &[f32], g: &mut [f32]) -> Result<f64> {
+            self.evals += 1;
+            let n = x.len();
+            let mut f = 0.0f64;
+            let mut gd = vec![0.0f64; n];
+            for i in 0..n - 1 {
+                let (a, b) = (x[i] as f64, x[i + 1] as f64);
+                f += 100.0 * (b - a * a).powi(2) + (1.0 - a).powi(2);
+                gd[i] += -400.0 * a * (b - a * a) - 2.0 * (1.0 - a);
+                gd[i + 1] += 200.0 * (b - a * a);
+            }
+            for i in 0..n {
+                g[i] = gd[i] as f32;
+            }
+            Ok(f)
+        }
+    }
+
+    fn cont(_: &IterInfo, _: &[f32]) -> Control {
+        Control::Continue
+    }
+
+    #[test]
+    fn lbfgs_solves_an_ill_conditioned_quadratic() {
+        let mut q = quadratic(1000);
+        let mut x = vec![0.0f32; 1000];
+        let s = Lbfgs { history: 10, max_iterations: 200, max_evaluations: 100 }.minimize(&mut x, &mut q, &mut cont).unwrap();
+        let err = x.iter().zip(&q.target).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(err < 1e-4, "max error {err} after {s:?}");
+        assert!(s.evaluations <= 100);
+    }
+
+    #[test]
+    fn adam_solves_a_quadratic() {
+        let mut q = quadratic(200);
+        let mut x = vec![0.0f32; 200];
+        Adam { learning_rate: 0.05, beta1: 0.9, beta2: 0.999, epsilon: 1e-8, max_iterations: 2000 }
+            .minimize(&mut x, &mut q, &mut cont)
+            .unwrap();
+        let err = x.iter().zip(&q.target).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(err < 1e-3, "max error {err}");
+    }
+
+    #[test]
+    fn lbfgs_reaches_the_rosenbrock_minimum() {
+        for n in [2usize, 10] {
+            let mut f = Rosenbrock { evals: 0 };
+            let mut x: Vec<f32> = (0..n).map(|i| if i % 2 == 0 { -1.2 } else { 1.0 }).collect();
+            let s = Lbfgs { history: 10, max_iterations: 2000, max_evaluations: 5000 }.minimize(&mut x, &mut f, &mut cont).unwrap();
+            assert!(x.iter().all(|v| (v - 1.0).abs() < 1e-3), "n={n}: {x:?} {s:?}");
+        }
+    }
+
+    #[test]
+    fn callback_stop_and_evaluation_budget() {
+        let mut q = quadratic(100);
+        let mut x = vec![0.0f32; 100];
+        let mut seen = 0;
+        let s = Lbfgs { history: 5, max_iterations: 100, max_evaluations: 1000 }
+            .minimize(&mut x, &mut q, &mut |i: &IterInfo, _: &[f32]| {
+                seen = i.iteration;
+                if i.iteration == 3 { Control::Stop } else { Control::Continue }
+            })
+            .unwrap();
+        assert_eq!((s.iterations, s.reason, seen), (3, StopReason::Callback, 3));
+        let mut x = vec![0.0f32; 100];
+        let mut r = Rosenbrock { evals: 0 };
+        let mut x2 = vec![-1.2f32, 1.0];
+        let s = Lbfgs { history: 5, max_iterations: 1000, max_evaluations: 7 }.minimize(&mut x2, &mut r, &mut cont).unwrap();
+        assert!(s.evaluations <= 7 && r.evals <= 7, "{s:?}");
+        assert_eq!(s.reason, StopReason::MaxEvaluations);
+        let s = Adam { learning_rate: 0.1, beta1: 0.9, beta2: 0.999, epsilon: 1e-8, max_iterations: 4 }
+            .minimize(&mut x, &mut q, &mut cont)
+            .unwrap();
+        assert_eq!((s.iterations, s.evaluations), (4, 4));
+    }
+
+    #[test]
+    fn early_stop_needs_a_full_window_and_a_small_change() {
+        let mut e = EarlyStop::new(3, 0.01);
+        assert!(!e.update(100.0));
+        assert!(!e.update(50.0));
+        assert!(!e.update(25.0));
+        assert!(!e.update(24.0)); // 100 -> 24
+        assert!(!e.update(23.9)); // 50 -> 23.9
+        assert!(!e.update(23.8)); // 25 -> 23.8: 4.8 %
+        assert!(e.update(23.8)); // 24 -> 23.8: 0.83 %
+    }
+
+    /// Non-finite losses at long steps are treated as failed trials, not accepted.
+    struct Walled(Quadratic);
+    impl Objective for Walled {
+        fn evaluate(&mut self, x: &[f32], g: &mut [f32]) -> Result<f64> {
+            if x.iter().any(|v| v.abs() > 2.0) {
+                g.iter_mut().for_each(|v| *v = f32::NAN);
+                return Ok(f64::NAN);
+            }
+            self.0.evaluate(x, g)
+        }
+    }
+
+    #[test]
+    fn nan_trials_shrink_the_step() {
+        let mut f = Walled(quadratic(50));
+        let target = f.0.target.clone();
+        let mut x = vec![0.0f32; 50];
+        Lbfgs { history: 10, max_iterations: 300, max_evaluations: 1000 }.minimize(&mut x, &mut f, &mut cont).unwrap();
+        let err = x.iter().zip(&target).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(err < 1e-3, "{err}");
+    }
+
+    struct Failing(usize);
+    impl Objective for Failing {
+        fn evaluate(&mut self, _: &[f32], g: &mut [f32]) -> Result<f64> {
+            self.0 += 1;
+            if self.0 > 2 {
+                anyhow::bail!("device lost");
+            }
+            g.iter_mut().for_each(|v| *v = 1.0);
+            Ok(1.0 * self.0 as f64)
+        }
+    }
+
+    #[test]
+    fn evaluation_errors_propagate() {
+        let mut x = vec![0.0f32; 4];
+        let e = Lbfgs { history: 3, max_iterations: 10, max_evaluations: 10 }.minimize(&mut x, &mut Failing(0), &mut cont);
+        assert!(e.unwrap_err().to_string().contains("device lost"));
+        let e = Adam { learning_rate: 0.1, beta1: 0.9, beta2: 0.999, epsilon: 1e-8, max_iterations: 10 }
+            .minimize(&mut x, &mut Failing(0), &mut cont);
+        assert!(e.unwrap_err().to_string().contains("device lost"));
+    }
+}

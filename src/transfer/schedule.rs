@@ -1,0 +1,343 @@
+//! The stylisation driver: coarse-to-fine scales, per-scale targets, the optimiser loop with early stopping,
+//! and hooks for progress, traces and intermediate saves.
+
+use std::cell::{Cell, RefCell};
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use rand::{Rng, SeedableRng};
+
+use super::color;
+use super::optim::{Adam, Control, EarlyStop, IterInfo, Lbfgs, Objective, StopReason};
+use super::targets::{objective_inputs, StyleTargets, Weights};
+use crate::engine::{Losses, Model, ObjectiveInputs};
+use crate::imageio::Planar;
+
+/// Where the optimisation starts.
+#[derive(Debug, Clone)]
+pub enum Init {
+    Content,
+    /// Uniform noise in [0,1] from the seed.
+    Noise,
+    /// A given image (resized to the first scale); also used for warm starts.
+    Image(Planar),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Optimizer {
+    Lbfgs { history: usize },
+    Adam { learning_rate: f32 },
+}
+
+#[derive(Debug, Clone)]
+pub struct StylizeOptions {
+    /// Longest side of the output.
+    pub image_size: usize,
+    /// Longest side at each scale, increasing, the last = image_size. Empty: automatic (128, 256, … doubling).
+    pub scales: Vec<usize>,
+    /// Iterations per scale (the last scale may use `final_iterations` if set).
+    pub iterations: usize,
+    /// Early stop when the loss fell by less than `tol` (relative) over `tol_window` iterations; 0 disables.
+    pub tol: f64,
+    pub tol_window: usize,
+    pub weights: Weights,
+    pub style_blend: Vec<f32>,
+    /// Style images are resized to style_scale × the current scale's longest side.
+    pub style_scale: f32,
+    pub init: Init,
+    pub optimizer: Optimizer,
+    pub original_colors: bool,
+    pub seed: u64,
+    /// Stop the last scale as soon as the total loss is at or below this (benchmarks: time to reach a loss).
+    pub target_loss: Option<f64>,
+}
+
+impl StylizeOptions {
+    pub fn new(weights: Weights) -> Self {
+        StylizeOptions {
+            image_size: 512,
+            scales: Vec::new(),
+            iterations: 200,
+            tol: 1e-2,
+            tol_window: 10,
+            weights,
+            style_blend: Vec::new(),
+            style_scale: 1.0,
+            init: Init::Content,
+            optimizer: Optimizer::Lbfgs { history: 10 },
+            original_colors: false,
+            seed: 0,
+            target_loss: None,
+        }
+    }
+
+    /// The scales actually used: explicit ones, or 128 doubling up to image_size (one scale when image_size ≤ 128).
+    pub fn resolved_scales(&self) -> Result<Vec<usize>> {
+        if self.image_size == 0 {
+            bail!("--image-size must be positive");
+        }
+        let scales = if self.scales.is_empty() {
+            let mut s = Vec::new();
+            let mut v = 128;
+            while v < self.image_size {
+                s.push(v);
+                v *= 2;
+            }
+            s.push(self.image_size);
+            s
+        } else {
+            self.scales.clone()
+        };
+        if scales.windows(2).any(|w| w[1] <= w[0]) {
+            bail!("--scales must increase, got {scales:?}");
+        }
+        if *scales.last().unwrap() != self.image_size {
+            bail!("the last of --scales ({}) must equal --image-size ({})", scales.last().unwrap(), self.image_size);
+        }
+        Ok(scales)
+    }
+}
+
+/// One evaluation, for traces and progress.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalRecord {
+    pub scale: usize,
+    pub width: usize,
+    pub height: usize,
+    pub iteration: usize,
+    pub evaluation: usize,
+    pub losses: Losses,
+    pub elapsed_ms: f64,
+}
+
+/// What happened at one scale.
+#[derive(Debug, Clone)]
+pub struct ScaleReport {
+    pub width: usize,
+    pub height: usize,
+    pub iterations: usize,
+    pub evaluations: usize,
+    pub first: Losses,
+    pub last: Losses,
+    pub stop: StopReason,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub image: Planar,
+    pub scales: Vec<ScaleReport>,
+}
+
+impl Outcome {
+    pub fn evaluations(&self) -> usize {
+        self.scales.iter().map(|s| s.evaluations).sum()
+    }
+    pub fn final_losses(&self) -> Losses {
+        self.scales.last().map(|s| s.last).unwrap_or_default()
+    }
+}
+
+/// Observers of a run. Every method has a no-op default.
+pub trait Hooks {
+    fn scale_start(&mut self, _scale: usize, _width: usize, _height: usize, _iterations: usize) {}
+    fn evaluation(&mut self, _rec: &EvalRecord) {}
+    /// After each accepted iteration; `image` is the current estimate (planar RGB).
+    fn iteration(&mut self, _scale: usize, _iteration: usize, _image: &Planar) -> Result<()> {
+        Ok(())
+    }
+    /// Whether the image is needed at this iteration (avoids copying it every time).
+    fn wants_image(&self, _scale: usize, _iteration: usize) -> bool {
+        false
+    }
+    /// Checked every evaluation: true stops the run (e.g. a shutdown request).
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+pub struct NoHooks;
+impl Hooks for NoHooks {}
+
+/// Size with longest side `longest` and the aspect of `w`×`h`.
+pub fn fit(w: usize, h: usize, longest: usize) -> (usize, usize) {
+    if w >= h {
+        (longest, ((h as f64 * longest as f64 / w as f64).round() as usize).max(1))
+    } else {
+        (((w as f64 * longest as f64 / h as f64).round() as usize).max(1), longest)
+    }
+}
+
+struct Eval<'a, 'b> {
+    model: &'a mut Model,
+    inputs: &'a ObjectiveInputs,
+    width: usize,
+    height: usize,
+    scale: usize,
+    iteration: &'a Cell<usize>,
+    evaluations: usize,
+    first: Option<Losses>,
+    last: Losses,
+    best: Option<Losses>,
+    start: Instant,
+    hooks: &'a RefCell<&'b mut dyn Hooks>,
+}
+
+impl Objective for Eval<'_, '_> {
+    fn evaluate(&mut self, x: &[f32], grad: &mut [f32]) -> Result<f64> {
+        if self.hooks.borrow().cancelled() {
+            bail!(Cancelled);
+        }
+        let losses = self.model.evaluate(x, self.height, self.width, self.inputs, grad)?;
+        self.evaluations += 1;
+        self.first.get_or_insert(losses);
+        self.last = losses;
+        if losses.total.is_finite() && self.best.is_none_or(|b| losses.total < b.total) {
+            self.best = Some(losses);
+        }
+        self.hooks.borrow_mut().evaluation(&EvalRecord {
+            scale: self.scale,
+            width: self.width,
+            height: self.height,
+            iteration: self.iteration.get(),
+            evaluation: self.evaluations,
+            losses,
+            elapsed_ms: self.start.elapsed().as_secs_f64() * 1e3,
+        });
+        Ok(losses.total)
+    }
+}
+
+/// The run was stopped by `Hooks::cancelled`.
+#[derive(Debug, thiserror::Error)]
+#[error("stylisation cancelled")]
+pub struct Cancelled;
+
+/// Stylise `content` with the blended `styles`.
+pub fn stylize(
+    model: &mut Model,
+    content: &Planar,
+    styles: &[Planar],
+    opts: &StylizeOptions,
+    hooks: &mut dyn Hooks,
+) -> Result<Outcome> {
+    let scales = opts.resolved_scales()?;
+    let blend = if opts.style_blend.is_empty() { vec![1.0; styles.len()] } else { opts.style_blend.clone() };
+    if styles.is_empty() {
+        bail!("at least one style image is needed (--style)");
+    }
+    let start = Instant::now();
+    let mut reports = Vec::new();
+    let mut x: Option<Planar> = None;
+    for (si, &longest) in scales.iter().enumerate() {
+        let (w, h) = fit(content.width, content.height, longest);
+        model.check_size(h, w)?;
+        let t_scale = Instant::now();
+        let content_s = content.resize(w, h);
+        let content_feats = model.features(&content_s.data, h, w)?;
+        let mut per_style = Vec::with_capacity(styles.len());
+        for s in styles {
+            let target = ((longest as f32 * opts.style_scale).round() as usize).max(1);
+            let (mut sw, mut sh) = fit(s.width, s.height, target);
+            let min = model.manifest.min_size;
+            if sw.min(sh) < min {
+                // a wide or tall style image at a small scale: enlarge until its short side fits the model
+                let grow = min as f64 / sw.min(sh) as f64;
+                (sw, sh) = ((sw as f64 * grow).ceil() as usize, (sh as f64 * grow).ceil() as usize);
+            }
+            let sf = model.features(&s.resize(sw, sh).data, sh, sw)?;
+            per_style.push(StyleTargets::from_features(&model.manifest, &sf)?);
+        }
+        let style = StyleTargets::blend(&per_style, &blend)?;
+        let inputs = objective_inputs(&model.manifest, &content_feats, &style, &opts.weights)?;
+        let mut img = match (&x, &opts.init) {
+            (Some(prev), _) => prev.resize(w, h),
+            (None, Init::Content) => content_s.clone(),
+            (None, Init::Image(p)) => p.resize(w, h),
+            (None, Init::Noise) => {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
+                let mut p = Planar::new(w, h);
+                for v in p.data.iter_mut() {
+                    *v = rng.random::<f32>();
+                }
+                p
+            }
+        };
+        hooks.scale_start(si, w, h, opts.iterations);
+        let mut early = EarlyStop::new(opts.tol_window.max(1), opts.tol);
+        let use_early = opts.tol > 0.0;
+        let is_last = si + 1 == scales.len();
+        let shared: RefCell<&mut dyn Hooks> = RefCell::new(&mut *hooks);
+        let iteration = Cell::new(0usize);
+        let mut eval = Eval {
+            model: &mut *model,
+            inputs: &inputs,
+            width: w,
+            height: h,
+            scale: si,
+            iteration: &iteration,
+            evaluations: 0,
+            first: None,
+            last: Losses::default(),
+            best: None,
+            start,
+            hooks: &shared,
+        };
+        let mut iter_error: Option<anyhow::Error> = None;
+        let mut on_iter = |info: &IterInfo, xs: &[f32]| -> Control {
+            iteration.set(info.iteration);
+            let mut hooks = shared.borrow_mut();
+            if hooks.wants_image(si, info.iteration) {
+                let p = Planar { width: w, height: h, data: xs.to_vec() };
+                if let Err(e) = hooks.iteration(si, info.iteration, &p) {
+                    iter_error = Some(e);
+                    return Control::Stop;
+                }
+            }
+            if is_last && opts.target_loss.is_some_and(|t| info.loss <= t) {
+                return Control::Stop;
+            }
+            if use_early && early.update(info.loss) {
+                return Control::Stop;
+            }
+            Control::Continue
+        };
+        let summary = match opts.optimizer {
+            Optimizer::Lbfgs { history } => Lbfgs {
+                history: history.max(1),
+                max_iterations: opts.iterations,
+                max_evaluations: opts.iterations + opts.iterations / 4 + 5,
+            }
+            .minimize(&mut img.data, &mut eval, &mut on_iter)?,
+            Optimizer::Adam { learning_rate } => {
+                Adam { learning_rate, beta1: 0.9, beta2: 0.999, epsilon: 1e-8, max_iterations: opts.iterations }
+                    .minimize(&mut img.data, &mut eval, &mut on_iter)?
+            }
+        };
+        if let Some(e) = iter_error {
+            return Err(e);
+        }
+        let stop = if summary.reason == StopReason::Callback { StopReason::Converged } else { summary.reason };
+        for v in img.data.iter_mut() {
+            *v = v.clamp(0.0, 1.0);
+        }
+        reports.push(ScaleReport {
+            width: w,
+            height: h,
+            iterations: summary.iterations,
+            evaluations: eval.evaluations,
+            first: eval.first.unwrap_or_default(),
+            last: eval.best.unwrap_or(eval.last),
+            stop,
+            seconds: t_scale.elapsed().as_secs_f64(),
+        });
+        tracing::debug!(scale = si, w, h, iterations = summary.iterations, evaluations = eval.evaluations,
+            loss = summary.loss, reason = ?stop, "scale done");
+        x = Some(img);
+    }
+    let mut image = x.expect("at least one scale");
+    if opts.original_colors {
+        image = color::original_colors(&image, content);
+    }
+    Ok(Outcome { image, scales: reports })
+}

@@ -1,0 +1,83 @@
+//! Shared helpers for the integration tests: paths of the exported test graphs, the binary, .npy files.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Small random-weight graphs (`make test-models`).
+pub fn test_model() -> PathBuf {
+    let p = root().join("models/out/test-random");
+    assert!(p.join("manifest.json").is_file(), "run `make test-models` first (missing {})", p.display());
+    p
+}
+
+/// The real default weights (`make models`).
+pub fn real_model() -> PathBuf {
+    let p = root().join("models/out/vgg16-max");
+    assert!(p.join("manifest.json").is_file(), "run `make models` first (missing {})", p.display());
+    p
+}
+
+pub fn example(name: &str) -> PathBuf {
+    root().join("examples").join(name)
+}
+
+pub fn python() -> PathBuf {
+    root().join(".venv/bin/python")
+}
+
+pub fn fuchun(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fuchun"))
+        .args(args)
+        .current_dir(root())
+        .env("FUCHUN_LOG", "warn")
+        .output()
+        .expect("running the fuchun binary")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Write a float32 C-order .npy file.
+pub fn write_npy(path: &Path, shape: &[usize], data: &[f32]) {
+    assert_eq!(shape.iter().product::<usize>(), data.len());
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let tuple = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {tuple}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for v in data {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Read a float64 or float32 C-order .npy file as f64 (shape, data).
+pub fn read_npy(path: &Path) -> (Vec<usize>, Vec<f64>) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..6], b"\x93NUMPY");
+    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + hlen]).unwrap();
+    assert!(header.contains("'fortran_order': False"), "{}: only C-order arrays are read: {header}", path.display());
+    let shape_str = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    let shape: Vec<usize> = shape_str.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse().unwrap()).collect();
+    let body = &bytes[10 + hlen..];
+    let data = if header.contains("'<f8'") {
+        body.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
+    } else if header.contains("'<f4'") {
+        body.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect()
+    } else {
+        panic!("unsupported dtype in {header}")
+    };
+    (shape, data)
+}

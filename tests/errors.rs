@@ -1,0 +1,171 @@
+//! Bad input: each a clear message naming the problem and the fix, exit status ≠ 0, no panic.
+
+mod common;
+
+use std::path::Path;
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Run `fuchun stylize` on a small test setup with some arguments replaced; return stderr, asserting failure.
+fn fails(extra: &[&str], content: Option<&Path>, model: Option<&Path>) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.png");
+    let default_model = common::test_model();
+    let default_content = common::example("tubingen.jpg");
+    let style = common::example("fuchun.jpg");
+    let mut args = vec![
+        "stylize", "--model", p(model.unwrap_or(&default_model)), "--content", p(content.unwrap_or(&default_content)),
+        "--style", p(&style), "-o", p(&out), "--image-size", "48", "--iterations", "2",
+    ];
+    args.extend(extra);
+    let o = common::fuchun(&args);
+    let err = common::stderr(&o);
+    assert!(!o.status.success(), "expected failure for {extra:?}");
+    assert!(err.contains("error:"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!out.exists());
+    err
+}
+
+#[test]
+fn missing_content_file() {
+    let err = fails(&[], Some(Path::new("/nonexistent/photo.jpg")), None);
+    assert!(err.contains("/nonexistent/photo.jpg"), "{err}");
+}
+
+#[test]
+fn non_image_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("notes.jpg");
+    std::fs::write(&f, "this is a text file, not a photo\n").unwrap();
+    let err = fails(&[], Some(&f), None);
+    assert!(err.to_lowercase().contains("jpeg, png or webp"), "{err}");
+}
+
+#[test]
+fn truncated_jpeg() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(common::example("tubingen.jpg")).unwrap();
+    let f = dir.path().join("cut.jpg");
+    std::fs::write(&f, &bytes[..bytes.len() / 3]).unwrap();
+    let err = fails(&[], Some(&f), None);
+    assert!(err.to_lowercase().contains("truncated") || err.to_lowercase().contains("corrupt"), "{err}");
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut c = 0xffff_ffffu32;
+    for &b in data {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+        }
+    }
+    !c
+}
+
+#[test]
+fn huge_declared_dimensions() {
+    // A PNG whose header declares 100000 x 100000 pixels (a few bytes of data follow).
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend_from_slice(&100_000u32.to_be_bytes());
+    ihdr.extend_from_slice(&100_000u32.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    png.extend_from_slice(&13u32.to_be_bytes());
+    png.extend_from_slice(&ihdr);
+    png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("huge.png");
+    std::fs::write(&f, &png).unwrap();
+    let err = fails(&[], Some(&f), None);
+    assert!(err.contains("100000"), "{err}");
+}
+
+#[test]
+fn unknown_provider() {
+    let err = fails(&["--provider", "quantum"], None, None);
+    assert!(err.contains("unknown provider") && err.contains("auto, tensorrt, cuda or cpu"), "{err}");
+}
+
+#[test]
+fn unavailable_provider_is_an_error_not_a_fallback() {
+    let err = fails(&["--provider", "tensorrt"], None, None);
+    assert!(err.contains("tensorrt") && err.contains("unavailable"), "{err}");
+}
+
+#[test]
+fn ort_library_missing() {
+    let err = fails(&["--ort-library", "/nonexistent/libonnxruntime.so"], None, None);
+    assert!(err.contains("/nonexistent/libonnxruntime.so") && err.contains("--ort-library"), "{err}");
+}
+
+#[test]
+fn ort_library_not_onnxruntime() {
+    // a real shared library that is not ONNX Runtime, and a file that is no library at all
+    let libz = ["/lib/x86_64-linux-gnu/libz.so.1", "/usr/lib/x86_64-linux-gnu/libz.so.1", "/lib/aarch64-linux-gnu/libz.so.1"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    if let Some(lib) = libz {
+        let err = fails(&["--ort-library", lib], None, None);
+        assert!(err.contains("not a usable ONNX Runtime library"), "{err}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("libonnxruntime.so");
+    std::fs::write(&f, "garbage").unwrap();
+    let err = fails(&["--ort-library", p(&f)], None, None);
+    assert!(err.contains("not a usable ONNX Runtime library"), "{err}");
+}
+
+fn copy_model(to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in ["manifest.json", "features.onnx", "objective.onnx"] {
+        std::fs::copy(common::test_model().join(f), to.join(f)).unwrap();
+    }
+}
+
+#[test]
+fn manifest_names_an_input_the_graph_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_model(dir.path());
+    let path = dir.path().join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    m["graphs"]["objective"]["inputs"][1]["name"] = "gram_relu9_9".into();
+    std::fs::write(&path, serde_json::to_string(&m).unwrap()).unwrap();
+    let err = fails(&[], None, Some(dir.path()));
+    assert!(err.contains("gram_relu9_9") && err.contains("make models"), "{err}");
+}
+
+#[test]
+fn graph_from_another_export() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_model(dir.path());
+    // features.onnx of the real model in place of the test one
+    std::fs::copy(common::real_model().join("features.onnx"), dir.path().join("features.onnx")).unwrap();
+    let err = fails(&[], None, Some(dir.path()));
+    assert!(err.contains("does not match its manifest"), "{err}");
+}
+
+#[test]
+fn missing_model_directory() {
+    let err = fails(&[], None, Some(Path::new("/nonexistent/model")));
+    assert!(err.contains("make models"), "{err}");
+}
+
+#[test]
+fn bad_output_extension_and_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = common::fuchun(&[
+        "stylize", "--model", p(&common::test_model()), "--content", p(&common::example("tubingen.jpg")),
+        "--style", p(&common::example("fuchun.jpg")), "-o", p(&dir.path().join("out.gif")),
+    ]);
+    assert!(!o.status.success());
+    assert!(common::stderr(&o).to_lowercase().contains(".gif") || common::stderr(&o).contains("gif"), "{}", common::stderr(&o));
+    let err = fails(&["--image-size", "8"], None, None);
+    assert!(err.contains("too small") && err.contains("--image-size"), "{err}");
+    let err = fails(&["--scales", "64,32"], None, None);
+    assert!(err.contains("--scales must increase"), "{err}");
+    let err = fails(&["--style-weight=-1"], None, None);
+    assert!(err.contains("--style-weight"), "{err}");
+}

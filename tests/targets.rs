@@ -1,0 +1,107 @@
+//! The runtime's style targets (Gram, shifted Gram, quantiles, blends) against the exporter's numpy reference.
+
+mod common;
+
+use std::process::Command;
+
+use fuchun::engine::{Model, RuntimeOptions};
+use fuchun::imageio::{self, Limits};
+use fuchun::transfer::targets::{gram, quantiles, resample_sorted, shifted_grams};
+use fuchun::transfer::StyleTargets;
+
+fn max_rel(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-12);
+    a.iter().zip(b).map(|(x, y)| (*x as f64 - y).abs()).fold(0.0, f64::max) / scale
+}
+
+#[test]
+fn targets_match_the_exporter_reference() {
+    let mut model = Model::load(&common::test_model(), &RuntimeOptions::default()).unwrap();
+    let img = imageio::load_path(&common::example("fuchun.jpg"), &Limits::default()).unwrap().fit_longest(72);
+    let feats = model.features(&img.data, img.height, img.width).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fdir = dir.path().join("feats");
+    std::fs::create_dir(&fdir).unwrap();
+    for (layer, f) in &feats {
+        common::write_npy(&fdir.join(format!("feat_{layer}.npy")), &[1, f.channels, f.height, f.width], &f.data);
+    }
+    let m = &model.manifest;
+    let shift: Vec<String> = m.shift_layers.iter().map(|s| format!("{}:{}", s.layer, s.delta)).collect();
+    let out = dir.path().join("ref");
+    let status = Command::new(common::python())
+        .args(["-m", "fuchun_export.reference", "targets"])
+        .arg(&fdir)
+        .arg(&out)
+        .args(["--quantiles", &m.quantiles.to_string(), "--shift", &shift.join(",")])
+        .current_dir(common::root().join("models"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let t = StyleTargets::from_features(m, &feats).unwrap();
+    for l in &m.style_layers {
+        let (shape, want) = common::read_npy(&out.join(format!("gram_{l}.npy")));
+        assert_eq!(shape, vec![feats[l].channels, feats[l].channels]);
+        assert!(max_rel(&t.grams[l], &want) < 1e-5, "gram {l}");
+    }
+    for s in &m.shift_layers {
+        let (_, h) = common::read_npy(&out.join(format!("shift_h_{}.npy", s.layer)));
+        let (_, v) = common::read_npy(&out.join(format!("shift_v_{}.npy", s.layer)));
+        assert!(max_rel(&t.shifts[&s.layer].0, &h) < 1e-5, "shift_h {}", s.layer);
+        assert!(max_rel(&t.shifts[&s.layer].1, &v) < 1e-5, "shift_v {}", s.layer);
+    }
+    for l in &m.hist_layers {
+        let (shape, want) = common::read_npy(&out.join(format!("hist_{l}.npy")));
+        assert_eq!(shape, vec![feats[l].channels, m.quantiles]);
+        let e = max_rel(&t.hists[l], &want);
+        assert!(e < 1e-6, "hist {l}: {e}");
+    }
+    // the free functions agree with the struct
+    let l = &m.style_layers[0];
+    assert_eq!(gram(&feats[l]), t.grams[l]);
+    assert_eq!(quantiles(&feats[l], m.quantiles).len(), feats[l].channels * m.quantiles);
+    let s0 = &m.shift_layers[0];
+    assert_eq!(shifted_grams(&feats[&s0.layer], s0.delta), t.shifts[&s0.layer]);
+}
+
+#[test]
+fn blending_averages_grams_and_quantiles() {
+    let mut model = Model::load(&common::test_model(), &RuntimeOptions::default()).unwrap();
+    let limits = Limits::default();
+    let a = imageio::load_path(&common::example("fuchun.jpg"), &limits).unwrap().fit_longest(64);
+    let b = imageio::load_path(&common::example("starry_night.jpg"), &limits).unwrap().fit_longest(64);
+    let fa = model.features(&a.data, a.height, a.width).unwrap();
+    let fb = model.features(&b.data, b.height, b.width).unwrap();
+    let ta = StyleTargets::from_features(&model.manifest, &fa).unwrap();
+    let tb = StyleTargets::from_features(&model.manifest, &fb).unwrap();
+    let only_a = StyleTargets::blend(&[ta.clone(), tb.clone()], &[2.0, 0.0]).unwrap();
+    assert_eq!(only_a, ta);
+    let mid = StyleTargets::blend(&[ta.clone(), tb.clone()], &[1.0, 3.0]).unwrap();
+    for (l, g) in &mid.grams {
+        for ((m, x), y) in g.iter().zip(&ta.grams[l]).zip(&tb.grams[l]) {
+            assert!((m - (0.25 * x + 0.75 * y)).abs() <= 1e-5 * (x.abs() + y.abs() + 1e-6));
+        }
+    }
+    // a blend of sorted tables stays sorted (it is the Wasserstein barycentre's quantile function)
+    let k = model.manifest.quantiles;
+    for q in mid.hists.values() {
+        for row in q.chunks(k) {
+            assert!(row.windows(2).all(|w| w[0] <= w[1]));
+        }
+    }
+    assert!(StyleTargets::blend(&[ta.clone(), tb.clone()], &[1.0]).unwrap_err().to_string().contains("--style-blend-weights"));
+    assert!(StyleTargets::blend(&[ta, tb], &[0.0, 0.0]).is_err());
+}
+
+#[test]
+fn resampling_is_exact_at_equal_sizes() {
+    let s: Vec<f32> = (0..16).map(|i| (i * i) as f32).collect();
+    let mut out = vec![0.0; 16];
+    resample_sorted(&s, 16, &mut out);
+    assert_eq!(out, s);
+    let mut two = vec![0.0; 2];
+    resample_sorted(&s, 2, &mut two);
+    // p = (j + 0.5) * 16 / 2 - 0.5 = 3.5 and 11.5
+    assert_eq!(two, vec![(9.0 + 16.0) / 2.0, (121.0 + 144.0) / 2.0]);
+}
+
