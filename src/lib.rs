@@ -3,4 +3,5 @@
 pub mod engine;
 pub mod imageio;
 pub mod commands;
+pub mod daemon;
 pub mod transfer;

@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use fuchun::commands::{bench, stylize};
+use fuchun::daemon;
 
 /// fuchun: neural style transfer (Gatys + long-range consistency + histogram loss) on ONNX Runtime.
 #[derive(Parser)]
@@ -15,21 +16,29 @@ struct Cli {
 enum Command {
     /// Stylise one image.
     Stylize(Box<stylize::StylizeArgs>),
+    /// Run the MQTT camera-frame daemon.
+    Serve(daemon::ServeArgs),
     /// Measure evaluation speed, FLOP/s against the CPU's peak, memory and coarse-to-fine gains.
     Bench(Box<bench::BenchArgs>),
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // the daemon logs its progress; the one-shot commands only warnings (FUCHUN_LOG overrides both)
+    let default_filter = match cli.command {
+        Command::Serve(_) => "info,ort=error",
+        _ => "warn,ort=error",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FUCHUN_LOG").unwrap_or_else(|_| "warn,ort=error".into()),
+            tracing_subscriber::EnvFilter::try_from_env("FUCHUN_LOG").unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let result = match &cli.command {
         Command::Stylize(a) => stylize::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Serve(a) => daemon::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

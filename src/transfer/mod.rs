@@ -6,5 +6,8 @@ pub mod optim;
 pub mod schedule;
 pub mod targets;
 
-pub use schedule::{stylize, EvalRecord, Hooks, Init, NoHooks, Optimizer, Outcome, ScaleReport, StylizeOptions};
+pub use schedule::{
+    stylize, stylize_with, EvalRecord, Hooks, Init, NoHooks, Optimizer, Outcome, ScaleReport, StyleImages, StyleSource,
+    StylizeOptions,
+};
 pub use targets::{StyleTargets, Weights};

@@ -138,6 +138,44 @@ impl Outcome {
     }
 }
 
+/// Where the style targets of each scale come from.
+pub trait StyleSource {
+    /// Blended style targets for a scale whose output has longest side `longest`.
+    fn targets(&mut self, model: &mut Model, longest: usize) -> Result<StyleTargets>;
+}
+
+/// Style images and their blend weights: targets computed from the images at every scale.
+pub struct StyleImages<'a> {
+    pub images: &'a [Planar],
+    /// Empty: equal weights.
+    pub blend: Vec<f32>,
+    /// Style images are resized to style_scale × the scale's longest side.
+    pub style_scale: f32,
+}
+
+impl StyleSource for StyleImages<'_> {
+    fn targets(&mut self, model: &mut Model, longest: usize) -> Result<StyleTargets> {
+        if self.images.is_empty() {
+            bail!("at least one style image is needed (--style)");
+        }
+        let blend = if self.blend.is_empty() { vec![1.0; self.images.len()] } else { self.blend.clone() };
+        let mut per_style = Vec::with_capacity(self.images.len());
+        for s in self.images {
+            let target = ((longest as f32 * self.style_scale).round() as usize).max(1);
+            let (mut sw, mut sh) = fit(s.width, s.height, target);
+            let min = model.manifest.min_size;
+            if sw.min(sh) < min {
+                // a wide or tall style image at a small scale: enlarge until its short side fits the model
+                let grow = min as f64 / sw.min(sh) as f64;
+                (sw, sh) = ((sw as f64 * grow).ceil() as usize, (sh as f64 * grow).ceil() as usize);
+            }
+            let sf = model.features(&s.resize(sw, sh).data, sh, sw)?;
+            per_style.push(StyleTargets::from_features(&model.manifest, &sf)?);
+        }
+        StyleTargets::blend(&per_style, &blend)
+    }
+}
+
 /// Observers of a run. Every method has a no-op default.
 pub trait Hooks {
     fn scale_start(&mut self, _scale: usize, _width: usize, _height: usize, _iterations: usize) {}
@@ -213,7 +251,7 @@ impl Objective for Eval<'_, '_> {
 #[error("stylisation cancelled")]
 pub struct Cancelled;
 
-/// Stylise `content` with the blended `styles`.
+/// Stylise `content` with the blended `styles` (images, blend weights and style scale from `opts`).
 pub fn stylize(
     model: &mut Model,
     content: &Planar,
@@ -221,11 +259,19 @@ pub fn stylize(
     opts: &StylizeOptions,
     hooks: &mut dyn Hooks,
 ) -> Result<Outcome> {
+    let mut source = StyleImages { images: styles, blend: opts.style_blend.clone(), style_scale: opts.style_scale };
+    stylize_with(model, content, &mut source, opts, hooks)
+}
+
+/// Stylise `content` with style targets from any source (e.g. a cache).
+pub fn stylize_with(
+    model: &mut Model,
+    content: &Planar,
+    styles: &mut dyn StyleSource,
+    opts: &StylizeOptions,
+    hooks: &mut dyn Hooks,
+) -> Result<Outcome> {
     let scales = opts.resolved_scales()?;
-    let blend = if opts.style_blend.is_empty() { vec![1.0; styles.len()] } else { opts.style_blend.clone() };
-    if styles.is_empty() {
-        bail!("at least one style image is needed (--style)");
-    }
     let start = Instant::now();
     let mut reports = Vec::new();
     let mut x: Option<Planar> = None;
@@ -235,20 +281,7 @@ pub fn stylize(
         let t_scale = Instant::now();
         let content_s = content.resize(w, h);
         let content_feats = model.features(&content_s.data, h, w)?;
-        let mut per_style = Vec::with_capacity(styles.len());
-        for s in styles {
-            let target = ((longest as f32 * opts.style_scale).round() as usize).max(1);
-            let (mut sw, mut sh) = fit(s.width, s.height, target);
-            let min = model.manifest.min_size;
-            if sw.min(sh) < min {
-                // a wide or tall style image at a small scale: enlarge until its short side fits the model
-                let grow = min as f64 / sw.min(sh) as f64;
-                (sw, sh) = ((sw as f64 * grow).ceil() as usize, (sh as f64 * grow).ceil() as usize);
-            }
-            let sf = model.features(&s.resize(sw, sh).data, sh, sw)?;
-            per_style.push(StyleTargets::from_features(&model.manifest, &sf)?);
-        }
-        let style = StyleTargets::blend(&per_style, &blend)?;
+        let style = styles.targets(model, longest)?;
         let inputs = objective_inputs(&model.manifest, &content_feats, &style, &opts.weights)?;
         let mut img = match (&x, &opts.init) {
             (Some(prev), _) => prev.resize(w, h),

@@ -1,0 +1,357 @@
+//! `fuchun serve` configuration: TOML (documented field by field in deploy/fuchun.example.toml), secrets from the
+//! environment.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    /// Named styles.
+    #[serde(default)]
+    pub styles: BTreeMap<String, StyleConfig>,
+    /// Per-camera settings; cameras not listed use `daemon.default_*`.
+    #[serde(default)]
+    pub cameras: BTreeMap<String, CameraConfig>,
+    /// Extra input topics (e.g. Frigate snapshots) mapped to cameras.
+    #[serde(default)]
+    pub inputs: Vec<InputMapping>,
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    V5,
+    #[serde(alias = "v3.1.1", alias = "v311", alias = "3.1.1", alias = "v4")]
+    V311,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub username: Option<String>,
+    /// Prefer the environment variable FUCHUN_MQTT_PASSWORD; a password here is used only when it is unset.
+    pub password: Option<String>,
+    pub keep_alive_s: u64,
+    pub qos: u8,
+    pub protocol: Protocol,
+    /// Topic prefix: `<prefix>/<camera>/frame` etc.
+    pub prefix: String,
+    /// Subscribe to the frame topics through `$share/<group>/…` so several daemons split one stream.
+    pub shared_group: Option<String>,
+    /// Reconnect back-off: first and largest delay.
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            client_id: "fuchun".into(),
+            username: None,
+            password: None,
+            keep_alive_s: 30,
+            qos: 1,
+            protocol: Protocol::V5,
+            prefix: "fuchun".into(),
+            shared_group: None,
+            reconnect_min_ms: 250,
+            reconnect_max_ms: 30_000,
+            tls: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// CA certificate(s) (PEM) that signed the broker's certificate.
+    pub ca: PathBuf,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Model directory; default: models/out/vgg16-max found from the working directory or beside the binary.
+    pub dir: Option<PathBuf>,
+    pub ort_library: Option<PathBuf>,
+    pub provider: String,
+    pub threads: usize,
+    pub tensorrt_fp16: bool,
+    pub tensorrt_cache: Option<PathBuf>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig { dir: None, ort_library: None, provider: "auto".into(), threads: 0, tensorrt_fp16: false, tensorrt_cache: None }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Stylisation workers (each holds its own model sessions). 1 per accelerator.
+    pub workers: usize,
+    /// Style-target cache; empty disables the on-disk cache.
+    pub cache_dir: Option<PathBuf>,
+    pub stats_interval_s: u64,
+    /// Payload limit, checked before decoding.
+    pub max_payload_bytes: u64,
+    pub max_pixels: u64,
+    pub max_dimension: u32,
+    /// Style for cameras with no `style` of their own.
+    pub default_style: Option<String>,
+    /// Defaults for cameras not listed under [cameras].
+    pub default_max_size: Option<usize>,
+    pub default_min_interval_ms: u64,
+    pub default_retain: bool,
+    pub home_assistant_discovery: bool,
+    pub discovery_prefix: String,
+    /// Warm start when the new frame's thumbnail differs from the last one by less than this (mean absolute
+    /// difference of 32×32 grey thumbnails, 0–1).
+    pub warm_start_threshold: f32,
+    /// On SIGTERM/SIGINT: how long the current job may continue before it is abandoned.
+    pub shutdown_grace_ms: u64,
+    /// A job running longer than this stops the systemd watchdog pings (so systemd restarts a stuck worker).
+    pub max_job_seconds: u64,
+    /// JPEG quality of published results.
+    pub jpeg_quality: u8,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            workers: 1,
+            cache_dir: None,
+            stats_interval_s: 60,
+            max_payload_bytes: 16 << 20,
+            max_pixels: 40_000_000,
+            max_dimension: 12_000,
+            default_style: None,
+            default_max_size: None,
+            default_min_interval_ms: 0,
+            default_retain: false,
+            home_assistant_discovery: false,
+            discovery_prefix: "homeassistant".into(),
+            warm_start_threshold: 0.04,
+            shutdown_grace_ms: 2000,
+            max_job_seconds: 600,
+            jpeg_quality: 90,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StyleConfig {
+    /// Style image paths (relative to the config file).
+    pub images: Vec<PathBuf>,
+    #[serde(default)]
+    pub blend_weights: Vec<f32>,
+    #[serde(default = "one")]
+    pub style_scale: f32,
+    /// Longest side of results.
+    #[serde(default = "default_size")]
+    pub image_size: usize,
+    /// Coarse-to-fine scales; default 128 doubling to image_size.
+    #[serde(default)]
+    pub scales: Vec<usize>,
+    /// Iteration budget per scale.
+    #[serde(default = "default_iterations")]
+    pub iterations: usize,
+    #[serde(default = "default_tol")]
+    pub tol: f64,
+    #[serde(default = "default_window")]
+    pub tol_window: usize,
+    /// Term weights; unset: the model's defaults.
+    pub content_weight: Option<f32>,
+    pub style_weight: Option<f32>,
+    pub shift_weight: Option<f32>,
+    pub hist_weight: Option<f32>,
+    pub tv_weight: Option<f32>,
+    #[serde(default)]
+    pub original_colors: bool,
+}
+
+fn one() -> f32 {
+    1.0
+}
+fn default_size() -> usize {
+    256
+}
+fn default_iterations() -> usize {
+    100
+}
+fn default_tol() -> f64 {
+    1e-2
+}
+fn default_window() -> usize {
+    10
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    pub style: Option<String>,
+    /// Results are at most this long (default: the style's image_size).
+    pub max_size: Option<usize>,
+    /// Frames arriving sooner than this after the last processed one are dropped (counted).
+    #[serde(default)]
+    pub min_interval_ms: Option<u64>,
+    /// Publish results retained.
+    pub retain: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputMapping {
+    /// MQTT topic filter, e.g. `frigate/+/+/snapshot`.
+    pub topic: String,
+    /// Index (0-based) of the topic level holding the camera name, e.g. 1 for frigate/<camera>/<label>/snapshot.
+    pub camera_level: Option<usize>,
+    /// Or a fixed camera name for every message of this topic.
+    pub camera: Option<String>,
+}
+
+/// Resolved settings of one camera.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CameraSettings {
+    pub style: String,
+    pub max_size: Option<usize>,
+    pub min_interval_ms: u64,
+    pub retain: bool,
+}
+
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!("cannot read the configuration {}: pass --config PATH (see deploy/fuchun.example.toml)", path.display())
+        })?;
+        let mut c: Config = toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid fuchun configuration", path.display()))?;
+        c.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        c.apply_env();
+        c.validate().with_context(|| format!("invalid configuration {}", path.display()))?;
+        Ok(c)
+    }
+
+    fn apply_env(&mut self) {
+        if let Ok(p) = std::env::var("FUCHUN_MQTT_PASSWORD") {
+            self.mqtt.password = Some(p);
+        }
+        if let Ok(u) = std::env::var("FUCHUN_MQTT_USERNAME") {
+            self.mqtt.username = Some(u);
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.mqtt.qos > 2 {
+            bail!("mqtt.qos must be 0, 1 or 2, got {}", self.mqtt.qos);
+        }
+        if self.mqtt.prefix.is_empty() || self.mqtt.prefix.contains(['+', '#']) {
+            bail!("mqtt.prefix {:?} must be a non-empty topic without wildcards", self.mqtt.prefix);
+        }
+        if let Some(g) = &self.mqtt.shared_group {
+            if !valid_name(g) {
+                bail!("mqtt.shared_group {g:?} must be letters, digits, '_' or '-'");
+            }
+        }
+        if self.mqtt.password.is_some() && self.mqtt.username.is_none() {
+            bail!("an MQTT password is set but no mqtt.username");
+        }
+        if self.daemon.workers == 0 {
+            bail!("daemon.workers must be at least 1");
+        }
+        if self.styles.is_empty() {
+            bail!("no [styles.NAME] defined: add at least one style with its images");
+        }
+        for (name, s) in &self.styles {
+            if !valid_name(name) {
+                bail!("style name {name:?} must be letters, digits, '_' or '-'");
+            }
+            if s.images.is_empty() {
+                bail!("style {name}: `images` is empty");
+            }
+            for img in &s.images {
+                let p = self.resolve(img);
+                if !p.is_file() {
+                    bail!("style {name}: image {} does not exist", p.display());
+                }
+            }
+            if !s.blend_weights.is_empty() && s.blend_weights.len() != s.images.len() {
+                bail!("style {name}: {} blend_weights for {} images", s.blend_weights.len(), s.images.len());
+            }
+            if s.image_size < 16 || s.iterations == 0 {
+                bail!("style {name}: image_size must be >= 16 and iterations >= 1");
+            }
+        }
+        let default = self.default_style_name();
+        if !self.styles.contains_key(&default) {
+            bail!("daemon.default_style {default:?} is not one of the styles {:?}", self.styles.keys().collect::<Vec<_>>());
+        }
+        for (cam, c) in &self.cameras {
+            if !valid_name(cam) {
+                bail!("camera name {cam:?} must be letters, digits, '_' or '-'");
+            }
+            if let Some(s) = &c.style {
+                if !self.styles.contains_key(s) {
+                    bail!("camera {cam}: style {s:?} is not defined under [styles]");
+                }
+            }
+        }
+        for m in &self.inputs {
+            if m.camera_level.is_none() == m.camera.is_none() {
+                bail!("input {}: give exactly one of camera_level or camera", m.topic);
+            }
+            if let Some(l) = m.camera_level {
+                let level = m.topic.split('/').nth(l);
+                if level != Some("+") {
+                    bail!("input {}: level {l} must be a '+' wildcard to carry the camera name", m.topic);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+    }
+
+    pub fn default_style_name(&self) -> String {
+        self.daemon.default_style.clone().unwrap_or_else(|| self.styles.keys().next().cloned().unwrap_or_default())
+    }
+
+    pub fn camera(&self, name: &str) -> CameraSettings {
+        let c = self.cameras.get(name).cloned().unwrap_or_default();
+        CameraSettings {
+            style: c.style.unwrap_or_else(|| self.default_style_name()),
+            max_size: c.max_size.or(self.daemon.default_max_size),
+            min_interval_ms: c.min_interval_ms.unwrap_or(self.daemon.default_min_interval_ms),
+            retain: c.retain.unwrap_or(self.daemon.default_retain),
+        }
+    }
+}

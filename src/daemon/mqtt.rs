@@ -1,0 +1,206 @@
+//! One MQTT client over rumqttc's v5 and v3.1.1 implementations: connection options (TLS, credentials, last
+//! will, packet size), a uniform incoming-message type with the v5 response topic / correlation data, and
+//! publishing with an optional content type and correlation data (v5 only; v3.1.1 ignores them).
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5 as p5;
+
+use super::config::{MqttConfig, Protocol};
+use super::queue::Reply;
+
+/// Something to publish.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub topic: String,
+    pub payload: Bytes,
+    pub retain: bool,
+    pub content_type: Option<&'static str>,
+    pub correlation: Option<Bytes>,
+}
+
+impl Outgoing {
+    pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        Outgoing { topic: topic.into(), payload: payload.into(), retain: false, content_type: None, correlation: None }
+    }
+    pub fn retained(mut self, retain: bool) -> Self {
+        self.retain = retain;
+        self
+    }
+    pub fn content_type(mut self, ct: &'static str) -> Self {
+        self.content_type = Some(ct);
+        self
+    }
+    pub fn json(topic: impl Into<String>, v: &serde_json::Value) -> Self {
+        Outgoing::new(topic, v.to_string()).content_type("application/json")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub topic: String,
+    pub payload: Bytes,
+    pub retain: bool,
+    pub reply: Option<Reply>,
+}
+
+#[derive(Debug)]
+pub enum Event {
+    /// Connection (re-)established: subscribe and announce again.
+    Connected,
+    Message(Incoming),
+    /// The broker or we closed the connection.
+    Disconnected,
+    Other,
+}
+
+#[derive(Clone)]
+pub enum Client {
+    V5(rumqttc::v5::AsyncClient),
+    V4(rumqttc::AsyncClient),
+}
+
+pub enum EventLoop {
+    V5(Box<rumqttc::v5::EventLoop>),
+    V4(Box<rumqttc::EventLoop>),
+}
+
+fn qos4(q: u8) -> rumqttc::QoS {
+    match q {
+        0 => rumqttc::QoS::AtMostOnce,
+        1 => rumqttc::QoS::AtLeastOnce,
+        _ => rumqttc::QoS::ExactlyOnce,
+    }
+}
+
+fn qos5(q: u8) -> rumqttc::v5::mqttbytes::QoS {
+    match q {
+        0 => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+        1 => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        _ => rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+    }
+}
+
+fn transport(cfg: &MqttConfig) -> Result<rumqttc::Transport> {
+    let Some(tls) = &cfg.tls else { return Ok(rumqttc::Transport::Tcp) };
+    // rustls needs a process-wide crypto provider; install ring once (an error means one is already installed).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca = std::fs::read(&tls.ca).with_context(|| format!("reading the MQTT CA certificate {}", tls.ca.display()))?;
+    let client_auth = match (&tls.client_cert, &tls.client_key) {
+        (Some(c), Some(k)) => Some((
+            std::fs::read(c).with_context(|| format!("reading the MQTT client certificate {}", c.display()))?,
+            std::fs::read(k).with_context(|| format!("reading the MQTT client key {}", k.display()))?,
+        )),
+        (None, None) => None,
+        _ => return Err(anyhow!("mqtt.tls: give both client_cert and client_key, or neither")),
+    };
+    Ok(rumqttc::Transport::tls(ca, client_auth, None))
+}
+
+/// Create the client and its event loop. `max_packet` bounds incoming packets; the last will marks us offline.
+pub fn connect(cfg: &MqttConfig, client_id: &str, will_topic: &str, max_packet: usize) -> Result<(Client, EventLoop)> {
+    let keep_alive = Duration::from_secs(cfg.keep_alive_s.max(5));
+    let transport = transport(cfg)?;
+    match cfg.protocol {
+        Protocol::V5 => {
+            let mut o = rumqttc::v5::MqttOptions::new(client_id, &cfg.host, cfg.port);
+            o.set_keep_alive(keep_alive);
+            o.set_clean_start(true);
+            o.set_max_packet_size(Some(max_packet as u32));
+            o.set_transport(transport);
+            o.set_last_will(p5::LastWill::new(will_topic, "offline", qos5(1), true, None));
+            if let Some(u) = &cfg.username {
+                o.set_credentials(u, cfg.password.clone().unwrap_or_default());
+            }
+            let (c, e) = rumqttc::v5::AsyncClient::new(o, 64);
+            Ok((Client::V5(c), EventLoop::V5(Box::new(e))))
+        }
+        Protocol::V311 => {
+            let mut o = rumqttc::MqttOptions::new(client_id, &cfg.host, cfg.port);
+            o.set_keep_alive(keep_alive);
+            o.set_clean_session(true);
+            o.set_max_packet_size(max_packet, max_packet);
+            o.set_transport(transport);
+            o.set_last_will(rumqttc::LastWill::new(will_topic, "offline", qos4(1), true));
+            if let Some(u) = &cfg.username {
+                o.set_credentials(u, cfg.password.clone().unwrap_or_default());
+            }
+            let (c, e) = rumqttc::AsyncClient::new(o, 64);
+            Ok((Client::V4(c), EventLoop::V4(Box::new(e))))
+        }
+    }
+}
+
+impl EventLoop {
+    /// The next event; an Err is a connection problem (the next call reconnects).
+    pub async fn poll(&mut self) -> Result<Event, String> {
+        match self {
+            EventLoop::V5(e) => match e.poll().await {
+                Ok(rumqttc::v5::Event::Incoming(p5::Packet::ConnAck(_))) => Ok(Event::Connected),
+                Ok(rumqttc::v5::Event::Incoming(p5::Packet::Publish(p))) => {
+                    let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                    let reply = p.properties.as_ref().and_then(|pr| {
+                        pr.response_topic.as_ref().map(|t| Reply { topic: t.clone(), correlation: pr.correlation_data.clone() })
+                    });
+                    Ok(Event::Message(Incoming { topic, payload: p.payload, retain: p.retain, reply }))
+                }
+                Ok(rumqttc::v5::Event::Incoming(p5::Packet::Disconnect(_))) => Ok(Event::Disconnected),
+                Ok(_) => Ok(Event::Other),
+                Err(e) => Err(e.to_string()),
+            },
+            EventLoop::V4(e) => match e.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => Ok(Event::Connected),
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    Ok(Event::Message(Incoming { topic: p.topic, payload: p.payload, retain: p.retain, reply: None }))
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Disconnect)) => Ok(Event::Disconnected),
+                Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => Ok(Event::Disconnected),
+                Ok(_) => Ok(Event::Other),
+                Err(e) => Err(e.to_string()),
+            },
+        }
+    }
+}
+
+impl Client {
+    pub async fn publish(&self, m: Outgoing, qos: u8) -> Result<()> {
+        match self {
+            Client::V5(c) => {
+                let props = p5::PublishProperties {
+                    content_type: m.content_type.map(str::to_string),
+                    correlation_data: m.correlation,
+                    ..Default::default()
+                };
+                c.publish_with_properties(m.topic, qos5(qos), m.retain, m.payload, props).await?;
+            }
+            Client::V4(c) => c.publish(m.topic, qos4(qos), m.retain, m.payload).await?,
+        }
+        Ok(())
+    }
+
+    pub async fn subscribe(&self, filter: &str, qos: u8) -> Result<()> {
+        match self {
+            Client::V5(c) => c.subscribe(filter, qos5(qos)).await?,
+            Client::V4(c) => c.subscribe(filter, qos4(qos)).await?,
+        }
+        Ok(())
+    }
+
+    pub async fn unsubscribe(&self, filter: &str) -> Result<()> {
+        match self {
+            Client::V5(c) => c.unsubscribe(filter).await?,
+            Client::V4(c) => c.unsubscribe(filter).await?,
+        }
+        Ok(())
+    }
+
+    pub async fn disconnect(&self) -> Result<()> {
+        match self {
+            Client::V5(c) => c.disconnect().await?,
+            Client::V4(c) => c.disconnect().await?,
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,129 @@
+//! Topic layout: `<prefix>/<camera>/frame` in, `<prefix>/<camera>/stylized` (+ `/meta`) and `/error` out,
+//! `<prefix>/<camera>/style/set` → `<prefix>/<camera>/style/state`, `<prefix>/available`, `<prefix>/stats`.
+
+use super::config::{valid_name, InputMapping};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Frame { camera: String },
+    StyleSet { camera: String },
+    StyleState { camera: String },
+    /// A topic we subscribe to that carries nothing usable (e.g. an invalid camera name).
+    Invalid { reason: String },
+    Ignore,
+}
+
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub prefix: String,
+    pub mappings: Vec<InputMapping>,
+}
+
+/// MQTT filter matching (`+` one level, `#` the rest).
+pub fn matches(filter: &str, topic: &str) -> bool {
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+impl Topics {
+    pub fn frame(&self, camera: &str) -> String {
+        format!("{}/{camera}/frame", self.prefix)
+    }
+    pub fn stylized(&self, camera: &str) -> String {
+        format!("{}/{camera}/stylized", self.prefix)
+    }
+    pub fn meta(&self, camera: &str) -> String {
+        format!("{}/{camera}/stylized/meta", self.prefix)
+    }
+    pub fn error(&self, camera: &str) -> String {
+        format!("{}/{camera}/error", self.prefix)
+    }
+    pub fn style_state(&self, camera: &str) -> String {
+        format!("{}/{camera}/style/state", self.prefix)
+    }
+    pub fn available(&self) -> String {
+        format!("{}/available", self.prefix)
+    }
+    pub fn stats(&self) -> String {
+        format!("{}/stats", self.prefix)
+    }
+
+    /// (filter, shared) pairs to subscribe to; shared ones go through `$share/<group>/` when a group is set.
+    pub fn subscriptions(&self) -> Vec<(String, bool)> {
+        let mut v = vec![
+            (format!("{}/+/frame", self.prefix), true),
+            (format!("{}/+/style/set", self.prefix), false),
+            (format!("{}/+/style/state", self.prefix), false),
+        ];
+        v.extend(self.mappings.iter().map(|m| (m.topic.clone(), true)));
+        v
+    }
+
+    pub fn route(&self, topic: &str) -> Route {
+        if let Some(rest) = topic.strip_prefix(&self.prefix).and_then(|r| r.strip_prefix('/')) {
+            let parts: Vec<&str> = rest.split('/').collect();
+            let named = |cam: &str, ok: Route| {
+                if valid_name(cam) { ok } else { Route::Invalid { reason: format!("camera name {cam:?} must be 1-64 letters, digits, '_' or '-'") } }
+            };
+            match parts.as_slice() {
+                [cam, "frame"] => return named(cam, Route::Frame { camera: cam.to_string() }),
+                [cam, "style", "set"] => return named(cam, Route::StyleSet { camera: cam.to_string() }),
+                [cam, "style", "state"] => return named(cam, Route::StyleState { camera: cam.to_string() }),
+                _ => {}
+            }
+        }
+        for m in &self.mappings {
+            if matches(&m.topic, topic) {
+                let cam = match (&m.camera, m.camera_level) {
+                    (Some(c), _) => c.clone(),
+                    (None, Some(l)) => topic.split('/').nth(l).unwrap_or("").to_string(),
+                    _ => continue,
+                };
+                if !valid_name(&cam) {
+                    return Route::Invalid { reason: format!("camera name {cam:?} taken from {topic} is not valid") };
+                }
+                return Route::Frame { camera: cam };
+            }
+        }
+        Route::Ignore
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topics() -> Topics {
+        Topics {
+            prefix: "home/fuchun".into(),
+            mappings: vec![
+                InputMapping { topic: "frigate/+/+/snapshot".into(), camera_level: Some(1), camera: None },
+                InputMapping { topic: "doorbell/image".into(), camera_level: None, camera: Some("door".into()) },
+            ],
+        }
+    }
+
+    #[test]
+    fn routes() {
+        let t = topics();
+        assert_eq!(t.route("home/fuchun/front/frame"), Route::Frame { camera: "front".into() });
+        assert_eq!(t.route("home/fuchun/front/style/set"), Route::StyleSet { camera: "front".into() });
+        assert_eq!(t.route("home/fuchun/front/style/state"), Route::StyleState { camera: "front".into() });
+        assert_eq!(t.route("frigate/garage/person/snapshot"), Route::Frame { camera: "garage".into() });
+        assert_eq!(t.route("doorbell/image"), Route::Frame { camera: "door".into() });
+        assert_eq!(t.route("home/fuchun/front/stylized"), Route::Ignore);
+        assert_eq!(t.route("home/fuchun/stats"), Route::Ignore);
+        assert!(matches!(t.route("home/fuchun/bad name!/frame"), Route::Invalid { .. }));
+        assert!(matches("a/#", "a/b/c") && matches("a/+/c", "a/b/c") && !matches("a/+", "a/b/c") && !matches("a/b", "a"));
+        assert_eq!(t.subscriptions().len(), 5);
+    }
+}

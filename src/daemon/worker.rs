@@ -1,0 +1,285 @@
+//! Stylisation workers: plain threads, each with its own ONNX Runtime sessions, taking frames from the queue,
+//! stylising them (warm-started from the camera's previous result when the scene is unchanged) and handing the
+//! results to the MQTT task. The async reactor never runs a stylisation.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::config::Config;
+use super::mqtt::Outgoing;
+use super::queue::{Frame, FrameQueue, Reply};
+use super::stats::Stats;
+use super::styles::Style;
+use super::topics::Topics;
+use crate::engine::{Model, RuntimeOptions, TERMS};
+use crate::imageio::{self, Limits, OutputFormat, Planar};
+use crate::transfer::schedule::{fit, Cancelled};
+use crate::transfer::{stylize_with, EvalRecord, Hooks, Init};
+
+/// Commands to the MQTT publisher task.
+#[derive(Debug)]
+pub enum Command {
+    Publish(Outgoing),
+    /// Publish nothing more: disconnect cleanly (after everything queued before it).
+    Disconnect,
+}
+
+/// The last result of a camera, for warm starts.
+struct Warm {
+    style: String,
+    width: usize,
+    height: usize,
+    thumb: Vec<f32>,
+    result: Planar,
+}
+
+pub struct Shared {
+    pub config: Config,
+    pub topics: Topics,
+    pub queue: FrameQueue,
+    pub stats: Stats,
+    pub out: mpsc::Sender<Command>,
+    /// Styles chosen through `<camera>/style/set`.
+    pub camera_styles: Mutex<HashMap<String, String>>,
+    /// Per worker: milliseconds since `started` of the last sign of life.
+    pub heartbeats: Vec<AtomicU64>,
+    /// Set on shutdown once the grace period is over: running jobs stop at their next evaluation.
+    pub abandon: AtomicBool,
+    pub started: Instant,
+    pub provider: Mutex<String>,
+    warm: Mutex<HashMap<String, Warm>>,
+}
+
+impl Shared {
+    pub fn new(config: Config, topics: Topics, out: mpsc::Sender<Command>) -> Shared {
+        let workers = config.daemon.workers;
+        Shared {
+            config,
+            topics,
+            queue: FrameQueue::new(),
+            stats: Stats::default(),
+            out,
+            camera_styles: Mutex::new(HashMap::new()),
+            heartbeats: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            abandon: AtomicBool::new(false),
+            started: Instant::now(),
+            provider: Mutex::new("unknown".into()),
+            warm: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn style_of(&self, camera: &str) -> String {
+        self.camera_styles.lock().unwrap().get(camera).cloned().unwrap_or_else(|| self.config.camera(camera).style)
+    }
+
+    fn beat(&self, worker: usize) {
+        self.heartbeats[worker].store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Seconds since the least recent heartbeat of all workers.
+    pub fn stalest_heartbeat_s(&self) -> f64 {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.heartbeats.iter().map(|h| now.saturating_sub(h.load(Ordering::Relaxed))).max().unwrap_or(0) as f64 / 1e3
+    }
+
+    pub fn send(&self, m: Outgoing) {
+        // blocking_send applies back-pressure when the broker is slow; it only fails once the publisher is gone
+        if self.out.blocking_send(Command::Publish(m)).is_err() {
+            tracing::warn!("the MQTT publisher has stopped; dropping a message");
+        }
+    }
+
+    /// An error for a camera (and for the requester, if the frame asked for a reply).
+    pub fn error_message(&self, camera: &str, code: &str, message: &str, seq: Option<u64>, reply: Option<&Reply>) -> Vec<Outgoing> {
+        Stats::inc(&self.stats.errors);
+        let body = serde_json::json!({"camera": camera, "code": code, "message": message, "seq": seq});
+        let mut v = vec![Outgoing::json(self.topics.error(camera), &body)];
+        if let Some(r) = reply {
+            let mut m = Outgoing::json(r.topic.clone(), &body);
+            m.correlation = r.correlation.clone();
+            v.push(m);
+        }
+        v
+    }
+}
+
+struct JobHooks<'a> {
+    shared: &'a Shared,
+    worker: usize,
+}
+
+impl Hooks for JobHooks<'_> {
+    fn evaluation(&mut self, _rec: &EvalRecord) {
+        self.shared.beat(self.worker);
+    }
+    fn cancelled(&self) -> bool {
+        self.shared.abandon.load(Ordering::Relaxed)
+    }
+}
+
+/// 32×32 grey thumbnail for scene-change detection.
+fn thumbnail(img: &Planar) -> Vec<f32> {
+    let t = img.resize(32, 32);
+    let n = 32 * 32;
+    (0..n).map(|i| 0.299 * t.data[i] + 0.587 * t.data[n + i] + 0.114 * t.data[2 * n + i]).collect()
+}
+
+pub struct WorkerSetup {
+    pub model_dir: PathBuf,
+    pub runtime: RuntimeOptions,
+}
+
+/// The worker thread: load the model, report readiness, then process frames until the queue closes.
+pub fn run(worker: usize, shared: Arc<Shared>, setup: WorkerSetup, ready: std::sync::mpsc::Sender<Result<String, String>>) {
+    let model = Model::load(&setup.model_dir, &setup.runtime);
+    let mut model = match model {
+        Ok(m) => {
+            let _ = ready.send(Ok(m.provider.to_string()));
+            m
+        }
+        Err(e) => {
+            let _ = ready.send(Err(format!("{e:#}")));
+            return;
+        }
+    };
+    drop(ready);
+    let mut styles: HashMap<String, Style> = HashMap::new();
+    loop {
+        shared.beat(worker);
+        let Some(frame) = shared.queue.pop(Duration::from_millis(500)) else {
+            if shared.queue.is_closed() {
+                break;
+            }
+            continue;
+        };
+        let camera = frame.camera.clone();
+        let messages = match process(worker, &shared, &mut model, &mut styles, &frame) {
+            Ok(m) => m,
+            Err(e) => {
+                let (code, text) = if e.downcast_ref::<Cancelled>().is_some() {
+                    ("shutting_down", "the daemon is stopping; the frame was not processed".to_string())
+                } else if let Some(ie) = e.downcast_ref::<imageio::ImageError>() {
+                    (ie.code(), ie.to_string())
+                } else {
+                    ("stylize_failed", format!("{e:#}"))
+                };
+                tracing::warn!(camera, code, error = %text, "frame failed");
+                shared.error_message(&camera, code, &text, Some(frame.seq), frame.reply.as_ref())
+            }
+        };
+        for m in messages {
+            shared.send(m);
+        }
+        shared.queue.done(&camera);
+        if shared.abandon.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+}
+
+fn process(worker: usize, shared: &Shared, model: &mut Model, styles: &mut HashMap<String, Style>, frame: &Frame) -> Result<Vec<Outgoing>> {
+    let t0 = Instant::now();
+    let queued_ms = frame.received.elapsed().as_secs_f64() * 1e3;
+    let cfg = &shared.config;
+    let cam = &frame.camera;
+    let settings = cfg.camera(cam);
+    let style_name = shared.style_of(cam);
+    let limits = Limits {
+        max_bytes: cfg.daemon.max_payload_bytes,
+        max_width: cfg.daemon.max_dimension,
+        max_height: cfg.daemon.max_dimension,
+        max_pixels: cfg.daemon.max_pixels,
+        ..Limits::default()
+    };
+    let content = imageio::decode(&frame.payload, &limits)?;
+    let decode_ms = t0.elapsed().as_secs_f64() * 1e3;
+    if !styles.contains_key(&style_name) {
+        styles.insert(style_name.clone(), Style::load(&style_name, cfg, &model.manifest)?);
+    }
+    let style = styles.get_mut(&style_name).unwrap();
+    // output size: the style's size, capped by the camera's and by the frame itself (no upscaling)
+    let mut size = style.config.image_size.min(content.width.max(content.height));
+    if let Some(m) = settings.max_size {
+        size = size.min(m);
+    }
+    let (w, h) = fit(content.width, content.height, size);
+    model.check_size(h, w).map_err(|e| imageio::ImageError::TooLarge {
+        width: content.width as u64,
+        height: content.height as u64,
+        limit: format!("too small for the model: {e}"),
+    })?;
+    let mut opts = style.options(&model.manifest, size)?;
+    let thumb = thumbnail(&content);
+    let mut warm_start = false;
+    {
+        let warm = shared.warm.lock().unwrap();
+        if let Some(prev) = warm.get(cam) {
+            let diff = prev.thumb.iter().zip(&thumb).map(|(a, b)| (a - b).abs()).sum::<f32>() / thumb.len() as f32;
+            if prev.style == style_name && prev.width == w && prev.height == h && diff < cfg.daemon.warm_start_threshold {
+                warm_start = true;
+                opts.init = Init::Image(prev.result.clone());
+                opts.scales = vec![size];
+            }
+        }
+    }
+    let t1 = Instant::now();
+    let outcome = stylize_with(model, &content, style, &opts, &mut JobHooks { shared, worker })?;
+    let stylize_ms = t1.elapsed().as_secs_f64() * 1e3;
+    let t2 = Instant::now();
+    let jpeg = imageio::encode(&outcome.image, OutputFormat::Jpeg { quality: cfg.daemon.jpeg_quality })?;
+    let encode_ms = t2.elapsed().as_secs_f64() * 1e3;
+    shared.warm.lock().unwrap().insert(
+        cam.clone(),
+        Warm { style: style_name.clone(), width: w, height: h, thumb, result: outcome.image.clone() },
+    );
+    let evaluations = outcome.evaluations();
+    let total_ms = queued_ms + t0.elapsed().as_secs_f64() * 1e3;
+    shared.stats.record_job(total_ms, evaluations as u64, warm_start);
+    let l = outcome.final_losses();
+    let mut losses = serde_json::Map::new();
+    losses.insert("total".into(), l.total.into());
+    for (i, t) in TERMS.iter().enumerate() {
+        losses.insert((*t).into(), l.terms[i].into());
+    }
+    let meta = serde_json::json!({
+        "camera": cam,
+        "seq": frame.seq,
+        "topic": frame.topic,
+        "style": style_name,
+        "style_targets": style.last_source,
+        "input_width": content.width,
+        "input_height": content.height,
+        "width": outcome.image.width,
+        "height": outcome.image.height,
+        "scales": outcome.scales.iter().map(|s| serde_json::json!({
+            "width": s.width, "height": s.height, "iterations": s.iterations, "evaluations": s.evaluations,
+            "stop": format!("{:?}", s.stop), "seconds": s.seconds,
+        })).collect::<Vec<_>>(),
+        "evaluations": evaluations,
+        "warm_start": warm_start,
+        "losses": losses,
+        "durations_ms": {"queue": queued_ms, "decode": decode_ms, "stylize": stylize_ms, "encode": encode_ms, "total": total_ms},
+        "provider": model.provider.to_string(),
+        "input_bytes": frame.payload.len(),
+        "output_bytes": jpeg.len(),
+    });
+    let jpeg = Bytes::from(jpeg);
+    let mut out = vec![
+        Outgoing::new(shared.topics.stylized(cam), jpeg.clone()).retained(settings.retain).content_type("image/jpeg"),
+        Outgoing::json(shared.topics.meta(cam), &meta).retained(settings.retain),
+    ];
+    if let Some(r) = &frame.reply {
+        let mut m = Outgoing::new(r.topic.clone(), jpeg).content_type("image/jpeg");
+        m.correlation = r.correlation.clone();
+        out.push(m);
+    }
+    tracing::info!(camera = %cam, seq = frame.seq, evaluations, warm_start, ms = total_ms as u64, "frame stylised");
+    Ok(out)
+}
