@@ -155,21 +155,26 @@ fn read_targets(path: &Path) -> Result<StyleTargets> {
     }
     let mut t = StyleTargets { grams: Default::default(), shifts: Default::default(), hists: Default::default() };
     let mut i = 8;
-    let mut take = |n: usize| -> Result<&[u8]> {
+    let end = data.len();
+    let mut take = |n: usize| -> Result<Option<&[u8]>> {
+        if i == end && n == 4 {
+            return Ok(None); // clean end between entries
+        }
         if i + n > data.len() {
             bail!("truncated style cache file");
         }
         let s = &data[i..i + n];
         i += n;
-        Ok(s)
+        Ok(Some(s))
     };
     let mut halves: HashMap<String, Vec<f32>> = HashMap::new();
     loop {
-        let Ok(len) = take(4) else { break };
+        let Some(len) = take(4)? else { break };
         let len = u32::from_le_bytes(len.try_into()?) as usize;
-        let name = String::from_utf8(take(len)?.to_vec())?;
-        let n = u64::from_le_bytes(take(8)?.try_into()?) as usize;
-        let v: Vec<f32> = take(n * 4)?.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let name = String::from_utf8(take(len)?.unwrap_or_default().to_vec())?;
+        let n = u64::from_le_bytes(take(8)?.unwrap_or_default().try_into()?) as usize;
+        let v: Vec<f32> =
+            take(n * 4)?.unwrap_or_default().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
         match name.split_once('/') {
             Some(("gram", l)) => {
                 t.grams.insert(l.to_string(), v);
