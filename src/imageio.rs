@@ -128,6 +128,8 @@ pub enum ImageError {
     Decode(String),
     #[error("the image is {width}x{height} pixels, over the limit ({limit}): downscale it first")]
     TooLarge { width: u64, height: u64, limit: String },
+    #[error("the image is {width}x{height} pixels, smaller than the {min}x{min} the model needs: send a larger image")]
+    TooSmall { width: usize, height: usize, min: usize },
     #[error("cannot encode the image: {0}")]
     Encode(String),
     #[error("cannot write {path}: {source}")]
@@ -147,6 +149,7 @@ impl ImageError {
             ImageError::UnknownFormat => "not_an_image",
             ImageError::Decode(_) => "corrupt_image",
             ImageError::TooLarge { .. } => "image_too_large",
+            ImageError::TooSmall { .. } => "image_too_small",
             ImageError::Encode(_) => "encode_failed",
             ImageError::Write { .. } => "write_failed",
             ImageError::OutputFormat(_) => "bad_output_format",

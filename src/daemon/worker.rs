@@ -210,11 +210,10 @@ fn process(worker: usize, shared: &Shared, model: &mut Model, styles: &mut HashM
         size = size.min(m);
     }
     let (w, h) = fit(content.width, content.height, size);
-    model.check_size(h, w).map_err(|e| imageio::ImageError::TooLarge {
-        width: content.width as u64,
-        height: content.height as u64,
-        limit: format!("too small for the model: {e}"),
-    })?;
+    let min = model.manifest.min_size;
+    if w < min || h < min {
+        return Err(imageio::ImageError::TooSmall { width: content.width, height: content.height, min }.into());
+    }
     let mut opts = style.options(&model.manifest, size)?;
     let thumb = thumbnail(&content);
     let mut warm_start = false;
@@ -250,6 +249,7 @@ fn process(worker: usize, shared: &Shared, model: &mut Model, styles: &mut HashM
     }
     let meta = serde_json::json!({
         "camera": cam,
+        "daemon": cfg.mqtt.client_id,
         "seq": frame.seq,
         "topic": frame.topic,
         "style": style_name,

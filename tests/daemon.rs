@@ -1,0 +1,290 @@
+//! `fuchun serve` against a real Mosquitto, with the small random-weight graphs and small frames.
+
+mod common;
+mod mqtt_support;
+
+use std::time::{Duration, Instant};
+
+use fuchun::imageio::{self, Limits};
+use mqtt_support::{jpeg, shared_broker_port, unique_prefix, wait_online, Broker, Daemon, Probe};
+
+const T: Duration = Duration::from_secs(60);
+
+fn start(name: &str, extra: &str) -> (String, Probe, Daemon) {
+    let port = shared_broker_port();
+    let prefix = unique_prefix(name);
+    let probe = Probe::new(port, &[&format!("{prefix}/#")]);
+    let d = Daemon::start(port, &prefix, &format!("fuchun-{}", prefix.replace('/', "-")), extra);
+    wait_online(&probe, &prefix);
+    (prefix, probe, d)
+}
+
+#[test]
+fn frame_in_stylized_jpeg_out_with_consistent_meta() {
+    let (prefix, probe, _d) = start("basic", "");
+    probe.publish(&format!("{prefix}/front/frame"), jpeg(96, 72, 0.3));
+    let img = probe.wait_n(&format!("{prefix}/front/stylized"), 1, T).remove(0);
+    let meta = probe.wait_n(&format!("{prefix}/front/stylized/meta"), 1, T).remove(0).json();
+    let decoded = imageio::decode(&img.payload, &Limits::default()).unwrap();
+    assert_eq!((decoded.width, decoded.height), (64, 48), "style image_size 64 caps the longest side");
+    assert!(img.payload.starts_with(&[0xFF, 0xD8]), "raw JPEG bytes");
+    assert_eq!(img.props.as_ref().and_then(|p| p.content_type.clone()).as_deref(), Some("image/jpeg"));
+    assert_eq!(meta["camera"], "front");
+    assert_eq!(meta["style"], "ink");
+    assert_eq!((meta["width"].as_u64(), meta["height"].as_u64()), (Some(64), Some(48)));
+    assert_eq!((meta["input_width"].as_u64(), meta["input_height"].as_u64()), (Some(96), Some(72)));
+    assert_eq!(meta["output_bytes"].as_u64(), Some(img.payload.len() as u64));
+    assert_eq!(meta["seq"], 1);
+    assert_eq!(meta["warm_start"], false);
+    let evals = meta["evaluations"].as_u64().unwrap();
+    let per_scale: u64 = meta["scales"].as_array().unwrap().iter().map(|s| s["evaluations"].as_u64().unwrap()).sum();
+    assert!(evals > 0 && evals == per_scale);
+    for t in ["total", "content", "style", "shift", "hist", "tv"] {
+        assert!(meta["losses"][t].as_f64().unwrap().is_finite(), "{t}");
+    }
+    let d = &meta["durations_ms"];
+    assert!(d["total"].as_f64().unwrap() >= d["stylize"].as_f64().unwrap());
+    assert_eq!(meta["provider"], "cpu");
+}
+
+#[test]
+fn v5_request_response_echoes_correlation_data() {
+    let (prefix, probe, _d) = start("reqresp", "");
+    let reply = format!("{prefix}-replies/abc");
+    let probe2 = Probe::new(shared_broker_port(), &[&format!("{prefix}-replies/#")]);
+    probe.request(&format!("{prefix}/door/frame"), jpeg(64, 64, 0.8), &reply, b"req-42");
+    let m = probe2.wait_n(&reply, 1, T).remove(0);
+    let props = m.props.clone().unwrap();
+    assert_eq!(props.correlation_data.as_deref(), Some(&b"req-42"[..]));
+    assert_eq!(props.content_type.as_deref(), Some("image/jpeg"));
+    assert!(imageio::decode(&m.payload, &Limits::default()).is_ok());
+    // errors are answered there too
+    probe.request(&format!("{prefix}/door/frame"), b"not an image".to_vec(), &reply, b"req-43");
+    let e = probe2.wait_for(&reply, |m| m.props.as_ref().and_then(|p| p.correlation_data.clone()).as_deref() == Some(&b"req-43"[..]), T);
+    assert_eq!(e.json()["code"], "not_an_image");
+    assert_eq!(e.props.unwrap().content_type.as_deref(), Some("application/json"));
+}
+
+#[test]
+fn flood_keeps_memory_bounded_and_publishes_the_newest_frame() {
+    let (prefix, probe, _d) = start("flood", "[daemon]\nstats_interval_s = 1\n[styles.ink]\niterations = 30\n");
+    let topic = format!("{prefix}/cam/frame");
+    // 50 frames as fast as possible, each a different width so results identify their input
+    for i in 0..50 {
+        probe.publish(&topic, jpeg(64 + i, 48, i as f32 / 50.0));
+    }
+    let newest = 64 + 49;
+    let meta_topic = format!("{prefix}/cam/stylized/meta");
+    probe.wait_for(&meta_topic, |m| m.json()["input_width"] == newest, T);
+    std::thread::sleep(Duration::from_millis(1500)); // nothing else may follow the newest
+    let metas = probe.on(&meta_topic);
+    assert_eq!(metas.last().unwrap().json()["input_width"], newest, "the last published result is from the newest input");
+    assert!(metas.len() < 50, "{} results for 50 frames: nothing was dropped", metas.len());
+    let stats = probe.wait_for(&format!("{prefix}/stats"), |m| m.json()["received"] == 50, T).json();
+    let processed = stats["processed"].as_u64().unwrap();
+    let dropped = stats["dropped"].as_u64().unwrap();
+    assert_eq!(processed + dropped, 50, "{stats}");
+    assert!(dropped > 0);
+    assert_eq!(processed as usize, metas.len());
+    let peak = stats["peak_rss_bytes"].as_u64().unwrap();
+    eprintln!("flood: {processed} processed, {dropped} dropped, peak RSS {} MB", peak / 1_000_000);
+    assert!(peak < 600_000_000, "peak RSS {peak}");
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut c = 0xffff_ffffu32;
+    for &b in data {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+        }
+    }
+    !c
+}
+
+fn png_header(w: u32, h: u32) -> Vec<u8> {
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    png.extend_from_slice(&13u32.to_be_bytes());
+    png.extend_from_slice(&ihdr);
+    png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+    png
+}
+
+#[test]
+fn hostile_payloads_each_get_an_error_and_the_daemon_stays_up() {
+    let (prefix, probe, mut d) = start(
+        "hostile",
+        "[daemon]\nmax_payload_bytes = 1000000\nmax_pixels = 4000000\n[styles.other]\nimages = [\"IMG\"]\n"
+            .replace("IMG", &common::example("starry_night.jpg").display().to_string())
+            .as_str(),
+    );
+    let frame = |cam: &str| format!("{prefix}/{cam}/frame");
+    let good = jpeg(80, 60, 0.5);
+    let mut truncated_jpeg = good.clone();
+    truncated_jpeg.truncate(good.len() / 2);
+    let mut png = imageio::encode(&imageio::Planar::new(40, 40), imageio::OutputFormat::Png).unwrap();
+    png[29] ^= 0xff; // IHDR CRC
+    let bomb = {
+        let img = image::RgbImage::new(6000, 4000); // 24 Mpx of zeros, ~70 KB compressed
+        let mut v = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut v), image::ImageFormat::Png).unwrap();
+        assert!(v.len() < 1_000_000);
+        v
+    };
+    let gif = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;".to_vec();
+    let tiny = imageio::encode(&imageio::Planar::new(8, 8), imageio::OutputFormat::Png).unwrap();
+    let cases: Vec<(&str, String, Vec<u8>, &str)> = vec![
+        ("empty", frame("c1"), vec![], "empty_payload"),
+        ("text", frame("c2"), b"hello, I am not a picture".to_vec(), "not_an_image"),
+        ("truncated jpeg", frame("c3"), truncated_jpeg, "corrupt_image"),
+        ("corrupted png", frame("c4"), png, "corrupt_image"),
+        ("decompression bomb", frame("c5"), bomb, "image_too_large"),
+        ("huge declared size", frame("c6"), png_header(100_000, 100_000), "image_too_large"),
+        ("over the size limit", frame("c7"), vec![0xFFu8; 1_200_000], "payload_too_large"),
+        ("gif", frame("c8"), gif, "not_an_image"),
+        ("too small for the model", frame("c9"), tiny, "image_too_small"),
+        ("unknown style", format!("{prefix}/c10/style/set"), b"picasso".to_vec(), "unknown_style"),
+        ("binary control payload", format!("{prefix}/c11/style/set"), vec![0xff, 0xfe, 0x00], "bad_control_payload"),
+        ("json without a style", format!("{prefix}/c12/style/set"), b"{\"colour\": 3}".to_vec(), "bad_control_payload"),
+        ("empty control payload", format!("{prefix}/c13/style/set"), vec![], "bad_control_payload"),
+    ];
+    for (_, topic, payload, _) in &cases {
+        probe.publish(topic, payload.clone());
+    }
+    for (i, (what, _, _, code)) in cases.iter().enumerate() {
+        let m = probe.wait_n(&format!("{prefix}/c{}/error", i + 1), 1, T).remove(0).json();
+        assert_eq!(m["code"], *code, "{what}: {m}");
+        assert!(m["message"].as_str().unwrap().len() > 10, "{what}: {m}");
+    }
+    // an invalid camera name in the topic
+    probe.publish(&format!("{prefix}/bad.name/frame"), jpeg(64, 64, 0.1));
+    let m = probe.wait_n(&format!("{prefix}/error"), 1, T).remove(0).json();
+    assert_eq!(m["code"], "bad_topic");
+    // still alive and working, the unknown style did not replace the old one
+    assert!(d.child.try_wait().unwrap().is_none(), "daemon exited:\n{}", d.log_text());
+    probe.publish(&frame("c10"), jpeg(64, 64, 0.9));
+    let meta = probe.wait_n(&format!("{prefix}/c10/stylized/meta"), 1, T).remove(0).json();
+    assert_eq!(meta["style"], "ink");
+    assert!(!d.log_text().contains("panicked"));
+    let _ = d.wait_exit(Duration::ZERO);
+}
+
+#[test]
+fn reconnects_and_resubscribes_after_the_broker_restarts() {
+    let port = mqtt_support::free_port();
+    let mut broker = Broker::start_on(port);
+    let prefix = unique_prefix("restart");
+    let probe = Probe::new(port, &[&format!("{prefix}/#")]);
+    let d = Daemon::start(port, &prefix, "fuchun-restart", "");
+    wait_online(&probe, &prefix);
+    probe.publish(&format!("{prefix}/a/frame"), jpeg(64, 64, 0.2));
+    probe.wait_n(&format!("{prefix}/a/stylized"), 1, T);
+    broker.kill();
+    std::thread::sleep(Duration::from_millis(800));
+    let _broker2 = Broker::start_on(port);
+    // a new probe (the old one reconnects on its own schedule); the daemon announces itself again
+    let probe2 = Probe::new(port, &[&format!("{prefix}/#")]);
+    wait_online(&probe2, &prefix);
+    probe2.publish(&format!("{prefix}/a/frame"), jpeg(64, 64, 0.7));
+    probe2.wait_n(&format!("{prefix}/a/stylized"), 1, T);
+    drop(d);
+}
+
+#[test]
+fn sigterm_mid_job_publishes_stopped_and_exits_zero() {
+    let (prefix, probe, mut d) =
+        start("sigterm", "[styles.ink]\nimage_size = 128\niterations = 5000\ntol = 0.0\nscales = [128]\n");
+    probe.publish(&format!("{prefix}/cam/frame"), jpeg(128, 128, 0.4));
+    std::thread::sleep(Duration::from_millis(1500)); // the job is running
+    let t = Instant::now();
+    d.signal("TERM");
+    let status = d.wait_exit(Duration::from_secs(5)).expect("no exit within 5 s of SIGTERM");
+    assert!(status.success(), "{status:?}\n{}", d.log_text());
+    eprintln!("SIGTERM → exit in {} ms", t.elapsed().as_millis());
+    probe.wait_for(&format!("{prefix}/available"), |m| m.text() == "stopped", T);
+    // the abandoned job was reported, not silently lost
+    let e = probe.wait_n(&format!("{prefix}/cam/error"), 1, T).remove(0).json();
+    assert_eq!(e["code"], "shutting_down");
+}
+
+#[test]
+fn kill_9_leaves_the_last_will_offline() {
+    let (prefix, probe, mut d) = start("kill9", "");
+    d.signal("KILL");
+    d.wait_exit(Duration::from_secs(5)).unwrap();
+    probe.wait_for(&format!("{prefix}/available"), |m| m.text() == "offline", Duration::from_secs(90));
+}
+
+#[test]
+fn two_daemons_in_a_shared_group_split_the_frames() {
+    let port = shared_broker_port();
+    let prefix = unique_prefix("group");
+    let probe = Probe::new(port, &[&format!("{prefix}/#")]);
+    let group = format!("g{}", std::process::id());
+    let extra = format!("[mqtt]\nshared_group = \"{group}\"\n");
+    let _a = Daemon::start(port, &prefix, &format!("fuchun-a-{group}"), &extra);
+    let _b = Daemon::start(port, &prefix, &format!("fuchun-b-{group}"), &extra);
+    probe.wait_n(&format!("{prefix}/available"), 2, T);
+    std::thread::sleep(Duration::from_millis(500)); // both subscriptions active
+    for i in 0..12 {
+        probe.publish(&format!("{prefix}/cam{i}/frame"), jpeg(64, 48, i as f32 / 12.0));
+    }
+    let mut by_daemon = std::collections::HashMap::new();
+    for i in 0..12 {
+        let m = probe.wait_n(&format!("{prefix}/cam{i}/stylized/meta"), 1, T);
+        assert_eq!(m.len(), 1, "cam{i} was processed twice");
+        *by_daemon.entry(m[0].json()["daemon"].as_str().unwrap().to_string()).or_insert(0) += 1;
+    }
+    assert_eq!(by_daemon.len(), 2, "one daemon did everything: {by_daemon:?}");
+}
+
+#[test]
+fn style_set_state_round_trip() {
+    let extra = format!("[styles.starry]\nimages = [\"{}\"]\nimage_size = 64\niterations = 10\n", common::example("starry_night.jpg").display());
+    let (prefix, probe, _d) = start("style", &extra);
+    probe.publish(&format!("{prefix}/porch/style/set"), "starry");
+    let state = probe.wait_n(&format!("{prefix}/porch/style/state"), 1, T).remove(0);
+    assert_eq!(state.text(), "starry");
+    assert!(state.retain || probe.on(&format!("{prefix}/porch/style/state")).len() == 1);
+    probe.publish(&format!("{prefix}/porch/frame"), jpeg(64, 64, 0.5));
+    let meta = probe.wait_n(&format!("{prefix}/porch/stylized/meta"), 1, T).remove(0).json();
+    assert_eq!(meta["style"], "starry");
+    // JSON form too
+    probe.publish(&format!("{prefix}/porch/style/set"), r#"{"style": "ink"}"#);
+    probe.wait_for(&format!("{prefix}/porch/style/state"), |m| m.text() == "ink", T);
+    // the retained state is what a new subscriber sees
+    let late = Probe::new(shared_broker_port(), &[&format!("{prefix}/porch/style/state")]);
+    let m = late.wait_n(&format!("{prefix}/porch/style/state"), 1, T).remove(0);
+    assert!(m.retain);
+    assert_eq!(m.text(), "ink");
+}
+
+#[test]
+fn warm_start_needs_fewer_evaluations_on_a_repeated_frame() {
+    let (prefix, probe, _d) =
+        start("warm", "[styles.ink]\nimage_size = 96\niterations = 60\ntol = 0.01\ntol_window = 5\n[daemon]\ncache_dir = \"cache\"\n");
+    let frame = jpeg(96, 72, 0.6);
+    let meta_topic = format!("{prefix}/cam/stylized/meta");
+    probe.publish(&format!("{prefix}/cam/frame"), frame.clone());
+    let cold = probe.wait_n(&meta_topic, 1, T).remove(0).json();
+    probe.publish(&format!("{prefix}/cam/frame"), frame.clone());
+    let warm = probe.wait_n(&meta_topic, 2, T).remove(1).json();
+    let (c, w) = (cold["evaluations"].as_u64().unwrap(), warm["evaluations"].as_u64().unwrap());
+    eprintln!("cold {c} evaluations, warm {w} evaluations");
+    assert_eq!(cold["warm_start"], false);
+    assert_eq!(warm["warm_start"], true);
+    assert!(w < c, "warm {w} vs cold {c}");
+    assert_eq!(cold["style_targets"], "computed");
+    assert_eq!(warm["style_targets"], "memory");
+    // a different scene starts cold again
+    probe.publish(&format!("{prefix}/cam/frame"), jpeg(96, 72, 0.0).iter().rev().copied().collect::<Vec<u8>>());
+    let _ = probe.wait_n(&format!("{prefix}/cam/error"), 1, T); // reversed bytes are not an image
+    let other = mqtt_support::jpeg(72, 96, 0.1);
+    probe.publish(&format!("{prefix}/cam/frame"), other);
+    let third = probe.wait_n(&meta_topic, 3, T).remove(2).json();
+    assert_eq!(third["warm_start"], false);
+}
