@@ -277,7 +277,7 @@ fn warm_start_needs_fewer_evaluations_on_a_repeated_frame() {
     eprintln!("cold {c} evaluations, warm {w} evaluations");
     assert_eq!(cold["warm_start"], false);
     assert_eq!(warm["warm_start"], true);
-    assert!(w < c, "warm {w} vs cold {c}");
+    assert!(w * 3 <= c, "warm {w} vs cold {c}: a repeated frame should need at most a third of the evaluations");
     assert_eq!(cold["style_targets"], "computed");
     assert_eq!(warm["style_targets"], "memory");
     // a different scene starts cold again

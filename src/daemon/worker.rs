@@ -38,6 +38,8 @@ struct Warm {
     height: usize,
     thumb: Vec<f32>,
     result: Planar,
+    /// Total loss the result reached; a warm start stops once the new frame is as good.
+    loss: f64,
 }
 
 pub struct Shared {
@@ -225,6 +227,7 @@ fn process(worker: usize, shared: &Shared, model: &mut Model, styles: &mut HashM
                 warm_start = true;
                 opts.init = Init::Image(prev.result.clone());
                 opts.scales = vec![size];
+                opts.target_loss = Some(prev.loss);
             }
         }
     }
@@ -236,7 +239,14 @@ fn process(worker: usize, shared: &Shared, model: &mut Model, styles: &mut HashM
     let encode_ms = t2.elapsed().as_secs_f64() * 1e3;
     shared.warm.lock().unwrap().insert(
         cam.clone(),
-        Warm { style: style_name.clone(), width: w, height: h, thumb, result: outcome.image.clone() },
+        Warm {
+            style: style_name.clone(),
+            width: w,
+            height: h,
+            thumb,
+            result: outcome.image.clone(),
+            loss: outcome.final_losses().total,
+        },
     );
     let evaluations = outcome.evaluations();
     let total_ms = queued_ms + t0.elapsed().as_secs_f64() * 1e3;
