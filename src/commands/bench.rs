@@ -26,8 +26,8 @@ pub struct BenchArgs {
     /// Size for the schedule comparison (0 skips it).
     #[arg(long, default_value_t = 256)]
     pub schedule_size: usize,
-    /// Iterations of the single-scale reference run (the classic recipe uses 500).
-    #[arg(long, default_value_t = 100)]
+    /// Iterations of the single-scale reference run (the classic recipe: 500 L-BFGS iterations at the target size).
+    #[arg(long, default_value_t = 500)]
     pub schedule_iterations: usize,
     #[arg(long, default_value = "examples/tubingen.jpg")]
     pub content: PathBuf,
@@ -136,9 +136,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let a = stylize(&mut model, &content, std::slice::from_ref(&style), &single, &mut NoHooks)?;
         let t_single = t.elapsed().as_secs_f64();
         let target = a.final_losses().total;
+        // the default schedule (coarse-to-fine, default iterations and early stop), stopping early if it reaches
+        // the classic recipe's loss
         let mut c2f = StylizeOptions::new(weights.clone());
         c2f.image_size = args.schedule_size;
-        c2f.iterations = args.schedule_iterations * 3;
         c2f.target_loss = Some(target);
         let t = Instant::now();
         let b = stylize(&mut model, &content, std::slice::from_ref(&style), &c2f, &mut NoHooks)?;

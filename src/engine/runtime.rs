@@ -63,6 +63,7 @@ impl Default for RuntimeOptions {
 struct Loaded {
     env: Environment,
     library: PathBuf,
+    version: String,
 }
 
 static RUNTIME: OnceLock<std::result::Result<Loaded, String>> = OnceLock::new();
@@ -160,6 +161,7 @@ fn load(path: &Path) -> Result<Loaded> {
     if !meta.is_file() {
         bail!("ONNX Runtime library {} is not a file: pass the path of libonnxruntime.so", path.display());
     }
+    let version = library_version(path)?;
     let builder = ort::init_from(path).map_err(|e| {
         anyhow!(
             "{} is not a usable ONNX Runtime library ({e}): pass --ort-library with libonnxruntime.so \
@@ -168,15 +170,34 @@ fn load(path: &Path) -> Result<Loaded> {
         )
     })?;
     let env = builder.with_name("fuchun").build().map_err(|e| anyhow!("creating the ONNX Runtime environment: {e}"))?;
-    tracing::info!(library = %path.display(), "ONNX Runtime loaded");
-    Ok(Loaded { env, library: path.to_path_buf() })
+    tracing::info!(library = %path.display(), version, "ONNX Runtime loaded");
+    Ok(Loaded { env, library: path.to_path_buf(), version })
 }
 
-/// The ONNX Runtime version string of the loaded library.
+/// Open the library and ask it for its version (OrtGetApiBase → GetVersionString) before `ort` takes it: a file
+/// that is not ONNX Runtime gets a clear error here instead of deeper inside `ort`.
+fn library_version(path: &Path) -> Result<String> {
+    let fix = "pass --ort-library with libonnxruntime.so version >= 1.17 (e.g. from `pip install onnxruntime`)";
+    // SAFETY: loading a shared library runs its initialisers; the path is what the user asked us to load.
+    let lib = unsafe { libloading::Library::new(path) }
+        .map_err(|e| anyhow!("{} is not a usable ONNX Runtime library ({e}): {fix}", path.display()))?;
+    // SAFETY: OrtGetApiBase has this signature in every ONNX Runtime release; the string it returns is static.
+    unsafe {
+        let get: libloading::Symbol<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> = lib
+            .get(b"OrtGetApiBase")
+            .map_err(|_| anyhow!("{} is not a usable ONNX Runtime library (no OrtGetApiBase): {fix}", path.display()))?;
+        let base = get();
+        if base.is_null() {
+            bail!("{} is not a usable ONNX Runtime library (OrtGetApiBase returned null): {fix}", path.display());
+        }
+        let v = std::ffi::CStr::from_ptr(((*base).GetVersionString)());
+        Ok(v.to_string_lossy().into_owned())
+    }
+}
+
+/// The ONNX Runtime version of the loaded library ("unknown" before loading).
 pub fn version() -> String {
-    ort::info().split(',').find_map(|s| s.trim().strip_prefix("git-branch=").map(str::to_string)).unwrap_or_else(|| {
-        ort::info().chars().take(60).collect()
-    })
+    RUNTIME.get().and_then(|r| r.as_ref().ok()).map(|l| l.version.clone()).unwrap_or_else(|| "unknown".into())
 }
 
 /// Execution providers that the loaded library reports (e.g. "CPUExecutionProvider").
