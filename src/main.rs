@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use fuchun::commands::{bench, stylize};
+use fuchun::commands::{bench, doctor, stylize};
 use fuchun::daemon;
 
 /// fuchun: neural style transfer (Gatys + long-range consistency + histogram loss) on ONNX Runtime.
@@ -18,6 +18,10 @@ enum Command {
     Stylize(Box<stylize::StylizeArgs>),
     /// Run the MQTT camera-frame daemon.
     Serve(daemon::ServeArgs),
+    /// Kiosk: serve a page showing the latest stylised frame of a camera, refreshed as results arrive.
+    View(daemon::view::ViewArgs),
+    /// Check the installation: ONNX Runtime, providers, model files, broker, directories.
+    Doctor(doctor::DoctorArgs),
     /// Measure evaluation speed, FLOP/s against the CPU's peak, memory and coarse-to-fine gains.
     Bench(Box<bench::BenchArgs>),
 }
@@ -26,7 +30,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // the daemon logs its progress; the one-shot commands only warnings (FUCHUN_LOG overrides both)
     let default_filter = match cli.command {
-        Command::Serve(_) => "info,ort=error",
+        Command::Serve(_) | Command::View(_) => "info,ort=error",
         _ => "warn,ort=error",
     };
     tracing_subscriber::fmt()
@@ -39,6 +43,8 @@ fn main() -> ExitCode {
         Command::Stylize(a) => stylize::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Serve(a) => daemon::run(a),
+        Command::Doctor(a) => doctor::run(a),
+        Command::View(a) => daemon::view::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,4 +2,5 @@
 
 pub mod bench;
 pub mod common;
+pub mod doctor;
 pub mod stylize;

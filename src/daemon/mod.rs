@@ -7,6 +7,7 @@ pub mod queue;
 pub mod stats;
 pub mod styles;
 pub mod topics;
+pub mod view;
 pub mod worker;
 
 use std::collections::{HashMap, HashSet};

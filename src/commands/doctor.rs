@@ -1,0 +1,199 @@
+//! `fuchun doctor`: check an installation — ONNX Runtime, execution providers, model files, the broker, and
+//! the directories the daemon writes — and print a table. Exit status ≠ 0 when something required is missing.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use clap::Args;
+
+use super::common::default_model_dir;
+use crate::daemon::config::Config;
+use crate::daemon::mqtt::{self, Event, Outgoing};
+use crate::engine::{runtime, Manifest, Model, Provider, RuntimeOptions};
+
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    /// Daemon configuration to check (broker, model, directories). Without it: defaults.
+    #[arg(long, short = 'c', env = "FUCHUN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Model directory (overrides the configuration).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// libonnxruntime.so (overrides the configuration).
+    #[arg(long)]
+    pub ort_library: Option<PathBuf>,
+    /// Skip the broker check.
+    #[arg(long)]
+    pub no_broker: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+struct Check {
+    name: String,
+    status: Status,
+    detail: String,
+}
+
+fn check(name: &str, r: Result<String>, required: bool) -> Check {
+    match r {
+        Ok(d) => Check { name: name.into(), status: Status::Ok, detail: d },
+        Err(e) => Check { name: name.into(), status: if required { Status::Fail } else { Status::Warn }, detail: format!("{e:#}") },
+    }
+}
+
+fn writable(dir: &Path) -> Result<String> {
+    std::fs::create_dir_all(dir).map_err(|e| anyhow!("cannot create {}: {e}", dir.display()))?;
+    let probe = dir.join(format!(".fuchun-doctor-{}", std::process::id()));
+    std::fs::write(&probe, b"ok").map_err(|e| anyhow!("{} is not writable: {e}", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(format!("{} writable", dir.display()))
+}
+
+fn broker(cfg: &Config) -> Result<String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let id = format!("{}-doctor-{}", cfg.mqtt.client_id, std::process::id());
+        let topic = format!("{}/doctor/{}", cfg.mqtt.prefix, std::process::id());
+        let (client, mut events) = mqtt::connect(&cfg.mqtt, &id, &format!("{topic}/will"), 1 << 20)?;
+        let run = async {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Connected) => {
+                        client.subscribe(&topic, 1).await?;
+                        client.publish(Outgoing::new(topic.clone(), "probe"), 1).await?;
+                    }
+                    Ok(Event::Message(m)) if m.topic == topic => return Ok::<_, anyhow::Error>(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(anyhow!("{e}")),
+                }
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(5), run).await {
+            Ok(Ok(())) => {
+                let _ = client.disconnect().await;
+                Ok(format!("{}:{} connect, subscribe, publish, receive: ok ({:?})", cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.protocol))
+            }
+            Ok(Err(e)) => Err(anyhow!("{}:{}: {e}: is the broker running and reachable?", cfg.mqtt.host, cfg.mqtt.port)),
+            Err(_) => Err(anyhow!("{}:{}: no round trip within 5 s", cfg.mqtt.host, cfg.mqtt.port)),
+        }
+    })
+}
+
+pub fn run(args: &DoctorArgs) -> Result<()> {
+    let cfg = match &args.config {
+        Some(p) => Some(Config::load(p)?),
+        None => None,
+    };
+    let mut checks = Vec::new();
+    // ONNX Runtime
+    let library = args
+        .ort_library
+        .clone()
+        .or_else(|| cfg.as_ref().and_then(|c| c.model.ort_library.as_ref().map(|p| c.resolve(p))));
+    let lib = library.clone().map(Ok).unwrap_or_else(runtime::discover_library);
+    let ort_ok = match &lib {
+        Ok(p) => {
+            let r = runtime::init(Some(p)).map(|_| format!("{} (version {})", p.display(), runtime::version()));
+            let ok = r.is_ok();
+            checks.push(check("ONNX Runtime", r, true));
+            ok
+        }
+        Err(e) => {
+            checks.push(check("ONNX Runtime", Err(anyhow!("{e:#}")), true));
+            false
+        }
+    };
+    // providers
+    if ort_ok {
+        let avail = runtime::available_providers();
+        checks.push(check("provider CPU", Ok("available".into()), true));
+        for (name, ep, feature) in [("CUDA", "CUDAExecutionProvider", "cuda"), ("TensorRT", "TensorrtExecutionProvider", "tensorrt")] {
+            let built = (feature == "cuda" && cfg!(feature = "cuda")) || (feature == "tensorrt" && cfg!(feature = "tensorrt"));
+            let r = if !built {
+                Err(anyhow!("not built in (cargo build --release --features {feature})"))
+            } else if avail.iter().any(|a| a == ep) {
+                Ok("available".into())
+            } else {
+                Err(anyhow!("the loaded ONNX Runtime has no {ep} (install onnxruntime-gpu)"))
+            };
+            checks.push(check(&format!("provider {name}"), r, false));
+        }
+    }
+    // model
+    let model_dir = args
+        .model
+        .clone()
+        .or_else(|| cfg.as_ref().and_then(|c| c.model.dir.as_ref().map(|p| c.resolve(p))))
+        .map(Ok)
+        .unwrap_or_else(|| default_model_dir("vgg16-max"));
+    match model_dir {
+        Ok(dir) => {
+            let manifest = Manifest::load(&dir);
+            match manifest {
+                Ok(m) => {
+                    let r = if ort_ok {
+                        let opts = RuntimeOptions { library: lib.as_ref().ok().cloned(), provider: Provider::Cpu, ..Default::default() };
+                        Model::load(&dir, &opts).map(|model| {
+                            format!(
+                                "{} ({} {}, {} weights, graphs match the manifest, min size {})",
+                                dir.display(),
+                                model.manifest.architecture,
+                                model.manifest.pooling,
+                                model.manifest.weights.kind,
+                                model.manifest.min_size
+                            )
+                        })
+                    } else {
+                        Ok(format!("{} (manifest valid; graphs not loaded without ONNX Runtime)", m.dir.display()))
+                    };
+                    checks.push(check("model", r, true));
+                }
+                Err(e) => checks.push(check("model", Err(e), true)),
+            }
+        }
+        Err(e) => checks.push(check("model", Err(e), true)),
+    }
+    // broker and directories (with a configuration)
+    let c = cfg.unwrap_or_default();
+    let c = &c;
+    if !args.no_broker {
+        checks.push(check("broker", broker(c), true));
+    }
+    if let Some(d) = &c.daemon.cache_dir {
+        checks.push(check("cache directory", writable(&c.resolve(d)), true));
+    }
+    if let Some(d) = &c.model.tensorrt_cache {
+        checks.push(check("TensorRT cache", writable(&c.resolve(d)), true));
+    }
+    if let Ok(state) = std::env::var("STATE_DIRECTORY") {
+        checks.push(check("state directory", writable(Path::new(&state)), true));
+    }
+    for (name, s) in &c.styles {
+        let missing: Vec<String> = s.images.iter().map(|p| c.resolve(p)).filter(|p| !p.is_file()).map(|p| p.display().to_string()).collect();
+        let r = if missing.is_empty() { Ok(format!("{} image(s)", s.images.len())) } else { Err(anyhow!("missing {}", missing.join(", "))) };
+        checks.push(check(&format!("style {name}"), r, true));
+    }
+    let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(10);
+    println!("{:width$}  {:6}  detail", "check", "status");
+    for ch in &checks {
+        let s = match ch.status {
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::Fail => "FAIL",
+        };
+        println!("{:width$}  {s:6}  {}", ch.name, ch.detail);
+    }
+    let failed: Vec<&str> = checks.iter().filter(|c| c.status == Status::Fail).map(|c| c.name.as_str()).collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow!("{} required check(s) failed: {}", failed.len(), failed.join(", ")))
+    }
+}
