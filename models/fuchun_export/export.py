@@ -58,6 +58,8 @@ def objective_from_loss(loss_model):
     g.node.append(helper.make_node("Squeeze", [grad_name, "grad_seed_axis"], ["grad"]))
     g.initializer.append(numpy_helper.from_array(np.array([4], dtype=np.int64), "grad_seed_axis"))
     g.output.append(helper.make_tensor_value_info("grad", grad[0].type.tensor_type.elem_type, [1, 3, "H", "W"]))
+    from .surgery import conv_transpose_to_conv
+    conv_transpose_to_conv(model)
     prune_initializers(model)
     return model
 

@@ -198,16 +198,11 @@ def _gram(b, f1, f2, channels):
 
 def _matched(b, feat, quantiles, channels):
     """Histogram-matched copy of feat: each element replaced by the style quantile at its rank. Built only from
-    integer ranks and the (non-differentiated) quantile table, so it carries no derivative."""
+    the integer sort order and the (non-differentiated) quantile table, so it carries no derivative."""
     flat = b.op("Reshape", [feat, b.i64([channels, -1])])
     n_i = b.op("Gather", [b.op("Shape", [flat]), b.i64([1])], axis=0)                # [1] int64
     _, order = b.op("TopK", [flat, n_i], "sort", n_out=2, axis=1, largest=0, sorted=1)  # ascending indices
-    n_s = b.op("Squeeze", [n_i, b.i64([0])])
-    positions = b.op("Range", [b.i64(0), n_s, b.i64(1)])                              # [n]
-    upd = b.op("Expand", [b.op("Unsqueeze", [positions, b.i64([0])]), b.op("Shape", [order])])
-    ranks = b.op("ScatterElements", [b.op("ConstantOfShape", [b.op("Shape", [order])],
-                                          value=helper.make_tensor("z", TensorProto.INT64, [1], [0])),
-                                     order, upd], "ranks", axis=1)
+    positions = b.op("Range", [b.i64(0), b.op("Squeeze", [n_i, b.i64([0])]), b.i64(1)])  # [n]
     # Resample the K-entry table to n entries: position p = (j + 0.5) K / n - 0.5, linear interpolation.
     k_count = b.op("Cast", [b.op("Gather", [b.op("Shape", [quantiles]), b.i64([1])], axis=0)], to=b.elem)
     n_f = b.op("Cast", [n_i], to=b.elem)
@@ -222,7 +217,10 @@ def _matched(b, feat, quantiles, channels):
     q_lo = b.op("Gather", [quantiles, lo], axis=1)
     q_hi = b.op("Gather", [quantiles, hi], axis=1)
     table = b.op("Add", [q_lo, b.op("Mul", [b.op("Sub", [q_hi, q_lo]), frac])])       # [C, n]
-    matched = b.op("GatherElements", [table, ranks], "matched", axis=1)
+    # the j-th smallest element of each channel gets the j-th table entry: scatter the table to the sorted order
+    zeros = b.op("ConstantOfShape", [b.op("Shape", [flat])],
+                 value=helper.make_tensor("z", b.elem, [1], [0.0]))                  # no path from x
+    matched = b.op("ScatterElements", [zeros, order, table], "matched", axis=1)
     return b.op("Reshape", [matched, b.op("Shape", [feat])], "matched_full")
 
 

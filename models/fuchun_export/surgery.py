@@ -1,0 +1,58 @@
+"""Graph surgery on the gradient graph after onnx_ad.reverse, exact rewrites only (the tests compare the result with
+finite differences and with the float64 reference).
+
+ConvTranspose → Conv: the input gradient of a stride-1 convolution with constant weights W is a convolution of the
+output gradient with W' = W with input and output channels swapped and the kernel flipped, padded by k-1-p.
+ONNX Runtime's Conv kernels (im2col + SGEMM, NCHWc) are much faster than its ConvTranspose, and the rewrite drops
+ConvTranspose's large column buffer (see docs/performance.md for the measurements).
+"""
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+
+def _attr(node, name, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def conv_transpose_to_conv(model):
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    converted = 0
+    for i, node in enumerate(g.node):
+        if node.op_type != "ConvTranspose" or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]])
+        if w.ndim != 4:
+            continue
+        k = list(w.shape[2:])
+        strides = list(_attr(node, "strides", [1, 1]))
+        dilations = list(_attr(node, "dilations", [1, 1]))
+        pads = list(_attr(node, "pads", [0, 0, 0, 0]))
+        if (strides != [1, 1] or dilations != [1, 1] or _attr(node, "group", 1) != 1
+                or _attr(node, "output_shape") is not None or _attr(node, "output_padding") is not None
+                or _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")):
+            continue
+        flipped = np.ascontiguousarray(np.flip(w.transpose(1, 0, 2, 3), axis=(2, 3)))
+        name = node.input[1] + "_as_conv"
+        if name not in inits:
+            t = numpy_helper.from_array(flipped.astype(w.dtype), name)
+            g.initializer.append(t)
+            inits[name] = t
+        new_pads = [k[0] - 1 - pads[0], k[1] - 1 - pads[1], k[0] - 1 - pads[2], k[1] - 1 - pads[3]]
+        if min(new_pads) < 0:
+            continue
+        inputs = [node.input[0], name] + list(node.input[2:3])
+        conv = helper.make_node("Conv", inputs, list(node.output), name=node.name or f"grad_conv_{i}",
+                                kernel_shape=k, pads=new_pads, strides=[1, 1], dilations=[1, 1])
+        g.node[i].CopyFrom(conv)
+        converted += 1
+    # weights only a ConvTranspose used are now unused
+    used = {x for n in g.node for x in n.input}
+    keep = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    return converted
