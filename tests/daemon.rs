@@ -91,29 +91,6 @@ fn flood_keeps_memory_bounded_and_publishes_the_newest_frame() {
     assert!(peak < 600_000_000, "peak RSS {peak}");
 }
 
-fn crc32(data: &[u8]) -> u32 {
-    let mut c = 0xffff_ffffu32;
-    for &b in data {
-        c ^= b as u32;
-        for _ in 0..8 {
-            c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
-        }
-    }
-    !c
-}
-
-fn png_header(w: u32, h: u32) -> Vec<u8> {
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = b"IHDR".to_vec();
-    ihdr.extend_from_slice(&w.to_be_bytes());
-    ihdr.extend_from_slice(&h.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-    png.extend_from_slice(&13u32.to_be_bytes());
-    png.extend_from_slice(&ihdr);
-    png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
-    png
-}
-
 #[test]
 fn hostile_payloads_each_get_an_error_and_the_daemon_stays_up() {
     let (prefix, probe, mut d) = start(
@@ -143,7 +120,7 @@ fn hostile_payloads_each_get_an_error_and_the_daemon_stays_up() {
         ("truncated jpeg", frame("c3"), truncated_jpeg, "corrupt_image"),
         ("corrupted png", frame("c4"), png, "corrupt_image"),
         ("decompression bomb", frame("c5"), bomb, "image_too_large"),
-        ("huge declared size", frame("c6"), png_header(100_000, 100_000), "image_too_large"),
+        ("huge declared size", frame("c6"), common::png_header(100_000, 100_000), "image_too_large"),
         ("over the size limit", frame("c7"), vec![0xFFu8; 1_200_000], "payload_too_large"),
         ("gif", frame("c8"), gif, "not_an_image"),
         ("too small for the model", frame("c9"), tiny, "image_too_small"),

@@ -38,7 +38,7 @@ def default_layer_weights(weights, cfg):
     }
 
 
-def objective_from_loss(loss_model):
+def objective_from_loss(loss_model, surgery=True):
     """Reverse-mode gradient of `total` w.r.t. `x` by onnx_ad, then the seed fixed to 1 and the gradient reshaped
     to the image's shape, so the runtime feeds only x, targets and weights."""
     from .ad import reverse
@@ -58,8 +58,9 @@ def objective_from_loss(loss_model):
     g.node.append(helper.make_node("Squeeze", [grad_name, "grad_seed_axis"], ["grad"]))
     g.initializer.append(numpy_helper.from_array(np.array([4], dtype=np.int64), "grad_seed_axis"))
     g.output.append(helper.make_tensor_value_info("grad", grad[0].type.tensor_type.elem_type, [1, 3, "H", "W"]))
-    from .surgery import conv_transpose_to_conv
-    conv_transpose_to_conv(model)
+    if surgery:
+        from .surgery import conv_transpose_to_conv
+        conv_transpose_to_conv(model)
     prune_initializers(model)
     return model
 
@@ -73,11 +74,11 @@ def prune_initializers(model):
     g.initializer.extend(keep)
 
 
-def build_all(weights, cfg, dtype=np.float32):
+def build_all(weights, cfg, dtype=np.float32, surgery=True):
     cfg.validate(weights.arch, weights)
     features = build_features(weights, cfg, dtype)
     loss = build_loss(weights, cfg, dtype)
-    objective = objective_from_loss(loss)
+    objective = objective_from_loss(loss, surgery)
     return features, loss, objective
 
 
@@ -184,9 +185,9 @@ def manifest(weights, cfg, features, objective, files):
     }
 
 
-def export(weights, cfg, out_dir, log=print):
+def export(weights, cfg, out_dir, log=print, surgery=True):
     t0 = time.time()
-    features, _, objective = build_all(weights, cfg)
+    features, _, objective = build_all(weights, cfg, surgery=surgery)
     os.makedirs(out_dir, exist_ok=True)
     files = {"features": "features.onnx", "objective": "objective.onnx"}
     for key, model in (("features", features), ("objective", objective)):
@@ -242,6 +243,8 @@ def main(argv=None):
                    help="LAYER:DELTA list for the long-range term (delta in feature pixels); '' disables it")
     p.add_argument("--hist-layers", default="relu1_1,relu4_1", help="'' disables the histogram term")
     p.add_argument("--quantiles", type=int, default=256, help="quantiles per channel in the histogram targets")
+    p.add_argument("--keep-conv-transpose", action="store_true",
+                   help="leave onnx_ad's ConvTranspose input gradients as they are (for A/B measurements)")
     a = p.parse_args(argv)
     try:
         kind, rest = a.weights[0], a.weights[1:]
@@ -257,7 +260,7 @@ def main(argv=None):
             raise WeightsError(f"unknown weight source {kind!r}: use hed, keras-h5 PATH, npz PATH or random")
         cfg = LossConfig(parse_layers(a.content_layers), parse_layers(a.style_layers), parse_shift(a.shift_layers),
                          parse_layers(a.hist_layers), a.quantiles, a.pooling)
-        export(w, cfg, a.out)
+        export(w, cfg, a.out, surgery=not a.keep_conv_transpose)
     except (WeightsError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

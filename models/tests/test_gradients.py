@@ -93,3 +93,24 @@ def test_average_pooling_gradient(small_weights):
         fd = (_eval(ev, dict(feed, x=image + h * v))["total"] - _eval(ev, dict(feed, x=image - h * v))["total"]) / (2 * h)
         ad = float(np.sum(grad * v))
         assert abs(fd - ad) / max(abs(fd), abs(ad)) <= 1e-6
+
+
+def test_conv_transpose_surgery_is_exact(graphs64, small_weights, small_cfg):
+    """The ConvTranspose → Conv rewrite changes nothing but speed: same gradient as onnx_ad's own graph."""
+    from conftest import evaluator, make_feed
+    from fuchun_export.export import build_all
+    features, loss, objective = graphs64
+    _, _, plain = build_all(small_weights, small_cfg, dtype=np.float64, surgery=False)
+    assert {n.op_type for n in objective.graph.node} >= {"Conv"}
+    assert "ConvTranspose" not in {n.op_type for n in objective.graph.node}
+    assert "ConvTranspose" in {n.op_type for n in plain.graph.node}
+    man = manifest(small_weights, small_cfg, features, objective, {"features": "f", "objective": "o"})
+    rng = np.random.default_rng(1)
+    image = rng.random((1, 3, 33, 27))
+    feats = ref.vgg_forward(rng.random((1, 3, 40, 40)), small_weights, small_cfg.all_layers())
+    feed = make_feed(man, feats, rng, image, dtype=np.float64)
+    for l in man["content_layers"]:
+        feed[f"content_{l}"] = ref.vgg_forward(image, small_weights, [l])[l]
+    a = _eval(evaluator(objective), feed)["grad"]
+    b = _eval(evaluator(plain), feed)["grad"]
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max())

@@ -1,6 +1,6 @@
 //! Options shared by the commands that load a model.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
@@ -71,15 +71,7 @@ impl ModelArgs {
 
 /// models/out/NAME searched from the current directory upwards, beside the executable, and in the source tree.
 pub fn default_model_dir(name: &str) -> Result<PathBuf> {
-    let mut roots: Vec<PathBuf> = Vec::new();
-    if let Ok(cwd) = std::env::current_dir() {
-        roots.extend(cwd.ancestors().map(Path::to_path_buf));
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
-    }
-    roots.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    for r in &roots {
+    for r in &crate::engine::runtime::search_roots() {
         for candidate in [r.join("models/out").join(name), r.join("models").join(name)] {
             if candidate.join("manifest.json").is_file() {
                 return Ok(candidate);

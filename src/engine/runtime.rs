@@ -68,13 +68,9 @@ struct Loaded {
 
 static RUNTIME: OnceLock<std::result::Result<Loaded, String>> = OnceLock::new();
 
-/// Where libonnxruntime is looked for when no path is given.
-pub fn discover_library() -> Result<PathBuf> {
-    if let Ok(p) = std::env::var("ORT_DYLIB_PATH") {
-        if !p.is_empty() {
-            return Ok(PathBuf::from(p));
-        }
-    }
+/// Directories searched for the project's files (.venv, models/out): the current directory and its parents, the
+/// executable's directory and its parents, and the source tree the binary was built from.
+pub fn search_roots() -> Vec<PathBuf> {
     let mut roots: Vec<PathBuf> = Vec::new();
     if let Ok(cwd) = std::env::current_dir() {
         roots.extend(cwd.ancestors().map(Path::to_path_buf));
@@ -83,7 +79,17 @@ pub fn discover_library() -> Result<PathBuf> {
         roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
     }
     roots.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    for root in &roots {
+    roots
+}
+
+/// Where libonnxruntime is looked for when no path is given.
+pub fn discover_library() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("ORT_DYLIB_PATH") {
+        if !p.is_empty() {
+            return Ok(PathBuf::from(p));
+        }
+    }
+    for root in &search_roots() {
         if let Some(p) = find_in_venv(&root.join(".venv")) {
             return Ok(p);
         }
