@@ -265,3 +265,66 @@ fn warm_start_needs_fewer_evaluations_on_a_repeated_frame() {
     let third = probe.wait_n(&meta_topic, 3, T).remove(2).json();
     assert_eq!(third["warm_start"], false);
 }
+
+#[test]
+fn mqtt_3_1_1_discovery_and_min_interval() {
+    let extra = "[mqtt]\nprotocol = \"v311\"\n[daemon]\nhome_assistant_discovery = true\ndiscovery_prefix = \"DISC\"\n\
+                 [cameras.gate]\nmin_interval_ms = 60000\nretain = true\n";
+    let port = shared_broker_port();
+    let prefix = unique_prefix("v311");
+    let disc = format!("{prefix}-ha");
+    let probe = Probe::new(port, &[&format!("{prefix}/#"), &format!("{disc}/#")]);
+    let _d = Daemon::start(port, &prefix, &format!("fuchun-v311-{}", std::process::id()), &extra.replace("DISC", &disc));
+    wait_online(&probe, &prefix);
+    // discovery for the configured camera, retained, pointing at our topics
+    let cfg = probe.wait_for(&format!("{disc}/image/fuchun_v311_{}_gate/config", std::process::id()), |_| true, T).json();
+    assert_eq!(cfg["image_topic"], format!("{prefix}/gate/stylized"));
+    assert_eq!(cfg["content_type"], "image/jpeg");
+    assert_eq!(cfg["availability"][0]["topic"], format!("{prefix}/available"));
+    probe.wait_for(&format!("{disc}/sensor/fuchun_v311_{}_gate_duration/config", std::process::id()), |m| m.json()["unit_of_measurement"] == "ms", T);
+    // 3.1.1: frames work (no properties); the second frame within min_interval_ms is dropped
+    probe.publish(&format!("{prefix}/gate/frame"), jpeg(64, 64, 0.3));
+    let img = probe.wait_n(&format!("{prefix}/gate/stylized"), 1, T).remove(0);
+    assert!(img.props.is_none() || img.props.as_ref().unwrap().content_type.is_none(), "3.1.1 has no properties");
+    probe.publish(&format!("{prefix}/gate/frame"), jpeg(64, 64, 0.6));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(probe.on(&format!("{prefix}/gate/stylized")).len(), 1, "a frame inside min_interval_ms was processed");
+    // retained result: a late subscriber gets it
+    let late = Probe::new(port, &[&format!("{prefix}/gate/stylized")]);
+    assert!(late.wait_n(&format!("{prefix}/gate/stylized"), 1, T)[0].retain);
+}
+
+#[test]
+fn systemd_notify_ready_and_watchdog() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let port = shared_broker_port();
+    let prefix = unique_prefix("notify");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, format!(
+        "[mqtt]\nport = {port}\nprefix = \"{prefix}\"\nclient_id = \"notify-{}\"\n[model]\ndir = \"{}\"\nprovider = \"cpu\"\n\
+         [styles.ink]\nimages = [\"{}\"]\nimage_size = 64\n",
+        std::process::id(), common::test_model().display(), common::example("fuchun.jpg").display())).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fuchun"))
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    let t = Instant::now();
+    while !(got.iter().any(|m: &String| m.contains("READY=1")) && got.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2) {
+        assert!(t.elapsed() < Duration::from_secs(60), "notifications so far: {got:?}");
+        let n = sock.recv(&mut buf).unwrap();
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let ready = got.iter().position(|m| m.contains("READY=1")).unwrap();
+    assert!(got[..ready].iter().all(|m| !m.contains("WATCHDOG")), "watchdog before ready: {got:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

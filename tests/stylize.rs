@@ -139,3 +139,30 @@ fn real_weights_style_loss_falls_and_content_stays_bounded() {
     assert!(c_final < 0.5 * c_noise, "content {c_final} vs noise {c_noise}");
     assert!(out.image.data.iter().all(|v| (0.0..=1.0).contains(v)));
 }
+
+/// What each side of the loss "aims for": from noise, content-only reconstruction approaches the content
+/// features and style-only reconstruction approaches the style statistics.
+#[test]
+fn content_only_and_style_only_reconstructions_from_noise() {
+    let mut model = Model::load(&common::test_model(), &RuntimeOptions::default()).unwrap();
+    let limits = Limits::default();
+    let content = imageio::load_path(&common::example("tubingen.jpg"), &limits).unwrap();
+    let style = imageio::load_path(&common::example("starry_night.jpg"), &limits).unwrap();
+    let mut w = Weights::defaults(&model.manifest);
+    w.terms = [1.0, 0.0, 0.0, 0.0, 0.0];
+    let mut opts = StylizeOptions::new(w);
+    opts.image_size = 48;
+    opts.iterations = 60;
+    opts.tol = 0.0;
+    opts.init = Init::Noise;
+    let c = stylize(&mut model, &content, std::slice::from_ref(&style), &opts, &mut NoHooks).unwrap();
+    let r = &c.scales[0];
+    assert!(r.last.term("content") < 0.2 * r.first.term("content"), "content {} -> {}", r.first.term("content"), r.last.term("content"));
+    opts.weights.terms = [0.0, 1.0, 0.0, 0.0, 0.0];
+    let s = stylize(&mut model, &content, std::slice::from_ref(&style), &opts, &mut NoHooks).unwrap();
+    let r = &s.scales[0];
+    assert!(r.last.term("style") < 0.2 * r.first.term("style"), "style {} -> {}", r.first.term("style"), r.last.term("style"));
+    // and the content-only image is far from the style-only one
+    let diff: f32 = c.image.data.iter().zip(&s.image.data).map(|(a, b)| (a - b).abs()).sum::<f32>() / c.image.data.len() as f32;
+    assert!(diff > 0.05, "{diff}");
+}
