@@ -274,13 +274,17 @@ async fn serve(cfg: Config) -> Result<()> {
         })
     };
 
-    // systemd watchdog: ping only while every worker shows signs of life
+    // systemd watchdog: ping only after READY and while every worker shows signs of life
+    let ready_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watchdog = if let Some(period) = sd_notify::watchdog_enabled() {
-        let (s, stall) = (shared.clone(), cfg.daemon.max_job_seconds as f64);
+        let (s, stall, ready) = (shared.clone(), cfg.daemon.max_job_seconds as f64, ready_flag.clone());
         Some(tokio::spawn(async move {
             let mut tick = tokio::time::interval(period / 2);
             loop {
                 tick.tick().await;
+                if !ready.load(Ordering::Relaxed) {
+                    continue;
+                }
                 let age = s.stalest_heartbeat_s();
                 if age < stall {
                     notify(&[sd_notify::NotifyState::Watchdog]);
@@ -329,6 +333,7 @@ async fn serve(cfg: Config) -> Result<()> {
                     }
                     if !ready_sent {
                         notify(&[sd_notify::NotifyState::Ready]);
+                        ready_flag.store(true, Ordering::Relaxed);
                         ready_sent = true;
                     }
                 }
