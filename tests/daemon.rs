@@ -328,3 +328,34 @@ fn systemd_notify_ready_and_watchdog() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// TLS with a client certificate: a Mosquitto with a TLS listener (certificates made here with openssl) and a
+/// plain one for the test's own client.
+#[test]
+fn tls_with_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sh = |cmd: &str| {
+        let o = std::process::Command::new("sh").arg("-c").arg(cmd).current_dir(d).output().unwrap();
+        assert!(o.status.success(), "{cmd}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=fuchun-test-ca");
+    sh("openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost");
+    std::fs::write(d.join("san.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+    sh("openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile san.cnf");
+    sh("openssl req -newkey rsa:2048 -nodes -keyout client.key -out client.csr -subj /CN=fuchun");
+    std::fs::write(d.join("client.cnf"), "extendedKeyUsage=clientAuth\n").unwrap(); // X.509 v3, as rustls requires
+    sh("openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 2 -extfile client.cnf");
+    let (plain, tls) = (mqtt_support::free_port(), mqtt_support::free_port());
+    std::fs::write(d.join("mosquitto.conf"), format!(
+        "user root\nper_listener_settings false\nallow_anonymous true\nlistener {plain} 127.0.0.1\nlistener {tls} 127.0.0.1\n\
+         cafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\nrequire_certificate true\n", d.display())).unwrap();
+    let _broker = Broker::start_with_config(&d.join("mosquitto.conf"), &[plain, tls]);
+    let prefix = unique_prefix("tls");
+    let probe = Probe::new(plain, &[&format!("{prefix}/#")]);
+    let extra = format!("[mqtt.tls]\nca = \"{0}/ca.pem\"\nclient_cert = \"{0}/client.pem\"\nclient_key = \"{0}/client.key\"\n", d.display());
+    let _daemon = Daemon::start(tls, &prefix, "fuchun-tls", &extra);
+    wait_online(&probe, &prefix);
+    probe.publish(&format!("{prefix}/cam/frame"), jpeg(64, 48, 0.5));
+    probe.wait_n(&format!("{prefix}/cam/stylized"), 1, T);
+}

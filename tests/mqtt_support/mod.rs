@@ -40,6 +40,26 @@ impl Broker {
         b
     }
 
+    /// A broker with its own configuration file, waiting until every port answers.
+    pub fn start_with_config(config: &Path, ports: &[u16]) -> Broker {
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting mosquitto: install it (apt-get install mosquitto)");
+        let b = Broker { port: ports[0], child: Some(child) };
+        let t = Instant::now();
+        for &port in ports {
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(t.elapsed() < Duration::from_secs(10), "mosquitto did not start on port {port}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        b
+    }
+
     pub fn start() -> Broker {
         Broker::start_on(free_port())
     }
