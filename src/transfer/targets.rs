@@ -227,18 +227,21 @@ pub fn objective_inputs(
         inp.set(&format!("content_{l}"), &[1, f.channels, f.height, f.width], f.data.clone())?;
     }
     let channels = |l: &str| m.layer(l).map(|x| x.channels).unwrap_or(0);
+    let missing = |what: &str, l: &str| anyhow::anyhow!("style targets lack the {what} of layer {l}");
     for l in &m.style_layers {
         let c = channels(l);
-        inp.set(&format!("gram_{l}"), &[c, c], style.grams[l].clone())?;
+        let g = style.grams.get(l).ok_or_else(|| missing("Gram", l))?;
+        inp.set(&format!("gram_{l}"), &[c, c], g.clone())?;
     }
     for s in &m.shift_layers {
         let c = channels(&s.layer);
-        let (h, v) = &style.shifts[&s.layer];
+        let (h, v) = style.shifts.get(&s.layer).ok_or_else(|| missing("shifted Grams", &s.layer))?;
         inp.set(&format!("shift_h_{}", s.layer), &[c, c], h.clone())?;
         inp.set(&format!("shift_v_{}", s.layer), &[c, c], v.clone())?;
     }
     for l in &m.hist_layers {
-        inp.set(&format!("hist_{l}"), &[channels(l), m.quantiles], style.hists[l].clone())?;
+        let q = style.hists.get(l).ok_or_else(|| missing("quantiles", l))?;
+        inp.set(&format!("hist_{l}"), &[channels(l), m.quantiles], q.clone())?;
     }
     inp.set("term_weights", &[5], weights.terms.to_vec())?;
     for (name, v, n) in [
