@@ -371,10 +371,27 @@ async fn serve(cfg: Config) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    // keep the connection serviced while the workers wind down
+    // no new frames from the broker; frames already on their way are answered `shutting_down` (the queue is
+    // closed), and the connection stays serviced while the workers wind down
+    for s in subscriptions.iter().filter(|s| s.ends_with("/frame") || !s.starts_with(&cfg.mqtt.prefix)) {
+        let _ = client.unsubscribe(s).await;
+    }
+    let service = async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Message(m)) => {
+                    for o in router.handle(m) {
+                        let _ = out_tx.send(Command::Publish(o)).await;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    };
     tokio::select! {
         _ = finish => {},
-        _ = async { loop { if events.poll().await.is_err() { tokio::time::sleep(Duration::from_millis(50)).await; } } } => {},
+        _ = service => {},
     }
     for h in handles {
         let _ = h.join();
