@@ -93,7 +93,7 @@ impl Model {
         let manifest = Manifest::load(dir)?;
         let env = runtime::init(opts.library.as_deref())?;
         let mut provider = Provider::Cpu;
-        let mut open = |g: &GraphInfo| -> Result<Session> {
+        let mut open = |g: &GraphInfo, cpu_arena: bool| -> Result<Session> {
             let path = manifest.graph_path(g);
             if !path.is_file() {
                 bail!("graph {} listed in the manifest is missing: re-export with `make models`", path.display());
@@ -109,7 +109,7 @@ impl Model {
                     );
                 }
             }
-            let (builder, p) = runtime::session_builder(env, opts)?;
+            let (builder, p) = runtime::session_builder(env, opts, cpu_arena)?;
             provider = p;
             let mut builder = builder;
             let session = builder
@@ -118,8 +118,9 @@ impl Model {
             check_signature(&session, g, &path)?;
             Ok(session)
         };
-        let features = open(&manifest.graphs.features)?;
-        let objective = open(&manifest.graphs.objective)?;
+        // the feature extractor runs a few times per scale: no arena, so its activations do not stay resident
+        let features = open(&manifest.graphs.features, false)?;
+        let objective = open(&manifest.graphs.objective, true)?;
         let feature_outputs = manifest.graphs.features.outputs.iter().map(|o| o.name.clone()).collect();
         Ok(Model { manifest, provider, features, objective, feature_outputs })
     }

@@ -222,7 +222,9 @@ pub fn available_providers() -> Vec<String> {
 }
 
 /// Create a session builder with the requested provider registered; returns the provider that will run.
-pub fn session_builder(env: &Environment, opts: &RuntimeOptions) -> Result<(SessionBuilder, Provider)> {
+/// `cpu_arena`: keep ONNX Runtime's CPU memory arena (fast for a session run in a loop; a session run rarely,
+/// like the feature extractor, gives its memory back without it).
+pub fn session_builder(env: &Environment, opts: &RuntimeOptions, cpu_arena: bool) -> Result<(SessionBuilder, Provider)> {
     let mut b = ort::session::Session::builder(env).map_err(|e| anyhow!("ONNX Runtime session options: {e}"))?;
     b = b
         .with_optimization_level(GraphOptimizationLevel::All)
@@ -238,7 +240,15 @@ pub fn session_builder(env: &Environment, opts: &RuntimeOptions) -> Result<(Sess
     };
     let mut reasons = Vec::new();
     for &p in order {
-        match register(&mut b, p, opts) {
+        let registered = register(&mut b, p, opts).and_then(|()| {
+            if p == Provider::Cpu && !cpu_arena {
+                use ort::ep::ExecutionProvider;
+                ort::ep::CPU::default().with_arena_allocator(false).register(&mut b).map_err(|e| anyhow!("{e}"))
+            } else {
+                Ok(())
+            }
+        });
+        match registered {
             Ok(()) => {
                 if opts.provider == Provider::Auto {
                     tracing::info!(provider = %p, "execution provider selected");
