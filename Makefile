@@ -43,7 +43,14 @@ demo: models build
 		--output out/tubingen_fuchun.png
 	@echo "wrote out/tubingen_fuchun.png"
 
-test: test-python test-rust
+# Every test; the last line sums up both runners ("N passed, N failed").
+test: models test-models
+	@set -o pipefail; rm -f .test-log; \
+	( cd models && ../$(PY) -m pytest -q tests ) 2>&1 | tee -a .test-log && \
+	$(CARGO) test --release --locked 2>&1 | tee -a .test-log; status=$$?; \
+	awk '/^test result:/ || / (passed|failed).* in [0-9.]+s/ { for (i = 2; i <= NF; i++) { \
+	     if ($$i ~ /^passed/) p += $$(i-1); if ($$i ~ /^failed/) f += $$(i-1) } } \
+	     END { printf "tests: %d passed, %d failed\n", p, f }' .test-log; rm -f .test-log; exit $$status
 
 test-python: $(VENV)/.stamp
 	cd models && ../$(PY) -m pytest -q tests
