@@ -359,3 +359,24 @@ fn tls_with_client_certificate() {
     probe.publish(&format!("{prefix}/cam/frame"), jpeg(64, 48, 0.5));
     probe.wait_n(&format!("{prefix}/cam/stylized"), 1, T);
 }
+
+#[test]
+fn style_targets_are_cached_on_disk_across_restarts() {
+    let cache = tempfile::tempdir().unwrap();
+    let extra = format!("[daemon]\ncache_dir = \"{}\"\n", cache.path().display());
+    let port = shared_broker_port();
+    let prefix = unique_prefix("cache");
+    let probe = Probe::new(port, &[&format!("{prefix}/#")]);
+    let meta = format!("{prefix}/cam/stylized/meta");
+    for (run, want) in [(1usize, "computed"), (2, "disk")] {
+        let d = Daemon::start(port, &prefix, &format!("fuchun-cache-{run}-{}", std::process::id()), &extra);
+        probe.wait_n(&format!("{prefix}/available"), 2 * run - 1, T);
+        probe.publish(&format!("{prefix}/cam/frame"), jpeg(64, 48, 0.2 * run as f32));
+        let m = probe.wait_n(&meta, run, T).remove(run - 1).json();
+        assert_eq!(m["style_targets"], want, "run {run}: {m}");
+        d.signal("TERM");
+        probe.wait_n(&format!("{prefix}/available"), 2 * run, T); // "stopped"
+    }
+    let files: Vec<_> = std::fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(files.iter().any(|f| f.to_string_lossy().starts_with("style-ink-")), "{files:?}");
+}
