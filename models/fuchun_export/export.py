@@ -59,8 +59,9 @@ def objective_from_loss(loss_model, surgery=True):
     g.initializer.append(numpy_helper.from_array(np.array([4], dtype=np.int64), "grad_seed_axis"))
     g.output.append(helper.make_tensor_value_info("grad", grad[0].type.tensor_type.elem_type, [1, 3, "H", "W"]))
     if surgery:
-        from .surgery import conv_transpose_to_conv
+        from .surgery import conv_transpose_to_conv, seed_axis_transposes
         conv_transpose_to_conv(model)
+        seed_axis_transposes(model)
     prune_initializers(model)
     return model
 

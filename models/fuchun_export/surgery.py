@@ -56,3 +56,39 @@ def conv_transpose_to_conv(model):
     del g.initializer[:]
     g.initializer.extend(keep)
     return converted
+
+
+def seed_axis_transposes(model):
+    """onnx_ad moves the seed axis of rank-5 gradient tensors (NCHW + seed) to the front and back with Transposes,
+    which copy whole activation-sized tensors. The objective's seed count is pinned to 1 (export.py), so moving
+    that axis is a reshape: Squeeze + Unsqueeze, which ONNX Runtime does without copying. A seed axis that is not
+    of size 1 would make Squeeze fail loudly at run time, never silently differ."""
+    g = model.graph
+    out = []
+    count = 0
+    axes = {}
+
+    def const(vals):
+        key = tuple(vals)
+        if key not in axes:
+            name = f"seed_axes_{'_'.join(map(str, vals))}"
+            g.initializer.append(numpy_helper.from_array(np.array(vals, dtype=np.int64), name))
+            axes[key] = name
+        return axes[key]
+
+    for node in g.node:
+        perm = list(_attr(node, "perm", []) or []) if node.op_type == "Transpose" else []
+        if len(perm) == 5 and perm == [4, 0, 1, 2, 3]:
+            src, dst = 4, 0
+        elif len(perm) == 5 and perm == [1, 2, 3, 4, 0]:
+            src, dst = 0, 4
+        else:
+            out.append(node)
+            continue
+        mid = node.output[0] + "_seedless"
+        out.append(helper.make_node("Squeeze", [node.input[0], const([src])], [mid]))
+        out.append(helper.make_node("Unsqueeze", [mid, const([dst])], list(node.output)))
+        count += 1
+    del g.node[:]
+    g.node.extend(out)
+    return count
