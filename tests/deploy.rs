@@ -88,6 +88,16 @@ fn install_script_dry_run_and_fake_root() {
             .map(|e| e.unwrap().path()).find(|p| p.file_name().unwrap().to_string_lossy().starts_with("libonnxruntime.so.")).unwrap())
         .output().unwrap();
     assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    // the Jetson target: onnxruntime-gpu is not here, so given explicitly; it warns that only the CPU provider
+    // libraries were found and writes a TensorRT-ready configuration
+    let jroot = dir.path().join("jetson");
+    let ort = std::fs::read_dir(root.join("usr/local/lib/fuchun")).unwrap().map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("libonnxruntime.so.")).unwrap();
+    let o = install(&["--target", "jetson", "--root", jroot.to_str().unwrap(), "--ort-library", ort.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("CUDA/TensorRT provider libraries not found"));
+    let config = std::fs::read_to_string(jroot.join("etc/fuchun/fuchun.toml")).unwrap();
+    assert!(config.contains("provider = \"auto\"") && config.contains("tensorrt_fp16 = true") && config.contains("/var/cache/fuchun/tensorrt"));
     // bad use
     let o = install(&["--target", "windows"]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("unknown target"));
