@@ -48,8 +48,11 @@ pub struct StylizeOptions {
     pub optimizer: Optimizer,
     pub original_colors: bool,
     pub seed: u64,
-    /// Stop the last scale as soon as the total loss is at or below this (benchmarks: time to reach a loss).
+    /// Stop the last scale as soon as the total loss is at or below this (warm starts; benchmarks).
     pub target_loss: Option<f64>,
+    /// Apply the early stop at the last scale too (default). The bench turns it off to measure the time to reach a
+    /// loss.
+    pub last_scale_early_stop: bool,
 }
 
 impl StylizeOptions {
@@ -68,6 +71,7 @@ impl StylizeOptions {
             original_colors: false,
             seed: 0,
             target_loss: None,
+            last_scale_early_stop: true,
         }
     }
 
@@ -300,6 +304,7 @@ pub fn stylize_with(
         let mut early = EarlyStop::new(opts.tol_window.max(1), opts.tol);
         let use_early = opts.tol > 0.0;
         let is_last = si + 1 == scales.len();
+        let early_here = use_early && (!is_last || opts.last_scale_early_stop);
         let shared: RefCell<&mut dyn Hooks> = RefCell::new(&mut *hooks);
         let iteration = Cell::new(0usize);
         let mut eval = Eval {
@@ -330,7 +335,7 @@ pub fn stylize_with(
             if is_last && opts.target_loss.is_some_and(|t| info.loss <= t) {
                 return Control::Stop;
             }
-            if use_early && early.update(info.loss) {
+            if early_here && early.update(info.loss) {
                 return Control::Stop;
             }
             Control::Continue
