@@ -118,13 +118,19 @@ async fn respond(sock: &mut TcpStream, status: &str, ctype: &str, body: &[u8]) -
     Ok(())
 }
 
-fn page(camera: &str) -> String {
+/// The kiosk page. The latest frame, if any, is in the HTML itself (so the page's load event includes it); each
+/// new one is swapped in when its event arrives.
+fn page(camera: &str, current: Option<u64>) -> String {
+    let (src, wait) = match current {
+        Some(v) => (format!("/frame/{camera}.jpg?v={v}"), "none"),
+        None => (String::new(), "block"),
+    };
     format!(
         r#"<!doctype html>
 <html><head><meta charset="utf-8"><title>fuchun · {camera}</title>
 <style>html,body{{margin:0;height:100%;background:#000}}img{{width:100vw;height:100vh;object-fit:contain;display:block}}
-#wait{{color:#bbb;font:24px sans-serif;position:fixed;top:45%;width:100%;text-align:center}}</style></head>
-<body><div id="wait">waiting for {camera}…</div><img id="frame" alt="">
+#wait{{color:#bbb;font:24px sans-serif;position:fixed;top:45%;width:100%;text-align:center;display:{wait}}}</style></head>
+<body><div id="wait">waiting for {camera}…</div><img id="frame" alt="" src="{src}">
 <script>
 const img = document.getElementById('frame'), wait = document.getElementById('wait');
 function show(v) {{ const next = new Image(); next.onload = () => {{ img.src = next.src; wait.style.display = 'none'; }};
@@ -160,7 +166,8 @@ async fn handle(mut sock: TcpStream, st: Arc<State>) -> Result<()> {
     }
     if path == "/" {
         if let Some(c) = &st.default_camera {
-            return respond(&mut sock, "200 OK", "text/html; charset=utf-8", page(c).as_bytes()).await;
+            let current = st.latest.lock().unwrap().frames.get(c).map(|f| f.0);
+            return respond(&mut sock, "200 OK", "text/html; charset=utf-8", page(c, current).as_bytes()).await;
         }
         let mut cams: Vec<String> = st.latest.lock().unwrap().frames.keys().cloned().collect();
         cams.sort();
@@ -169,7 +176,8 @@ async fn handle(mut sock: TcpStream, st: Arc<State>) -> Result<()> {
         return respond(&mut sock, "200 OK", "text/html; charset=utf-8", body.as_bytes()).await;
     }
     if let Some(cam) = path.strip_prefix("/camera/").filter(|c| valid_name(c)) {
-        return respond(&mut sock, "200 OK", "text/html; charset=utf-8", page(cam).as_bytes()).await;
+        let current = st.latest.lock().unwrap().frames.get(cam).map(|f| f.0);
+        return respond(&mut sock, "200 OK", "text/html; charset=utf-8", page(cam, current).as_bytes()).await;
     }
     if let Some(cam) = path.strip_prefix("/frame/").and_then(|p| p.strip_suffix(".jpg")).filter(|c| valid_name(c)) {
         let frame = st.latest.lock().unwrap().frames.get(cam).map(|f| f.1.clone());
