@@ -151,3 +151,19 @@ fn bad_output_extension_and_options() {
     let err = fails(&["--style-weight=-1"], None, None);
     assert!(err.contains("--style-weight"), "{err}");
 }
+
+#[test]
+fn pooling_selects_the_model_and_must_match_an_explicit_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("avg.png");
+    // no --model: --pooling avg picks models/out/vgg16-avg (exported by `make models`)
+    let o = common::fuchun(&[
+        "stylize", "--pooling", "avg", "--content", p(&common::example("tubingen.jpg")), "--style",
+        p(&common::example("fuchun.jpg")), "-o", p(&out), "--image-size", "32", "--iterations", "2",
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(out.is_file());
+    // an explicit model exported with max pooling does not silently run as avg
+    let err = fails(&["--pooling", "avg"], None, None);
+    assert!(err.contains("exported with max pooling"), "{err}");
+}
