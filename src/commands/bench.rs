@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::common::ModelArgs;
 use crate::imageio::{self, Limits};
-use crate::transfer::schedule::fit;
+use crate::imageio::fit_size as fit;
 use crate::transfer::targets::{objective_inputs, StyleTargets, Weights};
 use crate::transfer::{stylize, NoHooks, StylizeOptions};
 

@@ -141,9 +141,7 @@ impl Router {
                     if let Some(r) = &m.reply {
                         let body = serde_json::json!({"camera": camera, "code": "rate_limited", "seq": seq,
                             "message": format!("frames of {camera} are processed at most every {} ms", settings.min_interval_ms)});
-                        let mut o = Outgoing::json(r.topic.clone(), &body);
-                        o.correlation = r.correlation.clone();
-                        out.push(o);
+                        out.push(Outgoing::json(r.topic.clone(), &body).answering(r));
                     }
                     return out;
                 }
@@ -157,9 +155,7 @@ impl Router {
                 if let Some(r) = &old.reply {
                     let body = serde_json::json!({"camera": camera, "code": "superseded", "seq": old.seq,
                         "message": "a newer frame of the same camera arrived before this one was processed"});
-                    let mut o = Outgoing::json(r.topic.clone(), &body);
-                    o.correlation = r.correlation.clone();
-                    out.push(o);
+                    out.push(Outgoing::json(r.topic.clone(), &body).answering(r));
                 }
             }
             Ok(None) => {}

@@ -33,6 +33,11 @@ impl Outgoing {
         self.content_type = Some(ct);
         self
     }
+    /// Echo a request's correlation data (MQTT v5 request/response).
+    pub fn answering(mut self, r: &Reply) -> Self {
+        self.correlation = r.correlation.clone();
+        self
+    }
     pub fn json(topic: impl Into<String>, v: &serde_json::Value) -> Self {
         Outgoing::new(topic, v.to_string()).content_type("application/json")
     }

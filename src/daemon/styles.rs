@@ -67,9 +67,9 @@ impl Style {
         }
         let mut o = StylizeOptions::new(w);
         o.image_size = size;
-        o.scales = s.scales.iter().copied().filter(|v| *v < size).chain(std::iter::once(size)).collect();
-        if s.scales.is_empty() {
-            o.scales.clear();
+        // configured scales below the result size, then the size itself; none configured: the automatic schedule
+        if !s.scales.is_empty() {
+            o.scales = s.scales.iter().copied().filter(|v| *v < size).chain(std::iter::once(size)).collect();
         }
         o.iterations = s.iterations;
         o.tol = s.tol;

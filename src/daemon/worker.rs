@@ -20,7 +20,8 @@ use super::styles::Style;
 use super::topics::Topics;
 use crate::engine::{Model, RuntimeOptions, TERMS};
 use crate::imageio::{self, Limits, OutputFormat, Planar};
-use crate::transfer::schedule::{fit, Cancelled};
+use crate::imageio::fit_size as fit;
+use crate::transfer::schedule::Cancelled;
 use crate::transfer::{stylize_with, EvalRecord, Hooks, Init};
 
 /// Commands to the MQTT publisher task.
@@ -104,9 +105,7 @@ impl Shared {
         let body = serde_json::json!({"camera": camera, "code": code, "message": message, "seq": seq});
         let mut v = vec![Outgoing::json(self.topics.error(camera), &body)];
         if let Some(r) = reply {
-            let mut m = Outgoing::json(r.topic.clone(), &body);
-            m.correlation = r.correlation.clone();
-            v.push(m);
+            v.push(Outgoing::json(r.topic.clone(), &body).answering(r));
         }
         v
     }
@@ -286,9 +285,7 @@ fn process(worker: usize, shared: &Shared, model: &mut Model, styles: &mut HashM
         Outgoing::json(shared.topics.meta(cam), &meta).retained(settings.retain),
     ];
     if let Some(r) = &frame.reply {
-        let mut m = Outgoing::new(r.topic.clone(), jpeg).content_type("image/jpeg");
-        m.correlation = r.correlation.clone();
-        out.push(m);
+        out.push(Outgoing::new(r.topic.clone(), jpeg).content_type("image/jpeg").answering(r));
     }
     tracing::info!(camera = %cam, seq = frame.seq, evaluations, warm_start, ms = total_ms as u64, "frame stylised");
     Ok(out)

@@ -11,7 +11,7 @@ use super::color;
 use super::optim::{Adam, Control, EarlyStop, IterInfo, Lbfgs, Objective, StopReason};
 use super::targets::{objective_inputs, StyleTargets, Weights};
 use crate::engine::{Losses, Model, ObjectiveInputs};
-use crate::imageio::Planar;
+use crate::imageio::{fit_size as fit, Planar};
 
 /// Where the optimisation starts.
 #[derive(Debug, Clone)]
@@ -201,14 +201,6 @@ pub trait Hooks {
 pub struct NoHooks;
 impl Hooks for NoHooks {}
 
-/// Size with longest side `longest` and the aspect of `w`×`h`.
-pub fn fit(w: usize, h: usize, longest: usize) -> (usize, usize) {
-    if w >= h {
-        (longest, ((h as f64 * longest as f64 / w as f64).round() as usize).max(1))
-    } else {
-        (((w as f64 * longest as f64 / h as f64).round() as usize).max(1), longest)
-    }
-}
 
 struct Eval<'a, 'b> {
     model: &'a mut Model,
