@@ -4,8 +4,9 @@ mod common;
 
 use std::process::Command;
 
-use fuchun::engine::{Model, RuntimeOptions};
+use fuchun::engine::{Model, ObjectiveInputs, RuntimeOptions};
 use fuchun::imageio::{self, Limits};
+use fuchun::transfer::histmatch::update_targets;
 use fuchun::transfer::targets::{gram, quantiles, resample_sorted, shifted_grams};
 use fuchun::transfer::StyleTargets;
 
@@ -62,6 +63,54 @@ fn targets_match_the_exporter_reference() {
     assert_eq!(quantiles(&feats[l], m.quantiles).len(), feats[l].channels * m.quantiles);
     let s0 = &m.shift_layers[0];
     assert_eq!(shifted_grams(&feats[&s0.layer], s0.delta), t.shifts[&s0.layer]);
+}
+
+/// The runtime's histogram matching (radix argsort per channel, src/transfer/histmatch.rs) against numpy's
+/// stable argsort + resampled table: identical, ties (ReLU zeros) included.
+#[test]
+fn histogram_matching_matches_the_exporter_reference() {
+    let mut model = Model::load(&common::test_model(), &RuntimeOptions::default()).unwrap();
+    let limits = Limits::default();
+    let style = imageio::load_path(&common::example("fuchun.jpg"), &limits).unwrap().fit_longest(80);
+    let photo = imageio::load_path(&common::example("tubingen.jpg"), &limits).unwrap().fit_longest(64);
+    let sf = model.features(&style.data, style.height, style.width).unwrap();
+    let pf = model.features(&photo.data, photo.height, photo.width).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (sub, feats) in [("style", &sf), ("photo", &pf)] {
+        std::fs::create_dir(dir.path().join(sub)).unwrap();
+        for (layer, f) in feats.iter() {
+            common::write_npy(&dir.path().join(sub).join(format!("feat_{layer}.npy")), &[1, f.channels, f.height, f.width], &f.data);
+        }
+    }
+    let m = model.manifest.clone();
+    let out = dir.path().join("ref");
+    let status = Command::new(common::python())
+        .args(["-m", "fuchun_export.reference", "targets"])
+        .arg(dir.path().join("style"))
+        .arg(&out)
+        .args(["--quantiles", &m.quantiles.to_string(), "--match"])
+        .arg(dir.path().join("photo"))
+        .current_dir(common::root().join("models"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let st = StyleTargets::from_features(&m, &sf).unwrap();
+    let mut inputs = ObjectiveInputs::new();
+    update_targets(&m, &pf, &st, &mut inputs).unwrap();
+    assert!(!m.hist_layers.is_empty());
+    for l in &m.hist_layers {
+        let (shape, want) = common::read_npy(&out.join(format!("hist_target_{l}.npy")));
+        let f = &pf[l];
+        assert_eq!(shape, vec![1, f.channels, f.height, f.width]);
+        let zeros = f.data.iter().filter(|v| **v == 0.0).count();
+        assert!(zeros > 0, "{l}: the test should include ties");
+        let got = inputs.get_mut(&format!("hist_target_{l}")).unwrap().to_vec();
+        let e = max_rel(&got, &want);
+        assert!(e < 1e-6, "hist_target {l}: {e}");
+        // updating in place with the same activations gives the same target
+        update_targets(&m, &pf, &st, &mut inputs).unwrap();
+        assert_eq!(inputs.get_mut(&format!("hist_target_{l}")).unwrap().to_vec(), got);
+    }
 }
 
 #[test]

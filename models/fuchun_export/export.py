@@ -113,6 +113,8 @@ def _meaning(name):
                                       "right by delta"),
                          ("shift_v_", "long-range target: Gram between the activations and themselves shifted "
                                       "down by delta"),
+                         ("hist_target_", "histogram-matched activations of the image at this layer: the "
+                                          "style's quantile at each element's rank (computed by the runtime)"),
                          ("hist_", "histogram target: per-channel table of K sorted quantiles of the style "
                                    "activations"),
                          ("feat_", "activations of this layer, [1,C,h,w]")):
@@ -140,7 +142,7 @@ def manifest(weights, cfg, features, objective, files):
     import onnx_ad
     return {
         "format": "fuchun-model",
-        "format_version": 1,
+        "format_version": 2,
         "exporter": {"name": "fuchun_export", "version": __version__},
         "versions": {"onnx": onnx.__version__, "onnx_ad": getattr(onnx_ad, "__version__", "unknown"),
                      "numpy": np.__version__, "python": sys.version.split()[0]},
@@ -168,8 +170,9 @@ def manifest(weights, cfg, features, objective, files):
             "style": "sum_l w_l * mean_{C x C}((G(F_l) - A_l)^2)",
             "shift": "sum_l w_l * (mean((Gh_l - Ah_l)^2) + mean((Gv_l - Av_l)^2)) / 2, "
                      "Gh = F[:, :, :, :-d] F[:, :, :, d:]^T / (h (w - d)), Gv likewise along the height",
-            "hist": "sum_l w_l * mean((F_l - M_l)^2), M_l = per channel the quantile table resampled to h w "
-                    "entries, taken at each element's rank (no derivative)",
+            "hist": "sum_l w_l * mean((F_l - M_l)^2), M_l = hist_target_l (an input, so no derivative): per "
+                    "channel the quantile table resampled to h w entries, taken at each element's rank; the "
+                    "runtime computes M_l from the objective's feat_l outputs (see `hist_every`)",
             "tv": "mean((x[..., 1:] - x[..., :-1])^2) + mean((x[:, :, 1:] - x[:, :, :-1])^2)",
             "total": "sum_t term_weights[t] * loss_t",
             "quantile": "q_k = sorted value at position p = (k + 0.5) n / K - 0.5 (clipped to [0, n-1]), linear "

@@ -77,7 +77,10 @@ def terms(x, feats, targets, manifest, layer_weights):
         gh, gv = shifted_grams(feats[item["layer"]], item["delta"])
         s += w * 0.5 * (mse(gh, targets[f"shift_h_{item['layer']}"]) + mse(gv, targets[f"shift_v_{item['layer']}"]))
     out["shift"] = s
-    out["hist"] = sum(w * mse(feats[l], matched(feats[l], targets[f"hist_{l}"]))
+    # the objective's histogram term: the distance to the matched activations it is given (hist_target_<layer>,
+    # = matched(F, table) computed by the runtime), or to the matching of F itself when given the table
+    out["hist"] = sum(w * mse(feats[l], targets[f"hist_target_{l}"] if f"hist_target_{l}" in targets
+                              else matched(feats[l], targets[f"hist_{l}"]))
                       for w, l in zip(lw["hist"], manifest["hist_layers"]))
     x = np.asarray(x, np.float64)
     out["tv"] = float(np.mean((x[..., 1:] - x[..., :-1]) ** 2) + np.mean((x[:, :, 1:] - x[:, :, :-1]) ** 2))
@@ -112,7 +115,8 @@ def vgg_forward(x, weights, layers, pooling="max"):
 
 
 def _targets_main(argv):
-    """Read `feat_<layer>.npy` files from a directory, write gram_/shift_h_/shift_v_/hist_<layer>.npy (float64)."""
+    """Read `feat_<layer>.npy` files from a directory, write gram_/shift_h_/shift_v_/hist_<layer>.npy (float64),
+    and with --match the histogram-matched activations of a second image."""
     import argparse
     import os
     p = argparse.ArgumentParser(prog="python -m fuchun_export.reference targets")
@@ -120,6 +124,9 @@ def _targets_main(argv):
     p.add_argument("out_dir")
     p.add_argument("--quantiles", type=int, default=256)
     p.add_argument("--shift", default="", help="LAYER:DELTA,...")
+    p.add_argument("--match", metavar="IMAGE_FEATURES_DIR",
+                   help="also write hist_target_<layer>.npy: the activations in this directory matched to the "
+                        "quantiles of the features in FEATURES_DIR")
     a = p.parse_args(argv)
     shifts = dict((s.split(":")[0], int(s.split(":")[1])) for s in a.shift.split(",") if s)
     os.makedirs(a.out_dir, exist_ok=True)
@@ -129,6 +136,8 @@ def _targets_main(argv):
         layer = name[5:-4]
         f = np.load(os.path.join(a.features_dir, name))
         out = {f"gram_{layer}": gram(f), f"hist_{layer}": quantiles(f, a.quantiles)}
+        if a.match and os.path.exists(os.path.join(a.match, name)):
+            out[f"hist_target_{layer}"] = matched(np.load(os.path.join(a.match, name)), out[f"hist_{layer}"])
         if layer in shifts:
             out[f"shift_h_{layer}"], out[f"shift_v_{layer}"] = shifted_grams(f, shifts[layer])
         for key, value in out.items():

@@ -38,8 +38,10 @@ def export32(small_weights, small_cfg, tmp_path_factory):
     return str(out), man
 
 
-def make_feed(manifest, feats, rng, image, term_weights=None, dtype=np.float32):
-    """Targets built from a second image's features (`feats`, feat name -> array), random layer weights."""
+def make_feed(manifest, feats, rng, image, term_weights=None, dtype=np.float32, own=None):
+    """Targets built from a second image's features (`feats`, layer -> array), random layer weights. The histogram
+    targets are the image's own activations (`own`, layer -> array; default `feats`, which must then be of the
+    image's size) matched to the quantiles of `feats`, as the runtime computes them."""
     from fuchun_export import reference as ref
     feed = {"x": image.astype(dtype)}
     for l in manifest["content_layers"]:
@@ -50,7 +52,8 @@ def make_feed(manifest, feats, rng, image, term_weights=None, dtype=np.float32):
         gh, gv = ref.shifted_grams(feats[item["layer"]], item["delta"])
         feed[f"shift_h_{item['layer']}"], feed[f"shift_v_{item['layer']}"] = (gh * 0.7).astype(dtype), (gv * 1.2).astype(dtype)
     for l in manifest["hist_layers"]:
-        feed[f"hist_{l}"] = (ref.quantiles(feats[l], manifest["quantiles"]) * 1.5 + 0.2).astype(dtype)
+        table = ref.quantiles(feats[l], manifest["quantiles"]) * 1.5 + 0.2
+        feed[f"hist_target_{l}"] = ref.matched((own if own is not None else feats)[l], table).astype(dtype)
     for key, layers in (("content", manifest["content_layers"]), ("style", manifest["style_layers"]),
                         ("shift", manifest["shift_layers"]), ("hist", manifest["hist_layers"])):
         feed[f"{key}_layer_weights"] = (rng.random(len(layers)) + 0.5).astype(dtype)

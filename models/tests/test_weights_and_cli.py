@@ -53,7 +53,8 @@ def test_real_hed_weights_export_and_give_finite_loss_and_gradient(tmp_path):
         gh, gv = ref.shifted_grams(fst[f"feat_{item['layer']}"], item["delta"])
         feed[f"shift_h_{item['layer']}"], feed[f"shift_v_{item['layer']}"] = gh.astype(np.float32), gv.astype(np.float32)
     for l in man["hist_layers"]:
-        feed[f"hist_{l}"] = ref.quantiles(fst[f"feat_{l}"], man["quantiles"]).astype(np.float32)
+        table = ref.quantiles(fst[f"feat_{l}"], man["quantiles"])
+        feed[f"hist_target_{l}"] = ref.matched(fc[f"feat_{l}"], table).astype(np.float32)
     for k, v in man["default_layer_weights"].items():
         feed[f"{k}_layer_weights"] = np.asarray(v, np.float32)
     feed["term_weights"] = np.asarray([man["default_term_weights"][t] for t in man["terms"]], np.float32)

@@ -109,13 +109,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let cf = model.features(&c.data, h, w)?;
         let sf = model.features(&style.resize(sw, sh).data, sh, sw)?;
         let st = StyleTargets::from_features(&m, &sf)?;
-        let inputs = objective_inputs(&m, &cf, &st, &weights)?;
+        let inputs = objective_inputs(&m, &cf, &st, &weights, &cf)?;
         let mut grad = vec![0.0f32; c.data.len()];
-        model.evaluate(&c.data, h, w, &inputs, &mut grad)?;
+        model.evaluate(&c.data, h, w, &inputs, &mut grad, None)?;
         let mut times = Vec::new();
         for _ in 0..args.repeats.max(1) {
             let t = Instant::now();
-            model.evaluate(&c.data, h, w, &inputs, &mut grad)?;
+            model.evaluate(&c.data, h, w, &inputs, &mut grad, None)?;
             times.push(t.elapsed().as_secs_f64());
         }
         let s = median(times);

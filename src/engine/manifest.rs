@@ -7,7 +7,9 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 pub const FORMAT: &str = "fuchun-model";
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: the histogram term takes its matched target as an input (`hist_target_<layer>`) and the objective returns
+/// the histogram layers' activations (`feat_<layer>`); the runtime does the matching.
+pub const FORMAT_VERSION: u32 = 2;
 /// Order of the entries of the `term_weights` graph input.
 pub const TERMS: [&str; 5] = ["content", "style", "shift", "hist", "tv"];
 

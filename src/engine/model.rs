@@ -61,6 +61,12 @@ impl ObjectiveInputs {
         Ok(())
     }
 
+    /// The values of an f32 input, to update in place (e.g. the histogram targets between evaluations).
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut [f32]> {
+        let v = self.values.iter_mut().find(|(k, _)| k == name).map(|(_, v)| v)?;
+        v.try_extract_tensor_mut::<f32>().ok().map(|(_, d)| d)
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.values.iter().map(|(k, _)| k.as_str())
     }
@@ -161,7 +167,8 @@ impl Model {
         Ok(out)
     }
 
-    /// One loss + gradient evaluation. `grad` receives d total / d x.
+    /// One loss + gradient evaluation. `grad` receives d total / d x; `hist_feats`, when given, the activations of
+    /// the histogram layers (the graph's `feat_<layer>` outputs), for re-matching the histogram targets.
     pub fn evaluate(
         &mut self,
         x: &[f32],
@@ -169,6 +176,7 @@ impl Model {
         width: usize,
         inputs: &ObjectiveInputs,
         grad: &mut [f32],
+        hist_feats: Option<&mut BTreeMap<String, FeatureMap>>,
     ) -> Result<Losses> {
         if x.len() != 3 * height * width || grad.len() != x.len() {
             bail!("image buffer of {} values does not match {width}x{height}", x.len());
@@ -194,6 +202,21 @@ impl Model {
             bail!("objective.onnx returned a gradient of {} values for {} pixels", g.len(), grad.len());
         }
         grad.copy_from_slice(g);
+        if let Some(out) = hist_feats {
+            for layer in &self.manifest.hist_layers {
+                let name = format!("feat_{layer}");
+                let (shape, d) =
+                    outputs[name.as_str()].try_extract_tensor::<f32>().map_err(|e| anyhow!("output {name}: {e}"))?;
+                if shape.len() != 4 {
+                    bail!("objective.onnx output {name} has rank {}, expected 4", shape.len());
+                }
+                let (c, h, w) = (shape[1] as usize, shape[2] as usize, shape[3] as usize);
+                let f = out.entry(layer.clone()).or_insert_with(|| FeatureMap { channels: 0, height: 0, width: 0, data: Vec::new() });
+                (f.channels, f.height, f.width) = (c, h, w);
+                f.data.clear();
+                f.data.extend_from_slice(d);
+            }
+        }
         Ok(losses)
     }
 }

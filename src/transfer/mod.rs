@@ -2,6 +2,7 @@
 //! into a stylised image.
 
 pub mod color;
+pub mod histmatch;
 pub mod optim;
 pub mod schedule;
 pub mod targets;

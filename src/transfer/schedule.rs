@@ -9,8 +9,10 @@ use rand::{Rng, SeedableRng};
 
 use super::color;
 use super::optim::{Adam, Control, EarlyStop, IterInfo, Lbfgs, Objective, StopReason};
+use super::histmatch;
 use super::targets::{objective_inputs, StyleTargets, Weights};
-use crate::engine::{Losses, Model, ObjectiveInputs};
+use crate::engine::{FeatureMap, Losses, Model, ObjectiveInputs};
+use std::collections::BTreeMap;
 use crate::imageio::{fit_size as fit, Planar};
 
 /// Where the optimisation starts.
@@ -53,6 +55,12 @@ pub struct StylizeOptions {
     /// Apply the early stop at the last scale too (default). The bench turns it off to measure the time to reach a
     /// loss.
     pub last_scale_early_stop: bool,
+    /// Re-match the histogram targets to the current image every this many evaluations (from the activations of
+    /// the evaluation just made); 0: only once per scale, from the starting image.
+    pub hist_every: usize,
+    /// After each scale, evaluate the result once more with histogram targets matched to the result itself: the
+    /// exact loss, independent of `hist_every` (costs two evaluations per scale; for comparisons).
+    pub exact_losses: bool,
 }
 
 impl StylizeOptions {
@@ -72,6 +80,8 @@ impl StylizeOptions {
             seed: 0,
             target_loss: None,
             last_scale_early_stop: true,
+            hist_every: DEFAULT_HIST_EVERY,
+            exact_losses: false,
         }
     }
 
@@ -125,6 +135,8 @@ pub struct ScaleReport {
     pub last: Losses,
     pub stop: StopReason,
     pub seconds: f64,
+    /// The result's loss with histogram targets matched to itself (`StylizeOptions::exact_losses`).
+    pub exact: Option<Losses>,
 }
 
 #[derive(Debug, Clone)]
@@ -204,7 +216,11 @@ impl Hooks for NoHooks {}
 
 struct Eval<'a, 'b> {
     model: &'a mut Model,
-    inputs: &'a ObjectiveInputs,
+    inputs: &'a mut ObjectiveInputs,
+    style: &'a StyleTargets,
+    /// 0: never re-match the histogram targets
+    hist_every: usize,
+    hist_feats: BTreeMap<String, FeatureMap>,
     width: usize,
     height: usize,
     scale: usize,
@@ -222,8 +238,13 @@ impl Objective for Eval<'_, '_> {
         if self.hooks.borrow().cancelled() {
             bail!(Cancelled);
         }
-        let losses = self.model.evaluate(x, self.height, self.width, self.inputs, grad)?;
+        let rematch = self.hist_every > 0 && (self.evaluations + 1) % self.hist_every == 0;
+        let feats = if rematch { Some(&mut self.hist_feats) } else { None };
+        let losses = self.model.evaluate(x, self.height, self.width, self.inputs, grad, feats)?;
         self.evaluations += 1;
+        if rematch {
+            histmatch::update_targets(&self.model.manifest, &self.hist_feats, self.style, self.inputs)?;
+        }
         self.first.get_or_insert(losses);
         self.last = losses;
         if losses.total.is_finite() && self.best.is_none_or(|b| losses.total < b.total) {
@@ -240,6 +261,18 @@ impl Objective for Eval<'_, '_> {
         });
         Ok(losses.total)
     }
+}
+
+/// Default of `StylizeOptions::hist_every` (see docs/performance.md for the measurements behind it).
+pub const DEFAULT_HIST_EVERY: usize = 1;
+
+/// The loss of `img` with histogram targets matched to `img` itself (two evaluations).
+fn exact_losses(model: &mut Model, img: &Planar, style: &StyleTargets, inputs: &mut ObjectiveInputs) -> Result<Losses> {
+    let mut grad = vec![0.0f32; img.data.len()];
+    let mut feats = BTreeMap::new();
+    model.evaluate(&img.data, img.height, img.width, inputs, &mut grad, Some(&mut feats))?;
+    histmatch::update_targets(&model.manifest, &feats, style, inputs)?;
+    model.evaluate(&img.data, img.height, img.width, inputs, &mut grad, None)
 }
 
 /// The run was stopped by `Hooks::cancelled`.
@@ -278,7 +311,6 @@ pub fn stylize_with(
         let content_s = content.resize(w, h);
         let content_feats = model.features(&content_s.data, h, w)?;
         let style = styles.targets(model, longest)?;
-        let inputs = objective_inputs(&model.manifest, &content_feats, &style, &opts.weights)?;
         let mut img = match (&x, &opts.init) {
             (Some(prev), _) => prev.resize(w, h),
             (None, Init::Content) => content_s.clone(),
@@ -292,6 +324,16 @@ pub fn stylize_with(
                 p
             }
         };
+        // the first histogram targets: the starting image matched to the style
+        let hist_used = !model.manifest.hist_layers.is_empty() && opts.weights.terms[3] != 0.0;
+        let start_feats = if img.data == content_s.data || !hist_used {
+            None
+        } else {
+            Some(model.features(&img.data, h, w)?)
+        };
+        let mut inputs =
+            objective_inputs(&model.manifest, &content_feats, &style, &opts.weights, start_feats.as_ref().unwrap_or(&content_feats))?;
+        drop(start_feats);
         hooks.scale_start(si, w, h, opts.iterations);
         let mut early = EarlyStop::new(opts.tol_window.max(1), opts.tol);
         let use_early = opts.tol > 0.0;
@@ -301,7 +343,10 @@ pub fn stylize_with(
         let iteration = Cell::new(0usize);
         let mut eval = Eval {
             model: &mut *model,
-            inputs: &inputs,
+            inputs: &mut inputs,
+            style: &style,
+            hist_every: if hist_used { opts.hist_every } else { 0 },
+            hist_feats: BTreeMap::new(),
             width: w,
             height: h,
             scale: si,
@@ -348,20 +393,24 @@ pub fn stylize_with(
             return Err(e);
         }
         let stop = if summary.reason == StopReason::Callback { StopReason::Converged } else { summary.reason };
+        let (evaluations, first, last) = (eval.evaluations, eval.first.unwrap_or_default(), eval.best.unwrap_or(eval.last));
+        drop(eval);
         for v in img.data.iter_mut() {
             *v = v.clamp(0.0, 1.0);
         }
+        let exact = if opts.exact_losses { Some(exact_losses(model, &img, &style, &mut inputs)?) } else { None };
         reports.push(ScaleReport {
             width: w,
             height: h,
             iterations: summary.iterations,
-            evaluations: eval.evaluations,
-            first: eval.first.unwrap_or_default(),
-            last: eval.best.unwrap_or(eval.last),
+            evaluations,
+            first,
+            last,
             stop,
             seconds: t_scale.elapsed().as_secs_f64(),
+            exact,
         });
-        tracing::debug!(scale = si, w, h, iterations = summary.iterations, evaluations = eval.evaluations,
+        tracing::debug!(scale = si, w, h, iterations = summary.iterations, evaluations,
             loss = summary.loss, reason = ?stop, "scale done");
         x = Some(img);
     }

@@ -214,12 +214,14 @@ impl Weights {
     }
 }
 
-/// The objective's inputs (all but x) for one image size.
+/// The objective's inputs (all but x) for one image size. `start` holds the activations of the image the
+/// optimisation starts from, whose histogram matching is the first histogram target.
 pub fn objective_inputs(
     m: &Manifest,
     content: &BTreeMap<String, FeatureMap>,
     style: &StyleTargets,
     weights: &Weights,
+    start: &BTreeMap<String, FeatureMap>,
 ) -> Result<ObjectiveInputs> {
     let mut inp = ObjectiveInputs::new();
     for l in &m.content_layers {
@@ -239,10 +241,7 @@ pub fn objective_inputs(
         inp.set(&format!("shift_h_{}", s.layer), &[c, c], h.clone())?;
         inp.set(&format!("shift_v_{}", s.layer), &[c, c], v.clone())?;
     }
-    for l in &m.hist_layers {
-        let q = style.hists.get(l).ok_or_else(|| missing("quantiles", l))?;
-        inp.set(&format!("hist_{l}"), &[channels(l), m.quantiles], q.clone())?;
-    }
+    super::histmatch::update_targets(m, start, style, &mut inp)?;
     inp.set("term_weights", &[5], weights.terms.to_vec())?;
     for (name, v, n) in [
         ("content_layer_weights", &weights.content_layers, m.content_layers.len()),

@@ -1,0 +1,205 @@
+//! Histogram matching (Risser et al. 2017): every activation of a channel replaced by the style's quantile at its
+//! rank within that channel. The objective graph takes the result as a constant target (`hist_target_<layer>`),
+//! so the sort — the costliest step of the histogram term — runs here, on all cores, with an LSD radix sort, and
+//! as often as the schedule asks (`hist_every`). The formula is `matched` in models/fuchun_export/reference.py.
+
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, bail, Result};
+
+use super::targets::{resample_sorted, StyleTargets};
+use crate::engine::{FeatureMap, Manifest, ObjectiveInputs};
+
+/// A float's bits mapped to an unsigned key whose integer order is the float order (negatives flipped).
+#[inline]
+fn key(v: f32) -> u32 {
+    let b = v.to_bits();
+    if b & 0x8000_0000 != 0 {
+        !b
+    } else {
+        b | 0x8000_0000
+    }
+}
+
+/// Reusable buffers for one channel.
+#[derive(Default)]
+struct Scratch {
+    keys: Vec<u32>,
+    keys2: Vec<u32>,
+    idx: Vec<u32>,
+    idx2: Vec<u32>,
+    table: Vec<f32>,
+}
+
+/// Indices of `values` in ascending order (stable: equal values keep their index order), by three 11-bit LSD
+/// radix passes; the result is in `s.idx`.
+fn argsort(values: &[f32], s: &mut Scratch) {
+    let n = values.len();
+    s.keys.clear();
+    s.keys.extend(values.iter().map(|v| key(*v)));
+    s.idx.clear();
+    s.idx.extend(0..n as u32);
+    s.keys2.resize(n, 0);
+    s.idx2.resize(n, 0);
+    for shift in [0u32, 11, 22] {
+        let mut count = [0usize; 2048];
+        for k in &s.keys {
+            count[((k >> shift) & 0x7ff) as usize] += 1;
+        }
+        if count.iter().any(|c| *c == n) {
+            continue; // every key has the same digit: the pass would not move anything
+        }
+        let mut pos = 0;
+        for c in count.iter_mut() {
+            let here = *c;
+            *c = pos;
+            pos += here;
+        }
+        for (k, i) in s.keys.iter().zip(&s.idx) {
+            let d = ((k >> shift) & 0x7ff) as usize;
+            s.keys2[count[d]] = *k;
+            s.idx2[count[d]] = *i;
+            count[d] += 1;
+        }
+        std::mem::swap(&mut s.keys, &mut s.keys2);
+        std::mem::swap(&mut s.idx, &mut s.idx2);
+    }
+}
+
+fn match_channel(f: &[f32], table: &[f32], out: &mut [f32], s: &mut Scratch) {
+    let n = f.len();
+    argsort(f, s);
+    s.table.resize(n, 0.0);
+    resample_sorted(table, n, &mut s.table);
+    for (j, i) in s.idx.iter().enumerate() {
+        out[*i as usize] = s.table[j];
+    }
+}
+
+/// Histogram-matched copy of `features` ([C, n], row-major) into `out`: for each channel the quantile table row
+/// (`tables`, [C, K], ascending) resampled to n entries, the j-th smallest activation getting the j-th entry.
+/// Channels are spread over `threads` threads.
+pub fn match_histograms(features: &[f32], channels: usize, tables: &[f32], out: &mut [f32], threads: usize) {
+    assert!(channels > 0 && features.len() % channels == 0 && tables.len() % channels == 0);
+    assert_eq!(out.len(), features.len());
+    let n = features.len() / channels;
+    let k = tables.len() / channels;
+    if n == 0 {
+        return;
+    }
+    let threads = threads.clamp(1, channels);
+    let per = channels.div_ceil(threads);
+    std::thread::scope(|scope| {
+        let work = features.chunks(per * n).zip(tables.chunks(per * k)).zip(out.chunks_mut(per * n));
+        for ((f, t), o) in work {
+            scope.spawn(move || {
+                let mut s = Scratch::default();
+                for ((fc, tc), oc) in f.chunks(n).zip(t.chunks(k)).zip(o.chunks_mut(n)) {
+                    match_channel(fc, tc, oc, &mut s);
+                }
+            });
+        }
+    });
+}
+
+/// Set the objective's `hist_target_<layer>` inputs to the histogram matching of `feats` (activations of the image
+/// being optimised, e.g. the objective's own `feat_` outputs) to the style's quantile tables; in place when the
+/// inputs already hold targets of that size.
+pub fn update_targets(
+    m: &Manifest,
+    feats: &BTreeMap<String, FeatureMap>,
+    style: &StyleTargets,
+    inputs: &mut ObjectiveInputs,
+) -> Result<()> {
+    let threads = default_threads();
+    for l in &m.hist_layers {
+        let f = feats.get(l).ok_or_else(|| anyhow!("activations of histogram layer {l} missing"))?;
+        let table = style.hists.get(l).ok_or_else(|| anyhow!("style targets lack the quantiles of layer {l}"))?;
+        if table.len() != f.channels * m.quantiles {
+            bail!("quantile table of {l} has {} values for {} channels x {} quantiles", table.len(), f.channels, m.quantiles);
+        }
+        let name = format!("hist_target_{l}");
+        match inputs.get_mut(&name) {
+            Some(out) if out.len() == f.data.len() => match_histograms(&f.data, f.channels, table, out, threads),
+            _ => {
+                let mut out = vec![0.0f32; f.data.len()];
+                match_histograms(&f.data, f.channels, table, &mut out, threads);
+                inputs.set(&name, &[1, f.channels, f.height, f.width], out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Threads for the sort: the machine's cores (the ONNX Runtime session is idle while it runs).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn radix_argsort_agrees_with_a_stable_comparison_sort() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        for n in [1usize, 2, 7, 1000, 70_000] {
+            // ReLU-like: many exact zeros (ties), a few negatives and huge values, -0.0
+            let v: Vec<f32> = (0..n)
+                .map(|i| match i % 7 {
+                    0 | 1 => 0.0,
+                    2 => -0.0,
+                    3 => -rng.random::<f32>() * 10.0,
+                    4 => rng.random::<f32>() * 1e6,
+                    _ => rng.random::<f32>(),
+                })
+                .collect();
+            let mut s = Scratch::default();
+            argsort(&v, &mut s);
+            let mut want: Vec<u32> = (0..n as u32).collect();
+            want.sort_by_key(|i| key(v[*i as usize])); // stable
+            assert_eq!(s.idx, want, "n = {n}");
+            assert!(s.idx.windows(2).all(|w| v[w[0] as usize] <= v[w[1] as usize]));
+        }
+    }
+
+    #[test]
+    fn matching_to_own_table_of_full_size_is_the_identity() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+        let (c, n) = (5, 64);
+        let f: Vec<f32> = (0..c * n).map(|_| rng.random::<f32>() - 0.3).collect();
+        let mut tables = Vec::new();
+        for ch in 0..c {
+            let mut row = f[ch * n..(ch + 1) * n].to_vec();
+            row.sort_by(|a, b| a.total_cmp(b));
+            tables.extend(row);
+        }
+        for threads in [1, 2, 3, 8] {
+            let mut out = vec![0.0; c * n];
+            match_histograms(&f, c, &tables, &mut out, threads);
+            assert_eq!(out, f, "threads {threads}");
+        }
+    }
+
+    #[test]
+    fn matched_values_follow_the_ranks_and_take_the_table_distribution() {
+        let (c, n, k) = (3, 1000, 16);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let f: Vec<f32> = (0..c * n).map(|_| rng.random::<f32>()).collect();
+        let tables: Vec<f32> = (0..c).flat_map(|ch| (0..k).map(move |j| (ch * 100 + j * j) as f32)).collect();
+        let mut out = vec![0.0; c * n];
+        match_histograms(&f, c, &tables, &mut out, 2);
+        for ch in 0..c {
+            let (fc, oc) = (&f[ch * n..(ch + 1) * n], &out[ch * n..(ch + 1) * n]);
+            // monotone in the activation
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by(|a, b| fc[*a].total_cmp(&fc[*b]));
+            assert!(order.windows(2).all(|w| oc[w[0]] <= oc[w[1]]));
+            // the extremes are the table's extremes
+            let lo = oc.iter().cloned().fold(f32::INFINITY, f32::min);
+            let hi = oc.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!((lo, hi), (tables[ch * k], tables[ch * k + k - 1]));
+        }
+    }
+}
