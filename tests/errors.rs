@@ -102,7 +102,7 @@ fn ort_library_not_onnxruntime() {
 
 fn copy_model(to: &Path) {
     std::fs::create_dir_all(to).unwrap();
-    for f in ["manifest.json", "features.onnx", "objective.onnx"] {
+    for f in ["manifest.json", "features.onnx", "objective.onnx", "features.onnx.data", "objective.onnx.data"] {
         std::fs::copy(common::test_model().join(f), to.join(f)).unwrap();
     }
 }
@@ -127,6 +127,22 @@ fn graph_from_another_export() {
     std::fs::copy(common::real_model().join("features.onnx"), dir.path().join("features.onnx")).unwrap();
     let err = fails(&[], None, Some(dir.path()));
     assert!(err.contains("does not match its manifest"), "{err}");
+}
+
+#[test]
+fn graph_weights_missing_or_from_another_export() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_model(dir.path());
+    let data = dir.path().join("objective.onnx.data");
+    let original = std::fs::read(&data).unwrap();
+    std::fs::remove_file(&data).unwrap();
+    let err = fails(&[], None, Some(dir.path()));
+    assert!(err.contains("objective.onnx.data") && err.contains("missing") && err.contains("make models"), "{err}");
+    let mut changed = original.clone();
+    changed[100] ^= 1;
+    std::fs::write(&data, changed).unwrap();
+    let err = fails(&[], None, Some(dir.path()));
+    assert!(err.contains("objective.onnx.data") && err.contains("does not match its manifest"), "{err}");
 }
 
 #[test]

@@ -1,4 +1,4 @@
-"""Command line: export features.onnx, objective.onnx and manifest.json for a weight source.
+"""Command line: export features.onnx, objective.onnx (each with its .onnx.data weights) and manifest.json.
 
     python -m fuchun_export --weights hed --out models/out/vgg16-max
     python -m fuchun_export --weights keras-h5 vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5 --out DIR
@@ -59,9 +59,10 @@ def objective_from_loss(loss_model, surgery=True):
     g.initializer.append(numpy_helper.from_array(np.array([4], dtype=np.int64), "grad_seed_axis"))
     g.output.append(helper.make_tensor_value_info("grad", grad[0].type.tensor_type.elem_type, [1, 3, "H", "W"]))
     if surgery:
-        from .surgery import conv_transpose_to_conv, seed_axis_transposes
+        from .surgery import conv_transpose_to_conv, relu_masks_from_outputs, seed_axis_transposes
         conv_transpose_to_conv(model)
         seed_axis_transposes(model)
+        relu_masks_from_outputs(model)
     prune_initializers(model)
     return model
 
@@ -194,15 +195,21 @@ def export(weights, cfg, out_dir, log=print, surgery=True):
     features, _, objective = build_all(weights, cfg, surgery=surgery)
     os.makedirs(out_dir, exist_ok=True)
     files = {"features": "features.onnx", "objective": "objective.onnx"}
-    for key, model in (("features", features), ("objective", objective)):
-        onnx.checker.check_model(model)
-        tmp = os.path.join(out_dir, files[key] + ".tmp")
-        onnx.save(model, tmp)
-        os.replace(tmp, os.path.join(out_dir, files[key]))
     man = manifest(weights, cfg, features, objective, files)
     from .weights import sha256_file
-    for key in files:
+    for key, model in (("features", features), ("objective", objective)):
+        onnx.checker.check_model(model)
+        # The weights go to an external data file beside the graph: ONNX Runtime then keeps one copy of them
+        # instead of the protobuf's and its own (-105 MB resident for the two graphs, docs/performance.md).
+        data = files[key] + ".data"
+        tmp = os.path.join(out_dir, files[key] + ".tmp")
+        if os.path.exists(os.path.join(out_dir, data)):
+            os.remove(os.path.join(out_dir, data))   # onnx appends to an existing data file
+        onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True, location=data,
+                        size_threshold=1024)
+        os.replace(tmp, os.path.join(out_dir, files[key]))
         man["graphs"][key]["sha256"] = sha256_file(os.path.join(out_dir, files[key]))
+        man["graphs"][key]["data"] = {"file": data, "sha256": sha256_file(os.path.join(out_dir, data))}
     man["export_seconds"] = round(time.time() - t0, 2)
     tmp = os.path.join(out_dir, "manifest.json.tmp")
     with open(tmp, "w") as f:
@@ -248,7 +255,7 @@ def main(argv=None):
     p.add_argument("--hist-layers", default="relu1_1,relu4_1", help="'' disables the histogram term")
     p.add_argument("--quantiles", type=int, default=256, help="quantiles per channel in the histogram targets")
     p.add_argument("--keep-conv-transpose", action="store_true",
-                   help="leave onnx_ad's ConvTranspose input gradients as they are (for A/B measurements)")
+                   help="export onnx_ad's gradient graph without the surgery (ConvTranspose rewrite, seed axis, ReLU masks), for A/B measurements")
     a = p.parse_args(argv)
     try:
         kind, rest = a.weights[0], a.weights[1:]

@@ -92,3 +92,33 @@ def seed_axis_transposes(model):
     del g.node[:]
     g.node.extend(out)
     return count
+
+
+def relu_masks_from_outputs(model):
+    """onnx_ad's ReLU derivative is the mask `pre > 0` of the ReLU's input, and it reads the input's shape, so the
+    pre-activation tensor of every layer stays alive until the backward pass reaches it, beside the activation, and
+    ONNX Runtime cannot fuse Conv with Relu (the Conv output has other readers). `relu(pre) > 0` is the same mask
+    and `relu(pre)` has the same shape, so those readers are moved to the ReLU's output: one tensor per layer is
+    kept instead of two, and Conv+Relu fuse. Exact (same values bit for bit)."""
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    readers = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+
+    def zero_constant(name):
+        return name in inits and not np.any(numpy_helper.to_array(inits[name]))
+
+    moved = 0
+    for relu in [n for n in g.node if n.op_type == "Relu"]:
+        pre, post = relu.input[0], relu.output[0]
+        others = [n for n in readers.get(pre, []) if n is not relu]
+        movable = all((n.op_type == "Shape" and len(n.input) == 1) or
+                      (n.op_type == "Greater" and n.input[0] == pre and zero_constant(n.input[1])) for n in others)
+        if not others or not movable or pre in {o.name for o in g.output}:
+            continue
+        for n in others:
+            n.input[0] = post
+        moved += 1
+    return moved

@@ -97,7 +97,8 @@ def test_average_pooling_gradient(small_weights):
 
 
 def test_conv_transpose_surgery_is_exact(graphs64, small_weights, small_cfg):
-    """The ConvTranspose → Conv rewrite changes nothing but speed: same gradient as onnx_ad's own graph."""
+    """The graph surgery (ConvTranspose → Conv, seed-axis Transposes, ReLU masks from outputs) changes nothing but
+    speed and memory: same gradient as onnx_ad's own graph."""
     from conftest import evaluator, make_feed
     from fuchun_export.export import build_all
     features, loss, objective = graphs64
@@ -105,6 +106,12 @@ def test_conv_transpose_surgery_is_exact(graphs64, small_weights, small_cfg):
     assert {n.op_type for n in objective.graph.node} >= {"Conv"}
     assert "ConvTranspose" not in {n.op_type for n in objective.graph.node}
     assert "ConvTranspose" in {n.op_type for n in plain.graph.node}
+    # the ReLU masks read the ReLU outputs, so no pre-activation is read by anything but its ReLU
+    conv_out = {n.output[0] for n in objective.graph.node if n.op_type == "Conv" and not n.input[1].endswith("_as_conv")}
+    readers = [n.op_type for n in objective.graph.node if set(n.input) & conv_out]
+    assert readers and set(readers) == {"Relu"}, readers
+    plain_readers = {n.op_type for n in plain.graph.node if set(n.input) & conv_out}
+    assert "Greater" in plain_readers
     man = manifest(small_weights, small_cfg, features, objective, {"features": "f", "objective": "o"})
     rng = np.random.default_rng(1)
     image = rng.random((1, 3, 33, 27))

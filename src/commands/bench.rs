@@ -1,5 +1,8 @@
-//! `fuchun bench`: seconds per loss+gradient evaluation, achieved GFLOP/s against the CPU's measured FP32 peak,
-//! peak memory, and the coarse-to-fine schedule against the classic single-scale recipe.
+//! `fuchun bench`: the four performance figures with their targets — [1] seconds per loss+gradient evaluation and
+//! GFLOP/s against the CPU's measured FP32 sgemm peak, [2] peak memory at the largest size with the L-BFGS history
+//! (and the optimiser's own cost per step), [3] time to the classic recipe's loss with the default schedule, [4]
+//! evaluations of a warm-started repeated frame against a cold one — and optionally the histogram re-matching
+//! interval's effect on time and exact loss.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -8,10 +11,13 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use super::common::ModelArgs;
+use crate::engine::ObjectiveInputs;
 use crate::imageio::{self, Limits};
 use crate::imageio::fit_size as fit;
 use crate::transfer::targets::{objective_inputs, StyleTargets, Weights};
-use crate::transfer::{stylize, NoHooks, StylizeOptions};
+use crate::transfer::histmatch;
+use crate::transfer::schedule::DEFAULT_HIST_EVERY;
+use crate::transfer::{stylize, EvalRecord, Hooks, Init, NoHooks, StylizeOptions};
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -33,6 +39,25 @@ pub struct BenchArgs {
     pub content: PathBuf,
     #[arg(long, default_value = "examples/fuchun.jpg")]
     pub style: PathBuf,
+    /// Iterations of the memory run at the largest size (fills the L-BFGS history; 0 skips it).
+    #[arg(long, default_value_t = 12)]
+    pub memory_iterations: usize,
+    /// Size for the warm-start measurement (0 skips it).
+    #[arg(long, default_value_t = 256)]
+    pub warm_size: usize,
+    /// Re-match the histogram targets every N evaluations in every run of the bench.
+    #[arg(long, default_value_t = DEFAULT_HIST_EVERY)]
+    pub hist_every: usize,
+    /// Compare these --hist-every values (time and exact final loss), e.g. 1,2,4,8; empty skips it.
+    #[arg(long, value_delimiter = ',')]
+    pub compare_hist_every: Vec<usize>,
+    #[arg(long, default_value_t = 256)]
+    pub compare_size: usize,
+    #[arg(long, default_value_t = 200)]
+    pub compare_iterations: usize,
+    /// Write the comparison's loss curves (hist_every_N.csv) to this directory.
+    #[arg(long)]
+    pub curves: Option<PathBuf>,
     /// Print the figures as one JSON object as well.
     #[arg(long)]
     pub json: bool,
@@ -89,19 +114,32 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// A target line: the figure, the target and whether it is met.
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "NOT met"
+    }
+}
+
 pub fn run(args: &BenchArgs) -> Result<()> {
     let limits = Limits::default();
     let content = imageio::load_path(&args.content, &limits).with_context(|| format!("{}", args.content.display()))?;
     let style = imageio::load_path(&args.style, &limits).with_context(|| format!("{}", args.style.display()))?;
     let peak = sgemm_peak_gflops();
     let mut model = args.model.load()?;
+    let load_rss = current_rss().unwrap_or(0) as f64 / 1e6;
     let m = model.manifest.clone();
     let weights = Weights::defaults(&m);
     println!("fuchun bench — model {} ({} {}, {} weights), provider {}, ONNX Runtime {}",
         m.dir.display(), m.architecture, m.pooling, m.weights.kind, model.provider, crate::engine::runtime::version());
-    println!("FP32 sgemm peak (all cores): {peak:.1} GFLOP/s");
-    println!("{:>6} {:>10} {:>12} {:>10} {:>9} {:>12}", "size", "pixels", "s/eval", "GFLOP/s", "% peak", "peak RSS MB");
+    println!("FP32 sgemm peak (all cores, 1024³ per core): {peak:.1} GFLOP/s; RSS after loading the model: {load_rss:.0} MB");
+    println!("hist_every = {} (histogram targets re-matched every {} evaluation(s))", args.hist_every, args.hist_every);
+    println!("{:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>12}",
+        "size", "pixels", "graph s", "match s", "s/eval", "GFLOP/s", "% peak", "peak RSS MB");
     let mut rows = Vec::new();
+    let mut last_percent = 0.0;
     for &size in &args.sizes {
         let (w, h) = fit(content.width, content.height, size);
         let c = content.resize(w, h);
@@ -109,61 +147,175 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let cf = model.features(&c.data, h, w)?;
         let sf = model.features(&style.resize(sw, sh).data, sh, sw)?;
         let st = StyleTargets::from_features(&m, &sf)?;
-        let inputs = objective_inputs(&m, &cf, &st, &weights, &cf)?;
+        let mut inputs = objective_inputs(&m, &cf, &st, &weights, &cf)?;
         let mut grad = vec![0.0f32; c.data.len()];
-        model.evaluate(&c.data, h, w, &inputs, &mut grad, None)?;
-        let mut times = Vec::new();
-        for _ in 0..args.repeats.max(1) {
+        let (mut graph, mut matching) = (Vec::new(), Vec::new());
+        for i in 0..=args.repeats.max(1) {
+            let mut secs = 0.0;
+            let mut rematch = |layer: &str, shape: [usize; 3], data: &[f32], inputs: &mut ObjectiveInputs| {
+                let t = Instant::now();
+                let r = histmatch::update_layer(m.quantiles, layer, shape, data, &st, inputs);
+                secs += t.elapsed().as_secs_f64();
+                r
+            };
             let t = Instant::now();
-            model.evaluate(&c.data, h, w, &inputs, &mut grad, None)?;
-            times.push(t.elapsed().as_secs_f64());
+            model.evaluate(&c.data, h, w, &mut inputs, &mut grad, Some(&mut rematch))?;
+            let total = t.elapsed().as_secs_f64();
+            if i > 0 {
+                // the first run is the warm-up
+                graph.push(total - secs);
+                matching.push(secs);
+            }
         }
-        let s = median(times);
+        let (g, mt) = (median(graph), median(matching));
+        let s = g + if args.hist_every > 0 { mt / args.hist_every as f64 } else { 0.0 };
         let gflops = m.objective_flops_per_pixel * (w * h) as f64 / s / 1e9;
         let rss = peak_rss().unwrap_or(0) as f64 / 1e6;
-        println!("{:>6} {:>10} {:>12.3} {:>10.1} {:>8.1}% {:>12.0}", format!("{w}x{h}"), w * h, s, gflops, 100.0 * gflops / peak, rss);
-        rows.push(serde_json::json!({"width": w, "height": h, "seconds_per_eval": s, "gflops": gflops,
-            "percent_of_peak": 100.0 * gflops / peak, "peak_rss_bytes": peak_rss()}));
+        last_percent = 100.0 * gflops / peak;
+        println!("{:>8} {:>8} {:>9.3} {:>9.3} {:>9.3} {:>9.1} {:>7.1}% {:>12.0}",
+            format!("{w}x{h}"), w * h, g, mt, s, gflops, last_percent, rss);
+        rows.push(serde_json::json!({"width": w, "height": h, "graph_seconds": g, "match_seconds": mt,
+            "seconds_per_eval": s, "gflops": gflops, "percent_of_peak": last_percent, "peak_rss_bytes": peak_rss()}));
     }
-    let mut schedule = serde_json::Value::Null;
+    let mut figures = serde_json::Map::new();
+    if !args.sizes.is_empty() {
+        println!("[1] speed: {last_percent:.0}% of the sgemm peak at the largest size (target ≥ 85%): {}",
+            verdict(last_percent >= 85.0));
+        figures.insert("percent_of_peak".into(), last_percent.into());
+    }
+
+    // [2] memory: a short L-BFGS run at the largest size, history filled
+    let mem_size = args.sizes.iter().copied().max().unwrap_or(512);
+    if args.memory_iterations > 0 {
+        let mut o = StylizeOptions::new(weights.clone());
+        o.image_size = mem_size;
+        o.scales = vec![mem_size];
+        o.iterations = args.memory_iterations;
+        o.tol = 0.0;
+        o.hist_every = args.hist_every;
+        let r = stylize(&mut model, &content, std::slice::from_ref(&style), &o, &mut NoHooks)?;
+        let sc = &r.scales[0];
+        let rss = peak_rss().unwrap_or(0) as f64 / 1e6;
+        let per_eval = sc.eval_seconds / sc.evaluations.max(1) as f64;
+        let opt_per_iter = sc.optimizer_seconds / sc.iterations.max(1) as f64;
+        println!("[2] memory: peak RSS {rss:.0} MB after {} L-BFGS iterations at {}x{} (target ≤ 1200 MB): {}",
+            sc.iterations, sc.width, sc.height, verdict(rss <= 1200.0));
+        println!("    optimiser's own cost: {:.1} ms per iteration = {:.2}% of an evaluation ({:.3} s) (target < 2%): {}",
+            opt_per_iter * 1e3, 100.0 * opt_per_iter / per_eval, per_eval, verdict(opt_per_iter < 0.02 * per_eval));
+        figures.insert("peak_rss_bytes".into(), peak_rss().into());
+        figures.insert("optimizer_percent_of_eval".into(), (100.0 * opt_per_iter / per_eval).into());
+    }
+
+    // [3] time to the classic recipe's loss
     if args.schedule_size > 0 {
         let mut single = StylizeOptions::new(weights.clone());
         single.image_size = args.schedule_size;
         single.scales = vec![args.schedule_size];
         single.iterations = args.schedule_iterations;
         single.tol = 0.0;
+        single.hist_every = args.hist_every;
+        single.exact_losses = true;
         let t = Instant::now();
         let a = stylize(&mut model, &content, std::slice::from_ref(&style), &single, &mut NoHooks)?;
         let t_single = t.elapsed().as_secs_f64();
         let target = a.final_losses().total;
-        // the default schedule (coarse-to-fine, default iterations and early stop at the coarse scales), its last
-        // scale running until it reaches the classic recipe's loss (within the same iteration budget)
+        // the default schedule (coarse-to-fine, early stop at the coarse scales), its last scale running until it
+        // reaches the classic recipe's loss (within the same iteration budget)
         let mut c2f = StylizeOptions::new(weights.clone());
         c2f.image_size = args.schedule_size;
         c2f.target_loss = Some(target);
         c2f.last_scale_early_stop = false;
-        // coarse scales still end by early stop; the budget only bounds the last scale
         c2f.iterations = c2f.iterations.max(args.schedule_iterations);
+        c2f.hist_every = args.hist_every;
+        c2f.exact_losses = true;
         let t = Instant::now();
         let b = stylize(&mut model, &content, std::slice::from_ref(&style), &c2f, &mut NoHooks)?;
         let t_c2f = t.elapsed().as_secs_f64();
         let reached = b.final_losses().total <= target;
+        let exact = |o: &crate::transfer::Outcome| o.scales.last().and_then(|s| s.exact).map(|l| l.total).unwrap_or(f64::NAN);
         println!(
-            "schedule at {} px: single scale {} iterations → loss {:.4e} in {:.1} s ({} evaluations); \
-             coarse-to-fine {:?} {} loss {:.4e} in {:.1} s ({} evaluations): {:.0}% of the single-scale time",
-            args.schedule_size, args.schedule_iterations, target, t_single, a.evaluations(),
+            "[3] schedule at {} px: classic (single scale, {} L-BFGS iterations) loss {:.4e} (exact {:.4e}) in {:.1} s, \
+             {} evaluations; default {:?} {} it: loss {:.4e} (exact {:.4e}) in {:.1} s, {} evaluations: {:.2}x faster \
+             (target ≥ 3x): {}",
+            args.schedule_size, args.schedule_iterations, target, exact(&a), t_single, a.evaluations(),
             c2f.resolved_scales()?, if reached { "reached" } else { "did NOT reach" }, b.final_losses().total,
-            t_c2f, b.evaluations(), 100.0 * t_c2f / t_single
+            exact(&b), t_c2f, b.evaluations(), t_single / t_c2f, verdict(reached && t_single / t_c2f >= 3.0)
         );
-        schedule = serde_json::json!({"size": args.schedule_size, "single_iterations": args.schedule_iterations,
-            "single_seconds": t_single, "single_loss": target, "single_evaluations": a.evaluations(),
-            "c2f_seconds": t_c2f, "c2f_loss": b.final_losses().total, "c2f_evaluations": b.evaluations(),
-            "c2f_reached": reached, "ratio": t_c2f / t_single});
+        figures.insert("schedule".into(), serde_json::json!({"size": args.schedule_size,
+            "single_iterations": args.schedule_iterations, "single_seconds": t_single, "single_loss": target,
+            "single_exact_loss": exact(&a), "single_evaluations": a.evaluations(), "c2f_seconds": t_c2f,
+            "c2f_loss": b.final_losses().total, "c2f_exact_loss": exact(&b), "c2f_evaluations": b.evaluations(),
+            "c2f_reached": reached, "speedup": t_single / t_c2f}));
+    }
+
+    // [4] camera frames: a repeated frame warm-started from the previous result, as the daemon does
+    if args.warm_size > 0 {
+        let mut cold = StylizeOptions::new(weights.clone());
+        cold.image_size = args.warm_size;
+        cold.hist_every = args.hist_every;
+        let a = stylize(&mut model, &content, std::slice::from_ref(&style), &cold, &mut NoHooks)?;
+        let mut warm = cold.clone();
+        warm.init = Init::Image(a.image.clone());
+        warm.scales = vec![args.warm_size];
+        warm.target_loss = Some(a.final_losses().total);
+        let b = stylize(&mut model, &content, std::slice::from_ref(&style), &warm, &mut NoHooks)?;
+        let ratio = b.evaluations() as f64 / a.evaluations().max(1) as f64;
+        println!("[4] warm start at {} px: cold frame {} evaluations, repeated frame {} evaluations = {:.2} of cold \
+                  (target ≤ 0.33): {}", args.warm_size, a.evaluations(), b.evaluations(), ratio, verdict(ratio <= 1.0 / 3.0));
+        figures.insert("warm".into(), serde_json::json!({"size": args.warm_size, "cold_evaluations": a.evaluations(),
+            "warm_evaluations": b.evaluations(), "ratio": ratio}));
+    }
+
+    // optional: how often the histogram targets need re-matching (quality = exact final loss)
+    if !args.compare_hist_every.is_empty() {
+        println!("histogram re-matching interval at {} px, single scale, {} iterations, no early stop:",
+            args.compare_size, args.compare_iterations);
+        println!("{:>10} {:>8} {:>12} {:>12} {:>12} {:>10}", "hist_every", "evals", "seconds", "s/eval", "loss", "exact loss");
+        let mut cmp = Vec::new();
+        for &k in &args.compare_hist_every {
+            let mut o = StylizeOptions::new(weights.clone());
+            o.image_size = args.compare_size;
+            o.scales = vec![args.compare_size];
+            o.iterations = args.compare_iterations;
+            o.tol = 0.0;
+            o.hist_every = k;
+            o.exact_losses = true;
+            let mut curve = Curve::default();
+            let t = Instant::now();
+            let r = stylize(&mut model, &content, std::slice::from_ref(&style), &o, &mut curve)?;
+            let secs = t.elapsed().as_secs_f64();
+            let sc = &r.scales[0];
+            let exact = sc.exact.map(|l| l.total).unwrap_or(f64::NAN);
+            println!("{:>10} {:>8} {:>12.1} {:>12.3} {:>12.4e} {:>10.4e}", k, sc.evaluations, secs,
+                sc.eval_seconds / sc.evaluations.max(1) as f64, sc.last.total, exact);
+            if let Some(dir) = &args.curves {
+                std::fs::create_dir_all(dir)?;
+                let path = dir.join(format!("hist_every_{k}.csv"));
+                let mut text = String::from("evaluation,total\n");
+                for (e, l) in &curve.0 {
+                    text.push_str(&format!("{e},{l}\n"));
+                }
+                std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            }
+            cmp.push(serde_json::json!({"hist_every": k, "evaluations": sc.evaluations, "seconds": secs,
+                "loss": sc.last.total, "exact_loss": exact}));
+        }
+        figures.insert("hist_every".into(), cmp.into());
     }
     println!("peak RSS: {:.0} MB", peak_rss().unwrap_or(0) as f64 / 1e6);
     if args.json {
-        println!("{}", serde_json::json!({"sgemm_peak_gflops": peak, "evaluations": rows, "schedule": schedule,
-            "peak_rss_bytes": peak_rss(), "provider": model.provider.to_string()}));
+        println!("{}", serde_json::json!({"sgemm_peak_gflops": peak, "evaluations": rows, "figures": figures,
+            "peak_rss_bytes": peak_rss(), "provider": model.provider.to_string(), "hist_every": args.hist_every}));
     }
     Ok(())
+}
+
+/// Loss after every evaluation.
+#[derive(Default)]
+struct Curve(Vec<(usize, f64)>);
+
+impl Hooks for Curve {
+    fn evaluation(&mut self, rec: &EvalRecord) {
+        self.0.push((rec.evaluation, rec.losses.total));
+    }
 }

@@ -57,6 +57,9 @@ pub struct TransferArgs {
     /// Window of the early stop, in iterations.
     #[arg(long, default_value_t = 10)]
     pub tol_window: usize,
+    /// Re-match the histogram loss's targets to the current image every N evaluations (0: once per scale).
+    #[arg(long, default_value_t = crate::transfer::schedule::DEFAULT_HIST_EVERY)]
+    pub hist_every: usize,
     /// Content term weight (default: the model's, see manifest.json).
     #[arg(long)]
     pub content_weight: Option<f32>,
@@ -118,6 +121,7 @@ impl TransferArgs {
         o.iterations = self.iterations;
         o.tol = self.tol;
         o.tol_window = self.tol_window;
+        o.hist_every = self.hist_every;
         o.style_blend = self.style_blend_weights.clone();
         if !(self.style_scale > 0.0 && self.style_scale.is_finite()) {
             bail!("--style-scale must be positive, got {}", self.style_scale);

@@ -183,6 +183,9 @@ pub struct StyleConfig {
     pub tol: f64,
     #[serde(default = "default_window")]
     pub tol_window: usize,
+    /// Re-match the histogram targets every N evaluations (0: once per scale).
+    #[serde(default = "default_hist_every")]
+    pub hist_every: usize,
     /// Term weights; unset: the model's defaults.
     pub content_weight: Option<f32>,
     pub style_weight: Option<f32>,
@@ -193,6 +196,9 @@ pub struct StyleConfig {
     pub original_colors: bool,
 }
 
+fn default_hist_every() -> usize {
+    crate::transfer::schedule::DEFAULT_HIST_EVERY
+}
 fn one() -> f32 {
     1.0
 }

@@ -74,6 +74,7 @@ impl Style {
         o.iterations = s.iterations;
         o.tol = s.tol;
         o.tol_window = s.tol_window;
+        o.hist_every = s.hist_every;
         o.style_blend = s.blend_weights.clone();
         o.style_scale = s.style_scale;
         o.original_colors = s.original_colors;

@@ -70,8 +70,17 @@ pub struct GraphInfo {
     pub file: String,
     #[serde(default)]
     pub sha256: String,
+    /// The graph's weights (ONNX external data), beside it.
+    #[serde(default)]
+    pub data: Option<DataFile>,
     pub inputs: Vec<TensorInfo>,
     pub outputs: Vec<TensorInfo>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DataFile {
+    pub file: String,
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -97,7 +106,7 @@ impl Manifest {
         let text = std::fs::read_to_string(&path).with_context(|| {
             format!(
                 "cannot read the model manifest {}: export the graphs with `make models` or pass --model DIR \
-                 (a directory with manifest.json, features.onnx, objective.onnx)",
+                 (a directory with manifest.json, features.onnx, objective.onnx and their .onnx.data weights)",
                 path.display()
             )
         })?;

@@ -5,5 +5,5 @@ pub mod model;
 pub mod runtime;
 
 pub use manifest::{Manifest, TERMS};
-pub use model::{FeatureMap, Losses, Model, ObjectiveInputs};
+pub use model::{FeatureMap, Losses, Model, ObjectiveInputs, OnHist};
 pub use runtime::{Provider, RuntimeOptions};

@@ -78,6 +78,9 @@ impl Default for ObjectiveInputs {
     }
 }
 
+/// Receives a histogram layer's activations after an evaluation: (layer, [C, h, w], values, the inputs).
+pub type OnHist<'a> = dyn FnMut(&str, [usize; 3], &[f32], &mut ObjectiveInputs) -> Result<()> + 'a;
+
 pub struct Model {
     pub manifest: Manifest,
     pub provider: Provider,
@@ -104,14 +107,29 @@ impl Model {
             if !path.is_file() {
                 bail!("graph {} listed in the manifest is missing: re-export with `make models`", path.display());
             }
-            if !g.sha256.is_empty() {
-                let got = sha256_file(&path)?;
-                if got != g.sha256 {
+            let mut files = vec![(path.clone(), g.sha256.as_str())];
+            if let Some(d) = &g.data {
+                let data = manifest.dir.join(&d.file);
+                if !data.is_file() {
                     bail!(
-                        "graph {} does not match its manifest (sha256 {got}, manifest says {}): the files come from \
+                        "the weights {} of graph {} listed in the manifest are missing: copy the whole model directory, \
+                         or re-export with `make models`",
+                        data.display(),
+                        path.display()
+                    );
+                }
+                files.push((data, d.sha256.as_str()));
+            }
+            for (file, want) in files {
+                if want.is_empty() {
+                    continue;
+                }
+                let got = sha256_file(&file)?;
+                if got != want {
+                    bail!(
+                        "{} does not match its manifest (sha256 {got}, manifest says {want}): the files come from \
                          different exports; re-export with `make models`",
-                        path.display(),
-                        g.sha256
+                        file.display()
                     );
                 }
             }
@@ -167,16 +185,17 @@ impl Model {
         Ok(out)
     }
 
-    /// One loss + gradient evaluation. `grad` receives d total / d x; `hist_feats`, when given, the activations of
-    /// the histogram layers (the graph's `feat_<layer>` outputs), for re-matching the histogram targets.
+    /// One loss + gradient evaluation. `grad` receives d total / d x. `on_hist`, when given, is called after the
+    /// run with each histogram layer's activations (the graph's `feat_<layer>` outputs: layer, [C, h, w], values)
+    /// and the inputs, to re-match the histogram targets without copying the activations.
     pub fn evaluate(
         &mut self,
         x: &[f32],
         height: usize,
         width: usize,
-        inputs: &ObjectiveInputs,
+        inputs: &mut ObjectiveInputs,
         grad: &mut [f32],
-        hist_feats: Option<&mut BTreeMap<String, FeatureMap>>,
+        on_hist: Option<&mut OnHist<'_>>,
     ) -> Result<Losses> {
         if x.len() != 3 * height * width || grad.len() != x.len() {
             bail!("image buffer of {} values does not match {width}x{height}", x.len());
@@ -202,7 +221,7 @@ impl Model {
             bail!("objective.onnx returned a gradient of {} values for {} pixels", g.len(), grad.len());
         }
         grad.copy_from_slice(g);
-        if let Some(out) = hist_feats {
+        if let Some(f) = on_hist {
             for layer in &self.manifest.hist_layers {
                 let name = format!("feat_{layer}");
                 let (shape, d) =
@@ -210,11 +229,7 @@ impl Model {
                 if shape.len() != 4 {
                     bail!("objective.onnx output {name} has rank {}, expected 4", shape.len());
                 }
-                let (c, h, w) = (shape[1] as usize, shape[2] as usize, shape[3] as usize);
-                let f = out.entry(layer.clone()).or_insert_with(|| FeatureMap { channels: 0, height: 0, width: 0, data: Vec::new() });
-                (f.channels, f.height, f.width) = (c, h, w);
-                f.data.clear();
-                f.data.extend_from_slice(d);
+                f(layer, [shape[1] as usize, shape[2] as usize, shape[3] as usize], d, inputs)?;
             }
         }
         Ok(losses)

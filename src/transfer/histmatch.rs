@@ -103,29 +103,46 @@ pub fn match_histograms(features: &[f32], channels: usize, tables: &[f32], out: 
 }
 
 /// Set the objective's `hist_target_<layer>` inputs to the histogram matching of `feats` (activations of the image
-/// being optimised, e.g. the objective's own `feat_` outputs) to the style's quantile tables; in place when the
-/// inputs already hold targets of that size.
+/// being optimised) to the style's quantile tables.
 pub fn update_targets(
     m: &Manifest,
     feats: &BTreeMap<String, FeatureMap>,
     style: &StyleTargets,
     inputs: &mut ObjectiveInputs,
 ) -> Result<()> {
-    let threads = default_threads();
     for l in &m.hist_layers {
         let f = feats.get(l).ok_or_else(|| anyhow!("activations of histogram layer {l} missing"))?;
-        let table = style.hists.get(l).ok_or_else(|| anyhow!("style targets lack the quantiles of layer {l}"))?;
-        if table.len() != f.channels * m.quantiles {
-            bail!("quantile table of {l} has {} values for {} channels x {} quantiles", table.len(), f.channels, m.quantiles);
-        }
-        let name = format!("hist_target_{l}");
-        match inputs.get_mut(&name) {
-            Some(out) if out.len() == f.data.len() => match_histograms(&f.data, f.channels, table, out, threads),
-            _ => {
-                let mut out = vec![0.0f32; f.data.len()];
-                match_histograms(&f.data, f.channels, table, &mut out, threads);
-                inputs.set(&name, &[1, f.channels, f.height, f.width], out)?;
-            }
+        update_layer(m.quantiles, l, [f.channels, f.height, f.width], &f.data, style, inputs)?;
+    }
+    Ok(())
+}
+
+/// Set `hist_target_<layer>` to the matching of one layer's activations (`[C, h, w]`, e.g. straight from the
+/// objective's `feat_<layer>` output); in place when the input already holds a target of that size.
+pub fn update_layer(
+    quantiles: usize,
+    layer: &str,
+    shape: [usize; 3],
+    data: &[f32],
+    style: &StyleTargets,
+    inputs: &mut ObjectiveInputs,
+) -> Result<()> {
+    let [c, h, w] = shape;
+    if data.len() != c * h * w || c == 0 {
+        bail!("activations of {layer}: {} values for shape {shape:?}", data.len());
+    }
+    let table = style.hists.get(layer).ok_or_else(|| anyhow!("style targets lack the quantiles of layer {layer}"))?;
+    if table.len() != c * quantiles {
+        bail!("quantile table of {layer} has {} values for {c} channels x {quantiles} quantiles", table.len());
+    }
+    let name = format!("hist_target_{layer}");
+    let threads = default_threads();
+    match inputs.get_mut(&name) {
+        Some(out) if out.len() == data.len() => match_histograms(data, c, table, out, threads),
+        _ => {
+            let mut out = vec![0.0f32; data.len()];
+            match_histograms(data, c, table, &mut out, threads);
+            inputs.set(&name, &[1, c, h, w], out)?;
         }
     }
     Ok(())

@@ -11,8 +11,7 @@ use super::color;
 use super::optim::{Adam, Control, EarlyStop, IterInfo, Lbfgs, Objective, StopReason};
 use super::histmatch;
 use super::targets::{objective_inputs, StyleTargets, Weights};
-use crate::engine::{FeatureMap, Losses, Model, ObjectiveInputs};
-use std::collections::BTreeMap;
+use crate::engine::{Losses, Model, ObjectiveInputs, OnHist};
 use crate::imageio::{fit_size as fit, Planar};
 
 /// Where the optimisation starts.
@@ -137,6 +136,10 @@ pub struct ScaleReport {
     pub seconds: f64,
     /// The result's loss with histogram targets matched to itself (`StylizeOptions::exact_losses`).
     pub exact: Option<Losses>,
+    /// Seconds spent in evaluations (graph runs and histogram matching) and in the optimiser's own steps.
+    pub eval_seconds: f64,
+    pub match_seconds: f64,
+    pub optimizer_seconds: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -220,7 +223,8 @@ struct Eval<'a, 'b> {
     style: &'a StyleTargets,
     /// 0: never re-match the histogram targets
     hist_every: usize,
-    hist_feats: BTreeMap<String, FeatureMap>,
+    eval_seconds: f64,
+    match_seconds: f64,
     width: usize,
     height: usize,
     scale: usize,
@@ -239,12 +243,20 @@ impl Objective for Eval<'_, '_> {
             bail!(Cancelled);
         }
         let rematch = self.hist_every > 0 && (self.evaluations + 1) % self.hist_every == 0;
-        let feats = if rematch { Some(&mut self.hist_feats) } else { None };
-        let losses = self.model.evaluate(x, self.height, self.width, self.inputs, grad, feats)?;
+        let (quantiles, style) = (self.model.manifest.quantiles, self.style);
+        let mut matching = 0.0;
+        let mut rematch_fn = |layer: &str, shape: [usize; 3], data: &[f32], inputs: &mut ObjectiveInputs| {
+            let t = Instant::now();
+            let r = histmatch::update_layer(quantiles, layer, shape, data, style, inputs);
+            matching += t.elapsed().as_secs_f64();
+            r
+        };
+        let on_hist: Option<&mut OnHist<'_>> = if rematch { Some(&mut rematch_fn) } else { None };
+        let t = Instant::now();
+        let losses = self.model.evaluate(x, self.height, self.width, self.inputs, grad, on_hist)?;
         self.evaluations += 1;
-        if rematch {
-            histmatch::update_targets(&self.model.manifest, &self.hist_feats, self.style, self.inputs)?;
-        }
+        self.match_seconds += matching;
+        self.eval_seconds += t.elapsed().as_secs_f64();
         self.first.get_or_insert(losses);
         self.last = losses;
         if losses.total.is_finite() && self.best.is_none_or(|b| losses.total < b.total) {
@@ -269,9 +281,11 @@ pub const DEFAULT_HIST_EVERY: usize = 1;
 /// The loss of `img` with histogram targets matched to `img` itself (two evaluations).
 fn exact_losses(model: &mut Model, img: &Planar, style: &StyleTargets, inputs: &mut ObjectiveInputs) -> Result<Losses> {
     let mut grad = vec![0.0f32; img.data.len()];
-    let mut feats = BTreeMap::new();
-    model.evaluate(&img.data, img.height, img.width, inputs, &mut grad, Some(&mut feats))?;
-    histmatch::update_targets(&model.manifest, &feats, style, inputs)?;
+    let quantiles = model.manifest.quantiles;
+    let mut rematch = |layer: &str, shape: [usize; 3], data: &[f32], inputs: &mut ObjectiveInputs| {
+        histmatch::update_layer(quantiles, layer, shape, data, style, inputs)
+    };
+    model.evaluate(&img.data, img.height, img.width, inputs, &mut grad, Some(&mut rematch))?;
     model.evaluate(&img.data, img.height, img.width, inputs, &mut grad, None)
 }
 
@@ -346,7 +360,8 @@ pub fn stylize_with(
             inputs: &mut inputs,
             style: &style,
             hist_every: if hist_used { opts.hist_every } else { 0 },
-            hist_feats: BTreeMap::new(),
+            eval_seconds: 0.0,
+            match_seconds: 0.0,
             width: w,
             height: h,
             scale: si,
@@ -377,6 +392,7 @@ pub fn stylize_with(
             }
             Control::Continue
         };
+        let t_opt = Instant::now();
         let summary = match opts.optimizer {
             Optimizer::Lbfgs { history } => Lbfgs {
                 history: history.max(1),
@@ -394,6 +410,8 @@ pub fn stylize_with(
         }
         let stop = if summary.reason == StopReason::Callback { StopReason::Converged } else { summary.reason };
         let (evaluations, first, last) = (eval.evaluations, eval.first.unwrap_or_default(), eval.best.unwrap_or(eval.last));
+        let (eval_seconds, match_seconds) = (eval.eval_seconds, eval.match_seconds);
+        let optimizer_seconds = t_opt.elapsed().as_secs_f64() - eval_seconds;
         drop(eval);
         for v in img.data.iter_mut() {
             *v = v.clamp(0.0, 1.0);
@@ -409,6 +427,9 @@ pub fn stylize_with(
             stop,
             seconds: t_scale.elapsed().as_secs_f64(),
             exact,
+            eval_seconds,
+            match_seconds,
+            optimizer_seconds,
         });
         tracing::debug!(scale = si, w, h, iterations = summary.iterations, evaluations,
             loss = summary.loss, reason = ?stop, "scale done");
