@@ -2,6 +2,7 @@
 
 pub mod manifest;
 pub mod model;
+pub mod peak;
 pub mod runtime;
 
 pub use manifest::{Manifest, TERMS};

@@ -323,8 +323,9 @@ pub fn stylize_with(
         model.check_size(h, w)?;
         let t_scale = Instant::now();
         let content_s = content.resize(w, h);
-        let content_feats = model.features(&content_s.data, h, w)?;
+        // style first: its activations are gone (only Grams and tables kept) before the content's are computed
         let style = styles.targets(model, longest)?;
+        let content_feats = model.features(&content_s.data, h, w)?;
         let mut img = match (&x, &opts.init) {
             (Some(prev), _) => prev.resize(w, h),
             (None, Init::Content) => content_s.clone(),
@@ -347,7 +348,10 @@ pub fn stylize_with(
         };
         let mut inputs =
             objective_inputs(&model.manifest, &content_feats, &style, &opts.weights, start_feats.as_ref().unwrap_or(&content_feats))?;
+        // every layer's content activations (100 MB at 512 px) are not needed while optimising: only the content
+        // targets, which the inputs hold
         drop(start_feats);
+        drop(content_feats);
         hooks.scale_start(si, w, h, opts.iterations);
         let mut early = EarlyStop::new(opts.tol_window.max(1), opts.tol);
         let use_early = opts.tol > 0.0;
