@@ -339,19 +339,16 @@ pub fn stylize_with(
                 p
             }
         };
+        // Inputs from the content's activations (the histogram targets too, for now); those activations (135 MB
+        // at 512x512) are then dropped, before the starting image's are computed: only one set is alive at a time.
+        let mut inputs = objective_inputs(&model.manifest, &content_feats, &style, &opts.weights, &content_feats)?;
+        drop(content_feats);
         // the first histogram targets: the starting image matched to the style
         let hist_used = !model.manifest.hist_layers.is_empty() && opts.weights.terms[3] != 0.0;
-        let start_feats = if img.data == content_s.data || !hist_used {
-            None
-        } else {
-            Some(model.features(&img.data, h, w)?)
-        };
-        let mut inputs =
-            objective_inputs(&model.manifest, &content_feats, &style, &opts.weights, start_feats.as_ref().unwrap_or(&content_feats))?;
-        // every layer's content activations (100 MB at 512 px) are not needed while optimising: only the content
-        // targets, which the inputs hold
-        drop(start_feats);
-        drop(content_feats);
+        if hist_used && img.data != content_s.data {
+            let start_feats = model.features(&img.data, h, w)?;
+            histmatch::update_targets(&model.manifest, &start_feats, &style, &mut inputs)?;
+        }
         hooks.scale_start(si, w, h, opts.iterations);
         let mut early = EarlyStop::new(opts.tol_window.max(1), opts.tol);
         let use_early = opts.tol > 0.0;
