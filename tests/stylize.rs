@@ -166,3 +166,41 @@ fn content_only_and_style_only_reconstructions_from_noise() {
     let diff: f32 = c.image.data.iter().zip(&s.image.data).map(|(a, b)| (a - b).abs()).sum::<f32>() / c.image.data.len() as f32;
     assert!(diff > 0.05, "{diff}");
 }
+
+/// `fuchun bench` on the small random graph: every figure with its target, the JSON, the hist-every comparison and
+/// its loss curves, and the memory figure from a child `fuchun stylize`.
+#[test]
+fn bench_prints_the_four_figures_and_writes_curves() {
+    let dir = tempfile::tempdir().unwrap();
+    let curves = dir.path().join("curves");
+    let model = common::test_model();
+    let o = common::fuchun(&[
+        "bench", "--model", p(&model), "--provider", "cpu", "--content", p(&common::example("tubingen.jpg")),
+        "--style", p(&common::example("fuchun.jpg")), "--sizes", "48,64", "--repeats", "1", "--memory-iterations", "3",
+        "--schedule-size", "64", "--schedule-iterations", "8", "--warm-size", "64", "--compare-hist-every", "1,3",
+        "--compare-size", "48", "--compare-iterations", "6", "--curves", p(&curves), "--json",
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for needle in ["matrix-multiply peak", "64x64", "[1] speed", "target ≥ 85%", "[2] memory", "`fuchun stylize` at 64x64",
+        "target ≤ 1200 MB", "optimiser's own cost", "[3] schedule at 64 px", "target ≥ 3x", "[4] warm start at 64 px",
+        "target ≤ 0.33", "hist_every"] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+    let json: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert!(json["sgemm_peak_gflops"].as_f64().unwrap() > 0.0);
+    assert_eq!(json["evaluations"].as_array().unwrap().len(), 2);
+    let f = &json["figures"];
+    assert!(f["stylize_peak_rss_bytes"].as_u64().unwrap() > 10_000_000);
+    assert!(f["schedule"]["single_evaluations"].as_u64().unwrap() >= 8);
+    assert!(f["warm"]["warm_evaluations"].as_u64().unwrap() <= f["warm"]["cold_evaluations"].as_u64().unwrap());
+    let cmp = f["hist_every"].as_array().unwrap();
+    assert_eq!(cmp.len(), 2);
+    for (row, k) in cmp.iter().zip([1, 3]) {
+        assert_eq!(row["hist_every"], k);
+        assert!(row["exact_loss"].as_f64().unwrap().is_finite());
+        let csv = std::fs::read_to_string(curves.join(format!("hist_every_{k}.csv"))).unwrap();
+        assert_eq!(csv.lines().next(), Some("evaluation,total"));
+        assert!(csv.lines().count() > 6, "{csv}");
+    }
+}

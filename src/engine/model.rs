@@ -10,7 +10,7 @@ use ort::value::{DynValue, Tensor, TensorRef};
 use sha2::{Digest, Sha256};
 
 use super::manifest::{GraphInfo, Manifest, TERMS};
-use super::runtime::{self, Provider, RuntimeOptions};
+use super::runtime::{self, Provider, RuntimeOptions, SessionUse};
 
 /// Activations of one layer, `[C, h, w]` row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,7 +102,7 @@ impl Model {
         let manifest = Manifest::load(dir)?;
         let env = runtime::init(opts.library.as_deref())?;
         let mut provider = Provider::Cpu;
-        let mut open = |g: &GraphInfo, cpu_arena: bool| -> Result<Session> {
+        let mut open = |g: &GraphInfo, usage: SessionUse| -> Result<Session> {
             let path = manifest.graph_path(g);
             if !path.is_file() {
                 bail!("graph {} listed in the manifest is missing: re-export with `make models`", path.display());
@@ -133,7 +133,7 @@ impl Model {
                     );
                 }
             }
-            let (builder, p) = runtime::session_builder(env, opts, cpu_arena)?;
+            let (builder, p) = runtime::session_builder(env, opts, usage)?;
             provider = p;
             let mut builder = builder;
             let session = builder
@@ -142,9 +142,10 @@ impl Model {
             check_signature(&session, g, &path)?;
             Ok(session)
         };
-        // the feature extractor runs a few times per scale: no arena, so its activations do not stay resident
-        let features = open(&manifest.graphs.features, false)?;
-        let objective = open(&manifest.graphs.objective, true)?;
+        // the feature extractor runs a few times per scale: no arena (its activations do not stay resident) and no
+        // reordered weight copies (see SessionUse)
+        let features = open(&manifest.graphs.features, SessionUse::Occasional)?;
+        let objective = open(&manifest.graphs.objective, SessionUse::Hot)?;
         let feature_outputs = manifest.graphs.features.outputs.iter().map(|o| o.name.clone()).collect();
         Ok(Model { manifest, provider, features, objective, feature_outputs })
     }

@@ -71,7 +71,7 @@ pub fn matmul_model(n: usize) -> Vec<u8> {
 pub fn onnxruntime_matmul_gflops(opts: &RuntimeOptions, n: usize, reps: usize) -> Result<f64> {
     let env = runtime::init(opts.library.as_deref())?;
     // no arena: the matrices' memory goes back when the session ends, not into the bench's peak RSS
-    let (mut builder, _) = runtime::session_builder(env, opts, false)?;
+    let (mut builder, _) = runtime::session_builder(env, opts, runtime::SessionUse::Occasional)?;
     let bytes = matmul_model(n);
     let mut session = builder.commit_from_memory(&bytes).map_err(|e| anyhow!("ONNX Runtime MatMul model: {e}"))?;
     let a = Tensor::from_array(([n, n], vec![1.0f32; n * n])).map_err(|e| anyhow!("{e}"))?;
