@@ -27,6 +27,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    fuchun::engine::runtime::tune_allocator();
     let cli = Cli::parse();
     // the daemon logs its progress; the one-shot commands only warnings (FUCHUN_LOG overrides both)
     let default_filter = match cli.command {
