@@ -177,7 +177,7 @@ fn bench_prints_the_four_figures_and_writes_curves() {
     let o = common::fuchun(&[
         "bench", "--model", p(&model), "--provider", "cpu", "--content", p(&common::example("tubingen.jpg")),
         "--style", p(&common::example("fuchun.jpg")), "--sizes", "48,64", "--repeats", "1", "--memory-iterations", "3",
-        "--schedule-size", "64", "--schedule-iterations", "8", "--warm-size", "64", "--compare-hist-every", "1,3",
+        "--schedule-size", "64", "--schedule-evaluations", "8", "--warm-size", "64", "--compare-hist-every", "1,3",
         "--compare-size", "48", "--compare-iterations", "6", "--curves", p(&curves), "--json",
     ]);
     assert!(o.status.success(), "{}", common::stderr(&o));

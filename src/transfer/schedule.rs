@@ -60,6 +60,8 @@ pub struct StylizeOptions {
     /// After each scale, evaluate the result once more with histogram targets matched to the result itself: the
     /// exact loss, independent of `hist_every` (costs two evaluations per scale; for comparisons).
     pub exact_losses: bool,
+    /// Evaluation budget per scale (L-BFGS); default: 1.25 × iterations + 5.
+    pub max_evaluations: Option<usize>,
 }
 
 impl StylizeOptions {
@@ -81,6 +83,7 @@ impl StylizeOptions {
             last_scale_early_stop: true,
             hist_every: DEFAULT_HIST_EVERY,
             exact_losses: false,
+            max_evaluations: None,
         }
     }
 
@@ -398,7 +401,7 @@ pub fn stylize_with(
             Optimizer::Lbfgs { history } => Lbfgs {
                 history: history.max(1),
                 max_iterations: opts.iterations,
-                max_evaluations: opts.iterations + opts.iterations / 4 + 5,
+                max_evaluations: opts.max_evaluations.unwrap_or(opts.iterations + opts.iterations / 4 + 5),
             }
             .minimize(&mut img.data, &mut eval, &mut on_iter)?,
             Optimizer::Adam { learning_rate } => {
