@@ -154,3 +154,26 @@ fn resampling_is_exact_at_equal_sizes() {
     assert_eq!(two, vec![(9.0 + 16.0) / 2.0, (121.0 + 144.0) / 2.0]);
 }
 
+
+/// The full-resolution histogram layers come from prelude.onnx before each evaluation: the same activations as the
+/// feature extractor's, matched into the objective's inputs.
+#[test]
+fn prelude_gives_the_exact_layers_activations() {
+    let mut model = Model::load(&common::test_model(), &RuntimeOptions::default()).unwrap();
+    let m = model.manifest.clone();
+    assert_eq!(m.hist_exact_layers, vec!["relu1_1".to_string()]);
+    let img = imageio::load_path(&common::example("tubingen.jpg"), &Limits::default()).unwrap().fit_longest(64);
+    let feats = model.features(&img.data, img.height, img.width).unwrap();
+    let mut inputs = ObjectiveInputs::new();
+    let mut seen = Vec::new();
+    let mut check = |layer: &str, shape: [usize; 3], data: &[f32], _: &mut ObjectiveInputs| -> anyhow::Result<()> {
+        let f = &feats[layer];
+        assert_eq!(shape, [f.channels, f.height, f.width]);
+        let scale = f.data.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        assert!(data.iter().zip(&f.data).all(|(a, b)| (a - b).abs() <= 1e-5 * scale), "{layer}");
+        seen.push(layer.to_string());
+        Ok(())
+    };
+    model.prelude(&img.data, img.height, img.width, &mut inputs, &mut check).unwrap();
+    assert_eq!(seen, m.hist_exact_layers);
+}

@@ -1,4 +1,4 @@
-"""Command line: export features.onnx, objective.onnx (each with its .onnx.data weights) and manifest.json.
+"""Command line: export features.onnx, objective.onnx, prelude.onnx (each with its .onnx.data weights) and manifest.json.
 
     python -m fuchun_export --weights hed --out models/out/vgg16-max
     python -m fuchun_export --weights keras-h5 vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5 --out DIR
@@ -18,7 +18,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from . import __version__
-from .graph import OPSET, TERMS, ConfigError, LossConfig, build_features, build_loss, layer_info
+from .graph import (OPSET, TERMS, ConfigError, LossConfig, build_features, build_loss, build_prelude,
+                    exact_hist_layers, layer_info)
 from .weights import WeightsError, load_hed, load_keras_h5, load_npz, random_weights
 
 # Default term weights, tuned by eye on the bundled example (Tübingen photo + Fuchun scroll, hed weights, 192-512
@@ -131,7 +132,7 @@ def _meaning(name):
     }.get(name, "loss of the term " + name[5:] + " (layer-weighted, before its term weight)")
 
 
-def manifest(weights, cfg, features, objective, files):
+def manifest(weights, cfg, features, objective, files, prelude=None):
     from .graph import layer_names
     layers = []
     for name in cfg.all_layers():
@@ -159,6 +160,7 @@ def manifest(weights, cfg, features, objective, files):
         "style_layers": list(cfg.style_layers),
         "shift_layers": [{"layer": l, "delta": int(d)} for l, d in cfg.shift_layers.items()],
         "hist_layers": list(cfg.hist_layers),
+        "hist_exact_layers": exact_hist_layers(weights, cfg),
         "quantiles": cfg.quantiles,
         "min_size": int(min_size),
         "default_term_weights": DEFAULT_TERM_WEIGHTS,
@@ -173,7 +175,8 @@ def manifest(weights, cfg, features, objective, files):
                      "Gh = F[:, :, :, :-d] F[:, :, :, d:]^T / (h (w - d)), Gv likewise along the height",
             "hist": "sum_l w_l * mean((F_l - M_l)^2), M_l = hist_target_l (an input, so no derivative): per "
                     "channel the quantile table resampled to h w entries, taken at each element's rank; the "
-                    "runtime computes M_l from the objective's feat_l outputs (see `hist_every`)",
+                    "runtime matches hist_exact_layers from prelude.onnx before each evaluation and the others "
+                    "from the objective's feat_l outputs of the previous evaluation (see `hist_every`)",
             "tv": "mean((x[..., 1:] - x[..., :-1])^2) + mean((x[:, :, 1:] - x[:, :, :-1])^2)",
             "total": "sum_t term_weights[t] * loss_t",
             "quantile": "q_k = sorted value at position p = (k + 0.5) n / K - 0.5 (clipped to [0, n-1]), linear "
@@ -186,6 +189,10 @@ def manifest(weights, cfg, features, objective, files):
             "objective": {"file": files["objective"],
                           "inputs": [_io(v, _meaning(v.name)) for v in objective.graph.input],
                           "outputs": [_io(v, _meaning(v.name)) for v in objective.graph.output]},
+            **({"prelude": {"file": files["prelude"],
+                            "inputs": [_io(v, _meaning(v.name)) for v in prelude.graph.input],
+                            "outputs": [_io(v, _meaning(v.name)) for v in prelude.graph.output]}}
+               if prelude is not None else {}),
         },
     }
 
@@ -193,11 +200,16 @@ def manifest(weights, cfg, features, objective, files):
 def export(weights, cfg, out_dir, log=print, surgery=True):
     t0 = time.time()
     features, _, objective = build_all(weights, cfg, surgery=surgery)
+    prelude = build_prelude(weights, cfg)
     os.makedirs(out_dir, exist_ok=True)
-    files = {"features": "features.onnx", "objective": "objective.onnx"}
-    man = manifest(weights, cfg, features, objective, files)
+    graphs = {"features": features, "objective": objective, "prelude": prelude}
+    files = {k: f"{k}.onnx" for k, g in graphs.items() if g is not None}
+    for stale in ("prelude.onnx", "prelude.onnx.data"):
+        if prelude is None and os.path.exists(os.path.join(out_dir, stale)):
+            os.remove(os.path.join(out_dir, stale))
+    man = manifest(weights, cfg, features, objective, files, prelude)
     from .weights import sha256_file
-    for key, model in (("features", features), ("objective", objective)):
+    for key, model in ((k, graphs[k]) for k in files):
         onnx.checker.check_model(model)
         # The weights go to an external data file beside the graph: ONNX Runtime then keeps one copy of them
         # instead of the protobuf's and its own (-105 MB resident for the two graphs, docs/performance.md).
@@ -209,7 +221,8 @@ def export(weights, cfg, out_dir, log=print, surgery=True):
                         size_threshold=1024)
         os.replace(tmp, os.path.join(out_dir, files[key]))
         man["graphs"][key]["sha256"] = sha256_file(os.path.join(out_dir, files[key]))
-        man["graphs"][key]["data"] = {"file": data, "sha256": sha256_file(os.path.join(out_dir, data))}
+        if os.path.exists(os.path.join(out_dir, data)):      # absent when every tensor is below the threshold
+            man["graphs"][key]["data"] = {"file": data, "sha256": sha256_file(os.path.join(out_dir, data))}
     man["export_seconds"] = round(time.time() - t0, 2)
     tmp = os.path.join(out_dir, "manifest.json.tmp")
     with open(tmp, "w") as f:

@@ -162,6 +162,28 @@ def _avg_pool2(b, v):
     return b.op("ReduceMean", [b.op("Reshape", [v, target]), b.i64([3, 5])], "pool", keepdims=0)
 
 
+def exact_hist_layers(weights: Weights, cfg: LossConfig):
+    """Histogram layers at full resolution (block 1). Their activations are cheap to compute (the first convolutions
+    only) and their matching must be exact: matched from the previous evaluation's activations instead, the
+    objective moves under L-BFGS's line search (1.4 evaluations per iteration instead of 1.04, measured). The
+    runtime matches them from prelude.onnx before each evaluation; deeper layers from the objective's outputs."""
+    return [l for l in cfg.hist_layers if layer_info(weights.arch, weights, l)[1] == 1]
+
+
+def build_prelude(weights: Weights, cfg: LossConfig, dtype=np.float32):
+    """image -> activations of the exactly matched histogram layers (None when there are none)."""
+    layers = exact_hist_layers(weights, cfg)
+    if not layers:
+        return None
+    b = Builder(dtype)
+    x = b.input("x", [1, 3, "H", "W"])
+    feats = vgg_features(b, weights, x, layers, cfg.pooling)
+    for layer in layers:
+        c, _ = layer_info(weights.arch, weights, layer)
+        b.output(feats[layer], f"feat_{layer}", [1, c, f"{layer}_h", f"{layer}_w"])
+    return b.model("fuchun_prelude", "image -> activations of the histogram layers matched before each evaluation")
+
+
 def build_features(weights: Weights, cfg: LossConfig, dtype=np.float32):
     b = Builder(dtype)
     x = b.input("x", [1, 3, "H", "W"])
@@ -282,7 +304,9 @@ def build_loss(weights: Weights, cfg: LossConfig, dtype=np.float32):
     b.output(total, "total", [])
     for t in TERMS:
         b.output(terms[t], f"loss_{t}", [])
+    exact = exact_hist_layers(weights, cfg)
     for layer in cfg.hist_layers:
-        b.output(feats[layer], f"feat_{layer}", [1, info[layer][0], f"{layer}_h", f"{layer}_w"])
+        if layer not in exact:
+            b.output(feats[layer], f"feat_{layer}", [1, info[layer][0], f"{layer}_h", f"{layer}_w"])
     return b.model("fuchun_loss", "style-transfer loss: content + style (Gram) + shift (Berger-Memisevic) "
                                   "+ hist (Risser) + tv")

@@ -90,8 +90,9 @@ def test_below_min_size_is_not_finite(export32):
 
 
 def test_objective_returns_the_histogram_layers_activations(export32, small_weights, small_cfg):
-    """The runtime re-matches histograms from the objective's feat_ outputs: they must be the image's activations,
-    and the histogram term must treat its target as a constant (moving the target moves only the loss)."""
+    """The runtime matches the histogram targets from prelude.onnx (full-resolution layers, before each evaluation)
+    and from the objective's feat_ outputs (deeper layers): both must be the image's activations, and the histogram
+    term must treat its target as a constant."""
     out_dir, man = export32
     rng = np.random.default_rng(6)
     x = rng.random((1, 3, 40, 48))
@@ -99,9 +100,17 @@ def test_objective_returns_the_histogram_layers_activations(export32, small_weig
     feed = make_feed(man, feats, rng, x)
     obj = _session(f"{out_dir}/objective.onnx")
     res = _run(obj, feed)
-    assert [n for n in res if n.startswith("feat_")] == [f"feat_{l}" for l in man["hist_layers"]]
-    for l in man["hist_layers"]:
+    exact = man["hist_exact_layers"]
+    assert exact == ["relu1_1"]
+    lagged = [l for l in man["hist_layers"] if l not in exact]
+    assert [n for n in res if n.startswith("feat_")] == [f"feat_{l}" for l in lagged]
+    for l in lagged:
         np.testing.assert_allclose(res[f"feat_{l}"], feats[l], rtol=1e-5, atol=1e-5 * np.abs(feats[l]).max())
+    # the exactly matched layers come from prelude.onnx, which computes just them
+    pre = _run(_session(f"{out_dir}/prelude.onnx"), {"x": x.astype(np.float32)})
+    assert sorted(pre) == [f"feat_{l}" for l in exact]
+    for l in exact:
+        np.testing.assert_allclose(pre[f"feat_{l}"], feats[l], rtol=1e-5, atol=1e-5 * np.abs(feats[l]).max())
     # exact matching of the image to its own histogram: the term vanishes
     same = dict(feed, **{f"hist_target_{l}": feats[l] for l in man["hist_layers"]},
                 term_weights=np.eye(len(TERMS), dtype=np.float32)[TERMS.index("hist")])

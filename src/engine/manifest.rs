@@ -27,6 +27,10 @@ pub struct Manifest {
     pub style_layers: Vec<String>,
     pub shift_layers: Vec<ShiftLayer>,
     pub hist_layers: Vec<String>,
+    /// Histogram layers matched before each evaluation from prelude.onnx (the others from the objective's
+    /// `feat_` outputs of the previous evaluation).
+    #[serde(default)]
+    pub hist_exact_layers: Vec<String>,
     pub quantiles: usize,
     pub min_size: usize,
     pub default_term_weights: BTreeMap<String, f32>,
@@ -63,6 +67,9 @@ pub struct ShiftLayer {
 pub struct Graphs {
     pub features: GraphInfo,
     pub objective: GraphInfo,
+    /// image -> activations of `hist_exact_layers`; present iff that list is not empty.
+    #[serde(default)]
+    pub prelude: Option<GraphInfo>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -149,6 +156,12 @@ impl Manifest {
             if !self.default_term_weights.contains_key(t) {
                 bail!("default_term_weights lacks {t}");
             }
+        }
+        if let Some(l) = self.hist_exact_layers.iter().find(|l| !self.hist_layers.contains(l)) {
+            bail!("hist_exact_layers names {l}, which is not a histogram layer");
+        }
+        if self.hist_exact_layers.is_empty() != self.graphs.prelude.is_none() {
+            bail!("hist_exact_layers and graphs.prelude must come together");
         }
         if self.quantiles < 2 || self.min_size < 1 {
             bail!("quantiles {} / min_size {} out of range", self.quantiles, self.min_size);

@@ -86,6 +86,7 @@ pub struct Model {
     pub provider: Provider,
     features: Session,
     objective: Session,
+    prelude: Option<Session>,
     feature_outputs: Vec<String>,
 }
 
@@ -146,8 +147,14 @@ impl Model {
         // reordered weight copies (see SessionUse)
         let features = open(&manifest.graphs.features, SessionUse::Occasional)?;
         let objective = open(&manifest.graphs.objective, SessionUse::Hot)?;
+        // the prelude runs every evaluation, but without an arena its output (67 MB at 512x512) goes back to the
+        // system after the matching instead of staying beside the objective's arena
+        let prelude = match &manifest.graphs.prelude {
+            Some(g) => Some(open(g, SessionUse::Occasional)?),
+            None => None,
+        };
         let feature_outputs = manifest.graphs.features.outputs.iter().map(|o| o.name.clone()).collect();
-        Ok(Model { manifest, provider, features, objective, feature_outputs })
+        Ok(Model { manifest, provider, features, objective, prelude, feature_outputs })
     }
 
     /// Reject image sizes the graphs cannot handle.
@@ -184,6 +191,30 @@ impl Model {
             );
         }
         Ok(out)
+    }
+
+    /// Activations of the exactly matched histogram layers (`hist_exact_layers`, from prelude.onnx) of `x`, handed
+    /// to `on_feat` like `evaluate`'s `on_hist`. Does nothing for a model without such layers.
+    pub fn prelude(
+        &mut self,
+        x: &[f32],
+        height: usize,
+        width: usize,
+        inputs: &mut ObjectiveInputs,
+        on_feat: &mut OnHist<'_>,
+    ) -> Result<()> {
+        let Some(session) = self.prelude.as_mut() else { return Ok(()) };
+        let xt = TensorRef::from_array_view(([1usize, 3, height, width], x)).map_err(|e| anyhow!("input tensor: {e}"))?;
+        let outputs = session.run(ort::inputs!["x" => xt]).map_err(|e| anyhow!("running prelude.onnx: {e}"))?;
+        for layer in &self.manifest.hist_exact_layers {
+            let name = format!("feat_{layer}");
+            let (shape, d) = outputs[name.as_str()].try_extract_tensor::<f32>().map_err(|e| anyhow!("prelude output {name}: {e}"))?;
+            if shape.len() != 4 {
+                bail!("prelude.onnx output {name} has rank {}, expected 4", shape.len());
+            }
+            on_feat(layer, [shape[1] as usize, shape[2] as usize, shape[3] as usize], d, inputs)?;
+        }
+        Ok(())
     }
 
     /// One loss + gradient evaluation. `grad` receives d total / d x. `on_hist`, when given, is called after the
@@ -223,7 +254,7 @@ impl Model {
         }
         grad.copy_from_slice(g);
         if let Some(f) = on_hist {
-            for layer in &self.manifest.hist_layers {
+            for layer in self.manifest.hist_layers.iter().filter(|l| !self.manifest.hist_exact_layers.contains(l)) {
                 let name = format!("feat_{layer}");
                 let (shape, d) =
                     outputs[name.as_str()].try_extract_tensor::<f32>().map_err(|e| anyhow!("output {name}: {e}"))?;

@@ -54,8 +54,9 @@ pub struct StylizeOptions {
     /// Apply the early stop at the last scale too (default). The bench turns it off to measure the time to reach a
     /// loss.
     pub last_scale_early_stop: bool,
-    /// Re-match the histogram targets to the current image every this many evaluations (from the activations of
-    /// the evaluation just made); 0: only once per scale, from the starting image.
+    /// Re-match the histogram targets every this many evaluations: full-resolution layers to the image about to
+    /// be evaluated (prelude.onnx), deeper ones from the activations of the evaluation just made; 0: only once per
+    /// scale, from the starting image.
     pub hist_every: usize,
     /// After each scale, evaluate the result once more with histogram targets matched to the result itself: the
     /// exact loss, independent of `hist_every` (costs two evaluations per scale; for comparisons).
@@ -254,8 +255,12 @@ impl Objective for Eval<'_, '_> {
             matching += t.elapsed().as_secs_f64();
             r
         };
-        let on_hist: Option<&mut OnHist<'_>> = if rematch { Some(&mut rematch_fn) } else { None };
         let t = Instant::now();
+        if rematch {
+            // full-resolution histogram layers: matched to this very image (prelude.onnx), before evaluating it
+            self.model.prelude(x, self.height, self.width, self.inputs, &mut rematch_fn)?;
+        }
+        let on_hist: Option<&mut OnHist<'_>> = if rematch { Some(&mut rematch_fn) } else { None };
         let losses = self.model.evaluate(x, self.height, self.width, self.inputs, grad, on_hist)?;
         self.evaluations += 1;
         self.match_seconds += matching;
@@ -288,6 +293,7 @@ fn exact_losses(model: &mut Model, img: &Planar, style: &StyleTargets, inputs: &
     let mut rematch = |layer: &str, shape: [usize; 3], data: &[f32], inputs: &mut ObjectiveInputs| {
         histmatch::update_layer(quantiles, layer, shape, data, style, inputs)
     };
+    model.prelude(&img.data, img.height, img.width, inputs, &mut rematch)?;
     model.evaluate(&img.data, img.height, img.width, inputs, &mut grad, Some(&mut rematch))?;
     model.evaluate(&img.data, img.height, img.width, inputs, &mut grad, None)
 }
