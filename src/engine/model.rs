@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
-use ort::session::Session;
+use ort::session::{OutputSelector, RunOptions, Session};
 use ort::value::{DynValue, Tensor, TensorRef};
 use sha2::{Digest, Sha256};
 
@@ -59,6 +59,18 @@ impl ObjectiveInputs {
         self.values.retain(|(k, _)| k != name);
         self.values.push((name.to_string(), t.into_dyn()));
         Ok(())
+    }
+
+    /// Remove an input, to hand its buffer to ONNX Runtime as a preallocated output (see `Model::prelude`).
+    pub fn take(&mut self, name: &str) -> Option<DynValue> {
+        let i = self.values.iter().position(|(k, _)| k == name)?;
+        Some(self.values.remove(i).1)
+    }
+
+    /// Put back (or add) an input value.
+    pub fn put(&mut self, name: &str, value: DynValue) {
+        self.values.retain(|(k, _)| k != name);
+        self.values.push((name.to_string(), value));
     }
 
     /// The values of an f32 input, to update in place (e.g. the histogram targets between evaluations).
@@ -193,26 +205,45 @@ impl Model {
         Ok(out)
     }
 
-    /// Activations of the exactly matched histogram layers (`hist_exact_layers`, from prelude.onnx) of `x`, handed
-    /// to `on_feat` like `evaluate`'s `on_hist`. Does nothing for a model without such layers.
+    /// Activations of the exactly matched histogram layers (`hist_exact_layers`, from prelude.onnx) of `x`, written
+    /// straight into the objective's `hist_target_<layer>` inputs (ONNX Runtime fills them as preallocated outputs;
+    /// no other buffer of that size exists), where `match_in_place` turns each into its histogram matching. Does
+    /// nothing for a model without such layers.
     pub fn prelude(
         &mut self,
         x: &[f32],
         height: usize,
         width: usize,
         inputs: &mut ObjectiveInputs,
-        on_feat: &mut OnHist<'_>,
+        match_in_place: &mut dyn FnMut(&str, [usize; 3], &mut [f32]) -> Result<()>,
     ) -> Result<()> {
         let Some(session) = self.prelude.as_mut() else { return Ok(()) };
         let xt = TensorRef::from_array_view(([1usize, 3, height, width], x)).map_err(|e| anyhow!("input tensor: {e}"))?;
-        let outputs = session.run(ort::inputs!["x" => xt]).map_err(|e| anyhow!("running prelude.onnx: {e}"))?;
+        let mut selector = OutputSelector::default();
+        for layer in &self.manifest.hist_exact_layers {
+            let channels = self.manifest.layer(layer).map(|l| l.channels).unwrap_or(0);
+            let target = format!("hist_target_{layer}");
+            let value = match inputs.take(&target) {
+                Some(v) if v.shape().iter().copied().eq([1, channels as i64, height as i64, width as i64]) => v,
+                _ => Tensor::from_array(([1usize, channels, height, width], vec![0.0f32; channels * height * width]))
+                    .map_err(|e| anyhow!("tensor {target}: {e}"))?
+                    .into_dyn(),
+            };
+            selector = selector.preallocate(format!("feat_{layer}"), value);
+        }
+        let options = RunOptions::new().map_err(|e| anyhow!("{e}"))?.with_outputs(selector);
+        let mut outputs =
+            session.run_with_options(ort::inputs!["x" => xt], &options).map_err(|e| anyhow!("running prelude.onnx: {e}"))?;
         for layer in &self.manifest.hist_exact_layers {
             let name = format!("feat_{layer}");
-            let (shape, d) = outputs[name.as_str()].try_extract_tensor::<f32>().map_err(|e| anyhow!("prelude output {name}: {e}"))?;
+            let mut value = outputs.remove(name.as_str()).ok_or_else(|| anyhow!("prelude.onnx has no output {name}"))?;
+            let (shape, d) = value.try_extract_tensor_mut::<f32>().map_err(|e| anyhow!("prelude output {name}: {e}"))?;
             if shape.len() != 4 {
                 bail!("prelude.onnx output {name} has rank {}, expected 4", shape.len());
             }
-            on_feat(layer, [shape[1] as usize, shape[2] as usize, shape[3] as usize], d, inputs)?;
+            let shape = [shape[1] as usize, shape[2] as usize, shape[3] as usize];
+            match_in_place(layer, shape, d)?;
+            inputs.put(&format!("hist_target_{layer}"), value);
         }
         Ok(())
     }

@@ -148,6 +148,48 @@ pub fn update_layer(
     Ok(())
 }
 
+/// Replace `data` ([C, n] activations) by their histogram matching to `tables` ([C, K]), in place.
+pub fn match_in_place(data: &mut [f32], channels: usize, tables: &[f32], threads: usize) {
+    assert!(channels > 0 && data.len() % channels == 0 && tables.len() % channels == 0);
+    let n = data.len() / channels;
+    let k = tables.len() / channels;
+    if n == 0 {
+        return;
+    }
+    let threads = threads.clamp(1, channels);
+    let per = channels.div_ceil(threads);
+    std::thread::scope(|scope| {
+        for (d, t) in data.chunks_mut(per * n).zip(tables.chunks(per * k)) {
+            scope.spawn(move || {
+                let mut s = Scratch::default();
+                for (dc, tc) in d.chunks_mut(n).zip(t.chunks(k)) {
+                    // the argsort keeps its own copy of the values (the keys), so the channel can be overwritten
+                    argsort(dc, &mut s);
+                    s.table.resize(n, 0.0);
+                    resample_sorted(tc, n, &mut s.table);
+                    for (j, i) in s.idx.iter().enumerate() {
+                        dc[*i as usize] = s.table[j];
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// `match_in_place` for one layer's activations (`[C, h, w]`) and the style's table of that layer.
+pub fn match_layer_in_place(quantiles: usize, layer: &str, shape: [usize; 3], data: &mut [f32], style: &StyleTargets) -> Result<()> {
+    let [c, h, w] = shape;
+    if data.len() != c * h * w || c == 0 {
+        bail!("activations of {layer}: {} values for shape {shape:?}", data.len());
+    }
+    let table = style.hists.get(layer).ok_or_else(|| anyhow!("style targets lack the quantiles of layer {layer}"))?;
+    if table.len() != c * quantiles {
+        bail!("quantile table of {layer} has {} values for {c} channels x {quantiles} quantiles", table.len());
+    }
+    match_in_place(data, c, table, default_threads());
+    Ok(())
+}
+
 /// Threads for the sort: the machine's cores (the ONNX Runtime session is idle while it runs).
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
@@ -196,6 +238,21 @@ mod tests {
             let mut out = vec![0.0; c * n];
             match_histograms(&f, c, &tables, &mut out, threads);
             assert_eq!(out, f, "threads {threads}");
+        }
+    }
+
+    #[test]
+    fn in_place_matching_equals_matching_into_another_buffer() {
+        let (c, n, k) = (7, 3000, 32);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let f: Vec<f32> = (0..c * n).map(|i| if i % 3 == 0 { 0.0 } else { rng.random::<f32>() }).collect();
+        let tables: Vec<f32> = (0..c * k).map(|i| (i % k) as f32 * 0.5 + (i / k) as f32).collect();
+        let mut out = vec![0.0; c * n];
+        match_histograms(&f, c, &tables, &mut out, 2);
+        for threads in [1, 3] {
+            let mut inplace = f.clone();
+            match_in_place(&mut inplace, c, &tables, threads);
+            assert_eq!(inplace, out, "threads {threads}");
         }
     }
 

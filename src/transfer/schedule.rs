@@ -258,7 +258,12 @@ impl Objective for Eval<'_, '_> {
         let t = Instant::now();
         if rematch {
             // full-resolution histogram layers: matched to this very image (prelude.onnx), before evaluating it
-            self.model.prelude(x, self.height, self.width, self.inputs, &mut rematch_fn)?;
+            let tm = Instant::now();
+            let mut in_place = |layer: &str, shape: [usize; 3], data: &mut [f32]| {
+                histmatch::match_layer_in_place(quantiles, layer, shape, data, style)
+            };
+            self.model.prelude(x, self.height, self.width, self.inputs, &mut in_place)?;
+            self.match_seconds += tm.elapsed().as_secs_f64();
         }
         let on_hist: Option<&mut OnHist<'_>> = if rematch { Some(&mut rematch_fn) } else { None };
         let losses = self.model.evaluate(x, self.height, self.width, self.inputs, grad, on_hist)?;
@@ -293,7 +298,10 @@ fn exact_losses(model: &mut Model, img: &Planar, style: &StyleTargets, inputs: &
     let mut rematch = |layer: &str, shape: [usize; 3], data: &[f32], inputs: &mut ObjectiveInputs| {
         histmatch::update_layer(quantiles, layer, shape, data, style, inputs)
     };
-    model.prelude(&img.data, img.height, img.width, inputs, &mut rematch)?;
+    let mut in_place = |layer: &str, shape: [usize; 3], data: &mut [f32]| {
+        histmatch::match_layer_in_place(quantiles, layer, shape, data, style)
+    };
+    model.prelude(&img.data, img.height, img.width, inputs, &mut in_place)?;
     model.evaluate(&img.data, img.height, img.width, inputs, &mut grad, Some(&mut rematch))?;
     model.evaluate(&img.data, img.height, img.width, inputs, &mut grad, None)
 }
