@@ -113,7 +113,7 @@ impl Manifest {
         let text = std::fs::read_to_string(&path).with_context(|| {
             format!(
                 "cannot read the model manifest {}: export the graphs with `make models` or pass --model DIR \
-                 (a directory with manifest.json, features.onnx, objective.onnx and their .onnx.data weights)",
+                 (a directory with manifest.json, features.onnx, objective.onnx, prelude.onnx and their .onnx.data weights)",
                 path.display()
             )
         })?;
