@@ -11,7 +11,6 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use super::common::ModelArgs;
-use crate::engine::ObjectiveInputs;
 use crate::imageio::{self, Limits};
 use crate::imageio::fit_size as fit;
 use crate::transfer::targets::{objective_inputs, StyleTargets, Weights};
@@ -162,25 +161,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let mut grad = vec![0.0f32; c.data.len()];
         let (mut graph, mut matching) = (Vec::new(), Vec::new());
         for i in 0..=args.repeats.max(1) {
-            let mut secs = 0.0;
-            let mut rematch = |layer: &str, shape: [usize; 3], data: &[f32], inputs: &mut ObjectiveInputs| {
-                let t = Instant::now();
-                let r = histmatch::update_layer(m.quantiles, layer, shape, data, &st, inputs);
-                secs += t.elapsed().as_secs_f64();
-                r
-            };
+            // as in a run: prelude + matching before, matching from the outputs after the graph
             let t = Instant::now();
-            // as in a run: full-resolution layers matched to this image first (prelude run + matching count as
-            // matching time)
-            let tp = Instant::now();
-            let mut in_place = |layer: &str, shape: [usize; 3], data: &mut [f32]| {
-                histmatch::match_layer_in_place(m.quantiles, layer, shape, data, &st)
-            };
-            model.prelude(&c.data, h, w, &mut inputs, &mut in_place)?;
-            let prelude = tp.elapsed().as_secs_f64();
-            model.evaluate(&c.data, h, w, &mut inputs, &mut grad, Some(&mut rematch))?;
+            let (_, secs) = histmatch::evaluate(&mut model, &c.data, h, w, &mut inputs, &mut grad, &st, true)?;
             let total = t.elapsed().as_secs_f64();
-            let secs = secs + prelude;
             if i > 0 {
                 // the first run is the warm-up
                 graph.push(total - secs);

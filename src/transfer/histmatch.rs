@@ -4,11 +4,12 @@
 //! as often as the schedule asks (`hist_every`). The formula is `matched` in models/fuchun_export/reference.py.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
 
 use super::targets::{resample_sorted, StyleTargets};
-use crate::engine::{FeatureMap, Manifest, ObjectiveInputs};
+use crate::engine::{FeatureMap, Losses, Manifest, Model, ObjectiveInputs};
 
 /// A float's bits mapped to an unsigned key whose integer order is the float order (negatives flipped).
 #[inline]
@@ -66,40 +67,11 @@ fn argsort(values: &[f32], s: &mut Scratch) {
     }
 }
 
-fn match_channel(f: &[f32], table: &[f32], out: &mut [f32], s: &mut Scratch) {
-    let n = f.len();
-    argsort(f, s);
-    s.table.resize(n, 0.0);
-    resample_sorted(table, n, &mut s.table);
-    for (j, i) in s.idx.iter().enumerate() {
-        out[*i as usize] = s.table[j];
-    }
-}
-
-/// Histogram-matched copy of `features` ([C, n], row-major) into `out`: for each channel the quantile table row
-/// (`tables`, [C, K], ascending) resampled to n entries, the j-th smallest activation getting the j-th entry.
-/// Channels are spread over `threads` threads.
+/// Histogram-matched copy of `features` ([C, n], row-major) into `out`: `match_in_place` on a copy.
 pub fn match_histograms(features: &[f32], channels: usize, tables: &[f32], out: &mut [f32], threads: usize) {
-    assert!(channels > 0 && features.len() % channels == 0 && tables.len() % channels == 0);
     assert_eq!(out.len(), features.len());
-    let n = features.len() / channels;
-    let k = tables.len() / channels;
-    if n == 0 {
-        return;
-    }
-    let threads = threads.clamp(1, channels);
-    let per = channels.div_ceil(threads);
-    std::thread::scope(|scope| {
-        let work = features.chunks(per * n).zip(tables.chunks(per * k)).zip(out.chunks_mut(per * n));
-        for ((f, t), o) in work {
-            scope.spawn(move || {
-                let mut s = Scratch::default();
-                for ((fc, tc), oc) in f.chunks(n).zip(t.chunks(k)).zip(o.chunks_mut(n)) {
-                    match_channel(fc, tc, oc, &mut s);
-                }
-            });
-        }
-    });
+    out.copy_from_slice(features);
+    match_in_place(out, channels, tables, threads);
 }
 
 /// Set the objective's `hist_target_<layer>` inputs to the histogram matching of `feats` (activations of the image
@@ -128,20 +100,14 @@ pub fn update_layer(
     inputs: &mut ObjectiveInputs,
 ) -> Result<()> {
     let [c, h, w] = shape;
-    if data.len() != c * h * w || c == 0 {
-        bail!("activations of {layer}: {} values for shape {shape:?}", data.len());
-    }
-    let table = style.hists.get(layer).ok_or_else(|| anyhow!("style targets lack the quantiles of layer {layer}"))?;
-    if table.len() != c * quantiles {
-        bail!("quantile table of {layer} has {} values for {c} channels x {quantiles} quantiles", table.len());
-    }
+    let table = layer_table(quantiles, layer, shape, data.len(), style)?;
     let name = format!("hist_target_{layer}");
     let threads = default_threads();
     match inputs.get_mut(&name) {
         Some(out) if out.len() == data.len() => match_histograms(data, c, table, out, threads),
         _ => {
-            let mut out = vec![0.0f32; data.len()];
-            match_histograms(data, c, table, &mut out, threads);
+            let mut out = data.to_vec();
+            match_in_place(&mut out, c, table, threads);
             inputs.set(&name, &[1, c, h, w], out)?;
         }
     }
@@ -178,16 +144,55 @@ pub fn match_in_place(data: &mut [f32], channels: usize, tables: &[f32], threads
 
 /// `match_in_place` for one layer's activations (`[C, h, w]`) and the style's table of that layer.
 pub fn match_layer_in_place(quantiles: usize, layer: &str, shape: [usize; 3], data: &mut [f32], style: &StyleTargets) -> Result<()> {
+    let table = layer_table(quantiles, layer, shape, data.len(), style)?;
+    match_in_place(data, shape[0], table, default_threads());
+    Ok(())
+}
+
+/// The style's quantile table of `layer`, checked against activations of `shape` holding `len` values.
+fn layer_table<'a>(quantiles: usize, layer: &str, shape: [usize; 3], len: usize, style: &'a StyleTargets) -> Result<&'a [f32]> {
     let [c, h, w] = shape;
-    if data.len() != c * h * w || c == 0 {
-        bail!("activations of {layer}: {} values for shape {shape:?}", data.len());
+    if len != c * h * w || c == 0 {
+        bail!("activations of {layer}: {len} values for shape {shape:?}");
     }
     let table = style.hists.get(layer).ok_or_else(|| anyhow!("style targets lack the quantiles of layer {layer}"))?;
     if table.len() != c * quantiles {
         bail!("quantile table of {layer} has {} values for {c} channels x {quantiles} quantiles", table.len());
     }
-    match_in_place(data, c, table, default_threads());
-    Ok(())
+    Ok(table)
+}
+
+/// One evaluation with its histogram targets re-matched when `rematch`: the full-resolution layers to `x` itself
+/// (prelude.onnx, in place) before the run, the deeper ones from the run's activations for the next evaluation.
+/// Returns the losses and the seconds spent in the prelude and the matching.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate(
+    model: &mut Model,
+    x: &[f32],
+    height: usize,
+    width: usize,
+    inputs: &mut ObjectiveInputs,
+    grad: &mut [f32],
+    style: &StyleTargets,
+    rematch: bool,
+) -> Result<(Losses, f64)> {
+    if !rematch {
+        return Ok((model.evaluate(x, height, width, inputs, grad, None)?, 0.0));
+    }
+    let quantiles = model.manifest.quantiles;
+    let t = Instant::now();
+    let mut in_place =
+        |layer: &str, shape: [usize; 3], data: &mut [f32]| match_layer_in_place(quantiles, layer, shape, data, style);
+    model.prelude(x, height, width, inputs, &mut in_place)?;
+    let mut seconds = t.elapsed().as_secs_f64();
+    let mut from_outputs = |layer: &str, shape: [usize; 3], data: &[f32], inputs: &mut ObjectiveInputs| {
+        let t = Instant::now();
+        let r = update_layer(quantiles, layer, shape, data, style, inputs);
+        seconds += t.elapsed().as_secs_f64();
+        r
+    };
+    let losses = model.evaluate(x, height, width, inputs, grad, Some(&mut from_outputs))?;
+    Ok((losses, seconds))
 }
 
 /// Threads for the sort: the machine's cores (the ONNX Runtime session is idle while it runs).

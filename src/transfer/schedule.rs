@@ -11,7 +11,7 @@ use super::color;
 use super::optim::{Adam, Control, EarlyStop, IterInfo, Lbfgs, Objective, StopReason};
 use super::histmatch;
 use super::targets::{objective_inputs, StyleTargets, Weights};
-use crate::engine::{Losses, Model, ObjectiveInputs, OnHist};
+use crate::engine::{Losses, Model, ObjectiveInputs};
 use crate::imageio::{fit_size as fit, Planar};
 
 /// Where the optimisation starts.
@@ -247,26 +247,9 @@ impl Objective for Eval<'_, '_> {
             bail!(Cancelled);
         }
         let rematch = self.hist_every > 0 && (self.evaluations + 1) % self.hist_every == 0;
-        let (quantiles, style) = (self.model.manifest.quantiles, self.style);
-        let mut matching = 0.0;
-        let mut rematch_fn = |layer: &str, shape: [usize; 3], data: &[f32], inputs: &mut ObjectiveInputs| {
-            let t = Instant::now();
-            let r = histmatch::update_layer(quantiles, layer, shape, data, style, inputs);
-            matching += t.elapsed().as_secs_f64();
-            r
-        };
         let t = Instant::now();
-        if rematch {
-            // full-resolution histogram layers: matched to this very image (prelude.onnx), before evaluating it
-            let tm = Instant::now();
-            let mut in_place = |layer: &str, shape: [usize; 3], data: &mut [f32]| {
-                histmatch::match_layer_in_place(quantiles, layer, shape, data, style)
-            };
-            self.model.prelude(x, self.height, self.width, self.inputs, &mut in_place)?;
-            self.match_seconds += tm.elapsed().as_secs_f64();
-        }
-        let on_hist: Option<&mut OnHist<'_>> = if rematch { Some(&mut rematch_fn) } else { None };
-        let losses = self.model.evaluate(x, self.height, self.width, self.inputs, grad, on_hist)?;
+        let (losses, matching) =
+            histmatch::evaluate(self.model, x, self.height, self.width, self.inputs, grad, self.style, rematch)?;
         self.evaluations += 1;
         self.match_seconds += matching;
         self.eval_seconds += t.elapsed().as_secs_f64();
@@ -294,15 +277,7 @@ pub const DEFAULT_HIST_EVERY: usize = 1;
 /// The loss of `img` with histogram targets matched to `img` itself (two evaluations).
 fn exact_losses(model: &mut Model, img: &Planar, style: &StyleTargets, inputs: &mut ObjectiveInputs) -> Result<Losses> {
     let mut grad = vec![0.0f32; img.data.len()];
-    let quantiles = model.manifest.quantiles;
-    let mut rematch = |layer: &str, shape: [usize; 3], data: &[f32], inputs: &mut ObjectiveInputs| {
-        histmatch::update_layer(quantiles, layer, shape, data, style, inputs)
-    };
-    let mut in_place = |layer: &str, shape: [usize; 3], data: &mut [f32]| {
-        histmatch::match_layer_in_place(quantiles, layer, shape, data, style)
-    };
-    model.prelude(&img.data, img.height, img.width, inputs, &mut in_place)?;
-    model.evaluate(&img.data, img.height, img.width, inputs, &mut grad, Some(&mut rematch))?;
+    histmatch::evaluate(model, &img.data, img.height, img.width, inputs, &mut grad, style, true)?;
     model.evaluate(&img.data, img.height, img.width, inputs, &mut grad, None)
 }
 
