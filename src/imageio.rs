@@ -190,7 +190,8 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Planar, ImageError> {
     if bytes.len() as u64 > limits.max_bytes {
         return Err(ImageError::TooManyBytes { bytes: bytes.len() as u64, limit: limits.max_bytes });
     }
-    let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| ImageError::Decode(e.to_string()))?;
+    let reader =
+        ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| ImageError::Decode(e.to_string()))?;
     match reader.format() {
         Some(image::ImageFormat::Jpeg) => {
             if !jpeg_is_complete(bytes) {

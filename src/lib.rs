@@ -1,7 +1,7 @@
 //! fuchun: optimisation-based neural style transfer (Gatys + Berger-Memisevic + Risser) on ONNX Runtime.
 
-pub mod engine;
-pub mod imageio;
 pub mod commands;
 pub mod daemon;
+pub mod engine;
+pub mod imageio;
 pub mod transfer;

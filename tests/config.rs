@@ -47,7 +47,11 @@ fn bad_configurations_are_explained() {
 fn password_comes_from_the_environment() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("c.toml");
-    std::fs::write(&p, format!("[mqtt]\nusername = \"u\"\n[styles.ink]\nimages = [\"{}\"]\n", common::example("fuchun.jpg").display())).unwrap();
+    std::fs::write(
+        &p,
+        format!("[mqtt]\nusername = \"u\"\n[styles.ink]\nimages = [\"{}\"]\n", common::example("fuchun.jpg").display()),
+    )
+    .unwrap();
     let _g = ENV.lock().unwrap();
     // SAFETY: the ENV lock keeps every other test of this binary from reading the environment meanwhile.
     unsafe { std::env::set_var("FUCHUN_MQTT_PASSWORD", "s3cret") };

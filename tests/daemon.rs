@@ -60,7 +60,11 @@ fn v5_request_response_echoes_correlation_data() {
     assert!(imageio::decode(&m.payload, &Limits::default()).is_ok());
     // errors are answered there too
     probe.request(&format!("{prefix}/door/frame"), b"not an image".to_vec(), &reply, b"req-43");
-    let e = probe2.wait_for(&reply, |m| m.props.as_ref().and_then(|p| p.correlation_data.clone()).as_deref() == Some(&b"req-43"[..]), T);
+    let e = probe2.wait_for(
+        &reply,
+        |m| m.props.as_ref().and_then(|p| p.correlation_data.clone()).as_deref() == Some(&b"req-43"[..]),
+        T,
+    );
     assert_eq!(e.json()["code"], "not_an_image");
     assert_eq!(e.props.unwrap().content_type.as_deref(), Some("application/json"));
 }
@@ -78,7 +82,11 @@ fn flood_keeps_memory_bounded_and_publishes_the_newest_frame() {
     probe.wait_for(&meta_topic, |m| m.json()["input_width"] == newest, T);
     std::thread::sleep(Duration::from_millis(1500)); // nothing else may follow the newest
     let metas = probe.on(&meta_topic);
-    assert_eq!(metas.last().unwrap().json()["input_width"], newest, "the last published result is from the newest input");
+    assert_eq!(
+        metas.last().unwrap().json()["input_width"],
+        newest,
+        "the last published result is from the newest input"
+    );
     assert!(metas.len() < 50, "{} results for 50 frames: nothing was dropped", metas.len());
     let stats = probe.wait_for(&format!("{prefix}/stats"), |m| m.json()["received"] == 50, T).json();
     let processed = stats["processed"].as_u64().unwrap();
@@ -221,7 +229,10 @@ fn two_daemons_in_a_shared_group_split_the_frames() {
 
 #[test]
 fn style_set_state_round_trip() {
-    let extra = format!("[styles.starry]\nimages = [\"{}\"]\nimage_size = 64\niterations = 10\n", common::example("starry_night.jpg").display());
+    let extra = format!(
+        "[styles.starry]\nimages = [\"{}\"]\nimage_size = 64\niterations = 10\n",
+        common::example("starry_night.jpg").display()
+    );
     let (prefix, probe, _d) = start("style", &extra);
     probe.publish(&format!("{prefix}/porch/style/set"), "starry");
     let state = probe.wait_n(&format!("{prefix}/porch/style/state"), 1, T).remove(0);
@@ -242,8 +253,10 @@ fn style_set_state_round_trip() {
 
 #[test]
 fn warm_start_needs_fewer_evaluations_on_a_repeated_frame() {
-    let (prefix, probe, _d) =
-        start("warm", "[styles.ink]\nimage_size = 96\niterations = 60\ntol = 0.01\ntol_window = 5\n[daemon]\ncache_dir = \"cache\"\n");
+    let (prefix, probe, _d) = start(
+        "warm",
+        "[styles.ink]\nimage_size = 96\niterations = 60\ntol = 0.01\ntol_window = 5\n[daemon]\ncache_dir = \"cache\"\n",
+    );
     let frame = jpeg(96, 72, 0.6);
     let meta_topic = format!("{prefix}/cam/stylized/meta");
     probe.publish(&format!("{prefix}/cam/frame"), frame.clone());
@@ -274,14 +287,20 @@ fn mqtt_3_1_1_discovery_and_min_interval() {
     let prefix = unique_prefix("v311");
     let disc = format!("{prefix}-ha");
     let probe = Probe::new(port, &[&format!("{prefix}/#"), &format!("{disc}/#")]);
-    let _d = Daemon::start(port, &prefix, &format!("fuchun-v311-{}", std::process::id()), &extra.replace("DISC", &disc));
+    let _d =
+        Daemon::start(port, &prefix, &format!("fuchun-v311-{}", std::process::id()), &extra.replace("DISC", &disc));
     wait_online(&probe, &prefix);
     // discovery for the configured camera, retained, pointing at our topics
-    let cfg = probe.wait_for(&format!("{disc}/image/fuchun_v311_{}_gate/config", std::process::id()), |_| true, T).json();
+    let cfg =
+        probe.wait_for(&format!("{disc}/image/fuchun_v311_{}_gate/config", std::process::id()), |_| true, T).json();
     assert_eq!(cfg["image_topic"], format!("{prefix}/gate/stylized"));
     assert_eq!(cfg["content_type"], "image/jpeg");
     assert_eq!(cfg["availability"][0]["topic"], format!("{prefix}/available"));
-    probe.wait_for(&format!("{disc}/sensor/fuchun_v311_{}_gate_duration/config", std::process::id()), |m| m.json()["unit_of_measurement"] == "ms", T);
+    probe.wait_for(
+        &format!("{disc}/sensor/fuchun_v311_{}_gate_duration/config", std::process::id()),
+        |m| m.json()["unit_of_measurement"] == "ms",
+        T,
+    );
     // 3.1.1: frames work (no properties); the second frame within min_interval_ms is dropped
     probe.publish(&format!("{prefix}/gate/frame"), jpeg(64, 64, 0.3));
     let img = probe.wait_n(&format!("{prefix}/gate/stylized"), 1, T).remove(0);
@@ -318,7 +337,9 @@ fn systemd_notify_ready_and_watchdog() {
     let mut got = Vec::new();
     let mut buf = [0u8; 256];
     let t = Instant::now();
-    while !(got.iter().any(|m: &String| m.contains("READY=1")) && got.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2) {
+    while !(got.iter().any(|m: &String| m.contains("READY=1"))
+        && got.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2)
+    {
         assert!(t.elapsed() < Duration::from_secs(60), "notifications so far: {got:?}");
         let n = sock.recv(&mut buf).unwrap();
         got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
@@ -353,7 +374,10 @@ fn tls_with_client_certificate() {
     let _broker = Broker::start_with_config(&d.join("mosquitto.conf"), &[plain, tls]);
     let prefix = unique_prefix("tls");
     let probe = Probe::new(plain, &[&format!("{prefix}/#")]);
-    let extra = format!("[mqtt.tls]\nca = \"{0}/ca.pem\"\nclient_cert = \"{0}/client.pem\"\nclient_key = \"{0}/client.key\"\n", d.display());
+    let extra = format!(
+        "[mqtt.tls]\nca = \"{0}/ca.pem\"\nclient_cert = \"{0}/client.pem\"\nclient_key = \"{0}/client.key\"\n",
+        d.display()
+    );
     let _daemon = Daemon::start(tls, &prefix, "fuchun-tls", &extra);
     wait_online(&probe, &prefix);
     probe.publish(&format!("{prefix}/cam/frame"), jpeg(64, 48, 0.5));

@@ -31,13 +31,30 @@ fn systemd_units_verify() {
         assert!(o.status.success() && err.trim().is_empty(), "{unit}: {err}");
     }
     let text = std::fs::read_to_string(common::root().join("systemd/fuchun.service")).unwrap();
-    for key in ["Type=notify", "WatchdogSec=", "Restart=on-failure", "StateDirectory=fuchun", "CacheDirectory=fuchun",
-        "ConfigurationDirectory=fuchun", "ProtectSystem=strict", "ProtectHome=yes", "NoNewPrivileges=yes", "PrivateTmp=yes",
-        "RestrictAddressFamilies=", "SystemCallFilter=@system-service", "CapabilityBoundingSet=", "SupplementaryGroups=video",
-        "DeviceAllow=/dev/nvmap"] {
+    for key in [
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "StateDirectory=fuchun",
+        "CacheDirectory=fuchun",
+        "ConfigurationDirectory=fuchun",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "RestrictAddressFamilies=",
+        "SystemCallFilter=@system-service",
+        "CapabilityBoundingSet=",
+        "SupplementaryGroups=video",
+        "DeviceAllow=/dev/nvmap",
+    ] {
         assert!(text.contains(key), "fuchun.service lacks {key}");
     }
-    let o = Command::new("systemd-analyze").args(["security", "--offline=true"]).arg(dir.path().join("fuchun.service")).output().unwrap();
+    let o = Command::new("systemd-analyze")
+        .args(["security", "--offline=true"])
+        .arg(dir.path().join("fuchun.service"))
+        .output()
+        .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     let line = out.lines().find(|l| l.contains("Overall exposure level")).expect("security summary");
     let score: f64 = line.split("fuchun.service:").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
@@ -46,8 +63,12 @@ fn systemd_units_verify() {
 }
 
 fn install(args: &[&str]) -> std::process::Output {
-    Command::new("bash").arg(common::root().join("deploy/install.sh")).args(args)
-        .args(["--binary", env!("CARGO_BIN_EXE_fuchun")]).output().unwrap()
+    Command::new("bash")
+        .arg(common::root().join("deploy/install.sh"))
+        .args(args)
+        .args(["--binary", env!("CARGO_BIN_EXE_fuchun")])
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -58,19 +79,33 @@ fn install_script_dry_run_and_fake_root() {
     let o = install(&["--target", "linux", "--root", r, "--dry-run"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(out.contains(&format!("would: install -m 0755 {} {r}/usr/local/bin/fuchun", env!("CARGO_BIN_EXE_fuchun"))), "{out}");
+    assert!(
+        out.contains(&format!("would: install -m 0755 {} {r}/usr/local/bin/fuchun", env!("CARGO_BIN_EXE_fuchun"))),
+        "{out}"
+    );
     assert!(out.contains(&format!("would: write {r}/etc/fuchun/fuchun.toml")), "{out}");
     assert!(!root.exists(), "a dry run created files");
     // the real thing, into the fake root
     let o = install(&["--target", "linux", "--root", r]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    for f in ["usr/local/bin/fuchun", "etc/fuchun/fuchun.toml", "etc/fuchun/fuchun.env", "etc/systemd/system/fuchun.service",
-        "etc/systemd/system/fuchun-view.service", "var/lib/fuchun/models/vgg16-max/manifest.json",
-        "var/lib/fuchun/models/vgg16-max/objective.onnx", "usr/local/share/fuchun/styles/fuchun.jpg",
-        "usr/local/share/doc/fuchun/fuchun.example.toml"] {
+    for f in [
+        "usr/local/bin/fuchun",
+        "etc/fuchun/fuchun.toml",
+        "etc/fuchun/fuchun.env",
+        "etc/systemd/system/fuchun.service",
+        "etc/systemd/system/fuchun-view.service",
+        "var/lib/fuchun/models/vgg16-max/manifest.json",
+        "var/lib/fuchun/models/vgg16-max/objective.onnx",
+        "usr/local/share/fuchun/styles/fuchun.jpg",
+        "usr/local/share/doc/fuchun/fuchun.example.toml",
+    ] {
         assert!(root.join(f).is_file(), "{f} missing");
     }
-    assert!(std::fs::read_dir(root.join("usr/local/lib/fuchun")).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("libonnxruntime.so")));
+    assert!(std::fs::read_dir(root.join("usr/local/lib/fuchun")).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with("libonnxruntime.so")));
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(root.join("etc/fuchun/fuchun.env")).unwrap().permissions().mode() & 0o777, 0o600);
     let config = std::fs::read_to_string(root.join("etc/fuchun/fuchun.toml")).unwrap();
@@ -83,21 +118,36 @@ fn install_script_dry_run_and_fake_root() {
     assert_eq!(std::fs::read_to_string(root.join("etc/fuchun/fuchun.toml")).unwrap(), "# mine\n");
     // the installed binary finds the installed model and library
     let o = Command::new(root.join("usr/local/bin/fuchun"))
-        .args(["doctor", "--no-broker", "--model"]).arg(root.join("var/lib/fuchun/models/vgg16-max"))
-        .arg("--ort-library").arg(std::fs::read_dir(root.join("usr/local/lib/fuchun")).unwrap()
-            .map(|e| e.unwrap().path()).find(|p| p.file_name().unwrap().to_string_lossy().starts_with("libonnxruntime.so.")).unwrap())
-        .output().unwrap();
+        .args(["doctor", "--no-broker", "--model"])
+        .arg(root.join("var/lib/fuchun/models/vgg16-max"))
+        .arg("--ort-library")
+        .arg(
+            std::fs::read_dir(root.join("usr/local/lib/fuchun"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("libonnxruntime.so."))
+                .unwrap(),
+        )
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     // the Jetson target: onnxruntime-gpu is not here, so given explicitly; it warns that only the CPU provider
     // libraries were found and writes a TensorRT-ready configuration
     let jroot = dir.path().join("jetson");
-    let ort = std::fs::read_dir(root.join("usr/local/lib/fuchun")).unwrap().map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("libonnxruntime.so.")).unwrap();
+    let ort = std::fs::read_dir(root.join("usr/local/lib/fuchun"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("libonnxruntime.so."))
+        .unwrap();
     let o = install(&["--target", "jetson", "--root", jroot.to_str().unwrap(), "--ort-library", ort.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("CUDA/TensorRT provider libraries not found"));
     let config = std::fs::read_to_string(jroot.join("etc/fuchun/fuchun.toml")).unwrap();
-    assert!(config.contains("provider = \"auto\"") && config.contains("tensorrt_fp16 = true") && config.contains("/var/cache/fuchun/tensorrt"));
+    assert!(
+        config.contains("provider = \"auto\"")
+            && config.contains("tensorrt_fp16 = true")
+            && config.contains("/var/cache/fuchun/tensorrt")
+    );
     // bad use
     let o = install(&["--target", "windows"]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("unknown target"));
@@ -131,7 +181,10 @@ fn doctor_reports_each_problem() {
     assert!(!ok && out.contains("ONNX Runtime") && out.contains("FAIL") && out.contains("does not exist"), "{out}");
     // model missing
     let (ok, out) = doctor(&["--config", good.to_str().unwrap(), "--model", "/nonexistent/model"]);
-    assert!(!ok && out.lines().any(|l| l.starts_with("model") && l.contains("FAIL") && l.contains("make models")), "{out}");
+    assert!(
+        !ok && out.lines().any(|l| l.starts_with("model") && l.contains("FAIL") && l.contains("make models")),
+        "{out}"
+    );
     // broker down
     let down = dir.path().join("down");
     std::fs::create_dir(&down).unwrap();
@@ -163,8 +216,17 @@ fn solid_jpeg(r: f32, g: f32, b: f32) -> Vec<u8> {
 
 fn screenshot(url: &str, out: &Path, profile: &Path) -> image::RgbImage {
     let o = Command::new("chromium")
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--window-size=320,240"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=320,240",
+        ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(format!("--screenshot={}", out.display()))
         .arg(url)
@@ -186,7 +248,10 @@ fn kiosk_page_shows_each_new_frame() {
     let http = free_port();
     let mut view = Command::new(env!("CARGO_BIN_EXE_fuchun"))
         .args(["view", "--config", cfg.to_str().unwrap(), "--listen", &format!("127.0.0.1:{http}"), "--camera", "door"])
-        .stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let t = Instant::now();
     while TcpStream::connect(("127.0.0.1", http)).is_err() {
         assert!(t.elapsed() < Duration::from_secs(10));

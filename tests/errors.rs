@@ -16,8 +16,19 @@ fn fails(extra: &[&str], content: Option<&Path>, model: Option<&Path>) -> String
     let default_content = common::example("tubingen.jpg");
     let style = common::example("fuchun.jpg");
     let mut args = vec![
-        "stylize", "--model", p(model.unwrap_or(&default_model)), "--content", p(content.unwrap_or(&default_content)),
-        "--style", p(&style), "-o", p(&out), "--image-size", "48", "--iterations", "2",
+        "stylize",
+        "--model",
+        p(model.unwrap_or(&default_model)),
+        "--content",
+        p(content.unwrap_or(&default_content)),
+        "--style",
+        p(&style),
+        "-o",
+        p(&out),
+        "--image-size",
+        "48",
+        "--iterations",
+        "2",
     ];
     args.extend(extra);
     let o = common::fuchun(&args);
@@ -86,9 +97,10 @@ fn ort_library_missing() {
 #[test]
 fn ort_library_not_onnxruntime() {
     // a real shared library that is not ONNX Runtime, and a file that is no library at all
-    let libz = ["/lib/x86_64-linux-gnu/libz.so.1", "/usr/lib/x86_64-linux-gnu/libz.so.1", "/lib/aarch64-linux-gnu/libz.so.1"]
-        .into_iter()
-        .find(|p| Path::new(p).exists());
+    let libz =
+        ["/lib/x86_64-linux-gnu/libz.so.1", "/usr/lib/x86_64-linux-gnu/libz.so.1", "/lib/aarch64-linux-gnu/libz.so.1"]
+            .into_iter()
+            .find(|p| Path::new(p).exists());
     if let Some(lib) = libz {
         let err = fails(&["--ort-library", lib], None, None);
         assert!(err.contains("not a usable ONNX Runtime library"), "{err}");
@@ -156,11 +168,22 @@ fn missing_model_directory() {
 fn bad_output_extension_and_options() {
     let dir = tempfile::tempdir().unwrap();
     let o = common::fuchun(&[
-        "stylize", "--model", p(&common::test_model()), "--content", p(&common::example("tubingen.jpg")),
-        "--style", p(&common::example("fuchun.jpg")), "-o", p(&dir.path().join("out.gif")),
+        "stylize",
+        "--model",
+        p(&common::test_model()),
+        "--content",
+        p(&common::example("tubingen.jpg")),
+        "--style",
+        p(&common::example("fuchun.jpg")),
+        "-o",
+        p(&dir.path().join("out.gif")),
     ]);
     assert!(!o.status.success());
-    assert!(common::stderr(&o).to_lowercase().contains(".gif") || common::stderr(&o).contains("gif"), "{}", common::stderr(&o));
+    assert!(
+        common::stderr(&o).to_lowercase().contains(".gif") || common::stderr(&o).contains("gif"),
+        "{}",
+        common::stderr(&o)
+    );
     let err = fails(&["--image-size", "8"], None, None);
     assert!(err.contains("too small") && err.contains("--image-size"), "{err}");
     let err = fails(&["--scales", "64,32"], None, None);
@@ -175,8 +198,19 @@ fn pooling_selects_the_model_and_must_match_an_explicit_one() {
     let out = dir.path().join("avg.png");
     // no --model: --pooling avg picks models/out/vgg16-avg (exported by `make models`)
     let o = common::fuchun(&[
-        "stylize", "--pooling", "avg", "--content", p(&common::example("tubingen.jpg")), "--style",
-        p(&common::example("fuchun.jpg")), "-o", p(&out), "--image-size", "32", "--iterations", "2",
+        "stylize",
+        "--pooling",
+        "avg",
+        "--content",
+        p(&common::example("tubingen.jpg")),
+        "--style",
+        p(&common::example("fuchun.jpg")),
+        "-o",
+        p(&out),
+        "--image-size",
+        "32",
+        "--iterations",
+        "2",
     ]);
     assert!(o.status.success(), "{}", common::stderr(&o));
     assert!(out.is_file());

@@ -18,9 +18,29 @@ fn end_to_end_with_random_graph_loss_falls_saves_and_traces() {
     let trace = dir.path().join("trace.jsonl");
     let model = common::test_model();
     let o = common::fuchun(&[
-        "stylize", "--model", p(&model), "--content", p(&common::example("tubingen.jpg")),
-        "--style", p(&common::example("fuchun.jpg")), "-o", p(&out), "--image-size", "64", "--scales", "48,64",
-        "--iterations", "12", "--tol", "0", "--save-every", "5", "--trace", p(&trace), "--provider", "cpu",
+        "stylize",
+        "--model",
+        p(&model),
+        "--content",
+        p(&common::example("tubingen.jpg")),
+        "--style",
+        p(&common::example("fuchun.jpg")),
+        "-o",
+        p(&out),
+        "--image-size",
+        "64",
+        "--scales",
+        "48,64",
+        "--iterations",
+        "12",
+        "--tol",
+        "0",
+        "--save-every",
+        "5",
+        "--trace",
+        p(&trace),
+        "--provider",
+        "cpu",
     ]);
     assert!(o.status.success(), "{}", common::stderr(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
@@ -37,12 +57,26 @@ fn end_to_end_with_random_graph_loss_falls_saves_and_traces() {
     let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(lines.len() >= 20, "{} trace lines", lines.len());
     for l in &lines {
-        for key in ["scale", "width", "height", "iteration", "evaluation", "total", "content", "style", "shift", "hist", "tv", "elapsed_ms"] {
+        for key in [
+            "scale",
+            "width",
+            "height",
+            "iteration",
+            "evaluation",
+            "total",
+            "content",
+            "style",
+            "shift",
+            "hist",
+            "tv",
+            "elapsed_ms",
+        ] {
             assert!(l.get(key).is_some(), "trace line lacks {key}: {l}");
         }
     }
     for scale in [0, 1] {
-        let totals: Vec<f64> = lines.iter().filter(|l| l["scale"] == scale).map(|l| l["total"].as_f64().unwrap()).collect();
+        let totals: Vec<f64> =
+            lines.iter().filter(|l| l["scale"] == scale).map(|l| l["total"].as_f64().unwrap()).collect();
         let best = totals.iter().cloned().fold(f64::INFINITY, f64::min);
         assert!(best < 0.9 * totals[0], "scale {scale}: loss did not fall: {totals:?}");
     }
@@ -59,8 +93,25 @@ fn seed_makes_output_bit_identical_and_blend_weights_matter() {
     let run = |name: &str, styles: &str, extra: &[&str]| -> Vec<u8> {
         let out = dir.path().join(name);
         let mut args = vec![
-            "stylize", "--model", p(&model), "--content", p(&content), "--style", styles,
-            "-o", p(&out), "--image-size", "40", "--iterations", "8", "--tol", "0", "--init", "noise", "--provider", "cpu",
+            "stylize",
+            "--model",
+            p(&model),
+            "--content",
+            p(&content),
+            "--style",
+            styles,
+            "-o",
+            p(&out),
+            "--image-size",
+            "40",
+            "--iterations",
+            "8",
+            "--tol",
+            "0",
+            "--init",
+            "noise",
+            "--provider",
+            "cpu",
         ];
         args.extend(extra);
         let o = common::fuchun(&args);
@@ -80,11 +131,24 @@ fn seed_makes_output_bit_identical_and_blend_weights_matter() {
     assert_ne!(a, only_first);
     assert_ne!(a, only_second);
     let bad = common::fuchun(&[
-        "stylize", "--model", p(&model), "--content", p(&common::example("tubingen.jpg")),
-        "--style", p(&common::example("fuchun.jpg")), "-o", p(&dir.path().join("x.png")), "--style-blend-weights", "1,2",
+        "stylize",
+        "--model",
+        p(&model),
+        "--content",
+        p(&common::example("tubingen.jpg")),
+        "--style",
+        p(&common::example("fuchun.jpg")),
+        "-o",
+        p(&dir.path().join("x.png")),
+        "--style-blend-weights",
+        "1,2",
     ]);
     assert!(!bad.status.success());
-    assert!(common::stderr(&bad).contains("--style-blend-weights has 2 values for 1 style images"), "{}", common::stderr(&bad));
+    assert!(
+        common::stderr(&bad).contains("--style-blend-weights has 2 values for 1 style images"),
+        "{}",
+        common::stderr(&bad)
+    );
 }
 
 #[test]
@@ -92,13 +156,27 @@ fn original_colors_keep_the_content_chroma() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("oc.png");
     let o = common::fuchun(&[
-        "stylize", "--model", p(&common::test_model()), "--content", p(&common::example("tubingen.jpg")),
-        "--style", p(&common::example("starry_night.jpg")), "-o", p(&out), "--image-size", "48", "--iterations", "10",
-        "--original-colors", "--provider", "cpu",
+        "stylize",
+        "--model",
+        p(&common::test_model()),
+        "--content",
+        p(&common::example("tubingen.jpg")),
+        "--style",
+        p(&common::example("starry_night.jpg")),
+        "-o",
+        p(&out),
+        "--image-size",
+        "48",
+        "--iterations",
+        "10",
+        "--original-colors",
+        "--provider",
+        "cpu",
     ]);
     assert!(o.status.success(), "{}", common::stderr(&o));
     let res = imageio::load_path(&out, &Limits::default()).unwrap();
-    let content = imageio::load_path(&common::example("tubingen.jpg"), &Limits::default()).unwrap().resize(res.width, res.height);
+    let content =
+        imageio::load_path(&common::example("tubingen.jpg"), &Limits::default()).unwrap().resize(res.width, res.height);
     let n = res.width * res.height;
     let (mut err, mut count) = (0.0f64, 0usize);
     for i in 0..n {
@@ -157,13 +235,24 @@ fn content_only_and_style_only_reconstructions_from_noise() {
     opts.init = Init::Noise;
     let c = stylize(&mut model, &content, std::slice::from_ref(&style), &opts, &mut NoHooks).unwrap();
     let r = &c.scales[0];
-    assert!(r.last.term("content") < 0.2 * r.first.term("content"), "content {} -> {}", r.first.term("content"), r.last.term("content"));
+    assert!(
+        r.last.term("content") < 0.2 * r.first.term("content"),
+        "content {} -> {}",
+        r.first.term("content"),
+        r.last.term("content")
+    );
     opts.weights.terms = [0.0, 1.0, 0.0, 0.0, 0.0];
     let s = stylize(&mut model, &content, std::slice::from_ref(&style), &opts, &mut NoHooks).unwrap();
     let r = &s.scales[0];
-    assert!(r.last.term("style") < 0.2 * r.first.term("style"), "style {} -> {}", r.first.term("style"), r.last.term("style"));
+    assert!(
+        r.last.term("style") < 0.2 * r.first.term("style"),
+        "style {} -> {}",
+        r.first.term("style"),
+        r.last.term("style")
+    );
     // and the content-only image is far from the style-only one
-    let diff: f32 = c.image.data.iter().zip(&s.image.data).map(|(a, b)| (a - b).abs()).sum::<f32>() / c.image.data.len() as f32;
+    let diff: f32 =
+        c.image.data.iter().zip(&s.image.data).map(|(a, b)| (a - b).abs()).sum::<f32>() / c.image.data.len() as f32;
     assert!(diff > 0.05, "{diff}");
 }
 
@@ -175,16 +264,54 @@ fn bench_prints_the_four_figures_and_writes_curves() {
     let curves = dir.path().join("curves");
     let model = common::test_model();
     let o = common::fuchun(&[
-        "bench", "--model", p(&model), "--provider", "cpu", "--content", p(&common::example("tubingen.jpg")),
-        "--style", p(&common::example("fuchun.jpg")), "--sizes", "48,64", "--repeats", "1", "--memory-iterations", "3",
-        "--schedule-size", "64", "--schedule-evaluations", "8", "--warm-size", "64", "--compare-hist-every", "1,3",
-        "--compare-size", "48", "--compare-iterations", "6", "--curves", p(&curves), "--json",
+        "bench",
+        "--model",
+        p(&model),
+        "--provider",
+        "cpu",
+        "--content",
+        p(&common::example("tubingen.jpg")),
+        "--style",
+        p(&common::example("fuchun.jpg")),
+        "--sizes",
+        "48,64",
+        "--repeats",
+        "1",
+        "--memory-iterations",
+        "3",
+        "--schedule-size",
+        "64",
+        "--schedule-evaluations",
+        "8",
+        "--warm-size",
+        "64",
+        "--compare-hist-every",
+        "1,3",
+        "--compare-size",
+        "48",
+        "--compare-iterations",
+        "6",
+        "--curves",
+        p(&curves),
+        "--json",
     ]);
     assert!(o.status.success(), "{}", common::stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    for needle in ["matrix-multiply peak", "64x64", "[1] speed", "target ≥ 85%", "[2] memory", "`fuchun stylize` at 64x64",
-        "target ≤ 1200 MB", "optimiser's own cost", "[3] schedule at 64 px", "target ≥ 3x", "[4] warm start at 64 px",
-        "target ≤ 0.33", "hist_every"] {
+    for needle in [
+        "matrix-multiply peak",
+        "64x64",
+        "[1] speed",
+        "target ≥ 85%",
+        "[2] memory",
+        "`fuchun stylize` at 64x64",
+        "target ≤ 1200 MB",
+        "optimiser's own cost",
+        "[3] schedule at 64 px",
+        "target ≥ 3x",
+        "[4] warm start at 64 px",
+        "target ≤ 0.33",
+        "hist_every",
+    ] {
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }
     let json: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();

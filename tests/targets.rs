@@ -79,7 +79,11 @@ fn histogram_matching_matches_the_exporter_reference() {
     for (sub, feats) in [("style", &sf), ("photo", &pf)] {
         std::fs::create_dir(dir.path().join(sub)).unwrap();
         for (layer, f) in feats.iter() {
-            common::write_npy(&dir.path().join(sub).join(format!("feat_{layer}.npy")), &[1, f.channels, f.height, f.width], &f.data);
+            common::write_npy(
+                &dir.path().join(sub).join(format!("feat_{layer}.npy")),
+                &[1, f.channels, f.height, f.width],
+                &f.data,
+            );
         }
     }
     let m = model.manifest.clone();
@@ -138,7 +142,10 @@ fn blending_averages_grams_and_quantiles() {
             assert!(row.windows(2).all(|w| w[0] <= w[1]));
         }
     }
-    assert!(StyleTargets::blend(&[ta.clone(), tb.clone()], &[1.0]).unwrap_err().to_string().contains("--style-blend-weights"));
+    assert!(StyleTargets::blend(&[ta.clone(), tb.clone()], &[1.0])
+        .unwrap_err()
+        .to_string()
+        .contains("--style-blend-weights"));
     assert!(StyleTargets::blend(&[ta, tb], &[0.0, 0.0]).is_err());
 }
 
@@ -153,7 +160,6 @@ fn resampling_is_exact_at_equal_sizes() {
     // p = (j + 0.5) * 16 / 2 - 0.5 = 3.5 and 11.5
     assert_eq!(two, vec![(9.0 + 16.0) / 2.0, (121.0 + 144.0) / 2.0]);
 }
-
 
 /// The full-resolution histogram layers come from prelude.onnx before each evaluation: the same activations as the
 /// feature extractor's, matched into the objective's inputs.

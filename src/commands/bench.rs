@@ -11,11 +11,11 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use super::common::ModelArgs;
-use crate::imageio::{self, Limits};
 use crate::imageio::fit_size as fit;
-use crate::transfer::targets::{objective_inputs, StyleTargets, Weights};
+use crate::imageio::{self, Limits};
 use crate::transfer::histmatch;
 use crate::transfer::schedule::DEFAULT_HIST_EVERY;
+use crate::transfer::targets::{objective_inputs, StyleTargets, Weights};
 use crate::transfer::{stylize, EvalRecord, Hooks, Init, NoHooks, StylizeOptions};
 
 #[derive(Debug, Clone, Args)]
@@ -100,8 +100,22 @@ pub fn sgemm_peak_gflops() -> f64 {
                     for _ in 0..reps {
                         // SAFETY: a, b, c are n×n row-major buffers.
                         unsafe {
-                            matrixmultiply::sgemm(n, n, n, 1.0, a.as_ptr(), n as isize, 1, b.as_ptr(), n as isize, 1,
-                                0.0, c.as_mut_ptr(), n as isize, 1);
+                            matrixmultiply::sgemm(
+                                n,
+                                n,
+                                n,
+                                1.0,
+                                a.as_ptr(),
+                                n as isize,
+                                1,
+                                b.as_ptr(),
+                                n as isize,
+                                1,
+                                0.0,
+                                c.as_mut_ptr(),
+                                n as isize,
+                                1,
+                            );
                         }
                     }
                     std::hint::black_box(&c);
@@ -139,14 +153,25 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let load_rss = current_rss().unwrap_or(0) as f64 / 1e6;
     let m = model.manifest.clone();
     let weights = Weights::defaults(&m);
-    println!("fuchun bench — model {} ({} {}, {} weights), provider {}, ONNX Runtime {}",
-        m.dir.display(), m.architecture, m.pooling, m.weights.kind, model.provider, crate::engine::runtime::version());
-    println!("FP32 matrix-multiply peak: {peak:.1} GFLOP/s, the best of ONNX Runtime's MatMul (2048³, MLAS, the \
-              model's threads) {ort_peak:.1} and a Rust sgemm (1024³ per core, all cores) {rust_peak:.1}");
+    println!(
+        "fuchun bench — model {} ({} {}, {} weights), provider {}, ONNX Runtime {}",
+        m.dir.display(),
+        m.architecture,
+        m.pooling,
+        m.weights.kind,
+        model.provider,
+        crate::engine::runtime::version()
+    );
+    println!(
+        "FP32 matrix-multiply peak: {peak:.1} GFLOP/s, the best of ONNX Runtime's MatMul (2048³, MLAS, the \
+              model's threads) {ort_peak:.1} and a Rust sgemm (1024³ per core, all cores) {rust_peak:.1}"
+    );
     println!("RSS after loading the model: {load_rss:.0} MB");
     println!("hist_every = {} (histogram targets re-matched every {} evaluation(s))", args.hist_every, args.hist_every);
-    println!("{:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>12}",
-        "size", "pixels", "graph s", "match s", "s/eval", "GFLOP/s", "% peak", "peak RSS MB");
+    println!(
+        "{:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>12}",
+        "size", "pixels", "graph s", "match s", "s/eval", "GFLOP/s", "% peak", "peak RSS MB"
+    );
     let mut rows = Vec::new();
     let mut last_percent = 0.0;
     for &size in &args.sizes {
@@ -176,15 +201,26 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let gflops = m.objective_flops_per_pixel * (w * h) as f64 / s / 1e9;
         let rss = peak_rss().unwrap_or(0) as f64 / 1e6;
         last_percent = 100.0 * gflops / peak;
-        println!("{:>8} {:>8} {:>9.3} {:>9.3} {:>9.3} {:>9.1} {:>7.1}% {:>12.0}",
-            format!("{w}x{h}"), w * h, g, mt, s, gflops, last_percent, rss);
+        println!(
+            "{:>8} {:>8} {:>9.3} {:>9.3} {:>9.3} {:>9.1} {:>7.1}% {:>12.0}",
+            format!("{w}x{h}"),
+            w * h,
+            g,
+            mt,
+            s,
+            gflops,
+            last_percent,
+            rss
+        );
         rows.push(serde_json::json!({"width": w, "height": h, "graph_seconds": g, "match_seconds": mt,
             "seconds_per_eval": s, "gflops": gflops, "percent_of_peak": last_percent, "peak_rss_bytes": peak_rss()}));
     }
     let mut figures = serde_json::Map::new();
     if !args.sizes.is_empty() {
-        println!("[1] speed: {last_percent:.0}% of the sgemm peak at the largest size (target ≥ 85%): {}",
-            verdict(last_percent >= 85.0));
+        println!(
+            "[1] speed: {last_percent:.0}% of the sgemm peak at the largest size (target ≥ 85%): {}",
+            verdict(last_percent >= 85.0)
+        );
         figures.insert("percent_of_peak".into(), last_percent.into());
     }
 
@@ -192,10 +228,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     // so the L-BFGS history is full) in a child process, whose peak RSS is what a user's run needs
     let mem_size = args.sizes.iter().copied().max().unwrap_or(512);
     if args.memory_iterations > 0 {
-        let (w, h) = if args.content_aspect { fit(content.width, content.height, mem_size) } else { (mem_size, mem_size) };
+        let (w, h) =
+            if args.content_aspect { fit(content.width, content.height, mem_size) } else { (mem_size, mem_size) };
         let (rss, secs) = child_stylize_peak_rss(args, &content.resize(w, h), mem_size)?;
-        println!("[2] memory: peak RSS {:.0} MB of `fuchun stylize` at {w}x{h} ({} iterations per scale, {secs:.0} s) \
-                  (target ≤ 1200 MB): {}", rss / 1e6, args.memory_iterations, verdict(rss <= 1200e6));
+        println!(
+            "[2] memory: peak RSS {:.0} MB of `fuchun stylize` at {w}x{h} ({} iterations per scale, {secs:.0} s) \
+                  (target ≤ 1200 MB): {}",
+            rss / 1e6,
+            args.memory_iterations,
+            verdict(rss <= 1200e6)
+        );
         figures.insert("stylize_peak_rss_bytes".into(), (rss as u64).into());
         // the optimiser's own cost per step, in this process, at the same size
         let mut o = StylizeOptions::new(weights.clone());
@@ -208,8 +250,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let sc = &r.scales[0];
         let per_eval = sc.eval_seconds / sc.evaluations.max(1) as f64;
         let opt_per_iter = sc.optimizer_seconds / sc.iterations.max(1) as f64;
-        println!("    optimiser's own cost: {:.1} ms per iteration = {:.2}% of an evaluation ({:.3} s) (target < 2%): {}",
-            opt_per_iter * 1e3, 100.0 * opt_per_iter / per_eval, per_eval, verdict(opt_per_iter < 0.02 * per_eval));
+        println!(
+            "    optimiser's own cost: {:.1} ms per iteration = {:.2}% of an evaluation ({:.3} s) (target < 2%): {}",
+            opt_per_iter * 1e3,
+            100.0 * opt_per_iter / per_eval,
+            per_eval,
+            verdict(opt_per_iter < 0.02 * per_eval)
+        );
         figures.insert("optimizer_percent_of_eval".into(), (100.0 * opt_per_iter / per_eval).into());
     }
 
@@ -240,7 +287,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let b = stylize(&mut model, &content, std::slice::from_ref(&style), &c2f, &mut NoHooks)?;
         let t_c2f = t.elapsed().as_secs_f64();
         let reached = b.final_losses().total <= target;
-        let exact = |o: &crate::transfer::Outcome| o.scales.last().and_then(|s| s.exact).map(|l| l.total).unwrap_or(f64::NAN);
+        let exact =
+            |o: &crate::transfer::Outcome| o.scales.last().and_then(|s| s.exact).map(|l| l.total).unwrap_or(f64::NAN);
         println!(
             "[3] schedule at {} px: classic (single scale, {} L-BFGS iterations) loss {:.4e} (exact {:.4e}) in {:.1} s, \
              {} evaluations; default {:?} {} it: loss {:.4e} (exact {:.4e}) in {:.1} s, {} evaluations: {:.2}x faster \
@@ -249,11 +297,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             c2f.resolved_scales()?, if reached { "reached" } else { "did NOT reach" }, b.final_losses().total,
             exact(&b), t_c2f, b.evaluations(), t_single / t_c2f, verdict(reached && t_single / t_c2f >= 3.0)
         );
-        figures.insert("schedule".into(), serde_json::json!({"size": args.schedule_size,
+        figures.insert(
+            "schedule".into(),
+            serde_json::json!({"size": args.schedule_size,
             "single_iterations": a.scales[0].iterations, "single_seconds": t_single, "single_loss": target,
             "single_exact_loss": exact(&a), "single_evaluations": a.evaluations(), "c2f_seconds": t_c2f,
             "c2f_loss": b.final_losses().total, "c2f_exact_loss": exact(&b), "c2f_evaluations": b.evaluations(),
-            "c2f_reached": reached, "speedup": t_single / t_c2f}));
+            "c2f_reached": reached, "speedup": t_single / t_c2f}),
+        );
     }
 
     // [4] camera frames: a repeated frame warm-started from the previous result, as the daemon does
@@ -268,17 +319,32 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         warm.target_loss = Some(a.final_losses().total);
         let b = stylize(&mut model, &content, std::slice::from_ref(&style), &warm, &mut NoHooks)?;
         let ratio = b.evaluations() as f64 / a.evaluations().max(1) as f64;
-        println!("[4] warm start at {} px: cold frame {} evaluations, repeated frame {} evaluations = {:.2} of cold \
-                  (target ≤ 0.33): {}", args.warm_size, a.evaluations(), b.evaluations(), ratio, verdict(ratio <= 1.0 / 3.0));
-        figures.insert("warm".into(), serde_json::json!({"size": args.warm_size, "cold_evaluations": a.evaluations(),
-            "warm_evaluations": b.evaluations(), "ratio": ratio}));
+        println!(
+            "[4] warm start at {} px: cold frame {} evaluations, repeated frame {} evaluations = {:.2} of cold \
+                  (target ≤ 0.33): {}",
+            args.warm_size,
+            a.evaluations(),
+            b.evaluations(),
+            ratio,
+            verdict(ratio <= 1.0 / 3.0)
+        );
+        figures.insert(
+            "warm".into(),
+            serde_json::json!({"size": args.warm_size, "cold_evaluations": a.evaluations(),
+            "warm_evaluations": b.evaluations(), "ratio": ratio}),
+        );
     }
 
     // optional: how often the histogram targets need re-matching (quality = exact final loss)
     if !args.compare_hist_every.is_empty() {
-        println!("histogram re-matching interval at {} px, single scale, {} iterations, no early stop:",
-            args.compare_size, args.compare_iterations);
-        println!("{:>10} {:>8} {:>12} {:>12} {:>12} {:>10}", "hist_every", "evals", "seconds", "s/eval", "loss", "exact loss");
+        println!(
+            "histogram re-matching interval at {} px, single scale, {} iterations, no early stop:",
+            args.compare_size, args.compare_iterations
+        );
+        println!(
+            "{:>10} {:>8} {:>12} {:>12} {:>12} {:>10}",
+            "hist_every", "evals", "seconds", "s/eval", "loss", "exact loss"
+        );
         let mut cmp = Vec::new();
         for &k in &args.compare_hist_every {
             let mut o = StylizeOptions::new(weights.clone());
@@ -294,8 +360,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             let secs = t.elapsed().as_secs_f64();
             let sc = &r.scales[0];
             let exact = sc.exact.map(|l| l.total).unwrap_or(f64::NAN);
-            println!("{:>10} {:>8} {:>12.1} {:>12.3} {:>12.4e} {:>10.4e}", k, sc.evaluations, secs,
-                sc.eval_seconds / sc.evaluations.max(1) as f64, sc.last.total, exact);
+            println!(
+                "{:>10} {:>8} {:>12.1} {:>12.3} {:>12.4e} {:>10.4e}",
+                k,
+                sc.evaluations,
+                secs,
+                sc.eval_seconds / sc.evaluations.max(1) as f64,
+                sc.last.total,
+                exact
+            );
             if let Some(dir) = &args.curves {
                 std::fs::create_dir_all(dir)?;
                 let path = dir.join(format!("hist_every_{k}.csv"));
@@ -312,9 +385,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     println!("peak RSS: {:.0} MB", peak_rss().unwrap_or(0) as f64 / 1e6);
     if args.json {
-        println!("{}", serde_json::json!({"sgemm_peak_gflops": peak, "onnxruntime_matmul_gflops": ort_peak,
+        println!(
+            "{}",
+            serde_json::json!({"sgemm_peak_gflops": peak, "onnxruntime_matmul_gflops": ort_peak,
             "rust_sgemm_gflops": rust_peak, "evaluations": rows, "figures": figures,
-            "peak_rss_bytes": peak_rss(), "provider": model.provider.to_string(), "hist_every": args.hist_every}));
+            "peak_rss_bytes": peak_rss(), "provider": model.provider.to_string(), "hist_every": args.hist_every})
+        );
     }
     Ok(())
 }
@@ -327,12 +403,20 @@ fn child_stylize_peak_rss(args: &BenchArgs, content: &crate::imageio::Planar, si
     std::fs::write(&input, imageio::encode(content, imageio::OutputFormat::Png)?)?;
     let exe = std::env::current_exe().context("locating the fuchun binary")?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg("stylize").arg("--model").arg(args.model.model_dir()?).arg("--content").arg(&input)
-        .arg("--style").arg(&args.style).arg("-o").arg(dir.join("out.png"))
+    cmd.arg("stylize")
+        .arg("--model")
+        .arg(args.model.model_dir()?)
+        .arg("--content")
+        .arg(&input)
+        .arg("--style")
+        .arg(&args.style)
+        .arg("-o")
+        .arg(dir.join("out.png"))
         .args(["--image-size", &size.to_string(), "--iterations", &args.memory_iterations.to_string(), "--tol", "0"])
         .args(["--hist-every", &args.hist_every.to_string(), "--provider", &args.model.provider.to_string()])
         .args(["--threads", &args.model.threads.to_string()])
-        .stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
     if let Some(l) = &args.model.ort_library {
         cmd.arg("--ort-library").arg(l);
     }

@@ -44,7 +44,11 @@ struct Check {
 fn check(name: &str, r: Result<String>, required: bool) -> Check {
     match r {
         Ok(d) => Check { name: name.into(), status: Status::Ok, detail: d },
-        Err(e) => Check { name: name.into(), status: if required { Status::Fail } else { Status::Warn }, detail: format!("{e:#}") },
+        Err(e) => Check {
+            name: name.into(),
+            status: if required { Status::Fail } else { Status::Warn },
+            detail: format!("{e:#}"),
+        },
     }
 }
 
@@ -78,9 +82,14 @@ fn broker(cfg: &Config) -> Result<String> {
         match tokio::time::timeout(Duration::from_secs(5), run).await {
             Ok(Ok(())) => {
                 let _ = client.disconnect().await;
-                Ok(format!("{}:{} connect, subscribe, publish, receive: ok ({:?})", cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.protocol))
+                Ok(format!(
+                    "{}:{} connect, subscribe, publish, receive: ok ({:?})",
+                    cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.protocol
+                ))
             }
-            Ok(Err(e)) => Err(anyhow!("{}:{}: {e}: is the broker running and reachable?", cfg.mqtt.host, cfg.mqtt.port)),
+            Ok(Err(e)) => {
+                Err(anyhow!("{}:{}: {e}: is the broker running and reachable?", cfg.mqtt.host, cfg.mqtt.port))
+            }
             Err(_) => Err(anyhow!("{}:{}: no round trip within 5 s", cfg.mqtt.host, cfg.mqtt.port)),
         }
     })
@@ -114,8 +123,11 @@ pub fn run(args: &DoctorArgs) -> Result<()> {
     if ort_ok {
         let avail = runtime::available_providers();
         checks.push(check("provider CPU", Ok("available".into()), true));
-        for (name, ep, feature) in [("CUDA", "CUDAExecutionProvider", "cuda"), ("TensorRT", "TensorrtExecutionProvider", "tensorrt")] {
-            let built = (feature == "cuda" && cfg!(feature = "cuda")) || (feature == "tensorrt" && cfg!(feature = "tensorrt"));
+        for (name, ep, feature) in
+            [("CUDA", "CUDAExecutionProvider", "cuda"), ("TensorRT", "TensorrtExecutionProvider", "tensorrt")]
+        {
+            let built =
+                (feature == "cuda" && cfg!(feature = "cuda")) || (feature == "tensorrt" && cfg!(feature = "tensorrt"));
             let r = if !built {
                 Err(anyhow!("not built in (cargo build --release --features {feature})"))
             } else if avail.iter().any(|a| a == ep) {
@@ -139,7 +151,11 @@ pub fn run(args: &DoctorArgs) -> Result<()> {
             match manifest {
                 Ok(m) => {
                     let r = if ort_ok {
-                        let opts = RuntimeOptions { library: lib.as_ref().ok().cloned(), provider: Provider::Cpu, ..Default::default() };
+                        let opts = RuntimeOptions {
+                            library: lib.as_ref().ok().cloned(),
+                            provider: Provider::Cpu,
+                            ..Default::default()
+                        };
                         Model::load(&dir, &opts).map(|model| {
                             format!(
                                 "{} ({} {}, {} weights, graphs match the manifest, min size {})",
@@ -176,8 +192,13 @@ pub fn run(args: &DoctorArgs) -> Result<()> {
         checks.push(check("state directory", writable(Path::new(&state)), true));
     }
     for (name, s) in &c.styles {
-        let missing: Vec<String> = s.images.iter().map(|p| c.resolve(p)).filter(|p| !p.is_file()).map(|p| p.display().to_string()).collect();
-        let r = if missing.is_empty() { Ok(format!("{} image(s)", s.images.len())) } else { Err(anyhow!("missing {}", missing.join(", "))) };
+        let missing: Vec<String> =
+            s.images.iter().map(|p| c.resolve(p)).filter(|p| !p.is_file()).map(|p| p.display().to_string()).collect();
+        let r = if missing.is_empty() {
+            Ok(format!("{} image(s)", s.images.len()))
+        } else {
+            Err(anyhow!("missing {}", missing.join(", ")))
+        };
         checks.push(check(&format!("style {name}"), r, true));
     }
     let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(10);

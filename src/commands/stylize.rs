@@ -130,9 +130,7 @@ impl TransferArgs {
         o.init = match self.init.as_str() {
             "content" => Init::Content,
             "noise" | "random" => Init::Noise,
-            path => Init::Image(
-                imageio::load_path(Path::new(path), limits).with_context(|| format!("--init {path}"))?,
-            ),
+            path => Init::Image(imageio::load_path(Path::new(path), limits).with_context(|| format!("--init {path}"))?),
         };
         o.optimizer = match self.optimizer.as_str() {
             "adam" => Optimizer::Adam { learning_rate: self.learning_rate },
@@ -205,7 +203,8 @@ pub fn run(args: &StylizeArgs) -> Result<()> {
     let t0 = Instant::now();
     imageio::OutputFormat::from_path(&args.output)?;
     let limits = Limits::default();
-    let content = imageio::load_path(&args.content, &limits).with_context(|| format!("content image {}", args.content.display()))?;
+    let content = imageio::load_path(&args.content, &limits)
+        .with_context(|| format!("content image {}", args.content.display()))?;
     let mut styles = Vec::new();
     for s in &args.style {
         styles.push(imageio::load_path(s, &limits).with_context(|| format!("style image {}", s.display()))?);
@@ -231,8 +230,14 @@ pub fn run(args: &StylizeArgs) -> Result<()> {
     if let Some(parent) = args.output.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
-    let mut hooks =
-        CliHooks { bar, trace, trace_error: None, save_every: args.save_every, output: args.output.clone(), saved: Vec::new() };
+    let mut hooks = CliHooks {
+        bar,
+        trace,
+        trace_error: None,
+        save_every: args.save_every,
+        output: args.output.clone(),
+        saved: Vec::new(),
+    };
     let outcome = stylize(&mut model, &content, &styles, &opts, &mut hooks)?;
     if let Some(b) = &hooks.bar {
         b.finish_and_clear();

@@ -103,7 +103,14 @@ pub struct ModelConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { dir: None, ort_library: None, provider: "auto".into(), threads: 0, tensorrt_fp16: false, tensorrt_cache: None }
+        ModelConfig {
+            dir: None,
+            ort_library: None,
+            provider: "auto".into(),
+            threads: 0,
+            tensorrt_fp16: false,
+            tensorrt_cache: None,
+        }
     }
 }
 
@@ -255,10 +262,13 @@ pub fn valid_name(s: &str) -> bool {
 impl Config {
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).with_context(|| {
-            format!("cannot read the configuration {}: pass --config PATH (see deploy/fuchun.example.toml)", path.display())
+            format!(
+                "cannot read the configuration {}: pass --config PATH (see deploy/fuchun.example.toml)",
+                path.display()
+            )
         })?;
-        let mut c: Config = toml::from_str(&text)
-            .with_context(|| format!("{} is not a valid fuchun configuration", path.display()))?;
+        let mut c: Config =
+            toml::from_str(&text).with_context(|| format!("{} is not a valid fuchun configuration", path.display()))?;
         c.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         c.apply_env();
         c.validate().with_context(|| format!("invalid configuration {}", path.display()))?;
@@ -317,7 +327,10 @@ impl Config {
         }
         let default = self.default_style_name();
         if !self.styles.contains_key(&default) {
-            bail!("daemon.default_style {default:?} is not one of the styles {:?}", self.styles.keys().collect::<Vec<_>>());
+            bail!(
+                "daemon.default_style {default:?} is not one of the styles {:?}",
+                self.styles.keys().collect::<Vec<_>>()
+            );
         }
         for (cam, c) in &self.cameras {
             if !valid_name(cam) {
@@ -344,7 +357,11 @@ impl Config {
     }
 
     pub fn resolve(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
     }
 
     pub fn default_style_name(&self) -> String {

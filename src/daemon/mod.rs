@@ -61,17 +61,25 @@ fn discovery(cfg: &Config, topics: &Topics, camera: &str) -> Vec<Outgoing> {
         "model": "neural style transfer", "sw_version": env!("CARGO_PKG_VERSION")});
     let avail = serde_json::json!([{"topic": topics.available(), "payload_available": "online", "payload_not_available": "offline"}]);
     vec![
-        Outgoing::json(format!("{p}/image/{id}/config"), &serde_json::json!({
-            "name": format!("{camera} stylized"), "unique_id": format!("{id}_stylized"),
-            "image_topic": topics.stylized(camera), "content_type": "image/jpeg",
-            "availability": avail, "device": device,
-        })).retained(true),
-        Outgoing::json(format!("{p}/sensor/{id}_duration/config"), &serde_json::json!({
-            "name": format!("{camera} stylize duration"), "unique_id": format!("{id}_duration"),
-            "state_topic": topics.meta(camera), "value_template": "{{ value_json.durations_ms.total | round(0) }}",
-            "unit_of_measurement": "ms", "device_class": "duration", "state_class": "measurement",
-            "availability": avail, "device": device,
-        })).retained(true),
+        Outgoing::json(
+            format!("{p}/image/{id}/config"),
+            &serde_json::json!({
+                "name": format!("{camera} stylized"), "unique_id": format!("{id}_stylized"),
+                "image_topic": topics.stylized(camera), "content_type": "image/jpeg",
+                "availability": avail, "device": device,
+            }),
+        )
+        .retained(true),
+        Outgoing::json(
+            format!("{p}/sensor/{id}_duration/config"),
+            &serde_json::json!({
+                "name": format!("{camera} stylize duration"), "unique_id": format!("{id}_duration"),
+                "state_topic": topics.meta(camera), "value_template": "{{ value_json.durations_ms.total | round(0) }}",
+                "unit_of_measurement": "ms", "device_class": "duration", "state_class": "measurement",
+                "availability": avail, "device": device,
+            }),
+        )
+        .retained(true),
     ]
 }
 
@@ -129,7 +137,13 @@ impl Router {
             if m.retain {
                 return out; // a retained frame being cleared: nothing to do
             }
-            out.extend(shared.error_message(&camera, "empty_payload", "the frame is empty: send JPEG or PNG bytes", Some(seq), m.reply.as_ref()));
+            out.extend(shared.error_message(
+                &camera,
+                "empty_payload",
+                "the frame is empty: send JPEG or PNG bytes",
+                Some(seq),
+                m.reply.as_ref(),
+            ));
             return out;
         }
         let settings = shared.config.camera(&camera);
@@ -148,7 +162,8 @@ impl Router {
             }
         }
         self.last_accepted.insert(camera.clone(), now);
-        let frame = Frame { camera: camera.clone(), seq, payload: m.payload, topic: m.topic, received: now, reply: m.reply };
+        let frame =
+            Frame { camera: camera.clone(), seq, payload: m.payload, topic: m.topic, received: now, reply: m.reply };
         match shared.queue.push(frame) {
             Ok(Some(old)) => {
                 Stats::inc(&shared.stats.dropped);
@@ -159,7 +174,13 @@ impl Router {
                 }
             }
             Ok(None) => {}
-            Err(f) => out.extend(shared.error_message(&camera, "shutting_down", "the daemon is stopping", Some(f.seq), f.reply.as_ref())),
+            Err(f) => out.extend(shared.error_message(
+                &camera,
+                "shutting_down",
+                "the daemon is stopping",
+                Some(f.seq),
+                f.reply.as_ref(),
+            )),
         }
         out
     }
@@ -184,7 +205,8 @@ impl Router {
         };
         if !shared.config.styles.contains_key(&name) {
             let known: Vec<&String> = shared.config.styles.keys().collect();
-            let msg = format!("unknown style {name:?}: known styles are {known:?}; keeping {:?}", shared.style_of(camera));
+            let msg =
+                format!("unknown style {name:?}: known styles are {known:?}; keeping {:?}", shared.style_of(camera));
             return shared.error_message(camera, "unknown_style", &msg, None, None);
         }
         shared.camera_styles.lock().unwrap().insert(camera.to_string(), name.clone());
@@ -214,8 +236,13 @@ async fn serve(cfg: Config) -> Result<()> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut handles = Vec::new();
     for i in 0..cfg.daemon.workers {
-        let (s, setup, r) = (shared.clone(), WorkerSetup { model_dir: model_dir.clone(), runtime: runtime.clone() }, ready_tx.clone());
-        handles.push(std::thread::Builder::new().name(format!("fuchun-worker-{i}")).spawn(move || worker::run(i, s, setup, r))?);
+        let (s, setup, r) =
+            (shared.clone(), WorkerSetup { model_dir: model_dir.clone(), runtime: runtime.clone() }, ready_tx.clone());
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("fuchun-worker-{i}"))
+                .spawn(move || worker::run(i, s, setup, r))?,
+        );
     }
     drop(ready_tx);
     let readiness = tokio::task::spawn_blocking(move || ready_rx.iter().collect::<Vec<_>>()).await?;
@@ -294,7 +321,8 @@ async fn serve(cfg: Config) -> Result<()> {
     };
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut router = Router { shared: shared.clone(), seq: 0, last_accepted: HashMap::new(), announced: HashSet::new() };
+    let mut router =
+        Router { shared: shared.clone(), seq: 0, last_accepted: HashMap::new(), announced: HashSet::new() };
     let mut ready_sent = false;
     let mut backoff = Duration::from_millis(cfg.mqtt.reconnect_min_ms.max(10));
     let subscriptions: Vec<String> = topics
@@ -354,7 +382,13 @@ async fn serve(cfg: Config) -> Result<()> {
     tracing::info!("stopping");
     notify(&[sd_notify::NotifyState::Stopping]);
     for f in shared.queue.close() {
-        for m in shared.error_message(&f.camera, "shutting_down", "the daemon is stopping; the frame was not processed", Some(f.seq), f.reply.as_ref()) {
+        for m in shared.error_message(
+            &f.camera,
+            "shutting_down",
+            "the daemon is stopping; the frame was not processed",
+            Some(f.seq),
+            f.reply.as_ref(),
+        ) {
             let _ = out_tx.send(Command::Publish(m)).await;
         }
     }

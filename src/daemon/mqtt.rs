@@ -147,7 +147,9 @@ impl EventLoop {
                 Ok(rumqttc::v5::Event::Incoming(p5::Packet::Publish(p))) => {
                     let topic = String::from_utf8_lossy(&p.topic).into_owned();
                     let reply = p.properties.as_ref().and_then(|pr| {
-                        pr.response_topic.as_ref().map(|t| Reply { topic: t.clone(), correlation: pr.correlation_data.clone() })
+                        pr.response_topic
+                            .as_ref()
+                            .map(|t| Reply { topic: t.clone(), correlation: pr.correlation_data.clone() })
                     });
                     Ok(Event::Message(Incoming { topic, payload: p.payload, retain: p.retain, reply }))
                 }

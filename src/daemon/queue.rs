@@ -116,7 +116,14 @@ mod tests {
     use super::*;
 
     fn frame(cam: &str, seq: u64) -> Frame {
-        Frame { camera: cam.into(), seq, payload: Bytes::from(vec![0u8; 10]), topic: String::new(), received: Instant::now(), reply: None }
+        Frame {
+            camera: cam.into(),
+            seq,
+            payload: Bytes::from(vec![0u8; 10]),
+            topic: String::new(),
+            received: Instant::now(),
+            reply: None,
+        }
     }
 
     #[test]

@@ -33,7 +33,10 @@ impl Style {
             let path = cfg.resolve(p);
             let bytes = std::fs::read(&path).with_context(|| format!("style {name}: reading {}", path.display()))?;
             h.update(&bytes);
-            images.push(imageio::decode(&bytes, &Limits::default()).with_context(|| format!("style {name}: {}", path.display()))?);
+            images.push(
+                imageio::decode(&bytes, &Limits::default())
+                    .with_context(|| format!("style {name}: {}", path.display()))?,
+            );
         }
         for w in &sc.blend_weights {
             h.update(w.to_le_bytes());
@@ -57,7 +60,9 @@ impl Style {
     pub fn options(&self, manifest: &Manifest, size: usize) -> Result<StylizeOptions> {
         let s = &self.config;
         let mut w = Weights::defaults(manifest);
-        for (i, v) in [s.content_weight, s.style_weight, s.shift_weight, s.hist_weight, s.tv_weight].into_iter().enumerate() {
+        for (i, v) in
+            [s.content_weight, s.style_weight, s.shift_weight, s.hist_weight, s.tv_weight].into_iter().enumerate()
+        {
             if let Some(v) = v {
                 if !(v.is_finite() && v >= 0.0) {
                     bail!("style {}: {}_weight must be a non-negative number", self.name, TERMS[i]);
@@ -103,8 +108,12 @@ impl StyleSource for Style {
                 Err(e) => tracing::warn!(path = %p.display(), error = %e, "ignoring an unreadable style cache file"),
             }
         }
-        let t = StyleImages { images: &self.images, blend: self.config.blend_weights.clone(), style_scale: self.config.style_scale }
-            .targets(model, longest)?;
+        let t = StyleImages {
+            images: &self.images,
+            blend: self.config.blend_weights.clone(),
+            style_scale: self.config.style_scale,
+        }
+        .targets(model, longest)?;
         self.last_source = "computed";
         if let Some(p) = &path {
             if let Err(e) = write_targets(p, &t) {
@@ -174,8 +183,11 @@ fn read_targets(path: &Path) -> Result<StyleTargets> {
         let len = u32::from_le_bytes(len.try_into()?) as usize;
         let name = String::from_utf8(take(len)?.unwrap_or_default().to_vec())?;
         let n = u64::from_le_bytes(take(8)?.unwrap_or_default().try_into()?) as usize;
-        let v: Vec<f32> =
-            take(n * 4)?.unwrap_or_default().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let v: Vec<f32> = take(n * 4)?
+            .unwrap_or_default()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         match name.split_once('/') {
             Some(("gram", l)) => {
                 t.grams.insert(l.to_string(), v);

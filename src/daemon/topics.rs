@@ -5,11 +5,19 @@ use super::config::{valid_name, InputMapping};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
-    Frame { camera: String },
-    StyleSet { camera: String },
-    StyleState { camera: String },
+    Frame {
+        camera: String,
+    },
+    StyleSet {
+        camera: String,
+    },
+    StyleState {
+        camera: String,
+    },
     /// A topic we subscribe to that carries nothing usable (e.g. an invalid camera name).
-    Invalid { reason: String },
+    Invalid {
+        reason: String,
+    },
     Ignore,
 }
 
@@ -72,7 +80,11 @@ impl Topics {
         if let Some(rest) = topic.strip_prefix(&self.prefix).and_then(|r| r.strip_prefix('/')) {
             let parts: Vec<&str> = rest.split('/').collect();
             let named = |cam: &str, ok: Route| {
-                if valid_name(cam) { ok } else { Route::Invalid { reason: format!("camera name {cam:?} must be 1-64 letters, digits, '_' or '-'") } }
+                if valid_name(cam) {
+                    ok
+                } else {
+                    Route::Invalid { reason: format!("camera name {cam:?} must be 1-64 letters, digits, '_' or '-'") }
+                }
             };
             match parts.as_slice() {
                 [cam, "frame"] => return named(cam, Route::Frame { camera: cam.to_string() }),
@@ -123,7 +135,9 @@ mod tests {
         assert_eq!(t.route("home/fuchun/front/stylized"), Route::Ignore);
         assert_eq!(t.route("home/fuchun/stats"), Route::Ignore);
         assert!(matches!(t.route("home/fuchun/bad name!/frame"), Route::Invalid { .. }));
-        assert!(matches("a/#", "a/b/c") && matches("a/+/c", "a/b/c") && !matches("a/+", "a/b/c") && !matches("a/b", "a"));
+        assert!(
+            matches("a/#", "a/b/c") && matches("a/+/c", "a/b/c") && !matches("a/+", "a/b/c") && !matches("a/b", "a")
+        );
         assert_eq!(t.subscriptions().len(), 5);
     }
 }

@@ -60,7 +60,8 @@ async fn serve(cfg: Config, listen: SocketAddr, camera: Option<String>) -> Resul
     let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(%listen, "kiosk view listening");
     let id = format!("{}-view-{}", cfg.mqtt.client_id, std::process::id());
-    let (client, mut events) = mqtt::connect(&cfg.mqtt, &id, &format!("{}/view/{}/will", cfg.mqtt.prefix, std::process::id()), 64 << 20)?;
+    let (client, mut events) =
+        mqtt::connect(&cfg.mqtt, &id, &format!("{}/view/{}/will", cfg.mqtt.prefix, std::process::id()), 64 << 20)?;
     let filter = format!("{}/+/stylized", cfg.mqtt.prefix);
     let prefix = cfg.mqtt.prefix.clone();
     let st = state.clone();
@@ -72,7 +73,11 @@ async fn serve(cfg: Config, listen: SocketAddr, camera: Option<String>) -> Resul
                     let _ = client.subscribe(&filter, 0).await;
                 }
                 Ok(Event::Message(m)) => {
-                    let cam = m.topic.strip_prefix(&prefix).and_then(|r| r.strip_prefix('/')).and_then(|r| r.strip_suffix("/stylized"));
+                    let cam = m
+                        .topic
+                        .strip_prefix(&prefix)
+                        .and_then(|r| r.strip_prefix('/'))
+                        .and_then(|r| r.strip_suffix("/stylized"));
                     if let Some(cam) = cam.filter(|c| valid_name(c)) {
                         if m.payload.is_empty() {
                             continue;
@@ -183,7 +188,9 @@ async fn handle(mut sock: TcpStream, st: Arc<State>) -> Result<()> {
         let frame = st.latest.lock().unwrap().frames.get(cam).map(|f| f.1.clone());
         return match frame {
             Some(b) => respond(&mut sock, "200 OK", "image/jpeg", &b).await,
-            None => respond(&mut sock, "404 Not Found", "text/plain", format!("no result for {cam} yet\n").as_bytes()).await,
+            None => {
+                respond(&mut sock, "404 Not Found", "text/plain", format!("no result for {cam} yet\n").as_bytes()).await
+            }
         };
     }
     if let Some(cam) = path.strip_prefix("/events/").filter(|c| valid_name(c)) {

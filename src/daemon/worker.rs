@@ -19,8 +19,8 @@ use super::stats::Stats;
 use super::styles::Style;
 use super::topics::Topics;
 use crate::engine::{Model, RuntimeOptions, TERMS};
-use crate::imageio::{self, Limits, OutputFormat, Planar};
 use crate::imageio::fit_size as fit;
+use crate::imageio::{self, Limits, OutputFormat, Planar};
 use crate::transfer::schedule::Cancelled;
 use crate::transfer::{stylize_with, EvalRecord, Hooks, Init};
 
@@ -100,7 +100,14 @@ impl Shared {
     }
 
     /// An error for a camera (and for the requester, if the frame asked for a reply).
-    pub fn error_message(&self, camera: &str, code: &str, message: &str, seq: Option<u64>, reply: Option<&Reply>) -> Vec<Outgoing> {
+    pub fn error_message(
+        &self,
+        camera: &str,
+        code: &str,
+        message: &str,
+        seq: Option<u64>,
+        reply: Option<&Reply>,
+    ) -> Vec<Outgoing> {
         Stats::inc(&self.stats.errors);
         let body = serde_json::json!({"camera": camera, "code": code, "message": message, "seq": seq});
         let mut v = vec![Outgoing::json(self.topics.error(camera), &body)];
@@ -138,7 +145,12 @@ pub struct WorkerSetup {
 }
 
 /// The worker thread: load the model, report readiness, then process frames until the queue closes.
-pub fn run(worker: usize, shared: Arc<Shared>, setup: WorkerSetup, ready: std::sync::mpsc::Sender<Result<String, String>>) {
+pub fn run(
+    worker: usize,
+    shared: Arc<Shared>,
+    setup: WorkerSetup,
+    ready: std::sync::mpsc::Sender<Result<String, String>>,
+) {
     let model = Model::load(&setup.model_dir, &setup.runtime);
     let mut model = match model {
         Ok(m) => {
@@ -185,7 +197,13 @@ pub fn run(worker: usize, shared: Arc<Shared>, setup: WorkerSetup, ready: std::s
     }
 }
 
-fn process(worker: usize, shared: &Shared, model: &mut Model, styles: &mut HashMap<String, Style>, frame: &Frame) -> Result<Vec<Outgoing>> {
+fn process(
+    worker: usize,
+    shared: &Shared,
+    model: &mut Model,
+    styles: &mut HashMap<String, Style>,
+    frame: &Frame,
+) -> Result<Vec<Outgoing>> {
     let t0 = Instant::now();
     let queued_ms = frame.received.elapsed().as_secs_f64() * 1e3;
     let cfg = &shared.config;
@@ -222,7 +240,8 @@ fn process(worker: usize, shared: &Shared, model: &mut Model, styles: &mut HashM
         let warm = shared.warm.lock().unwrap();
         if let Some(prev) = warm.get(cam) {
             let diff = prev.thumb.iter().zip(&thumb).map(|(a, b)| (a - b).abs()).sum::<f32>() / thumb.len() as f32;
-            if prev.style == style_name && prev.width == w && prev.height == h && diff < cfg.daemon.warm_start_threshold {
+            if prev.style == style_name && prev.width == w && prev.height == h && diff < cfg.daemon.warm_start_threshold
+            {
                 warm_start = true;
                 opts.init = Init::Image(prev.result.clone());
                 opts.scales = vec![size];

@@ -149,9 +149,9 @@ impl Model {
             let (builder, p) = runtime::session_builder(env, opts, usage)?;
             provider = p;
             let mut builder = builder;
-            let session = builder
-                .commit_from_file(&path)
-                .map_err(|e| anyhow!("ONNX Runtime cannot load {}: {e}; re-export with `make models`", path.display()))?;
+            let session = builder.commit_from_file(&path).map_err(|e| {
+                anyhow!("ONNX Runtime cannot load {}: {e}; re-export with `make models`", path.display())
+            })?;
             check_signature(&session, g, &path)?;
             Ok(session)
         };
@@ -181,7 +181,8 @@ impl Model {
     /// Activations of every layer the terms use (keyed by layer name) for an RGB [0,1] planar image.
     pub fn features(&mut self, image: &[f32], height: usize, width: usize) -> Result<BTreeMap<String, FeatureMap>> {
         self.check_size(height, width)?;
-        let x = TensorRef::from_array_view(([1usize, 3, height, width], image)).map_err(|e| anyhow!("input tensor: {e}"))?;
+        let x = TensorRef::from_array_view(([1usize, 3, height, width], image))
+            .map_err(|e| anyhow!("input tensor: {e}"))?;
         let outputs = self.features.run(ort::inputs!["x" => x]).map_err(|e| anyhow!("running features.onnx: {e}"))?;
         let mut out = BTreeMap::new();
         for name in &self.feature_outputs {
@@ -218,7 +219,8 @@ impl Model {
         match_in_place: &mut dyn FnMut(&str, [usize; 3], &mut [f32]) -> Result<()>,
     ) -> Result<()> {
         let Some(session) = self.prelude.as_mut() else { return Ok(()) };
-        let xt = TensorRef::from_array_view(([1usize, 3, height, width], x)).map_err(|e| anyhow!("input tensor: {e}"))?;
+        let xt =
+            TensorRef::from_array_view(([1usize, 3, height, width], x)).map_err(|e| anyhow!("input tensor: {e}"))?;
         let mut selector = OutputSelector::default();
         for layer in &self.manifest.hist_exact_layers {
             let channels = self.manifest.layer(layer).map(|l| l.channels).unwrap_or(0);
@@ -232,12 +234,15 @@ impl Model {
             selector = selector.preallocate(format!("feat_{layer}"), value);
         }
         let options = RunOptions::new().map_err(|e| anyhow!("{e}"))?.with_outputs(selector);
-        let mut outputs =
-            session.run_with_options(ort::inputs!["x" => xt], &options).map_err(|e| anyhow!("running prelude.onnx: {e}"))?;
+        let mut outputs = session
+            .run_with_options(ort::inputs!["x" => xt], &options)
+            .map_err(|e| anyhow!("running prelude.onnx: {e}"))?;
         for layer in &self.manifest.hist_exact_layers {
             let name = format!("feat_{layer}");
-            let mut value = outputs.remove(name.as_str()).ok_or_else(|| anyhow!("prelude.onnx has no output {name}"))?;
-            let (shape, d) = value.try_extract_tensor_mut::<f32>().map_err(|e| anyhow!("prelude output {name}: {e}"))?;
+            let mut value =
+                outputs.remove(name.as_str()).ok_or_else(|| anyhow!("prelude.onnx has no output {name}"))?;
+            let (shape, d) =
+                value.try_extract_tensor_mut::<f32>().map_err(|e| anyhow!("prelude output {name}: {e}"))?;
             if shape.len() != 4 {
                 bail!("prelude.onnx output {name} has rank {}, expected 4", shape.len());
             }
@@ -263,7 +268,8 @@ impl Model {
         if x.len() != 3 * height * width || grad.len() != x.len() {
             bail!("image buffer of {} values does not match {width}x{height}", x.len());
         }
-        let xt = TensorRef::from_array_view(([1usize, 3, height, width], x)).map_err(|e| anyhow!("input tensor: {e}"))?;
+        let xt =
+            TensorRef::from_array_view(([1usize, 3, height, width], x)).map_err(|e| anyhow!("input tensor: {e}"))?;
         let mut feed: Vec<(std::borrow::Cow<'_, str>, ort::session::SessionInputValue<'_>)> =
             Vec::with_capacity(inputs.values.len() + 1);
         feed.push(("x".into(), xt.into()));
@@ -303,12 +309,12 @@ impl Model {
 /// vice versa.
 fn check_signature(session: &Session, g: &GraphInfo, path: &Path) -> Result<()> {
     let fix = "the manifest and the graph come from different exports: re-export with `make models`";
-    for (kind, actual, declared) in [("input", session.inputs(), &g.inputs), ("output", session.outputs(), &g.outputs)] {
+    for (kind, actual, declared) in [("input", session.inputs(), &g.inputs), ("output", session.outputs(), &g.outputs)]
+    {
         for d in declared {
-            let a = actual
-                .iter()
-                .find(|o| o.name() == d.name)
-                .ok_or_else(|| anyhow!("{}: {kind} {} is in the manifest but not in the graph; {fix}", path.display(), d.name))?;
+            let a = actual.iter().find(|o| o.name() == d.name).ok_or_else(|| {
+                anyhow!("{}: {kind} {} is in the manifest but not in the graph; {fix}", path.display(), d.name)
+            })?;
             let ty = a.dtype();
             let shape = ty.tensor_shape().map(|s| s.len()).unwrap_or(usize::MAX);
             let elem = ty.tensor_type().map(|t| format!("{t:?}").to_lowercase()).unwrap_or_default();
@@ -326,7 +332,11 @@ fn check_signature(session: &Session, g: &GraphInfo, path: &Path) -> Result<()> 
                 for (i, (a, m)) in dims.iter().zip(d.dims()).enumerate() {
                     if let Some(m) = m {
                         if *a >= 0 && *a != m {
-                            bail!("{}: {kind} {} dimension {i} is {a} in the graph but {m} in the manifest; {fix}", path.display(), d.name);
+                            bail!(
+                                "{}: {kind} {} dimension {i} is {a} in the graph but {m} in the manifest; {fix}",
+                                path.display(),
+                                d.name
+                            );
                         }
                     }
                 }

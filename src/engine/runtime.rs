@@ -56,7 +56,13 @@ pub struct RuntimeOptions {
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
-        RuntimeOptions { library: None, provider: Provider::Auto, threads: 0, tensorrt_fp16: false, tensorrt_cache: None }
+        RuntimeOptions {
+            library: None,
+            provider: Provider::Auto,
+            threads: 0,
+            tensorrt_fp16: false,
+            tensorrt_cache: None,
+        }
     }
 }
 
@@ -94,7 +100,11 @@ pub fn discover_library() -> Result<PathBuf> {
             return Ok(p);
         }
     }
-    for p in ["/usr/lib/libonnxruntime.so", "/usr/local/lib/libonnxruntime.so", "/usr/lib/aarch64-linux-gnu/libonnxruntime.so"] {
+    for p in [
+        "/usr/lib/libonnxruntime.so",
+        "/usr/local/lib/libonnxruntime.so",
+        "/usr/lib/aarch64-linux-gnu/libonnxruntime.so",
+    ] {
         if Path::new(p).exists() {
             return Ok(PathBuf::from(p));
         }
@@ -115,9 +125,7 @@ fn find_in_venv(venv: &Path) -> Option<PathBuf> {
             let mut libs: Vec<PathBuf> = entries
                 .flatten()
                 .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so"))
-                })
+                .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
                 .collect();
             libs.sort();
             if let Some(p) = libs.pop() {
@@ -189,9 +197,10 @@ fn library_version(path: &Path) -> Result<String> {
         .map_err(|e| anyhow!("{} is not a usable ONNX Runtime library ({e}): {fix}", path.display()))?;
     // SAFETY: OrtGetApiBase has this signature in every ONNX Runtime release; the string it returns is static.
     unsafe {
-        let get: libloading::Symbol<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> = lib
-            .get(b"OrtGetApiBase")
-            .map_err(|_| anyhow!("{} is not a usable ONNX Runtime library (no OrtGetApiBase): {fix}", path.display()))?;
+        let get: libloading::Symbol<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> =
+            lib.get(b"OrtGetApiBase").map_err(|_| {
+                anyhow!("{} is not a usable ONNX Runtime library (no OrtGetApiBase): {fix}", path.display())
+            })?;
         let base = get();
         if base.is_null() {
             bail!("{} is not a usable ONNX Runtime library (OrtGetApiBase returned null): {fix}", path.display());
@@ -245,7 +254,11 @@ pub enum SessionUse {
 }
 
 /// Create a session builder with the requested provider registered; returns the provider that will run.
-pub fn session_builder(env: &Environment, opts: &RuntimeOptions, usage: SessionUse) -> Result<(SessionBuilder, Provider)> {
+pub fn session_builder(
+    env: &Environment,
+    opts: &RuntimeOptions,
+    usage: SessionUse,
+) -> Result<(SessionBuilder, Provider)> {
     let cpu_arena = usage == SessionUse::Hot;
     let level = if usage == SessionUse::Hot { GraphOptimizationLevel::All } else { GraphOptimizationLevel::Level2 };
     let mut b = ort::session::Session::builder(env).map_err(|e| anyhow!("ONNX Runtime session options: {e}"))?;

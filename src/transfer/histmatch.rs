@@ -143,14 +143,26 @@ pub fn match_in_place(data: &mut [f32], channels: usize, tables: &[f32], threads
 }
 
 /// `match_in_place` for one layer's activations (`[C, h, w]`) and the style's table of that layer.
-pub fn match_layer_in_place(quantiles: usize, layer: &str, shape: [usize; 3], data: &mut [f32], style: &StyleTargets) -> Result<()> {
+pub fn match_layer_in_place(
+    quantiles: usize,
+    layer: &str,
+    shape: [usize; 3],
+    data: &mut [f32],
+    style: &StyleTargets,
+) -> Result<()> {
     let table = layer_table(quantiles, layer, shape, data.len(), style)?;
     match_in_place(data, shape[0], table, default_threads());
     Ok(())
 }
 
 /// The style's quantile table of `layer`, checked against activations of `shape` holding `len` values.
-fn layer_table<'a>(quantiles: usize, layer: &str, shape: [usize; 3], len: usize, style: &'a StyleTargets) -> Result<&'a [f32]> {
+fn layer_table<'a>(
+    quantiles: usize,
+    layer: &str,
+    shape: [usize; 3],
+    len: usize,
+    style: &'a StyleTargets,
+) -> Result<&'a [f32]> {
     let [c, h, w] = shape;
     if len != c * h * w || c == 0 {
         bail!("activations of {layer}: {len} values for shape {shape:?}");

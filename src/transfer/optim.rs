@@ -118,14 +118,22 @@ impl Lbfgs {
             }
             let gamma = pairs.back().map(|p| {
                 let yy = dot(&p.y, &p.y);
-                if yy > 0.0 { 1.0 / (p.rho * yy) } else { 1.0 }
+                if yy > 0.0 {
+                    1.0 / (p.rho * yy)
+                } else {
+                    1.0
+                }
             });
             let scale = match gamma {
                 Some(gm) => gm as f32,
                 None => {
                     // first step: a move of at most ~1/255 per pixel
                     let gmax = g.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-                    if gmax > 0.0 { (1.0 / 255.0) / gmax } else { 1.0 }
+                    if gmax > 0.0 {
+                        (1.0 / 255.0) / gmax
+                    } else {
+                        1.0
+                    }
                 }
             };
             d.iter_mut().for_each(|v| *v *= scale);
@@ -172,7 +180,11 @@ impl Lbfgs {
                         None => {
                             // minimiser of the quadratic through f(0), f'(0), f(t)
                             let denom = 2.0 * (loss_new - loss - gd * t);
-                            if denom > 0.0 { -gd * t * t / denom } else { t * 0.5 }
+                            if denom > 0.0 {
+                                -gd * t * t / denom
+                            } else {
+                                t * 0.5
+                            }
                         }
                         Some((t0, f0)) => {
                             // cubic through f(0), f'(0), f(t0), f(t)
@@ -184,7 +196,11 @@ impl Lbfgs {
                                 -gd / (2.0 * b)
                             } else {
                                 let disc = b * b - 3.0 * a * gd;
-                                if disc >= 0.0 { (-b + disc.sqrt()) / (3.0 * a) } else { t * 0.5 }
+                                if disc >= 0.0 {
+                                    (-b + disc.sqrt()) / (3.0 * a)
+                                } else {
+                                    t * 0.5
+                                }
                             }
                         }
                     }
@@ -210,7 +226,9 @@ impl Lbfgs {
             }
             fails = 0;
             // curvature pair s = x_new - x, y = g_new - g (reuse the oldest buffers when full)
-            let mut p = if pairs.len() == m { pairs.pop_front().unwrap() } else {
+            let mut p = if pairs.len() == m {
+                pairs.pop_front().unwrap()
+            } else {
                 spare.take().unwrap_or_else(|| Pair { s: vec![0.0; n], y: vec![0.0; n], rho: 0.0 })
             };
             for i in 0..n {
@@ -378,7 +396,9 @@ mod tests {
     fn lbfgs_solves_an_ill_conditioned_quadratic() {
         let mut q = quadratic(1000);
         let mut x = vec![0.0f32; 1000];
-        let s = Lbfgs { history: 10, max_iterations: 200, max_evaluations: 100 }.minimize(&mut x, &mut q, &mut cont).unwrap();
+        let s = Lbfgs { history: 10, max_iterations: 200, max_evaluations: 100 }
+            .minimize(&mut x, &mut q, &mut cont)
+            .unwrap();
         let err = x.iter().zip(&q.target).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         assert!(err < 1e-4, "max error {err} after {s:?}");
         assert!(s.evaluations <= 100);
@@ -400,7 +420,9 @@ mod tests {
         for n in [2usize, 10] {
             let mut f = Rosenbrock { evals: 0 };
             let mut x: Vec<f32> = (0..n).map(|i| if i % 2 == 0 { -1.2 } else { 1.0 }).collect();
-            let s = Lbfgs { history: 10, max_iterations: 2000, max_evaluations: 5000 }.minimize(&mut x, &mut f, &mut cont).unwrap();
+            let s = Lbfgs { history: 10, max_iterations: 2000, max_evaluations: 5000 }
+                .minimize(&mut x, &mut f, &mut cont)
+                .unwrap();
             assert!(x.iter().all(|v| (v - 1.0).abs() < 1e-3), "n={n}: {x:?} {s:?}");
         }
     }
@@ -413,14 +435,20 @@ mod tests {
         let s = Lbfgs { history: 5, max_iterations: 100, max_evaluations: 1000 }
             .minimize(&mut x, &mut q, &mut |i: &IterInfo, _: &[f32]| {
                 seen = i.iteration;
-                if i.iteration == 3 { Control::Stop } else { Control::Continue }
+                if i.iteration == 3 {
+                    Control::Stop
+                } else {
+                    Control::Continue
+                }
             })
             .unwrap();
         assert_eq!((s.iterations, s.reason, seen), (3, StopReason::Callback, 3));
         let mut x = vec![0.0f32; 100];
         let mut r = Rosenbrock { evals: 0 };
         let mut x2 = vec![-1.2f32, 1.0];
-        let s = Lbfgs { history: 5, max_iterations: 1000, max_evaluations: 7 }.minimize(&mut x2, &mut r, &mut cont).unwrap();
+        let s = Lbfgs { history: 5, max_iterations: 1000, max_evaluations: 7 }
+            .minimize(&mut x2, &mut r, &mut cont)
+            .unwrap();
         assert!(s.evaluations <= 7 && r.evals <= 7, "{s:?}");
         assert_eq!(s.reason, StopReason::MaxEvaluations);
         let s = Adam { learning_rate: 0.1, beta1: 0.9, beta2: 0.999, epsilon: 1e-8, max_iterations: 4 }
@@ -478,10 +506,14 @@ mod tests {
     #[test]
     fn evaluation_errors_propagate() {
         let mut x = vec![0.0f32; 4];
-        let e = Lbfgs { history: 3, max_iterations: 10, max_evaluations: 10 }.minimize(&mut x, &mut Failing(0), &mut cont);
+        let e =
+            Lbfgs { history: 3, max_iterations: 10, max_evaluations: 10 }.minimize(&mut x, &mut Failing(0), &mut cont);
         assert!(e.unwrap_err().to_string().contains("device lost"));
-        let e = Adam { learning_rate: 0.1, beta1: 0.9, beta2: 0.999, epsilon: 1e-8, max_iterations: 10 }
-            .minimize(&mut x, &mut Failing(0), &mut cont);
+        let e = Adam { learning_rate: 0.1, beta1: 0.9, beta2: 0.999, epsilon: 1e-8, max_iterations: 10 }.minimize(
+            &mut x,
+            &mut Failing(0),
+            &mut cont,
+        );
         assert!(e.unwrap_err().to_string().contains("device lost"));
     }
 }

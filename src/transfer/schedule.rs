@@ -8,8 +8,8 @@ use anyhow::{bail, Result};
 use rand::{Rng, SeedableRng};
 
 use super::color;
-use super::optim::{Adam, Control, EarlyStop, IterInfo, Lbfgs, Objective, StopReason};
 use super::histmatch;
+use super::optim::{Adam, Control, EarlyStop, IterInfo, Lbfgs, Objective, StopReason};
 use super::targets::{objective_inputs, StyleTargets, Weights};
 use crate::engine::{Losses, Model, ObjectiveInputs};
 use crate::imageio::{fit_size as fit, Planar};
@@ -220,7 +220,6 @@ pub trait Hooks {
 pub struct NoHooks;
 impl Hooks for NoHooks {}
 
-
 struct Eval<'a, 'b> {
     model: &'a mut Model,
     inputs: &'a mut ObjectiveInputs,
@@ -402,7 +401,8 @@ pub fn stylize_with(
             return Err(e);
         }
         let stop = if summary.reason == StopReason::Callback { StopReason::Converged } else { summary.reason };
-        let (evaluations, first, last) = (eval.evaluations, eval.first.unwrap_or_default(), eval.best.unwrap_or(eval.last));
+        let (evaluations, first, last) =
+            (eval.evaluations, eval.first.unwrap_or_default(), eval.best.unwrap_or(eval.last));
         let (eval_seconds, match_seconds) = (eval.eval_seconds, eval.match_seconds);
         let optimizer_seconds = t_opt.elapsed().as_secs_f64() - eval_seconds;
         drop(eval);

@@ -19,10 +19,20 @@ pub fn gram(f: &FeatureMap) -> Vec<f32> {
         // SAFETY: the pointers address [C, len] windows inside f.data (channel stride n) and the C×C buffer.
         unsafe {
             matrixmultiply::sgemm(
-                c, len, c, 1.0,
-                f.data.as_ptr().add(start), n as isize, 1,
-                f.data.as_ptr().add(start), 1, n as isize,
-                0.0, part.as_mut_ptr(), c as isize, 1,
+                c,
+                len,
+                c,
+                1.0,
+                f.data.as_ptr().add(start),
+                n as isize,
+                1,
+                f.data.as_ptr().add(start),
+                1,
+                n as isize,
+                0.0,
+                part.as_mut_ptr(),
+                c as isize,
+                1,
             );
         }
         for (s, p) in acc.iter_mut().zip(&part) {

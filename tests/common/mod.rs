@@ -70,7 +70,8 @@ pub fn read_npy(path: &Path) -> (Vec<usize>, Vec<f64>) {
     let header = std::str::from_utf8(&bytes[10..10 + hlen]).unwrap();
     assert!(header.contains("'fortran_order': False"), "{}: only C-order arrays are read: {header}", path.display());
     let shape_str = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
-    let shape: Vec<usize> = shape_str.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse().unwrap()).collect();
+    let shape: Vec<usize> =
+        shape_str.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse().unwrap()).collect();
     let body = &bytes[10 + hlen..];
     let data = if header.contains("'<f8'") {
         body.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()

@@ -114,7 +114,8 @@ pub struct Msg {
 
 impl Msg {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.payload).unwrap_or_else(|e| panic!("{}: not JSON ({e}): {:?}", self.topic, self.payload))
+        serde_json::from_slice(&self.payload)
+            .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {:?}", self.topic, self.payload))
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.payload).into_owned()
