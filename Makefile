@@ -10,7 +10,7 @@ TEST_MODEL := $(OUT)/test-random
 EXPORT := cd models && ../$(PY) -m fuchun_export
 CARGO ?= cargo
 
-.PHONY: all venv models test-models build demo test test-python test-rust bench clean
+.PHONY: all venv models test-models build demo test test-python test-rust lint bench clean
 
 all: build models
 
@@ -43,8 +43,13 @@ demo: models build
 		--output out/tubingen_fuchun.png
 	@echo "wrote out/tubingen_fuchun.png"
 
+# House style: rustfmt (rustfmt.toml) and clippy with no warnings; part of `make test`.
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --release --locked --all-targets -- -D warnings
+
 # Every test; the last line sums up both runners ("N passed, N failed").
-test: models test-models
+test: models test-models lint
 	@set -o pipefail; rm -f .test-log; \
 	( cd models && ../$(PY) -m pytest -q tests ) 2>&1 | tee -a .test-log && \
 	$(CARGO) test --release --locked 2>&1 | tee -a .test-log; status=$$?; \

@@ -87,6 +87,20 @@ impl Planar {
     }
 }
 
+/// The error for an image whose output would be under the model's minimum side, naming the side that is short.
+pub fn too_small(width: usize, height: usize, out_w: usize, out_h: usize, min: usize) -> ImageError {
+    let (side, input, output) = if out_w < out_h { ("width", width, out_w) } else { ("height", height, out_h) };
+    let detail = if input < min {
+        format!("its {side} of {input} px is under the {min} px the model needs: send a larger image")
+    } else {
+        format!(
+            "at the output size {out_w}x{out_h} its {side} would be {output} px, under the {min} px the model \
+             needs: send an image with a less extreme aspect ratio, or raise the output size"
+        )
+    };
+    ImageError::TooSmall { width, height, detail }
+}
+
 /// (w, h) with the longest side `longest` and the aspect of `width`×`height`.
 pub fn fit_size(width: usize, height: usize, longest: usize) -> (usize, usize) {
     if width >= height {
@@ -128,8 +142,8 @@ pub enum ImageError {
     Decode(String),
     #[error("the image is {width}x{height} pixels, over the limit ({limit}): downscale it first")]
     TooLarge { width: u64, height: u64, limit: String },
-    #[error("the image is {width}x{height} pixels, smaller than the {min}x{min} the model needs: send a larger image")]
-    TooSmall { width: usize, height: usize, min: usize },
+    #[error("the image is {width}x{height} pixels: {detail}")]
+    TooSmall { width: usize, height: usize, detail: String },
     #[error("cannot encode the image: {0}")]
     Encode(String),
     #[error("cannot write {path}: {source}")]
@@ -184,6 +198,11 @@ fn too_large(w: u64, h: u64, limits: &Limits) -> ImageError {
 /// Decode JPEG, PNG or WebP bytes: the size limits are checked on the header, before decoding; EXIF orientation
 /// is applied; grey, alpha and 16-bit images become RGB (alpha is dropped).
 pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Planar, ImageError> {
+    Ok(Planar::from_rgb8(&decode_rgb8(bytes, limits)?))
+}
+
+/// `decode` up to the 8-bit RGB image.
+fn decode_rgb8(bytes: &[u8], limits: &Limits) -> Result<RgbImage, ImageError> {
     if bytes.is_empty() {
         return Err(ImageError::Empty);
     }
@@ -222,7 +241,98 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Planar, ImageError> {
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| map_decode_error(e, limits))?;
     img.apply_orientation(orientation);
-    Ok(Planar::from_rgb8(&img.to_rgb8()))
+    Ok(match img {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        other => other.to_rgb8(),
+    })
+}
+
+/// A decoded image reduced for its use, and the size it has as sent (after EXIF orientation).
+pub struct Fitted {
+    pub image: Planar,
+    pub width: usize,
+    pub height: usize,
+}
+
+/// Decode for an output whose longest side is at most `longest`: the result is no larger than needed (never
+/// upscaled). A JPEG is reduced in the DCT domain while it is decoded (1/2, 1/4 or 1/8: the smallest scale that
+/// still covers `longest`), so a 40-megapixel frame never exists at full size in memory; other formats are decoded
+/// as 8-bit and reduced before the conversion to floats.
+pub fn decode_fitted(bytes: &[u8], limits: &Limits, longest: usize) -> Result<Fitted, ImageError> {
+    if bytes.starts_with(&[0xFF, 0xD8]) && jpeg_is_complete(bytes) && bytes.len() as u64 <= limits.max_bytes {
+        if let Some(f) = decode_jpeg_scaled(bytes, limits, longest)? {
+            return Ok(f);
+        }
+    }
+    let img = decode_rgb8(bytes, limits)?;
+    let (width, height) = (img.width() as usize, img.height() as usize);
+    Ok(Fitted { image: Planar::from_rgb8(&shrink_rgb8(img, longest)), width, height })
+}
+
+/// Reduce an 8-bit image so that its longest side is at most `longest` (Catmull-Rom; unchanged when it fits).
+fn shrink_rgb8(img: RgbImage, longest: usize) -> RgbImage {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    if w.max(h) <= longest {
+        return img;
+    }
+    let (tw, th) = fit_size(w, h, longest);
+    image::imageops::resize(&img, tw as u32, th as u32, image::imageops::FilterType::CatmullRom)
+}
+
+/// The DCT-scaled JPEG path of `decode_fitted`; None when this decoder cannot read the file (the general path
+/// then decides, with its own errors).
+fn decode_jpeg_scaled(bytes: &[u8], limits: &Limits, longest: usize) -> Result<Option<Fitted>, ImageError> {
+    let mut d = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+    if d.read_info().is_err() {
+        return Ok(None);
+    }
+    let Some(info) = d.info() else { return Ok(None) };
+    let (w, h) = (info.width as u32, info.height as u32);
+    if w > limits.max_width || h > limits.max_height || w as u64 * h as u64 > limits.max_pixels {
+        return Err(too_large(w as u64, h as u64, limits));
+    }
+    if w == 0 || h == 0 {
+        return Err(ImageError::Decode(format!("the image declares {w}x{h} pixels")));
+    }
+    let (tw, th) = fit_size(w as usize, h as usize, longest.min(w.max(h) as usize));
+    if d.scale(tw.max(1) as u16, th.max(1) as u16).is_err() {
+        return Ok(None);
+    }
+    let Ok(pixels) = d.decode() else { return Ok(None) };
+    let Some(info) = d.info() else { return Ok(None) };
+    let (sw, sh) = (info.width as u32, info.height as u32);
+    let n = (sw * sh) as usize;
+    let rgb: Vec<u8> = match info.pixel_format {
+        jpeg_decoder::PixelFormat::RGB24 if pixels.len() == 3 * n => pixels,
+        jpeg_decoder::PixelFormat::L8 if pixels.len() == n => pixels.iter().flat_map(|&g| [g, g, g]).collect(),
+        jpeg_decoder::PixelFormat::L16 if pixels.len() == 2 * n => {
+            pixels.chunks_exact(2).flat_map(|c| [c[0], c[0], c[0]]).collect()
+        }
+        // Adobe CMYK as the decoder returns it (already inverted): RGB = (255 - K) scaled by (255 - C/M/Y)
+        jpeg_decoder::PixelFormat::CMYK32 if pixels.len() == 4 * n => pixels
+            .chunks_exact(4)
+            .flat_map(|c| {
+                let k = 255 - c[3] as u32;
+                [0, 1, 2].map(|i| ((255 - c[i] as u32) * k / 255) as u8)
+            })
+            .collect(),
+        _ => return Ok(None),
+    };
+    let Some(img) = RgbImage::from_raw(sw, sh, rgb) else { return Ok(None) };
+    let orientation = d
+        .exif_data()
+        .and_then(image::metadata::Orientation::from_exif_chunk)
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::ImageRgb8(shrink_rgb8(img, longest));
+    img.apply_orientation(orientation);
+    let (width, height) = match orientation {
+        image::metadata::Orientation::Rotate90
+        | image::metadata::Orientation::Rotate270
+        | image::metadata::Orientation::Rotate90FlipH
+        | image::metadata::Orientation::Rotate270FlipH => (h as usize, w as usize),
+        _ => (w as usize, h as usize),
+    };
+    Ok(Some(Fitted { image: Planar::from_rgb8(&img.to_rgb8()), width, height }))
 }
 
 /// Width and height as the PNG (IHDR) or JPEG (SOFn) header declares them, read without decoding, so that a
@@ -390,6 +500,41 @@ mod tests {
         out.extend_from_slice(&app1);
         out.extend_from_slice(&jpeg[2..]);
         out
+    }
+
+    #[test]
+    fn fitted_decode_is_small_and_matches_the_full_decode() {
+        let img = gradient(1600, 900);
+        let jpeg = encode(&img, OutputFormat::Jpeg { quality: 95 }).unwrap();
+        let png = encode(&img, OutputFormat::Png).unwrap();
+        for (what, bytes) in [("jpeg", &jpeg), ("png", &png)] {
+            let f = decode_fitted(bytes, &Limits::default(), 256).unwrap();
+            assert_eq!((f.width, f.height, f.image.width, f.image.height), (1600, 900, 256, 144), "{what}");
+            let reference = decode(bytes, &Limits::default()).unwrap().resize(256, 144);
+            let mad = f.image.data.iter().zip(&reference.data).map(|(a, b)| (a - b).abs()).sum::<f32>()
+                / reference.data.len() as f32;
+            assert!(mad < 0.01, "{what}: mean difference {mad} from the full decode");
+        }
+        // never upscaled; orientation applied and the sent size reported as oriented
+        let f = decode_fitted(&jpeg, &Limits::default(), 4000).unwrap();
+        assert_eq!((f.image.width, f.image.height), (1600, 900));
+        let rotated = jpeg_with_orientation(&gradient(64, 32), 6);
+        let f = decode_fitted(&rotated, &Limits::default(), 16).unwrap();
+        assert_eq!((f.width, f.height, f.image.width, f.image.height), (32, 64, 8, 16));
+        let full = decode(&rotated, &Limits::default()).unwrap().resize(8, 16);
+        let mad = f.image.data.iter().zip(&full.data).map(|(a, b)| (a - b).abs()).sum::<f32>() / 384.0;
+        assert!(mad < 0.05, "rotated: {mad}");
+        // the limits still apply
+        let limits = Limits { max_pixels: 1000, ..Limits::default() };
+        assert!(matches!(decode_fitted(&jpeg, &limits, 64), Err(ImageError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn too_small_names_the_short_side() {
+        let e = too_small(12000, 30, 256, 1, 24).to_string();
+        assert!(e.contains("12000x30") && e.contains("its height would be 1 px") && e.contains("aspect"), "{e}");
+        let e = too_small(20, 100, 20, 100, 24).to_string();
+        assert!(e.contains("its width of 20 px is under the 24 px"), "{e}");
     }
 
     #[test]

@@ -4,4 +4,5 @@ pub mod commands;
 pub mod daemon;
 pub mod engine;
 pub mod imageio;
+pub mod memory;
 pub mod transfer;

@@ -34,10 +34,15 @@ fn main() -> ExitCode {
         Command::Serve(_) | Command::View(_) => "info,ort=error",
         _ => "warn,ort=error",
     };
+    // ONNX Runtime logs every session's graph transformations at info: it stays at warnings unless FUCHUN_LOG
+    // names it (e.g. FUCHUN_LOG=info,ort=info)
+    let filter = match std::env::var("FUCHUN_LOG") {
+        Ok(f) if f.contains("ort") => f,
+        Ok(f) if !f.trim().is_empty() => format!("{f},ort=warn"),
+        _ => default_filter.to_string(),
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FUCHUN_LOG").unwrap_or_else(|_| default_filter.into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| default_filter.into()))
         .with_writer(std::io::stderr)
         .init();
     let result = match &cli.command {

@@ -41,6 +41,14 @@ fn bad_configurations_are_explained() {
     assert!(load(&format!("{style}[mqtt]\nunknown_key = 1\n")).contains("unknown field"));
     assert!(load(&format!("{style}[[inputs]]\ntopic = \"a/b\"\ncamera_level = 1\n")).contains("'+' wildcard"));
     assert!(load(&format!("{style}[daemon]\nworkers = 0\n")).contains("workers"));
+    assert!(load(&format!("{style}[daemon]\nmax_cameras = 0\n")).contains("max_cameras"));
+    assert!(load(&format!("{style}[mqtt]\nclient_id = \"a/b\"\n")).contains("availability topic"));
+    // a style file that is not an image is refused at start-up, naming the file
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.jpg");
+    std::fs::write(&text, "not a picture").unwrap();
+    let e = load(&format!("[styles.ink]\nimages = [\"{}\"]\n", text.display()));
+    assert!(e.contains("notes.jpg") && e.contains("not a usable style image"), "{e}");
 }
 
 #[test]

@@ -88,7 +88,11 @@ fn flood_keeps_memory_bounded_and_publishes_the_newest_frame() {
         "the last published result is from the newest input"
     );
     assert!(metas.len() < 50, "{} results for 50 frames: nothing was dropped", metas.len());
-    let stats = probe.wait_for(&format!("{prefix}/stats"), |m| m.json()["received"] == 50, T).json();
+    let settled = |m: &mqtt_support::Msg| {
+        let j = m.json();
+        j["received"] == 50 && j["queue_depth"] == 0 && j["in_progress"] == 0
+    };
+    let stats = probe.wait_for(&format!("{prefix}/stats"), settled, T).json();
     let processed = stats["processed"].as_u64().unwrap();
     let dropped = stats["dropped"].as_u64().unwrap();
     assert_eq!(processed + dropped, 50, "{stats}");

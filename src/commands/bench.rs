@@ -13,6 +13,7 @@ use clap::Args;
 use super::common::ModelArgs;
 use crate::imageio::fit_size as fit;
 use crate::imageio::{self, Limits};
+use crate::memory::{current_rss, peak_rss};
 use crate::transfer::histmatch;
 use crate::transfer::schedule::DEFAULT_HIST_EVERY;
 use crate::transfer::targets::{objective_inputs, StyleTargets, Weights};
@@ -66,23 +67,6 @@ pub struct BenchArgs {
     /// Print the figures as one JSON object as well.
     #[arg(long)]
     pub json: bool,
-}
-
-/// Peak resident memory of this process so far (VmHWM), bytes.
-pub fn peak_rss() -> Option<u64> {
-    read_status("VmHWM:")
-}
-
-/// Current resident memory (VmRSS), bytes.
-pub fn current_rss() -> Option<u64> {
-    read_status("VmRSS:")
-}
-
-fn read_status(key: &str) -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with(key))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 /// FP32 matrix-multiply throughput of this machine: one large sgemm per core, all cores at once (GFLOP/s).

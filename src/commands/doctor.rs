@@ -69,7 +69,7 @@ fn broker(cfg: &Config) -> Result<String> {
         let run = async {
             loop {
                 match events.poll().await {
-                    Ok(Event::Connected) => {
+                    Ok(Event::Connected { .. }) => {
                         client.subscribe(&topic, 1).await?;
                         client.publish(Outgoing::new(topic.clone(), "probe"), 1).await?;
                     }

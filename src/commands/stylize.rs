@@ -78,7 +78,8 @@ pub struct TransferArgs {
     /// Weights of the style images, comma-separated (normalised to sum 1). Default: equal.
     #[arg(long, value_delimiter = ',')]
     pub style_blend_weights: Vec<f32>,
-    /// Style images are resized to this factor × the output size.
+    /// Style images are resized so that their longest side is this factor × the longest side of the scale being
+    /// optimised (each coarse-to-fine scale gets its own style targets).
     #[arg(long, default_value_t = 1.0)]
     pub style_scale: f32,
     /// Initial image: content, noise, or a PATH.
@@ -184,7 +185,7 @@ impl Hooks for CliHooks {
     }
 
     fn wants_image(&self, _scale: usize, iteration: usize) -> bool {
-        self.save_every > 0 && iteration > 0 && iteration % self.save_every == 0
+        self.save_every > 0 && iteration > 0 && iteration.is_multiple_of(self.save_every)
     }
 
     fn iteration(&mut self, scale: usize, iteration: usize, image: &Planar) -> Result<()> {

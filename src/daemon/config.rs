@@ -47,6 +47,11 @@ pub struct MqttConfig {
     /// Prefer the environment variable FUCHUN_MQTT_PASSWORD; a password here is used only when it is unset.
     pub password: Option<String>,
     pub keep_alive_s: u64,
+    /// Seconds the broker keeps our session (subscriptions and the QoS 1/2 frames that arrive) while we are
+    /// disconnected, so frames accepted during a reconnect are not lost; 0: a clean session on every connect.
+    /// Default: 300, or 0 with a `shared_group` (a dead member's kept session would go on taking its share of
+    /// the group's frames until it expires).
+    pub session_expiry_s: Option<u64>,
     pub qos: u8,
     pub protocol: Protocol,
     /// Topic prefix: `<prefix>/<camera>/frame` etc.
@@ -59,6 +64,13 @@ pub struct MqttConfig {
     pub tls: Option<TlsConfig>,
 }
 
+impl MqttConfig {
+    /// `session_expiry_s` as configured, or its default.
+    pub fn session_expiry(&self) -> u64 {
+        self.session_expiry_s.unwrap_or(if self.shared_group.is_some() { 0 } else { 300 })
+    }
+}
+
 impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
@@ -68,6 +80,7 @@ impl Default for MqttConfig {
             username: None,
             password: None,
             keep_alive_s: 30,
+            session_expiry_s: None,
             qos: 1,
             protocol: Protocol::V5,
             prefix: "fuchun".into(),
@@ -143,6 +156,20 @@ pub struct DaemonConfig {
     pub max_job_seconds: u64,
     /// JPEG quality of published results.
     pub jpeg_quality: u8,
+    /// Frames waiting for a worker, all cameras together (one per camera at most); over it the camera waiting
+    /// longest loses its frame (counted as dropped and evicted_frames).
+    pub max_queued_frames: usize,
+    /// Payload bytes waiting for a worker, all cameras together.
+    pub max_queued_bytes: u64,
+    /// Cameras whose state (rate limit, warm start, chosen style) is kept; over it the camera seen least recently
+    /// is forgotten (cameras listed under [cameras] never are).
+    pub max_cameras: usize,
+    /// Outgoing messages held while the broker is unreachable, in bytes; over it the oldest are dropped
+    /// (counted as outbox_dropped). Stats and retained states keep only their newest message.
+    pub max_outbox_bytes: u64,
+    /// Stop the systemd watchdog pings after the broker has been unreachable this long, so that systemd restarts
+    /// the service (0: never; the daemon keeps reconnecting on its own).
+    pub watchdog_outage_s: u64,
 }
 
 impl Default for DaemonConfig {
@@ -164,6 +191,11 @@ impl Default for DaemonConfig {
             shutdown_grace_ms: 2000,
             max_job_seconds: 600,
             jpeg_quality: 90,
+            max_queued_frames: 32,
+            max_queued_bytes: 64 << 20,
+            max_cameras: 256,
+            max_outbox_bytes: 32 << 20,
+            watchdog_outage_s: 0,
         }
     }
 }
@@ -299,6 +331,16 @@ impl Config {
         if self.mqtt.password.is_some() && self.mqtt.username.is_none() {
             bail!("an MQTT password is set but no mqtt.username");
         }
+        if !valid_name(&self.mqtt.client_id) {
+            bail!(
+                "mqtt.client_id {:?} must be 1-64 letters, digits, '_' or '-': it names this daemon's availability \
+                 topic <prefix>/<client_id>/available",
+                self.mqtt.client_id
+            );
+        }
+        if self.daemon.max_queued_frames == 0 || self.daemon.max_cameras == 0 {
+            bail!("daemon.max_queued_frames and daemon.max_cameras must be at least 1");
+        }
         if self.daemon.workers == 0 {
             bail!("daemon.workers must be at least 1");
         }
@@ -316,6 +358,10 @@ impl Config {
                 let p = self.resolve(img);
                 if !p.is_file() {
                     bail!("style {name}: image {} does not exist", p.display());
+                }
+                // decoded now, so a file that is not an image stops the start instead of failing every frame
+                if let Err(e) = crate::imageio::load_path(&p, &crate::imageio::Limits::default()) {
+                    bail!("style {name}: {} is not a usable style image: {e}", p.display());
                 }
             }
             if !s.blend_weights.is_empty() && s.blend_weights.len() != s.images.len() {

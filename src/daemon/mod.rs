@@ -10,10 +10,10 @@ pub mod topics;
 pub mod view;
 pub mod worker;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use self::config::{valid_name, Config};
 use self::mqtt::{Event, Incoming, Outgoing};
 use self::queue::Frame;
-use self::stats::Stats;
+use self::stats::{Gauges, Stats};
 use self::topics::{Route, Topics};
 use self::worker::{Command, Shared, WorkerSetup};
 use crate::commands::common::default_model_dir;
@@ -89,16 +89,34 @@ struct Router {
     seq: u64,
     last_accepted: HashMap<String, Instant>,
     announced: HashSet<String>,
+    /// Cameras seen, with the `seq` of their last frame: the least recent is forgotten beyond `max_cameras`.
+    seen: HashMap<String, u64>,
+    /// Availability of every daemon of this prefix, as last published (`<prefix>/<id>/available`).
+    peers: HashMap<String, String>,
+    /// Connected, subscribed-to and not stopping: this daemon claims `online`.
+    serving: bool,
 }
 
 impl Router {
+    fn new(shared: Arc<Shared>) -> Router {
+        Router {
+            shared,
+            seq: 0,
+            last_accepted: HashMap::new(),
+            announced: HashSet::new(),
+            seen: HashMap::new(),
+            peers: HashMap::new(),
+            serving: false,
+        }
+    }
+
     /// Handle one incoming message; returns messages to publish.
     fn handle(&mut self, m: Incoming) -> Vec<Outgoing> {
         let shared = &self.shared;
         match shared.topics.route(&m.topic) {
             Route::Ignore => vec![],
             Route::Invalid { reason } => {
-                Stats::inc(&shared.stats.errors);
+                Stats::inc(&shared.stats.control_errors);
                 tracing::warn!(topic = %m.topic, reason, "ignored message");
                 let body = serde_json::json!({"code": "bad_topic", "message": reason, "topic": m.topic});
                 vec![Outgoing::json(format!("{}/error", shared.topics.prefix), &body)]
@@ -115,6 +133,57 @@ impl Router {
                 }
                 vec![]
             }
+            Route::Availability { daemon } => {
+                let value = String::from_utf8_lossy(&m.payload).trim().to_string();
+                match daemon {
+                    Some(id) => {
+                        let own = id == shared.daemon_id;
+                        self.peers.insert(id, value.clone());
+                        // a stale value of our own (an earlier run's last will) while we serve: say it again
+                        if own && self.serving && value != "online" {
+                            return vec![self.own_availability("online")];
+                        }
+                        vec![]
+                    }
+                    // the aggregate went offline (another daemon's last will or stop) while we still serve
+                    None if self.serving && value != "online" => vec![self.aggregate("online")],
+                    None => vec![],
+                }
+            }
+        }
+    }
+
+    fn own_availability(&self, value: &str) -> Outgoing {
+        Outgoing::new(self.shared.topics.daemon_available(&self.shared.daemon_id), value.to_string()).retained(true)
+    }
+
+    fn aggregate(&self, value: &str) -> Outgoing {
+        Outgoing::new(self.shared.topics.available(), value.to_string()).retained(true)
+    }
+
+    /// Whether another daemon of this prefix says it is online.
+    fn others_online(&self) -> bool {
+        self.peers.iter().any(|(id, v)| *id != self.shared.daemon_id && v == "online")
+    }
+
+    /// Note a camera as seen; forget the least recently seen one beyond `daemon.max_cameras`.
+    fn touch(&mut self, camera: &str) {
+        self.seen.insert(camera.to_string(), self.seq);
+        let cfg = &self.shared.config;
+        while self.seen.len() > cfg.daemon.max_cameras {
+            let victim = self
+                .seen
+                .iter()
+                .filter(|(c, _)| *c != camera && !cfg.cameras.contains_key(*c))
+                .min_by_key(|(_, s)| **s)
+                .map(|(c, _)| c.clone());
+            let Some(victim) = victim else { break };
+            self.seen.remove(&victim);
+            self.last_accepted.remove(&victim);
+            self.announced.remove(&victim);
+            self.shared.forget_camera(&victim);
+            Stats::inc(&self.shared.stats.evicted_cameras);
+            tracing::debug!(camera = %victim, "camera state evicted (daemon.max_cameras)");
         }
     }
 
@@ -123,7 +192,13 @@ impl Router {
         Stats::inc(&shared.stats.received);
         self.seq += 1;
         let seq = self.seq;
+        self.touch(&camera);
         let mut out = Vec::new();
+        if let Some(why) = &m.bad_reply {
+            // the frame is still processed; its results go to the camera's topics
+            let msg = format!("{why}: no reply is sent there; results are published on the camera's topics");
+            out.extend(shared.control_error(&camera, "bad_response_topic", &msg));
+        }
         if shared.config.daemon.home_assistant_discovery && self.announced.insert(camera.clone()) {
             out.extend(discovery(&shared.config, &shared.topics, &camera));
         }
@@ -135,6 +210,7 @@ impl Router {
         }
         if m.payload.is_empty() {
             if m.retain {
+                Stats::inc(&shared.stats.dropped);
                 return out; // a retained frame being cleared: nothing to do
             }
             out.extend(shared.error_message(
@@ -165,15 +241,26 @@ impl Router {
         let frame =
             Frame { camera: camera.clone(), seq, payload: m.payload, topic: m.topic, received: now, reply: m.reply };
         match shared.queue.push(frame) {
-            Ok(Some(old)) => {
-                Stats::inc(&shared.stats.dropped);
-                if let Some(r) = &old.reply {
-                    let body = serde_json::json!({"camera": camera, "code": "superseded", "seq": old.seq,
-                        "message": "a newer frame of the same camera arrived before this one was processed"});
-                    out.push(Outgoing::json(r.topic.clone(), &body).answering(r));
+            Ok(pushed) => {
+                if let Some(old) = pushed.replaced {
+                    Stats::inc(&shared.stats.dropped);
+                    if let Some(r) = &old.reply {
+                        let body = serde_json::json!({"camera": camera, "code": "superseded", "seq": old.seq,
+                            "message": "a newer frame of the same camera arrived before this one was processed"});
+                        out.push(Outgoing::json(r.topic.clone(), &body).answering(r));
+                    }
+                }
+                for old in pushed.evicted {
+                    Stats::inc(&shared.stats.dropped);
+                    Stats::inc(&shared.stats.evicted_frames);
+                    if let Some(r) = &old.reply {
+                        let body = serde_json::json!({"camera": old.camera, "code": "evicted", "seq": old.seq,
+                            "message": "the queue was full (daemon.max_queued_frames / max_queued_bytes): this \
+                                        frame, the longest waiting, made room for a newer one"});
+                        out.push(Outgoing::json(r.topic.clone(), &body).answering(r));
+                    }
                 }
             }
-            Ok(None) => {}
             Err(f) => out.extend(shared.error_message(
                 &camera,
                 "shutting_down",
@@ -186,7 +273,7 @@ impl Router {
     }
 
     fn style_set(&mut self, camera: &str, payload: &Bytes) -> Vec<Outgoing> {
-        let shared = &self.shared;
+        let shared = self.shared.clone();
         let name = match std::str::from_utf8(payload) {
             Ok(s) => {
                 let s = s.trim();
@@ -201,17 +288,178 @@ impl Router {
         };
         let Some(name) = name else {
             let msg = "style/set needs a style name (plain text) or {\"style\": \"name\"}";
-            return shared.error_message(camera, "bad_control_payload", msg, None, None);
+            return shared.control_error(camera, "bad_control_payload", msg);
         };
         if !shared.config.styles.contains_key(&name) {
             let known: Vec<&String> = shared.config.styles.keys().collect();
             let msg =
                 format!("unknown style {name:?}: known styles are {known:?}; keeping {:?}", shared.style_of(camera));
-            return shared.error_message(camera, "unknown_style", &msg, None, None);
+            return shared.control_error(camera, "unknown_style", &msg);
         }
-        shared.camera_styles.lock().unwrap().insert(camera.to_string(), name.clone());
+        self.seq += 1;
+        self.touch(camera);
+        self.shared.camera_styles.lock().unwrap().insert(camera.to_string(), name.clone());
         tracing::info!(camera, style = %name, "style changed");
         vec![Outgoing::new(shared.topics.style_state(camera), name).retained(true)]
+    }
+}
+
+/// The state of the broker connection, shared by the event loop, the publisher and the watchdog.
+#[derive(Default)]
+struct Link {
+    connected: AtomicBool,
+    subscribed: AtomicBool,
+    /// Milliseconds since start: last turn of the event loop, last change of `connected`.
+    loop_beat: AtomicU64,
+    since: AtomicU64,
+    started: OnceLock<Instant>,
+}
+
+impl Link {
+    fn now_ms(&self) -> u64 {
+        self.started.get_or_init(Instant::now).elapsed().as_millis() as u64
+    }
+    fn beat(&self) {
+        self.loop_beat.store(self.now_ms(), Ordering::Relaxed);
+    }
+    fn set_connected(&self, c: bool) {
+        if self.connected.swap(c, Ordering::Relaxed) != c {
+            self.since.store(self.now_ms(), Ordering::Relaxed);
+        }
+        if !c {
+            self.subscribed.store(false, Ordering::Relaxed);
+        }
+    }
+    fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+    /// Seconds in the current connection state.
+    fn state_age_s(&self) -> f64 {
+        self.now_ms().saturating_sub(self.since.load(Ordering::Relaxed)) as f64 / 1e3
+    }
+    fn loop_age_s(&self) -> f64 {
+        self.now_ms().saturating_sub(self.loop_beat.load(Ordering::Relaxed)) as f64 / 1e3
+    }
+}
+
+/// Why the watchdog ping is withheld now, if it is: the daemon cannot serve and will not recover by itself.
+fn watchdog_verdict(shared: &Shared, link: &Link, subscribe_timeout_s: f64) -> Option<String> {
+    let stall = shared.config.daemon.max_job_seconds as f64;
+    let age = shared.stalest_heartbeat_s();
+    if age >= stall {
+        return Some(format!("a worker has shown no progress for {age:.0} s (daemon.max_job_seconds)"));
+    }
+    let loop_age = link.loop_age_s();
+    if loop_age > 5.0 {
+        return Some(format!("the MQTT event loop has not turned for {loop_age:.0} s"));
+    }
+    let state_age = link.state_age_s();
+    if link.connected() && !link.subscribed.load(Ordering::Relaxed) && state_age > subscribe_timeout_s {
+        return Some(format!("connected for {state_age:.0} s but the broker has not granted the subscriptions"));
+    }
+    let outage = shared.config.daemon.watchdog_outage_s;
+    if outage > 0 && !link.connected() && state_age > outage as f64 {
+        return Some(format!("the broker has been unreachable for {state_age:.0} s (daemon.watchdog_outage_s)"));
+    }
+    None
+}
+
+/// Outgoing messages wait here while the broker is unreachable or the client's request queue is full: a bounded
+/// buffer (bytes), where a newer stats message or retained state replaces an older one on the same topic.
+struct Outbox {
+    items: VecDeque<Outgoing>,
+    bytes: usize,
+    max_bytes: usize,
+    coalesce: HashSet<String>,
+}
+
+impl Outbox {
+    fn push(&mut self, m: Outgoing, stats: &Stats) {
+        if m.retain || self.coalesce.contains(&m.topic) {
+            if let Some(i) = self.items.iter().position(|o| o.topic == m.topic && o.retain == m.retain) {
+                let old = self.items.remove(i).unwrap();
+                self.bytes -= old.payload.len();
+            }
+        }
+        self.bytes += m.payload.len();
+        self.items.push_back(m);
+        while self.bytes > self.max_bytes && self.items.len() > 1 {
+            let old = self.items.pop_front().unwrap();
+            self.bytes -= old.payload.len();
+            Stats::inc(&stats.outbox_dropped);
+        }
+    }
+}
+
+/// The publisher: takes messages from the daemon's channel into the outbox and hands them to the MQTT client
+/// without ever waiting on it (a full client queue or a lost connection only leaves them in the outbox).
+async fn publisher(
+    mut rx: mpsc::UnboundedReceiver<Command>,
+    client: mqtt::Client,
+    qos: u8,
+    link: Arc<Link>,
+    shared: Arc<Shared>,
+) {
+    let mut outbox = Outbox {
+        items: VecDeque::new(),
+        bytes: 0,
+        max_bytes: shared.config.daemon.max_outbox_bytes as usize,
+        coalesce: [shared.topics.stats()].into_iter().collect(),
+    };
+    let mut closing = false;
+    loop {
+        if link.connected() {
+            while let Some(m) = outbox.items.front() {
+                match client.try_publish(m, qos) {
+                    Ok(()) => {}
+                    Err(mqtt::TryError::Full) => break,
+                    Err(mqtt::TryError::Invalid(e)) => tracing::warn!(error = %e, "message not publishable; dropped"),
+                }
+                let m = outbox.items.pop_front().unwrap();
+                outbox.bytes -= m.payload.len();
+            }
+        }
+        if closing && (outbox.items.is_empty() || !link.connected()) {
+            if !outbox.items.is_empty() {
+                tracing::warn!(messages = outbox.items.len(), "stopping with messages the broker never received");
+            }
+            let _ = client.try_disconnect();
+            return;
+        }
+        let wait = if outbox.items.is_empty() { Duration::from_secs(3600) } else { Duration::from_millis(10) };
+        tokio::select! {
+            cmd = rx.recv(), if !closing => match cmd {
+                Some(Command::Publish(m)) => {
+                    outbox.push(m, &shared.stats);
+                    // take everything already waiting before publishing, so coalescing sees it
+                    while let Ok(cmd) = rx.try_recv() {
+                        match cmd {
+                            Command::Publish(m) => outbox.push(m, &shared.stats),
+                            Command::Disconnect => closing = true,
+                        }
+                    }
+                }
+                Some(Command::Disconnect) | None => closing = true,
+            },
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// A second, stateless connection whose last will marks the aggregate `<prefix>/available` offline when this
+/// daemon dies; the daemons still serving say `online` again when they see it.
+async fn presence(mut events: mqtt::EventLoop, cfg: Config) {
+    let mut backoff = Duration::from_millis(cfg.mqtt.reconnect_min_ms.max(10));
+    loop {
+        match events.poll().await {
+            Ok(Event::Connected { .. }) => backoff = Duration::from_millis(cfg.mqtt.reconnect_min_ms.max(10)),
+            Ok(Event::Disconnected) => return,
+            Ok(_) => {}
+            Err(_) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(cfg.mqtt.reconnect_max_ms.max(100)));
+            }
+        }
     }
 }
 
@@ -229,8 +477,11 @@ async fn serve(cfg: Config) -> Result<()> {
     };
     let topics = Topics { prefix: cfg.mqtt.prefix.clone(), mappings: cfg.inputs.clone() };
     let qos = cfg.mqtt.qos;
-    let (out_tx, mut out_rx) = mpsc::channel::<Command>(32);
+    let (out_tx, out_rx) = mpsc::unbounded_channel::<Command>();
     let shared = Arc::new(Shared::new(cfg.clone(), topics.clone(), out_tx.clone()));
+    let send = |m: Outgoing| {
+        let _ = out_tx.send(Command::Publish(m));
+    };
 
     // workers: load the model first, so READY means "can stylise"
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -260,71 +511,82 @@ async fn serve(cfg: Config) -> Result<()> {
     tracing::info!(model = %model_dir.display(), provider, workers = cfg.daemon.workers, "model loaded");
 
     let max_packet = (cfg.daemon.max_payload_bytes as usize).saturating_mul(2).max(32 << 20);
-    let (client, mut events) = mqtt::connect(&cfg.mqtt, &cfg.mqtt.client_id, &topics.available(), max_packet)?;
+    let own_topic = topics.daemon_available(&shared.daemon_id);
+    let (client, mut events) = mqtt::connect(&cfg.mqtt, &cfg.mqtt.client_id, &own_topic, max_packet)?;
+    let (presence_client, presence_events) =
+        mqtt::connect_with(&cfg.mqtt, &format!("{}-presence", cfg.mqtt.client_id), &topics.available(), 1 << 16, 0)?;
+    let presence_task = tokio::spawn(presence(presence_events, cfg.clone()));
 
-    // publisher: results, errors, stats, in order; Disconnect ends it
-    let pub_client = client.clone();
-    let publisher = tokio::spawn(async move {
-        while let Some(cmd) = out_rx.recv().await {
-            match cmd {
-                Command::Publish(m) => {
-                    if let Err(e) = pub_client.publish(m, qos).await {
-                        tracing::warn!(error = %e, "publish failed");
-                    }
-                }
-                Command::Disconnect => {
-                    let _ = pub_client.disconnect().await;
-                    break;
-                }
-            }
-        }
-    });
+    let link = Arc::new(Link::default());
+    link.beat();
+    let publisher = tokio::spawn(publisher(out_rx, client.clone(), qos, link.clone(), shared.clone()));
 
     // stats every interval
     let stats_task = {
-        let (s, tx, interval) = (shared.clone(), out_tx.clone(), cfg.daemon.stats_interval_s.max(1));
+        let (s, tx, l, interval) = (shared.clone(), out_tx.clone(), link.clone(), cfg.daemon.stats_interval_s.max(1));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(interval));
             tick.tick().await;
             loop {
                 tick.tick().await;
                 let provider = s.provider.lock().unwrap().clone();
-                let body = s.stats.snapshot(s.queue.depth(), &provider, s.started);
-                if tx.send(Command::Publish(Outgoing::json(s.topics.stats(), &body))).await.is_err() {
+                let g = Gauges {
+                    daemon_id: &s.daemon_id,
+                    provider: &provider,
+                    queue_depth: s.queue.depth(),
+                    queue_bytes: s.queue.bytes(),
+                    cameras: s.cameras.load(Ordering::Relaxed),
+                    connected: l.connected(),
+                    started: s.started,
+                };
+                let body = s.stats.snapshot(&g);
+                if tx.send(Command::Publish(Outgoing::json(s.topics.stats(), &body))).is_err() {
                     break;
                 }
             }
         })
     };
 
-    // systemd watchdog: ping only after READY and while every worker shows signs of life
-    let ready_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watchdog = if let Some(period) = sd_notify::watchdog_enabled() {
-        let (s, stall, ready) = (shared.clone(), cfg.daemon.max_job_seconds as f64, ready_flag.clone());
-        Some(tokio::spawn(async move {
+    // systemd watchdog: ping only after READY and while the daemon serves or can recover by itself
+    let ready_flag = Arc::new(AtomicBool::new(false));
+    let subscribe_timeout_s = (cfg.mqtt.keep_alive_s.max(5) as f64).max(10.0);
+    let watchdog = sd_notify::watchdog_enabled().map(|period| {
+        let (s, ready, l) = (shared.clone(), ready_flag.clone(), link.clone());
+        tokio::spawn(async move {
             let mut tick = tokio::time::interval(period / 2);
+            let mut withheld = false;
             loop {
                 tick.tick().await;
                 if !ready.load(Ordering::Relaxed) {
                     continue;
                 }
-                let age = s.stalest_heartbeat_s();
-                if age < stall {
-                    notify(&[sd_notify::NotifyState::Watchdog]);
-                } else {
-                    tracing::error!(seconds = age, "a worker shows no progress; withholding the watchdog ping");
+                match watchdog_verdict(&s, &l, subscribe_timeout_s) {
+                    None => {
+                        if withheld {
+                            tracing::info!("serving again; watchdog pings resume");
+                            withheld = false;
+                        }
+                        notify(&[sd_notify::NotifyState::Watchdog]);
+                    }
+                    Some(why) => {
+                        if !withheld {
+                            tracing::error!(reason = %why, "withholding the systemd watchdog ping");
+                            withheld = true;
+                        }
+                    }
                 }
             }
-        }))
-    } else {
-        None
-    };
+        })
+    });
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut router =
-        Router { shared: shared.clone(), seq: 0, last_accepted: HashMap::new(), announced: HashSet::new() };
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut router = Router::new(shared.clone());
     let mut ready_sent = false;
-    let mut backoff = Duration::from_millis(cfg.mqtt.reconnect_min_ms.max(10));
+    let min_backoff = Duration::from_millis(cfg.mqtt.reconnect_min_ms.max(10));
+    let mut backoff = min_backoff;
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut beat = tokio::time::interval(Duration::from_millis(500));
     let subscriptions: Vec<String> = topics
         .subscriptions()
         .into_iter()
@@ -334,26 +596,48 @@ async fn serve(cfg: Config) -> Result<()> {
         })
         .collect();
 
+    // The event loop. Nothing in it waits on the MQTT client or the publisher: requests go out through
+    // non-blocking calls or spawned tasks, so a request queue that filled during an outage can never stall it,
+    // and a signal is seen at once, also during a reconnect back-off.
     loop {
+        link.beat();
         tokio::select! {
-            ev = events.poll() => match ev {
-                Ok(Event::Connected) => {
-                    backoff = Duration::from_millis(cfg.mqtt.reconnect_min_ms.max(10));
-                    tracing::info!(host = %cfg.mqtt.host, port = cfg.mqtt.port, "connected to the broker");
-                    for s in &subscriptions {
-                        if let Err(e) = client.subscribe(s, qos).await {
-                            tracing::warn!(topic = %s, error = %e, "subscribe failed");
+            biased;
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = beat.tick() => {}
+            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
+                retry_at = None;
+            }
+            ev = events.poll(), if retry_at.is_none() => match ev {
+                Ok(Event::Connected { session }) => {
+                    backoff = min_backoff;
+                    link.set_connected(true);
+                    tracing::info!(host = %cfg.mqtt.host, port = cfg.mqtt.port, session, "connected to the broker");
+                    let (c, subs) = (client.clone(), subscriptions.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = c.subscribe_all(&subs, qos).await {
+                            tracing::warn!(error = %e, "subscribe failed");
                         }
+                    });
+                }
+                Ok(Event::Subscribed { granted }) => {
+                    if !granted {
+                        tracing::error!("the broker refused a subscription: check its ACL for this client");
+                        continue;
                     }
-                    let mut hello = vec![Outgoing::new(topics.available(), "online").retained(true)];
+                    if link.subscribed.swap(true, Ordering::Relaxed) {
+                        continue;
+                    }
+                    tracing::info!(topics = subscriptions.len(), "subscribed");
+                    router.serving = true;
+                    send(router.own_availability("online"));
+                    send(router.aggregate("online"));
                     if cfg.daemon.home_assistant_discovery {
                         for cam in cfg.cameras.keys() {
                             router.announced.insert(cam.clone());
-                            hello.extend(discovery(&cfg, &topics, cam));
+                            discovery(&cfg, &topics, cam).into_iter().for_each(send);
                         }
-                    }
-                    for m in hello {
-                        let _ = out_tx.send(Command::Publish(m)).await;
                     }
                     if !ready_sent {
                         notify(&[sd_notify::NotifyState::Ready]);
@@ -362,78 +646,95 @@ async fn serve(cfg: Config) -> Result<()> {
                     }
                 }
                 Ok(Event::Message(m)) => {
-                    for o in router.handle(m) {
-                        let _ = out_tx.send(Command::Publish(o)).await;
-                    }
+                    router.handle(m).into_iter().for_each(send);
+                    shared.cameras.store(router.seen.len(), Ordering::Relaxed);
                 }
-                Ok(_) => {}
+                Ok(Event::Disconnected) => {
+                    link.set_connected(false);
+                    router.serving = false;
+                }
+                Ok(Event::Other) => {}
                 Err(e) => {
+                    link.set_connected(false);
+                    router.serving = false;
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker connection lost");
-                    tokio::time::sleep(backoff).await;
+                    retry_at = Some(tokio::time::Instant::now() + backoff);
                     backoff = (backoff * 2).min(Duration::from_millis(cfg.mqtt.reconnect_max_ms.max(100)));
                 }
             },
-            _ = sigterm.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
         }
     }
 
-    // shutdown: stop taking frames, let the current jobs finish within the grace period, then abandon them
+    // Shutdown: stop taking frames, answer the waiting ones, let the current jobs finish within the grace period,
+    // then abandon them. The connection stays serviced throughout (frames still arriving are answered
+    // `shutting_down`), and every step is bounded in time.
     tracing::info!("stopping");
     notify(&[sd_notify::NotifyState::Stopping]);
-    for f in shared.queue.close() {
-        for m in shared.error_message(
-            &f.camera,
-            "shutting_down",
-            "the daemon is stopping; the frame was not processed",
-            Some(f.seq),
-            f.reply.as_ref(),
-        ) {
-            let _ = out_tx.send(Command::Publish(m)).await;
-        }
+    router.serving = false;
+    let waiting = shared.queue.close();
+    let answered = waiting.len();
+    for f in waiting {
+        let msg = "the daemon is stopping; the frame was not processed";
+        shared.error_message(&f.camera, "shutting_down", msg, Some(f.seq), f.reply.as_ref()).into_iter().for_each(send);
+    }
+    if answered > 0 {
+        tracing::info!(frames = answered, "answered the waiting frames with shutting_down");
+    }
+    for s in subscriptions.iter().filter(|s| s.ends_with("/frame") || !s.starts_with(&cfg.mqtt.prefix)) {
+        let (c, s) = (client.clone(), s.clone());
+        tokio::spawn(async move { c.unsubscribe(&s).await });
     }
     let grace = Instant::now() + Duration::from_millis(cfg.daemon.shutdown_grace_ms);
-    let finish = async {
-        while handles.iter().any(|h| !h.is_finished()) {
-            if Instant::now() >= grace {
-                shared.abandon.store(true, Ordering::Relaxed);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    // no new frames from the broker; frames already on their way are answered `shutting_down` (the queue is
-    // closed), and the connection stays serviced while the workers wind down
-    for s in subscriptions.iter().filter(|s| s.ends_with("/frame") || !s.starts_with(&cfg.mqtt.prefix)) {
-        let _ = client.unsubscribe(s).await;
-    }
-    let service = async {
-        loop {
-            match events.poll().await {
-                Ok(Event::Message(m)) => {
-                    for o in router.handle(m) {
-                        let _ = out_tx.send(Command::Publish(o)).await;
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+    // keep the connection serviced; returns when `done` says so or after `limit`
+    async fn service(
+        events: &mut mqtt::EventLoop,
+        router: &mut Router,
+        send: &dyn Fn(Outgoing),
+        limit: Duration,
+        mut done: impl FnMut() -> bool,
+    ) {
+        let end = tokio::time::Instant::now() + limit;
+        let mut check = tokio::time::interval(Duration::from_millis(20));
+        while !done() && tokio::time::Instant::now() < end {
+            tokio::select! {
+                ev = events.poll() => match ev {
+                    Ok(Event::Message(m)) => router.handle(m).into_iter().for_each(send),
+                    Ok(Event::Disconnected) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                },
+                _ = check.tick() => {}
             }
         }
-    };
-    tokio::select! {
-        _ = finish => {},
-        _ = service => {},
     }
-    for h in handles {
-        let _ = h.join();
+    let abandon_after = Duration::from_millis(cfg.daemon.shutdown_grace_ms) + Duration::from_secs(3);
+    service(&mut events, &mut router, &send, abandon_after, || {
+        if Instant::now() >= grace {
+            shared.abandon.store(true, Ordering::Relaxed);
+        }
+        handles.iter().all(|h| h.is_finished())
+    })
+    .await;
+    let stuck = handles.iter().filter(|h| !h.is_finished()).count();
+    if stuck > 0 {
+        tracing::warn!(workers = stuck, "workers still busy after the grace period; not waiting for them");
+    } else {
+        for h in handles {
+            let _ = h.join();
+        }
     }
     stats_task.abort();
     if let Some(w) = watchdog {
         w.abort();
     }
-    let _ = out_tx.send(Command::Publish(Outgoing::new(topics.available(), "stopped").retained(true))).await;
-    let _ = out_tx.send(Command::Disconnect).await;
+    send(router.own_availability("stopped"));
+    if !router.others_online() {
+        send(router.aggregate("stopped"));
+    }
+    let _ = out_tx.send(Command::Disconnect);
     drop(out_tx);
-    // flush: poll until the disconnect went out (bounded)
+    // flush: until the publisher has handed everything over and the disconnect went out (bounded)
+    service(&mut events, &mut router, &|_| {}, Duration::from_secs(2), || publisher.is_finished()).await;
     let flush = async {
         loop {
             match events.poll().await {
@@ -442,8 +743,9 @@ async fn serve(cfg: Config) -> Result<()> {
             }
         }
     };
-    let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
-    let _ = tokio::time::timeout(Duration::from_millis(200), publisher).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), flush).await;
+    let _ = presence_client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_millis(500), presence_task).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -49,12 +49,35 @@ pub struct Incoming {
     pub payload: Bytes,
     pub retain: bool,
     pub reply: Option<Reply>,
+    /// Why the v5 response topic the sender gave cannot be answered on (empty, wildcards), if it cannot.
+    pub bad_reply: Option<String>,
+}
+
+/// A response topic we may publish to: a PUBLISH to an empty topic or one with wildcards is a protocol error that
+/// makes the broker drop the connection, so such a request is answered on the camera's error topic instead.
+pub fn check_response_topic(t: &str) -> Result<&str, String> {
+    if t.is_empty() {
+        Err("the MQTT v5 response topic is empty".into())
+    } else if t.contains(['+', '#']) {
+        Err(format!("the MQTT v5 response topic {t:?} contains a wildcard ('+' or '#')"))
+    } else if t.contains('\0') {
+        Err("the MQTT v5 response topic contains a NUL character".into())
+    } else {
+        Ok(t)
+    }
 }
 
 #[derive(Debug)]
 pub enum Event {
-    /// Connection (re-)established: subscribe and announce again.
-    Connected,
+    /// Connection (re-)established: subscribe and announce again. `session` is true when the broker kept our
+    /// session (its subscriptions and the QoS 1/2 messages queued for us while we were away).
+    Connected {
+        session: bool,
+    },
+    /// The broker answered a subscription: `granted` unless it refused a filter (e.g. its ACL).
+    Subscribed {
+        granted: bool,
+    },
     Message(Incoming),
     /// The broker or we closed the connection.
     Disconnected,
@@ -106,13 +129,28 @@ fn transport(cfg: &MqttConfig) -> Result<rumqttc::Transport> {
 
 /// Create the client and its event loop. `max_packet` bounds incoming packets; the last will marks us offline.
 pub fn connect(cfg: &MqttConfig, client_id: &str, will_topic: &str, max_packet: usize) -> Result<(Client, EventLoop)> {
+    connect_with(cfg, client_id, will_topic, max_packet, cfg.session_expiry())
+}
+
+/// `connect` with an explicit session expiry (0: a clean session), for helper connections that keep no state.
+pub fn connect_with(
+    cfg: &MqttConfig,
+    client_id: &str,
+    will_topic: &str,
+    max_packet: usize,
+    session_expiry_s: u64,
+) -> Result<(Client, EventLoop)> {
+    let cfg = &MqttConfig { session_expiry_s: Some(session_expiry_s), ..cfg.clone() };
     let keep_alive = Duration::from_secs(cfg.keep_alive_s.max(5));
     let transport = transport(cfg)?;
     match cfg.protocol {
         Protocol::V5 => {
             let mut o = rumqttc::v5::MqttOptions::new(client_id, &cfg.host, cfg.port);
             o.set_keep_alive(keep_alive);
-            o.set_clean_start(true);
+            o.set_clean_start(session_expiry_s == 0);
+            if session_expiry_s > 0 {
+                o.set_session_expiry_interval(Some(session_expiry_s.min(u32::MAX as u64) as u32));
+            }
             o.set_max_packet_size(Some(max_packet as u32));
             o.set_transport(transport);
             o.set_last_will(p5::LastWill::new(will_topic, "offline", qos5(1), true, None));
@@ -125,7 +163,8 @@ pub fn connect(cfg: &MqttConfig, client_id: &str, will_topic: &str, max_packet: 
         Protocol::V311 => {
             let mut o = rumqttc::MqttOptions::new(client_id, &cfg.host, cfg.port);
             o.set_keep_alive(keep_alive);
-            o.set_clean_session(true);
+            // 3.1.1 has no expiry: a kept session lasts until the broker's own limit (persistent_client_expiration)
+            o.set_clean_session(session_expiry_s == 0);
             o.set_max_packet_size(max_packet, max_packet);
             o.set_transport(transport);
             o.set_last_will(rumqttc::LastWill::new(will_topic, "offline", qos4(1), true));
@@ -143,25 +182,44 @@ impl EventLoop {
     pub async fn poll(&mut self) -> Result<Event, String> {
         match self {
             EventLoop::V5(e) => match e.poll().await {
-                Ok(rumqttc::v5::Event::Incoming(p5::Packet::ConnAck(_))) => Ok(Event::Connected),
+                Ok(rumqttc::v5::Event::Incoming(p5::Packet::ConnAck(a))) => {
+                    Ok(Event::Connected { session: a.session_present })
+                }
+                Ok(rumqttc::v5::Event::Incoming(p5::Packet::SubAck(a))) => Ok(Event::Subscribed {
+                    granted: a.return_codes.iter().all(|c| matches!(c, p5::SubscribeReasonCode::Success(_))),
+                }),
                 Ok(rumqttc::v5::Event::Incoming(p5::Packet::Publish(p))) => {
                     let topic = String::from_utf8_lossy(&p.topic).into_owned();
-                    let reply = p.properties.as_ref().and_then(|pr| {
-                        pr.response_topic
-                            .as_ref()
-                            .map(|t| Reply { topic: t.clone(), correlation: pr.correlation_data.clone() })
-                    });
-                    Ok(Event::Message(Incoming { topic, payload: p.payload, retain: p.retain, reply }))
+                    let (mut reply, mut bad_reply) = (None, None);
+                    if let Some(pr) = &p.properties {
+                        match pr.response_topic.as_deref().map(check_response_topic) {
+                            Some(Ok(t)) => {
+                                reply = Some(Reply { topic: t.to_string(), correlation: pr.correlation_data.clone() })
+                            }
+                            Some(Err(why)) => bad_reply = Some(why),
+                            None => {}
+                        }
+                    }
+                    Ok(Event::Message(Incoming { topic, payload: p.payload, retain: p.retain, reply, bad_reply }))
                 }
                 Ok(rumqttc::v5::Event::Incoming(p5::Packet::Disconnect(_))) => Ok(Event::Disconnected),
                 Ok(_) => Ok(Event::Other),
                 Err(e) => Err(e.to_string()),
             },
             EventLoop::V4(e) => match e.poll().await {
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => Ok(Event::Connected),
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                    Ok(Event::Message(Incoming { topic: p.topic, payload: p.payload, retain: p.retain, reply: None }))
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(a))) => {
+                    Ok(Event::Connected { session: a.session_present })
                 }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(a))) => Ok(Event::Subscribed {
+                    granted: a.return_codes.iter().all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_))),
+                }),
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => Ok(Event::Message(Incoming {
+                    topic: p.topic,
+                    payload: p.payload,
+                    retain: p.retain,
+                    reply: None,
+                    bad_reply: None,
+                })),
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::Disconnect)) => Ok(Event::Disconnected),
                 Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => Ok(Event::Disconnected),
                 Ok(_) => Ok(Event::Other),
@@ -171,7 +229,41 @@ impl EventLoop {
     }
 }
 
+/// Why a non-blocking request was not taken.
+#[derive(Debug)]
+pub enum TryError {
+    /// The client's request queue is full: try again later.
+    Full,
+    /// The request can never be sent (e.g. an invalid topic).
+    Invalid(String),
+}
+
 impl Client {
+    /// Queue a publish without waiting: never blocks the caller, whatever the state of the connection.
+    pub fn try_publish(&self, m: &Outgoing, qos: u8) -> Result<(), TryError> {
+        let full = |e: &dyn std::fmt::Display| {
+            if matches!(m.topic.as_str(), "") || m.topic.contains(['+', '#']) {
+                TryError::Invalid(format!("cannot publish to {:?}: {e}", m.topic))
+            } else {
+                TryError::Full
+            }
+        };
+        match self {
+            Client::V5(c) => {
+                let props = p5::PublishProperties {
+                    content_type: m.content_type.map(str::to_string),
+                    correlation_data: m.correlation.clone(),
+                    ..Default::default()
+                };
+                c.try_publish_with_properties(m.topic.clone(), qos5(qos), m.retain, m.payload.clone(), props)
+                    .map_err(|e| full(&e))
+            }
+            Client::V4(c) => {
+                c.try_publish(m.topic.clone(), qos4(qos), m.retain, m.payload.clone()).map_err(|e| full(&e))
+            }
+        }
+    }
+
     pub async fn publish(&self, m: Outgoing, qos: u8) -> Result<()> {
         match self {
             Client::V5(c) => {
@@ -188,9 +280,24 @@ impl Client {
     }
 
     pub async fn subscribe(&self, filter: &str, qos: u8) -> Result<()> {
+        self.subscribe_all(&[filter.to_string()], qos).await
+    }
+
+    /// Subscribe to every filter in one request. Under MQTT v5 retained messages are sent only for a subscription
+    /// the session did not have yet, so a reconnect to a kept session does not deliver retained frames again.
+    pub async fn subscribe_all(&self, filters: &[String], qos: u8) -> Result<()> {
         match self {
-            Client::V5(c) => c.subscribe(filter, qos5(qos)).await?,
-            Client::V4(c) => c.subscribe(filter, qos4(qos)).await?,
+            Client::V5(c) => {
+                let f = filters.iter().map(|t| {
+                    let mut f = p5::Filter::new(t.clone(), qos5(qos));
+                    f.retain_forward_rule = p5::RetainForwardRule::OnNewSubscribe;
+                    f
+                });
+                c.subscribe_many(f).await?
+            }
+            Client::V4(c) => {
+                c.subscribe_many(filters.iter().map(|t| rumqttc::SubscribeFilter::new(t.clone(), qos4(qos)))).await?
+            }
         }
         Ok(())
     }
@@ -199,6 +306,15 @@ impl Client {
         match self {
             Client::V5(c) => c.unsubscribe(filter).await?,
             Client::V4(c) => c.unsubscribe(filter).await?,
+        }
+        Ok(())
+    }
+
+    /// Ask for a clean disconnect without waiting (no last will is published).
+    pub fn try_disconnect(&self) -> Result<()> {
+        match self {
+            Client::V5(c) => c.try_disconnect()?,
+            Client::V4(c) => c.try_disconnect()?,
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
-//! Frames waiting for a worker: one slot per camera, the newest frame wins. Memory is bounded by the number of
-//! cameras × the payload limit, whatever the input rate.
+//! Frames waiting for a worker: one slot per camera, the newest frame wins, and a global bound on the frames
+//! and bytes waiting (the oldest waiting frame of another camera is evicted), so memory is bounded whatever the
+//! input rate and however many camera names arrive.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Condvar, Mutex};
@@ -24,6 +25,15 @@ pub struct Frame {
     pub reply: Option<Reply>,
 }
 
+/// What a push displaced.
+#[derive(Debug, Default)]
+pub struct Pushed {
+    /// The same camera's earlier frame, replaced by the new one.
+    pub replaced: Option<Frame>,
+    /// Other cameras' oldest frames, evicted to keep within the global bound.
+    pub evicted: Vec<Frame>,
+}
+
 #[derive(Default)]
 struct State {
     slots: HashMap<String, Frame>,
@@ -32,33 +42,54 @@ struct State {
     /// Cameras being processed right now (a camera is never processed by two workers at once).
     busy: Vec<String>,
     closed: bool,
+    bytes: usize,
 }
 
-#[derive(Default)]
 pub struct FrameQueue {
     state: Mutex<State>,
     ready: Condvar,
+    max_frames: usize,
+    max_bytes: usize,
+}
+
+impl Default for FrameQueue {
+    fn default() -> Self {
+        FrameQueue::new(usize::MAX, usize::MAX)
+    }
 }
 
 impl FrameQueue {
-    pub fn new() -> Self {
-        Self::default()
+    /// A queue holding at most `max_frames` frames and `max_bytes` payload bytes (at least one frame is always
+    /// accepted, whatever its size).
+    pub fn new(max_frames: usize, max_bytes: usize) -> Self {
+        FrameQueue { state: Mutex::default(), ready: Condvar::new(), max_frames: max_frames.max(1), max_bytes }
     }
 
-    /// Queue a frame; returns the frame it replaced (dropped), if any. Frames are refused (returned) once closed.
-    pub fn push(&self, frame: Frame) -> Result<Option<Frame>, Frame> {
+    /// Queue a frame; returns what it displaced. Frames are refused (returned) once closed.
+    pub fn push(&self, frame: Frame) -> Result<Pushed, Box<Frame>> {
         let mut s = self.state.lock().unwrap();
         if s.closed {
-            return Err(frame);
+            return Err(Box::new(frame));
         }
         let cam = frame.camera.clone();
-        let old = s.slots.insert(cam.clone(), frame);
-        if old.is_none() {
-            s.order.push_back(cam);
+        s.bytes += frame.payload.len();
+        let replaced = s.slots.insert(cam.clone(), frame);
+        match &replaced {
+            Some(old) => s.bytes -= old.payload.len(),
+            None => s.order.push_back(cam.clone()),
+        }
+        let mut evicted = Vec::new();
+        while s.slots.len() > self.max_frames || (s.bytes > self.max_bytes && s.slots.len() > 1) {
+            // the camera waiting longest, never the frame just queued
+            let Some(pos) = s.order.iter().position(|c| *c != cam) else { break };
+            let victim = s.order.remove(pos).unwrap();
+            let f = s.slots.remove(&victim).expect("ordered camera has a slot");
+            s.bytes -= f.payload.len();
+            evicted.push(f);
         }
         drop(s);
         self.ready.notify_one();
-        Ok(old)
+        Ok(Pushed { replaced, evicted })
     }
 
     /// The next frame of a camera that is not being processed, waiting up to `timeout`. None on timeout or when
@@ -73,6 +104,7 @@ impl FrameQueue {
             if let Some(pos) = s.order.iter().position(|c| !s.busy.contains(c)) {
                 let cam = s.order.remove(pos).unwrap();
                 let f = s.slots.remove(&cam).expect("ordered camera has a slot");
+                s.bytes -= f.payload.len();
                 s.busy.push(cam);
                 return Some(f);
             }
@@ -95,11 +127,17 @@ impl FrameQueue {
         self.state.lock().unwrap().slots.len()
     }
 
+    /// Payload bytes waiting.
+    pub fn bytes(&self) -> usize {
+        self.state.lock().unwrap().bytes
+    }
+
     /// Stop handing out frames; returns the frames still waiting (so they can be answered).
     pub fn close(&self) -> Vec<Frame> {
         let mut s = self.state.lock().unwrap();
         s.closed = true;
         s.order.clear();
+        s.bytes = 0;
         let left = s.slots.drain().map(|(_, f)| f).collect();
         drop(s);
         self.ready.notify_all();
@@ -128,10 +166,10 @@ mod tests {
 
     #[test]
     fn newest_frame_wins_per_camera_and_cameras_take_turns() {
-        let q = FrameQueue::new();
-        assert!(q.push(frame("a", 1)).unwrap().is_none());
-        assert!(q.push(frame("b", 2)).unwrap().is_none());
-        assert_eq!(q.push(frame("a", 3)).unwrap().unwrap().seq, 1);
+        let q = FrameQueue::default();
+        assert!(q.push(frame("a", 1)).unwrap().replaced.is_none());
+        assert!(q.push(frame("b", 2)).unwrap().replaced.is_none());
+        assert_eq!(q.push(frame("a", 3)).unwrap().replaced.unwrap().seq, 1);
         assert_eq!(q.depth(), 2);
         let f = q.pop(Duration::ZERO).unwrap();
         assert_eq!((f.camera.as_str(), f.seq), ("a", 3));
@@ -149,11 +187,40 @@ mod tests {
 
     #[test]
     fn pop_wakes_on_push() {
-        let q = std::sync::Arc::new(FrameQueue::new());
+        let q = std::sync::Arc::new(FrameQueue::default());
         let q2 = q.clone();
         let t = std::thread::spawn(move || q2.pop(Duration::from_secs(5)).map(|f| f.seq));
         std::thread::sleep(Duration::from_millis(50));
         q.push(frame("x", 9)).unwrap();
         assert_eq!(t.join().unwrap(), Some(9));
+    }
+
+    #[test]
+    fn global_bound_evicts_the_oldest_other_camera() {
+        // 3 frames of 10 bytes at most, 25 bytes at most
+        let q = FrameQueue::new(3, 25);
+        for (i, cam) in ["a", "b"].iter().enumerate() {
+            assert!(q.push(frame(cam, i as u64)).unwrap().evicted.is_empty());
+        }
+        // a third camera: 30 bytes > 25, the oldest (a) goes
+        let p = q.push(frame("c", 2)).unwrap();
+        assert_eq!(p.evicted.iter().map(|f| f.camera.as_str()).collect::<Vec<_>>(), ["a"]);
+        assert_eq!((q.depth(), q.bytes()), (2, 20));
+        // a newer frame of b replaces b's and evicts nobody
+        let p = q.push(frame("b", 3)).unwrap();
+        assert!(p.evicted.is_empty() && p.replaced.unwrap().seq == 1);
+        // many new cameras: never more than the bound, the newest always kept
+        for i in 0..100 {
+            let p = q.push(frame(&format!("n{i}"), 10 + i)).unwrap();
+            assert!(p.evicted.iter().all(|f| f.camera != format!("n{i}")));
+            assert!(q.depth() <= 3 && q.bytes() <= 25);
+        }
+        let f = q.pop(Duration::ZERO).unwrap();
+        assert_eq!(f.camera, "n98", "the oldest waiting frame is served first");
+        assert_eq!(q.bytes(), 10);
+        // one frame larger than the byte bound is still accepted
+        let q = FrameQueue::new(3, 5);
+        assert!(q.push(frame("big", 1)).unwrap().evicted.is_empty());
+        assert_eq!(q.depth(), 1);
     }
 }

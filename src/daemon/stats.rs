@@ -5,20 +5,43 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
+/// Counters. Every received frame ends as exactly one of processed, dropped or errors (or is still waiting or
+/// being processed): received = processed + dropped + errors + queue_depth + in_progress.
 #[derive(Default)]
 pub struct Stats {
     pub received: AtomicU64,
     pub processed: AtomicU64,
-    /// Replaced by a newer frame of the same camera, or inside the camera's minimum interval.
+    /// Replaced by a newer frame of the same camera, inside the camera's minimum interval, or evicted by the
+    /// global queue bound.
     pub dropped: AtomicU64,
-    /// Rejected payloads, failed jobs, bad control messages.
+    /// Frames refused (payload, shutting down) or whose job failed.
     pub errors: AtomicU64,
+    /// Of `dropped`: frames evicted to keep the queue within its global bound.
+    pub evicted_frames: AtomicU64,
+    /// Camera state (rate limit, warm start, style choice) dropped to keep within `daemon.max_cameras`.
+    pub evicted_cameras: AtomicU64,
+    /// Messages that are not frames and could not be used: bad topics, bad control payloads, unknown styles.
+    pub control_errors: AtomicU64,
+    /// Outgoing messages dropped because the outbox was full while the broker was unreachable.
+    pub outbox_dropped: AtomicU64,
+    pub in_progress: AtomicU64,
     pub warm_starts: AtomicU64,
     durations: Mutex<VecDeque<f64>>,
     evaluations: Mutex<VecDeque<u64>>,
 }
 
 const WINDOW: usize = 1000;
+
+/// Values of the moment that go into a stats message beside the counters.
+pub struct Gauges<'a> {
+    pub daemon_id: &'a str,
+    pub provider: &'a str,
+    pub queue_depth: usize,
+    pub queue_bytes: usize,
+    pub cameras: usize,
+    pub connected: bool,
+    pub started: Instant,
+}
 
 impl Stats {
     pub fn record_job(&self, ms: f64, evaluations: u64, warm: bool) {
@@ -53,23 +76,33 @@ impl Stats {
         Some([at(0.5), at(0.9), at(0.99), *v.last().unwrap()])
     }
 
-    pub fn snapshot(&self, queue_depth: usize, provider: &str, started: Instant) -> serde_json::Value {
+    pub fn snapshot(&self, g: &Gauges) -> serde_json::Value {
+        let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let p = self.percentiles();
         let evals: Vec<u64> = self.evaluations.lock().unwrap().iter().copied().collect();
         let mean_evals = if evals.is_empty() { 0.0 } else { evals.iter().sum::<u64>() as f64 / evals.len() as f64 };
         serde_json::json!({
-            "received": self.received.load(Ordering::Relaxed),
-            "processed": self.processed.load(Ordering::Relaxed),
-            "dropped": self.dropped.load(Ordering::Relaxed),
-            "errors": self.errors.load(Ordering::Relaxed),
-            "warm_starts": self.warm_starts.load(Ordering::Relaxed),
-            "queue_depth": queue_depth,
+            "daemon_id": g.daemon_id,
+            "received": c(&self.received),
+            "processed": c(&self.processed),
+            "dropped": c(&self.dropped),
+            "errors": c(&self.errors),
+            "evicted_frames": c(&self.evicted_frames),
+            "evicted_cameras": c(&self.evicted_cameras),
+            "control_errors": c(&self.control_errors),
+            "outbox_dropped": c(&self.outbox_dropped),
+            "in_progress": c(&self.in_progress),
+            "warm_starts": c(&self.warm_starts),
+            "queue_depth": g.queue_depth,
+            "queue_bytes": g.queue_bytes,
+            "cameras": g.cameras,
+            "connected": g.connected,
             "duration_ms": p.map(|p| serde_json::json!({"p50": p[0], "p90": p[1], "p99": p[2], "max": p[3]})),
             "mean_evaluations": mean_evals,
-            "provider": provider,
-            "rss_bytes": crate::commands::bench::current_rss(),
-            "peak_rss_bytes": crate::commands::bench::peak_rss(),
-            "uptime_s": started.elapsed().as_secs(),
+            "provider": g.provider,
+            "rss_bytes": crate::memory::current_rss(),
+            "peak_rss_bytes": crate::memory::peak_rss(),
+            "uptime_s": g.started.elapsed().as_secs(),
         })
     }
 }
@@ -87,7 +120,17 @@ mod tests {
         }
         let p = s.percentiles().unwrap();
         assert_eq!(p, [51.0, 90.0, 99.0, 100.0]);
-        let snap = s.snapshot(3, "cpu", Instant::now());
+        let g = Gauges {
+            daemon_id: "d1",
+            provider: "cpu",
+            queue_depth: 3,
+            queue_bytes: 30,
+            cameras: 4,
+            connected: true,
+            started: Instant::now(),
+        };
+        let snap = s.snapshot(&g);
+        assert_eq!(snap["daemon_id"], "d1");
         assert_eq!(snap["processed"], 100);
         assert_eq!(snap["warm_starts"], 50);
         assert_eq!(snap["queue_depth"], 3);

@@ -14,6 +14,10 @@ pub enum Route {
     StyleState {
         camera: String,
     },
+    /// A daemon's availability (`<prefix>/<daemon_id>/available`) or the aggregate (`<prefix>/available`, None).
+    Availability {
+        daemon: Option<String>,
+    },
     /// A topic we subscribe to that carries nothing usable (e.g. an invalid camera name).
     Invalid {
         reason: String,
@@ -58,8 +62,13 @@ impl Topics {
     pub fn style_state(&self, camera: &str) -> String {
         format!("{}/{camera}/style/state", self.prefix)
     }
+    /// The aggregate availability: `online` while any daemon of this prefix serves.
     pub fn available(&self) -> String {
         format!("{}/available", self.prefix)
+    }
+    /// One daemon's availability (its last will: `offline`).
+    pub fn daemon_available(&self, daemon_id: &str) -> String {
+        format!("{}/{daemon_id}/available", self.prefix)
     }
     pub fn stats(&self) -> String {
         format!("{}/stats", self.prefix)
@@ -71,6 +80,8 @@ impl Topics {
             (format!("{}/+/frame", self.prefix), true),
             (format!("{}/+/style/set", self.prefix), false),
             (format!("{}/+/style/state", self.prefix), false),
+            (format!("{}/available", self.prefix), false),
+            (format!("{}/+/available", self.prefix), false),
         ];
         v.extend(self.mappings.iter().map(|m| (m.topic.clone(), true)));
         v
@@ -87,6 +98,8 @@ impl Topics {
                 }
             };
             match parts.as_slice() {
+                ["available"] => return Route::Availability { daemon: None },
+                [id, "available"] => return Route::Availability { daemon: Some(id.to_string()) },
                 [cam, "frame"] => return named(cam, Route::Frame { camera: cam.to_string() }),
                 [cam, "style", "set"] => return named(cam, Route::StyleSet { camera: cam.to_string() }),
                 [cam, "style", "state"] => return named(cam, Route::StyleState { camera: cam.to_string() }),
@@ -138,6 +151,8 @@ mod tests {
         assert!(
             matches("a/#", "a/b/c") && matches("a/+/c", "a/b/c") && !matches("a/+", "a/b/c") && !matches("a/b", "a")
         );
-        assert_eq!(t.subscriptions().len(), 5);
+        assert_eq!(t.route("home/fuchun/available"), Route::Availability { daemon: None });
+        assert_eq!(t.route("home/fuchun/d1/available"), Route::Availability { daemon: Some("d1".into()) });
+        assert_eq!(t.subscriptions().len(), 7);
     }
 }

@@ -69,7 +69,7 @@ async fn serve(cfg: Config, listen: SocketAddr, camera: Option<String>) -> Resul
         let mut version = 0u64;
         loop {
             match events.poll().await {
-                Ok(Event::Connected) => {
+                Ok(Event::Connected { .. }) => {
                     let _ = client.subscribe(&filter, 0).await;
                 }
                 Ok(Event::Message(m)) => {

@@ -48,7 +48,11 @@ pub struct Shared {
     pub topics: Topics,
     pub queue: FrameQueue,
     pub stats: Stats,
-    pub out: mpsc::Sender<Command>,
+    /// To the publisher task. Unbounded on purpose: nothing that sends may ever wait on the broker; the publisher
+    /// drains it at once into its own bounded outbox.
+    pub out: mpsc::UnboundedSender<Command>,
+    /// Names this daemon's availability topic and its stats.
+    pub daemon_id: String,
     /// Styles chosen through `<camera>/style/set`.
     pub camera_styles: Mutex<HashMap<String, String>>,
     /// Per worker: milliseconds since `started` of the last sign of life.
@@ -57,16 +61,19 @@ pub struct Shared {
     pub abandon: AtomicBool,
     pub started: Instant,
     pub provider: Mutex<String>,
+    /// Cameras whose state is kept (the router's count, for stats).
+    pub cameras: std::sync::atomic::AtomicUsize,
     warm: Mutex<HashMap<String, Warm>>,
 }
 
 impl Shared {
-    pub fn new(config: Config, topics: Topics, out: mpsc::Sender<Command>) -> Shared {
+    pub fn new(config: Config, topics: Topics, out: mpsc::UnboundedSender<Command>) -> Shared {
         let workers = config.daemon.workers;
         Shared {
+            daemon_id: config.mqtt.client_id.clone(),
+            queue: FrameQueue::new(config.daemon.max_queued_frames, config.daemon.max_queued_bytes as usize),
             config,
             topics,
-            queue: FrameQueue::new(),
             stats: Stats::default(),
             out,
             camera_styles: Mutex::new(HashMap::new()),
@@ -74,6 +81,7 @@ impl Shared {
             abandon: AtomicBool::new(false),
             started: Instant::now(),
             provider: Mutex::new("unknown".into()),
+            cameras: Default::default(),
             warm: Mutex::new(HashMap::new()),
         }
     }
@@ -93,13 +101,26 @@ impl Shared {
     }
 
     pub fn send(&self, m: Outgoing) {
-        // blocking_send applies back-pressure when the broker is slow; it only fails once the publisher is gone
-        if self.out.blocking_send(Command::Publish(m)).is_err() {
+        if self.out.send(Command::Publish(m)).is_err() {
             tracing::warn!("the MQTT publisher has stopped; dropping a message");
         }
     }
 
-    /// An error for a camera (and for the requester, if the frame asked for a reply).
+    /// Forget what is kept per camera (warm-start result, style choice): the camera is evicted by the bound on
+    /// cameras (`daemon.max_cameras`).
+    pub fn forget_camera(&self, camera: &str) {
+        self.warm.lock().unwrap().remove(camera);
+        self.camera_styles.lock().unwrap().remove(camera);
+    }
+
+    /// An error about a message that is not a frame (bad topic, bad control payload): counted apart from frames.
+    pub fn control_error(&self, camera: &str, code: &str, message: &str) -> Vec<Outgoing> {
+        Stats::inc(&self.stats.control_errors);
+        let body = serde_json::json!({"camera": camera, "code": code, "message": message, "seq": null});
+        vec![Outgoing::json(self.topics.error(camera), &body)]
+    }
+
+    /// An error for a frame of a camera (and for the requester, if the frame asked for a reply).
     pub fn error_message(
         &self,
         camera: &str,
@@ -173,6 +194,7 @@ pub fn run(
             continue;
         };
         let camera = frame.camera.clone();
+        shared.stats.in_progress.fetch_add(1, Ordering::Relaxed);
         let messages = match process(worker, &shared, &mut model, &mut styles, &frame) {
             Ok(m) => m,
             Err(e) => {
@@ -190,6 +212,7 @@ pub fn run(
         for m in messages {
             shared.send(m);
         }
+        shared.stats.in_progress.fetch_sub(1, Ordering::Relaxed);
         shared.queue.done(&camera);
         if shared.abandon.load(Ordering::Relaxed) {
             break;
@@ -217,7 +240,13 @@ fn process(
         max_pixels: cfg.daemon.max_pixels,
         ..Limits::default()
     };
-    let content = imageio::decode(&frame.payload, &limits)?;
+    // decoded no larger than this camera's results can be (JPEG: DCT-domain scaling), so a huge frame never
+    // exists at full size in memory
+    let want = cfg.styles.get(&style_name).map_or(usize::MAX, |s| s.image_size);
+    let want = settings.max_size.map_or(want, |m| want.min(m));
+    let fitted = imageio::decode_fitted(&frame.payload, &limits, want)?;
+    let (input_width, input_height) = (fitted.width, fitted.height);
+    let content = fitted.image;
     let decode_ms = t0.elapsed().as_secs_f64() * 1e3;
     if !styles.contains_key(&style_name) {
         styles.insert(style_name.clone(), Style::load(&style_name, cfg, &model.manifest)?);
@@ -231,7 +260,7 @@ fn process(
     let (w, h) = fit(content.width, content.height, size);
     let min = model.manifest.min_size;
     if w < min || h < min {
-        return Err(imageio::ImageError::TooSmall { width: content.width, height: content.height, min }.into());
+        return Err(imageio::too_small(input_width, input_height, w, h, min).into());
     }
     let mut opts = style.options(&model.manifest, size)?;
     let thumb = thumbnail(&content);
@@ -277,13 +306,13 @@ fn process(
     }
     let meta = serde_json::json!({
         "camera": cam,
-        "daemon": cfg.mqtt.client_id,
+        "daemon": shared.daemon_id,
         "seq": frame.seq,
         "topic": frame.topic,
         "style": style_name,
         "style_targets": style.last_source,
-        "input_width": content.width,
-        "input_height": content.height,
+        "input_width": input_width,
+        "input_height": input_height,
         "width": outcome.image.width,
         "height": outcome.image.height,
         "scales": outcome.scales.iter().map(|s| serde_json::json!({

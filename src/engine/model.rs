@@ -102,6 +102,9 @@ pub struct Model {
     feature_outputs: Vec<String>,
 }
 
+/// Matches one layer's activations (name, [channels, height, width], data) in place.
+pub type MatchInPlace<'a> = &'a mut dyn FnMut(&str, [usize; 3], &mut [f32]) -> Result<()>;
+
 fn sha256_file(path: &Path) -> Result<String> {
     let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut h = Sha256::new();
@@ -216,7 +219,7 @@ impl Model {
         height: usize,
         width: usize,
         inputs: &mut ObjectiveInputs,
-        match_in_place: &mut dyn FnMut(&str, [usize; 3], &mut [f32]) -> Result<()>,
+        match_in_place: MatchInPlace<'_>,
     ) -> Result<()> {
         let Some(session) = self.prelude.as_mut() else { return Ok(()) };
         let xt =

@@ -24,7 +24,7 @@ impl Pb {
         self.0.push(v as u8);
     }
     fn int(&mut self, field: u32, v: u64) -> &mut Self {
-        self.varint(((field as u64) << 3) | 0);
+        self.varint((field as u64) << 3); // wire type 0 (varint)
         self.varint(v);
         self
     }

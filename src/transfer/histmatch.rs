@@ -47,7 +47,7 @@ fn argsort(values: &[f32], s: &mut Scratch) {
         for k in &s.keys {
             count[((k >> shift) & 0x7ff) as usize] += 1;
         }
-        if count.iter().any(|c| *c == n) {
+        if count.contains(&n) {
             continue; // every key has the same digit: the pass would not move anything
         }
         let mut pos = 0;
@@ -116,7 +116,7 @@ pub fn update_layer(
 
 /// Replace `data` ([C, n] activations) by their histogram matching to `tables` ([C, K]), in place.
 pub fn match_in_place(data: &mut [f32], channels: usize, tables: &[f32], threads: usize) {
-    assert!(channels > 0 && data.len() % channels == 0 && tables.len() % channels == 0);
+    assert!(channels > 0 && data.len().is_multiple_of(channels) && tables.len().is_multiple_of(channels));
     let n = data.len() / channels;
     let k = tables.len() / channels;
     if n == 0 {

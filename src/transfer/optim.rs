@@ -143,7 +143,7 @@ impl Lbfgs {
             }
             d.iter_mut().for_each(|v| *v = -*v);
             let mut gd = dot(&g, &d);
-            if !(gd < 0.0) {
+            if gd.is_nan() || gd >= 0.0 {
                 // not a descent direction: forget the curvature pairs and use steepest descent
                 pairs.clear();
                 let gmax = g.iter().fold(0.0f32, |a, v| a.max(v.abs()));
@@ -152,7 +152,7 @@ impl Lbfgs {
                     *di = -sc * gi;
                 }
                 gd = dot(&g, &d);
-                if !(gd < 0.0) {
+                if gd.is_nan() || gd >= 0.0 {
                     reason = StopReason::Converged; // zero gradient
                     break;
                 }

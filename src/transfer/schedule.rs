@@ -245,7 +245,7 @@ impl Objective for Eval<'_, '_> {
         if self.hooks.borrow().cancelled() {
             bail!(Cancelled);
         }
-        let rematch = self.hist_every > 0 && (self.evaluations + 1) % self.hist_every == 0;
+        let rematch = self.hist_every > 0 && (self.evaluations + 1).is_multiple_of(self.hist_every);
         let t = Instant::now();
         let (losses, matching) =
             histmatch::evaluate(self.model, x, self.height, self.width, self.inputs, grad, self.style, rematch)?;
@@ -405,7 +405,7 @@ pub fn stylize_with(
             (eval.evaluations, eval.first.unwrap_or_default(), eval.best.unwrap_or(eval.last));
         let (eval_seconds, match_seconds) = (eval.eval_seconds, eval.match_seconds);
         let optimizer_seconds = t_opt.elapsed().as_secs_f64() - eval_seconds;
-        drop(eval);
+        // `eval` borrows the model and the inputs: its last use is above
         for v in img.data.iter_mut() {
             *v = v.clamp(0.0, 1.0);
         }

@@ -1,0 +1,315 @@
+//! `fuchun serve` under the failures an outside attack found (issue 14): long broker outages with many queued
+//! results, SIGTERM with hundreds of queued cameras and during a reconnect back-off, hostile response topics,
+//! unbounded camera names, huge frames, several daemons sharing a prefix, and frames sent while disconnected.
+//! Each test runs against a real Mosquitto (its own when it kills the broker) and fails on the old behaviour.
+
+mod common;
+mod mqtt_support;
+
+use std::time::{Duration, Instant};
+
+use mqtt_support::{free_port, jpeg, shared_broker_port, unique_prefix, wait_online, Broker, Daemon, Probe};
+
+const T: Duration = Duration::from_secs(60);
+
+fn stats_where(probe: &Probe, prefix: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    probe.wait_for(&format!("{prefix}/stats"), |m| pred(&m.json()), T).json()
+}
+
+/// A frame that takes the worker a long time (many iterations at a size the style allows).
+const SLOW_STYLE: &str = "[styles.ink]\nimage_size = 96\niterations = 100000\ntol = 0.0\n";
+
+#[test]
+fn long_outage_with_many_queued_results_recovers_and_stops_cleanly() {
+    let port = free_port();
+    let mut broker = Broker::start_on(port);
+    let prefix = unique_prefix("outage");
+    let probe = Probe::new(port, &[&format!("{prefix}/#")]);
+    // reconnect attempts every 3 s: the new probe below is subscribed before the daemon is back
+    let extra = "[mqtt]\nreconnect_min_ms = 3000\nreconnect_max_ms = 3000\n\
+                 [daemon]\nstats_interval_s = 1\nmax_queued_frames = 400\nmax_cameras = 400\n\
+                 [styles.ink]\nimage_size = 32\niterations = 2\n";
+    let mut d = Daemon::start(port, &prefix, &format!("outage-{}", std::process::id()), extra);
+    wait_online(&probe, &prefix);
+    // 150 cameras with a frame each: the worker produces 300 results while the broker is away, far more than the
+    // MQTT client's request queue (64) and the old publisher channel (32) held
+    for i in 0..150 {
+        probe.publish(&format!("{prefix}/cam{i}/frame"), jpeg(40, 32, i as f32 / 150.0));
+    }
+    probe.wait_n(&format!("{prefix}/cam0/stylized"), 1, T);
+    broker.kill();
+    std::thread::sleep(Duration::from_secs(8));
+    let _broker = Broker::start_on(port);
+    let before = probe;
+    let probe = Probe::new(port, &[&format!("{prefix}/#")]);
+    // back: subscribed and serving (a new camera's frame is processed)
+    let t = Instant::now();
+    loop {
+        probe.publish(&format!("{prefix}/after/frame"), jpeg(40, 32, 0.5));
+        if !probe.on(&format!("{prefix}/after/stylized")).is_empty() {
+            break;
+        }
+        assert!(t.elapsed() < T, "no frame processed after the broker came back:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // what was produced during the outage was delivered from the outbox afterwards
+    let got = |i: usize| {
+        let t = format!("{prefix}/cam{i}/stylized");
+        !probe.on(&t).is_empty() || !before.on(&t).is_empty()
+    };
+    let delivered = (0..150).filter(|&i| got(i)).count();
+    assert!(delivered >= 100, "only {delivered} of the results made during the outage were delivered");
+    // SIGTERM honoured, clean stop
+    let t = Instant::now();
+    d.signal("TERM");
+    assert!(d.wait_exit(Duration::from_secs(5)).expect("no exit within 5 s after SIGTERM").success());
+    probe.wait_for(&format!("{prefix}/available"), |m| m.text() == "stopped", Duration::from_secs(5));
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn sigterm_with_hundreds_of_queued_cameras_stops_within_5_s() {
+    let (port, prefix) = (shared_broker_port(), unique_prefix("manycams"));
+    let probe = Probe::new(port, &[&format!("{prefix}/#")]);
+    let extra = format!("[daemon]\nstats_interval_s = 1\nmax_queued_frames = 500\nmax_cameras = 500\n{SLOW_STYLE}");
+    let mut d = Daemon::start(port, &prefix, &format!("manycams-{}", std::process::id()), &extra);
+    wait_online(&probe, &prefix);
+    for i in 0..300 {
+        probe.publish(&format!("{prefix}/c{i}/frame"), jpeg(48, 32, 0.3));
+    }
+    stats_where(&probe, &prefix, |s| s["queue_depth"].as_u64().unwrap_or(0) >= 290);
+    let t = Instant::now();
+    d.signal("TERM");
+    let status = d.wait_exit(Duration::from_secs(5));
+    assert!(status.expect("no exit within 5 s after SIGTERM").success(), "{}", d.log_text());
+    assert!(t.elapsed() < Duration::from_secs(5));
+    probe.wait_for(&format!("{prefix}/available"), |m| m.text() == "stopped", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(300));
+    let answered = (0..300)
+        .filter(|i| probe.on(&format!("{prefix}/c{i}/error")).iter().any(|m| m.json()["code"] == "shutting_down"))
+        .count();
+    assert!(answered >= 290, "only {answered} waiting frames were answered shutting_down");
+}
+
+#[test]
+fn sigterm_during_a_reconnect_back_off_stops_within_2_s() {
+    let port = free_port();
+    let mut broker = Broker::start_on(port);
+    let prefix = unique_prefix("backoff");
+    let probe = Probe::new(port, &[&format!("{prefix}/#")]);
+    let extra = "[mqtt]\nreconnect_min_ms = 30000\nreconnect_max_ms = 30000\n";
+    let mut d = Daemon::start(port, &prefix, &format!("backoff-{}", std::process::id()), extra);
+    wait_online(&probe, &prefix);
+    broker.kill();
+    let t = Instant::now();
+    while !d.log_text().contains("broker connection lost") {
+        assert!(t.elapsed() < T, "the daemon did not notice the broker going away");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    d.signal("TERM");
+    let status = d.wait_exit(Duration::from_secs(2)).expect("no exit within 2 s of SIGTERM during the back-off");
+    assert!(status.success() && t.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn bad_response_topics_get_an_error_and_do_not_disconnect() {
+    let (port, prefix) = (shared_broker_port(), unique_prefix("badreply"));
+    let probe = Probe::new(port, &[&format!("{prefix}/#")]);
+    let d = Daemon::start(port, &prefix, &format!("badreply-{}", std::process::id()), "");
+    wait_online(&probe, &prefix);
+    for (i, reply) in ["", "", "x/+/y", "x/#", ""].iter().enumerate() {
+        probe.request(&format!("{prefix}/cam/frame"), jpeg(64, 48, i as f32 / 5.0), reply, b"c");
+        // each frame is still processed, its result on the camera's topic
+        probe.wait_n(&format!("{prefix}/cam/stylized"), i + 1, T);
+    }
+    let errors: Vec<_> = probe.on(&format!("{prefix}/cam/error")).iter().map(|m| m.json()).collect();
+    assert_eq!(errors.iter().filter(|e| e["code"] == "bad_response_topic").count(), 5, "{errors:?}");
+    assert!(errors.iter().any(|e| e["message"].as_str().unwrap().contains("empty")));
+    assert!(errors.iter().any(|e| e["message"].as_str().unwrap().contains("wildcard")));
+    let log = d.log_text();
+    assert!(!log.contains("connection lost") && !log.contains("not publishable"), "{log}");
+    assert_eq!(probe.on(&format!("{prefix}/available")).len(), 1, "availability changed: the daemon reconnected");
+    // a frame whose side is too short at the output size: the error names the side
+    let png = fuchun::imageio::encode(&fuchun::imageio::Planar::new(3000, 30), fuchun::imageio::OutputFormat::Png);
+    probe.publish(&format!("{prefix}/thin/frame"), png.unwrap());
+    let e = probe.wait_n(&format!("{prefix}/thin/error"), 1, T).remove(0).json();
+    assert_eq!(e["code"], "image_too_small");
+    assert!(e["message"].as_str().unwrap().contains("height"), "{e}");
+}
+
+#[test]
+fn queued_frames_and_camera_state_are_bounded_and_counted() {
+    let (port, prefix) = (shared_broker_port(), unique_prefix("bounded"));
+    let probe = Probe::new(port, &[&format!("{prefix}/#")]);
+    let extra = format!("[daemon]\nstats_interval_s = 1\nmax_queued_frames = 8\nmax_cameras = 16\n{SLOW_STYLE}");
+    let _d = Daemon::start(port, &prefix, &format!("bounded-{}", std::process::id()), &extra);
+    wait_online(&probe, &prefix);
+    let base = stats_where(&probe, &prefix, |_| true)["rss_bytes"].as_u64().unwrap();
+    // 150 camera names, ~1 MB frames (noise JPEGs); the worker is busy with the first one
+    let mut noise = fuchun::imageio::Planar::new(1000, 1000);
+    let mut x = 12345u32;
+    for v in noise.data.iter_mut() {
+        x = x.wrapping_mul(1664525).wrapping_add(1013904223);
+        *v = (x >> 24) as f32 / 255.0;
+    }
+    let frame = fuchun::imageio::encode(&noise, fuchun::imageio::OutputFormat::Jpeg { quality: 95 }).unwrap();
+    assert!(frame.len() > 700_000, "{}", frame.len());
+    for i in 0..150 {
+        probe.publish(&format!("{prefix}/n{i}/frame"), frame.clone());
+    }
+    let s = stats_where(&probe, &prefix, |s| s["received"].as_u64() == Some(150));
+    assert!(s["queue_depth"].as_u64().unwrap() <= 8, "{s}");
+    assert!(s["cameras"].as_u64().unwrap() <= 16, "{s}");
+    assert!(s["evicted_frames"].as_u64().unwrap() >= 140, "{s}");
+    assert!(s["evicted_cameras"].as_u64().unwrap() >= 134, "{s}");
+    let c = |k: &str| s[k].as_u64().unwrap();
+    assert_eq!(
+        c("received"),
+        c("processed") + c("dropped") + c("errors") + c("queue_depth") + c("in_progress"),
+        "every frame accounted for: {s}"
+    );
+    // memory: 150 frames of ~1 MB would be ~150 MB more; the bound keeps 8 (the decode of one is at most 96 px)
+    let grown = c("rss_bytes") as i64 - base as i64;
+    assert!(grown < 80_000_000, "RSS grew by {grown} bytes: {s}");
+    // a bad topic is a control error, not a frame error
+    probe.publish(&format!("{prefix}/bad name!/frame"), b"x".to_vec());
+    let s = stats_where(&probe, &prefix, |s| s["control_errors"].as_u64() == Some(1));
+    assert_eq!(s["received"].as_u64(), Some(150), "{s}");
+}
+
+#[test]
+fn a_huge_jpeg_is_decoded_at_the_size_the_style_needs() {
+    let (port, prefix) = (shared_broker_port(), unique_prefix("hugejpeg"));
+    let probe = Probe::new(port, &[&format!("{prefix}/#")]);
+    let extra = "[daemon]\nstats_interval_s = 1\n[styles.ink]\nimage_size = 64\niterations = 2\n";
+    let _d = Daemon::start(port, &prefix, &format!("hugejpeg-{}", std::process::id()), extra);
+    wait_online(&probe, &prefix);
+    let big = jpeg(6000, 6000, 0.4);
+    probe.publish(&format!("{prefix}/big/frame"), big);
+    let meta = probe.wait_n(&format!("{prefix}/big/stylized/meta"), 1, T).remove(0).json();
+    assert_eq!((meta["input_width"].as_u64(), meta["width"].as_u64()), (Some(6000), Some(64)));
+    // a full decode is 108 MB of RGB8 plus 432 MB as floats: the peak stays far below that
+    let s = stats_where(&probe, &prefix, |s| s["processed"].as_u64() == Some(1));
+    let peak = s["peak_rss_bytes"].as_u64().unwrap();
+    assert!(peak < 250_000_000, "peak RSS {peak} bytes");
+}
+
+#[test]
+fn daemons_sharing_a_prefix_each_have_an_availability_and_the_aggregate_follows() {
+    let (port, prefix) = (shared_broker_port(), unique_prefix("avail"));
+    let probe = Probe::new(port, &[&format!("{prefix}/#")]);
+    let group = format!("[mqtt]\nshared_group = \"g{}\"\n[daemon]\nstats_interval_s = 1\n", std::process::id());
+    let (a, b) = (format!("avail-a-{}", std::process::id()), format!("avail-b-{}", std::process::id()));
+    let mut da = Daemon::start(port, &prefix, &a, &group);
+    let mut db = Daemon::start(port, &prefix, &b, &group);
+    for id in [&a, &b] {
+        probe.wait_for(&format!("{prefix}/{id}/available"), |m| m.text() == "online", T);
+    }
+    let ids: std::collections::HashSet<String> = (0..40)
+        .map_while(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            Some(probe.on(&format!("{prefix}/stats")))
+        })
+        .last()
+        .unwrap()
+        .iter()
+        .map(|m| m.json()["daemon_id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(ids.contains(&a) && ids.contains(&b), "stats carry the daemon id: {ids:?}");
+    // kill -9 of one: its own topic goes offline; the aggregate is online again, as the other still serves
+    da.signal("KILL");
+    let _ = da.wait_exit(Duration::from_secs(5));
+    probe.wait_for(&format!("{prefix}/{a}/available"), |m| m.text() == "offline", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(1));
+    let late = Probe::new(port, &[&format!("{prefix}/available"), &format!("{prefix}/+/available")]);
+    let agg = late.wait_n(&format!("{prefix}/available"), 1, Duration::from_secs(10)).remove(0);
+    assert!(agg.retain && agg.text() == "online", "retained aggregate {:?} while {b} serves", agg.text());
+    assert_eq!(late.wait_n(&format!("{prefix}/{b}/available"), 1, T)[0].text(), "online");
+    // the frames still get served
+    probe.publish(&format!("{prefix}/cam/frame"), jpeg(64, 48, 0.1));
+    probe.wait_n(&format!("{prefix}/cam/stylized"), 1, T);
+    // the last one stops cleanly: both say stopped
+    db.signal("TERM");
+    assert!(db.wait_exit(Duration::from_secs(5)).unwrap().success());
+    probe.wait_for(&format!("{prefix}/{b}/available"), |m| m.text() == "stopped", Duration::from_secs(5));
+    probe.wait_for(&format!("{prefix}/available"), |m| m.text() == "stopped", Duration::from_secs(5));
+}
+
+#[test]
+fn frames_sent_while_the_daemon_is_disconnected_are_not_lost() {
+    let (port, prefix) = (shared_broker_port(), unique_prefix("session"));
+    let probe = Probe::new(port, &[&format!("{prefix}/#")]);
+    let id = format!("session-{}", std::process::id());
+    let d = Daemon::start(port, &prefix, &id, "[mqtt]\nkeep_alive_s = 5\nsession_expiry_s = 120\n");
+    wait_online(&probe, &prefix);
+    // frozen past its keep-alive: the broker drops the connection (its last will says offline)
+    d.signal("STOP");
+    probe.wait_for(&format!("{prefix}/{id}/available"), |m| m.text() == "offline", Duration::from_secs(20));
+    probe.publish(&format!("{prefix}/cam/frame"), jpeg(64, 48, 0.7));
+    std::thread::sleep(Duration::from_millis(300));
+    d.signal("CONT");
+    // the broker kept the session and the frame for it
+    probe.wait_n(&format!("{prefix}/cam/stylized"), 1, T);
+    probe.wait_for(&format!("{prefix}/{id}/available"), |m| m.text() == "online" && m.at > Instant::now() - T, T);
+}
+
+/// With the systemd watchdog on: pings stop while the broker is unreachable for longer than
+/// `daemon.watchdog_outage_s`, and resume once the daemon serves again.
+#[test]
+fn watchdog_stops_while_not_serving_and_resumes() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let port = free_port();
+    let mut broker = Broker::start_on(port);
+    let prefix = unique_prefix("watchdog");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[mqtt]\nport = {port}\nprefix = \"{prefix}\"\nclient_id = \"wd-{}\"\nreconnect_min_ms = 100\n\
+             reconnect_max_ms = 300\n[model]\ndir = \"{}\"\nprovider = \"cpu\"\n[daemon]\nwatchdog_outage_s = 1\n\
+             [styles.ink]\nimages = [\"{}\"]\nimage_size = 64\n",
+            std::process::id(),
+            common::test_model().display(),
+            common::example("fuchun.jpg").display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fuchun"))
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    // collect notifications for `d`; returns how many were watchdog pings
+    let mut pings = |d: Duration| {
+        let (t, mut n) = (Instant::now(), 0);
+        while t.elapsed() < d {
+            if let Ok(k) = sock.recv(&mut buf) {
+                n += String::from_utf8_lossy(&buf[..k]).matches("WATCHDOG=1").count();
+            }
+        }
+        n
+    };
+    let t = Instant::now();
+    while pings(Duration::from_millis(500)) == 0 {
+        assert!(t.elapsed() < T, "no watchdog ping after start");
+    }
+    broker.kill();
+    pings(Duration::from_millis(1800)); // the outage allowance
+    assert_eq!(pings(Duration::from_secs(2)), 0, "watchdog pinged while the broker was unreachable");
+    let _broker = Broker::start_on(port);
+    let t = Instant::now();
+    while pings(Duration::from_millis(500)) == 0 {
+        assert!(t.elapsed() < Duration::from_secs(20), "watchdog pings did not resume after the broker returned");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
