@@ -10,7 +10,7 @@ TEST_MODEL := $(OUT)/test-random
 EXPORT := cd models && ../$(PY) -m fuchun_export
 CARGO ?= cargo
 
-.PHONY: all venv models test-models build demo test test-python test-rust lint bench clean
+.PHONY: all venv models test-models build demo test test-python test-rust lint soak bench clean
 
 all: build models
 
@@ -62,6 +62,10 @@ test-python: $(VENV)/.stamp
 
 test-rust: models test-models
 	$(CARGO) test --release --locked
+
+# Long soak of `fuchun serve` (8 cameras, broker restarts; FUCHUN_SOAK_MINUTES, default 30). Not part of `make test`.
+soak: models test-models
+	$(CARGO) test --release --locked --test soak -- --ignored --nocapture
 
 bench: models build
 	./target/release/fuchun bench
