@@ -15,8 +15,9 @@ use crate::imageio::fit_size as fit;
 use crate::imageio::{self, Limits};
 use crate::memory::{current_rss, peak_rss};
 use crate::transfer::histmatch;
+use crate::transfer::inputs::{objective_inputs, Weights};
 use crate::transfer::schedule::DEFAULT_HIST_EVERY;
-use crate::transfer::targets::{objective_inputs, StyleTargets, Weights};
+use crate::transfer::targets::StyleTargets;
 use crate::transfer::{stylize, EvalRecord, Hooks, Init, NoHooks, StylizeOptions};
 
 #[derive(Debug, Clone, Args)]

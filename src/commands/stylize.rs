@@ -9,9 +9,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::common::ModelArgs;
-use crate::engine::TERMS;
 use crate::imageio::{self, Limits, Planar};
-use crate::transfer::{stylize, EvalRecord, Hooks, Init, Optimizer, StylizeOptions, Weights};
+use crate::transfer::{stylize, EvalRecord, Hooks, Init, LayerGroup, Optimizer, StylizeOptions, Weights};
 
 #[derive(Debug, Clone, Args)]
 pub struct StylizeArgs {
@@ -75,6 +74,23 @@ pub struct TransferArgs {
     /// Total-variation weight.
     #[arg(long)]
     pub tv_weight: Option<f32>,
+    /// Content layers and their weights, e.g. `relu4_2` or `relu3_2:0.3,relu4_2` (default: the model's).
+    #[arg(long, value_name = "LAYER[:W],…")]
+    pub content_layers: Option<String>,
+    /// Style (Gram) layers and weights, e.g. `relu1_1,relu2_1:0.5,relu3_1` (weights normalised to sum 1;
+    /// layers not named are off). Default: the model's, equal weights.
+    #[arg(long, value_name = "LAYER[:W],…")]
+    pub style_layers: Option<String>,
+    /// Long-range (shifted Gram) layers and weights.
+    #[arg(long, value_name = "LAYER[:W],…")]
+    pub shift_layers: Option<String>,
+    /// Histogram layers and weights.
+    #[arg(long, value_name = "LAYER[:W],…")]
+    pub hist_layers: Option<String>,
+    /// Raw per-layer losses instead of each divided by its target's mean square (the model's old default
+    /// term weights then apply).
+    #[arg(long)]
+    pub no_layer_norm: bool,
     /// Weights of the style images, comma-separated (normalised to sum 1). Default: equal.
     #[arg(long, value_delimiter = ',')]
     pub style_blend_weights: Vec<f32>,
@@ -104,16 +120,17 @@ pub struct TransferArgs {
 
 impl TransferArgs {
     pub fn options(&self, manifest: &crate::engine::Manifest, limits: &Limits) -> Result<StylizeOptions> {
-        let mut w = Weights::defaults(manifest);
-        for (i, v) in [self.content_weight, self.style_weight, self.shift_weight, self.hist_weight, self.tv_weight]
-            .into_iter()
-            .enumerate()
-        {
-            if let Some(v) = v {
-                if !v.is_finite() || v < 0.0 {
-                    bail!("--{}-weight must be a non-negative number, got {v}", TERMS[i]);
-                }
-                w.terms[i] = v;
+        let mut w = if self.no_layer_norm { Weights::raw_defaults(manifest) } else { Weights::defaults(manifest) };
+        let given = [self.content_weight, self.style_weight, self.shift_weight, self.hist_weight, self.tv_weight];
+        w.set_terms(given, &|t| format!("--{t}-weight"))?;
+        for (g, spec, flag) in [
+            (LayerGroup::Content, &self.content_layers, "--content-layers"),
+            (LayerGroup::Style, &self.style_layers, "--style-layers"),
+            (LayerGroup::Shift, &self.shift_layers, "--shift-layers"),
+            (LayerGroup::Hist, &self.hist_layers, "--hist-layers"),
+        ] {
+            if let Some(spec) = spec {
+                w.select_layers(manifest, g, spec).with_context(|| flag.to_string())?;
             }
         }
         let mut o = StylizeOptions::new(w);

@@ -231,12 +231,23 @@ pub struct StyleConfig {
     pub shift_weight: Option<f32>,
     pub hist_weight: Option<f32>,
     pub tv_weight: Option<f32>,
+    /// Layers and weights per group, as `--style-layers`: "relu1_1,relu2_1:0.5" (default: the model's).
+    pub content_layers: Option<String>,
+    pub style_layers: Option<String>,
+    pub shift_layers: Option<String>,
+    pub hist_layers: Option<String>,
+    /// Each layer's loss divided by its target's mean square (false: raw activations, the model's old weights).
+    #[serde(default = "yes")]
+    pub layer_norm: bool,
     #[serde(default)]
     pub original_colors: bool,
 }
 
 fn default_hist_every() -> usize {
     crate::transfer::schedule::DEFAULT_HIST_EVERY
+}
+fn yes() -> bool {
+    true
 }
 fn one() -> f32 {
     1.0

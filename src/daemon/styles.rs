@@ -9,9 +9,9 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use super::config::{Config, StyleConfig};
-use crate::engine::{Manifest, Model, TERMS};
+use crate::engine::{Manifest, Model};
 use crate::imageio::{self, Limits, Planar};
-use crate::transfer::{StyleImages, StyleSource, StyleTargets, StylizeOptions, Weights};
+use crate::transfer::{LayerGroup, StyleImages, StyleSource, StyleTargets, StylizeOptions, Weights};
 
 pub struct Style {
     pub name: String,
@@ -59,15 +59,17 @@ impl Style {
     /// The transfer options of this style for a result whose longest side is `size`.
     pub fn options(&self, manifest: &Manifest, size: usize) -> Result<StylizeOptions> {
         let s = &self.config;
-        let mut w = Weights::defaults(manifest);
-        for (i, v) in
-            [s.content_weight, s.style_weight, s.shift_weight, s.hist_weight, s.tv_weight].into_iter().enumerate()
-        {
-            if let Some(v) = v {
-                if !(v.is_finite() && v >= 0.0) {
-                    bail!("style {}: {}_weight must be a non-negative number", self.name, TERMS[i]);
-                }
-                w.terms[i] = v;
+        let mut w = if s.layer_norm { Weights::defaults(manifest) } else { Weights::raw_defaults(manifest) };
+        let given = [s.content_weight, s.style_weight, s.shift_weight, s.hist_weight, s.tv_weight];
+        w.set_terms(given, &|t| format!("style {}: {t}_weight", self.name))?;
+        for (g, spec, key) in [
+            (LayerGroup::Content, &s.content_layers, "content_layers"),
+            (LayerGroup::Style, &s.style_layers, "style_layers"),
+            (LayerGroup::Shift, &s.shift_layers, "shift_layers"),
+            (LayerGroup::Hist, &s.hist_layers, "hist_layers"),
+        ] {
+            if let Some(spec) = spec {
+                w.select_layers(manifest, g, spec).with_context(|| format!("style {}: {key}", self.name))?;
             }
         }
         let mut o = StylizeOptions::new(w);

@@ -3,12 +3,14 @@
 
 pub mod color;
 pub mod histmatch;
+pub mod inputs;
 pub mod optim;
 pub mod schedule;
 pub mod targets;
 
+pub use inputs::{LayerGroup, Weights};
 pub use schedule::{
     stylize, stylize_with, EvalRecord, Hooks, Init, NoHooks, Optimizer, Outcome, ScaleReport, StyleImages, StyleSource,
     StylizeOptions,
 };
-pub use targets::{StyleTargets, Weights};
+pub use targets::StyleTargets;

@@ -65,11 +65,36 @@ fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// Box constraints lo ≤ x ≤ hi on every variable (an image's [0, 1]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bounds {
+    pub lo: f32,
+    pub hi: f32,
+}
+
+impl Bounds {
+    pub const UNIT: Bounds = Bounds { lo: 0.0, hi: 1.0 };
+
+    fn project(&self, x: &mut [f32]) {
+        for v in x.iter_mut() {
+            *v = v.clamp(self.lo, self.hi);
+        }
+    }
+
+    /// Variables held at a bound: there, the gradient points out of the box (a descent step would leave it).
+    fn pinned(&self, x: f32, g: f32) -> bool {
+        (x <= self.lo && g > 0.0) || (x >= self.hi && g < 0.0)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Lbfgs {
     pub history: usize,
     pub max_iterations: usize,
     pub max_evaluations: usize,
+    /// Box constraints, kept at every evaluation (projected L-BFGS: variables at a bound whose gradient points
+    /// outward are left out of the quasi-Newton direction, and the line search moves along the projected path).
+    pub bounds: Option<Bounds>,
 }
 
 struct Pair {
@@ -79,7 +104,9 @@ struct Pair {
 }
 
 impl Lbfgs {
-    /// Minimise from `x`; on return `x` holds the best point seen (the last accepted one).
+    /// Minimise from `x`; on return `x` holds the last accepted point, the best one (every accepted step is a
+    /// strict decrease; rejected line-search trials never replace it). With bounds, `x` is projected into them
+    /// first and every point evaluated lies inside them.
     pub fn minimize(
         &self,
         x: &mut [f32],
@@ -90,6 +117,9 @@ impl Lbfgs {
         let m = self.history.max(1);
         let mut g = vec![0.0f32; n];
         let mut evals = 0usize;
+        if let Some(b) = &self.bounds {
+            b.project(x);
+        }
         let mut loss = f.evaluate(x, &mut g)?;
         evals += 1;
         let mut pairs: std::collections::VecDeque<Pair> = std::collections::VecDeque::with_capacity(m);
@@ -109,8 +139,15 @@ impl Lbfgs {
                 reason = StopReason::MaxEvaluations;
                 break;
             }
-            // two-loop recursion: d = -H g
+            // two-loop recursion: d = -H g, over the free variables when there are bounds
             d.copy_from_slice(&g);
+            if let Some(b) = &self.bounds {
+                for ((di, xi), gi) in d.iter_mut().zip(x.iter()).zip(&g) {
+                    if b.pinned(*xi, *gi) {
+                        *di = 0.0;
+                    }
+                }
+            }
             for (i, p) in pairs.iter().enumerate().rev() {
                 let a = p.rho * dot(&p.s, &d);
                 alpha[i] = a;
@@ -142,14 +179,21 @@ impl Lbfgs {
                 axpy((alpha[i] - b) as f32, &p.s, &mut d);
             }
             d.iter_mut().for_each(|v| *v = -*v);
+            if let Some(b) = &self.bounds {
+                for ((di, xi), gi) in d.iter_mut().zip(x.iter()).zip(&g) {
+                    if b.pinned(*xi, *gi) {
+                        *di = 0.0;
+                    }
+                }
+            }
             let mut gd = dot(&g, &d);
             if gd.is_nan() || gd >= 0.0 {
                 // not a descent direction: forget the curvature pairs and use steepest descent
                 pairs.clear();
                 let gmax = g.iter().fold(0.0f32, |a, v| a.max(v.abs()));
                 let sc = if gmax > 0.0 { (1.0 / 255.0) / gmax } else { 1.0 };
-                for (di, gi) in d.iter_mut().zip(&g) {
-                    *di = -sc * gi;
+                for ((di, gi), xi) in d.iter_mut().zip(&g).zip(x.iter()) {
+                    *di = if self.bounds.is_some_and(|b| b.pinned(*xi, *gi)) { 0.0 } else { -sc * gi };
                 }
                 gd = dot(&g, &d);
                 if gd.is_nan() || gd >= 0.0 {
@@ -167,9 +211,21 @@ impl Lbfgs {
                 for ((xn, xi), di) in x_new.iter_mut().zip(x.iter()).zip(&d) {
                     *xn = xi + (t as f32) * di;
                 }
+                // along the projected path; sufficient decrease measured on the step actually taken
+                let decrease = match &self.bounds {
+                    Some(b) => {
+                        b.project(&mut x_new);
+                        let mut s = 0.0f64;
+                        for ((xn, xi), gi) in x_new.iter().zip(x.iter()).zip(&g) {
+                            s += (*xn as f64 - *xi as f64) * *gi as f64;
+                        }
+                        s
+                    }
+                    None => t * gd,
+                };
                 loss_new = f.evaluate(&x_new, &mut g_new)?;
                 evals += 1;
-                if loss_new.is_finite() && loss_new <= loss + c1 * t * gd {
+                if loss_new.is_finite() && loss_new <= loss + c1 * decrease.min(0.0) && decrease < 0.0 {
                     accepted = true;
                     break;
                 }
@@ -264,6 +320,8 @@ pub struct Adam {
     pub beta2: f32,
     pub epsilon: f32,
     pub max_iterations: usize,
+    /// Box constraints: every step is projected back into them.
+    pub bounds: Option<Bounds>,
 }
 
 impl Adam {
@@ -283,6 +341,9 @@ impl Adam {
         let mut reason = StopReason::MaxIterations;
         let mut it = 0usize;
         let mut evals = 0usize;
+        if let Some(b) = &self.bounds {
+            b.project(x);
+        }
         while it < self.max_iterations {
             let loss = f.evaluate(x, &mut g)?;
             evals += 1;
@@ -303,6 +364,9 @@ impl Adam {
                 let mh = m1[i] / c1;
                 let vh = m2[i] / c2;
                 x[i] -= self.learning_rate * mh / (vh.sqrt() + self.epsilon);
+            }
+            if let Some(b) = &self.bounds {
+                b.project(x);
             }
             if on_iter(&IterInfo { iteration: it, evaluations: evals, loss }, x) == Control::Stop {
                 reason = StopReason::Callback;
@@ -396,7 +460,7 @@ mod tests {
     fn lbfgs_solves_an_ill_conditioned_quadratic() {
         let mut q = quadratic(1000);
         let mut x = vec![0.0f32; 1000];
-        let s = Lbfgs { history: 10, max_iterations: 200, max_evaluations: 100 }
+        let s = Lbfgs { history: 10, max_iterations: 200, max_evaluations: 100, bounds: None }
             .minimize(&mut x, &mut q, &mut cont)
             .unwrap();
         let err = x.iter().zip(&q.target).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
@@ -408,7 +472,7 @@ mod tests {
     fn adam_solves_a_quadratic() {
         let mut q = quadratic(200);
         let mut x = vec![0.0f32; 200];
-        Adam { learning_rate: 0.05, beta1: 0.9, beta2: 0.999, epsilon: 1e-8, max_iterations: 2000 }
+        Adam { learning_rate: 0.05, beta1: 0.9, beta2: 0.999, epsilon: 1e-8, max_iterations: 2000, bounds: None }
             .minimize(&mut x, &mut q, &mut cont)
             .unwrap();
         let err = x.iter().zip(&q.target).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
@@ -420,7 +484,7 @@ mod tests {
         for n in [2usize, 10] {
             let mut f = Rosenbrock { evals: 0 };
             let mut x: Vec<f32> = (0..n).map(|i| if i % 2 == 0 { -1.2 } else { 1.0 }).collect();
-            let s = Lbfgs { history: 10, max_iterations: 2000, max_evaluations: 5000 }
+            let s = Lbfgs { history: 10, max_iterations: 2000, max_evaluations: 5000, bounds: None }
                 .minimize(&mut x, &mut f, &mut cont)
                 .unwrap();
             assert!(x.iter().all(|v| (v - 1.0).abs() < 1e-3), "n={n}: {x:?} {s:?}");
@@ -432,7 +496,7 @@ mod tests {
         let mut q = quadratic(100);
         let mut x = vec![0.0f32; 100];
         let mut seen = 0;
-        let s = Lbfgs { history: 5, max_iterations: 100, max_evaluations: 1000 }
+        let s = Lbfgs { history: 5, max_iterations: 100, max_evaluations: 1000, bounds: None }
             .minimize(&mut x, &mut q, &mut |i: &IterInfo, _: &[f32]| {
                 seen = i.iteration;
                 if i.iteration == 3 {
@@ -446,12 +510,12 @@ mod tests {
         let mut x = vec![0.0f32; 100];
         let mut r = Rosenbrock { evals: 0 };
         let mut x2 = vec![-1.2f32, 1.0];
-        let s = Lbfgs { history: 5, max_iterations: 1000, max_evaluations: 7 }
+        let s = Lbfgs { history: 5, max_iterations: 1000, max_evaluations: 7, bounds: None }
             .minimize(&mut x2, &mut r, &mut cont)
             .unwrap();
         assert!(s.evaluations <= 7 && r.evals <= 7, "{s:?}");
         assert_eq!(s.reason, StopReason::MaxEvaluations);
-        let s = Adam { learning_rate: 0.1, beta1: 0.9, beta2: 0.999, epsilon: 1e-8, max_iterations: 4 }
+        let s = Adam { learning_rate: 0.1, beta1: 0.9, beta2: 0.999, epsilon: 1e-8, max_iterations: 4, bounds: None }
             .minimize(&mut x, &mut q, &mut cont)
             .unwrap();
         assert_eq!((s.iterations, s.evaluations), (4, 4));
@@ -486,7 +550,9 @@ mod tests {
         let mut f = Walled(quadratic(50));
         let target = f.0.target.clone();
         let mut x = vec![0.0f32; 50];
-        Lbfgs { history: 10, max_iterations: 300, max_evaluations: 1000 }.minimize(&mut x, &mut f, &mut cont).unwrap();
+        Lbfgs { history: 10, max_iterations: 300, max_evaluations: 1000, bounds: None }
+            .minimize(&mut x, &mut f, &mut cont)
+            .unwrap();
         let err = x.iter().zip(&target).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         assert!(err < 1e-3, "{err}");
     }
@@ -506,14 +572,86 @@ mod tests {
     #[test]
     fn evaluation_errors_propagate() {
         let mut x = vec![0.0f32; 4];
-        let e =
-            Lbfgs { history: 3, max_iterations: 10, max_evaluations: 10 }.minimize(&mut x, &mut Failing(0), &mut cont);
-        assert!(e.unwrap_err().to_string().contains("device lost"));
-        let e = Adam { learning_rate: 0.1, beta1: 0.9, beta2: 0.999, epsilon: 1e-8, max_iterations: 10 }.minimize(
+        let e = Lbfgs { history: 3, max_iterations: 10, max_evaluations: 10, bounds: None }.minimize(
             &mut x,
             &mut Failing(0),
             &mut cont,
         );
         assert!(e.unwrap_err().to_string().contains("device lost"));
+        let e = Adam { learning_rate: 0.1, beta1: 0.9, beta2: 0.999, epsilon: 1e-8, max_iterations: 10, bounds: None }
+            .minimize(&mut x, &mut Failing(0), &mut cont);
+        assert!(e.unwrap_err().to_string().contains("device lost"));
+    }
+
+    /// A coupled quadratic whose unconstrained minimum lies outside [0, 1] in some coordinates: the bounded
+    /// optimisers stay inside the box at every evaluation and reach the constrained minimum (found by projected
+    /// gradient descent, run to convergence).
+    #[test]
+    fn bounded_optimisers_stay_in_the_box_and_reach_the_constrained_minimum() {
+        struct Q {
+            c: Vec<f32>,
+            outside: usize,
+        }
+        impl Objective for Q {
+            fn evaluate(&mut self, x: &[f32], g: &mut [f32]) -> Result<f64> {
+                let n = x.len();
+                let mut f = 0.0f64;
+                for i in 0..n {
+                    if !(0.0..=1.0).contains(&x[i]) {
+                        self.outside += 1;
+                    }
+                    // 0.5 * sum (x_i - c_i)^2 * (1 + i) + 0.25 * sum (x_i - x_{i+1})^2
+                    let d = (x[i] - self.c[i]) as f64;
+                    f += 0.5 * d * d * (1 + i) as f64;
+                    g[i] = (d * (1 + i) as f64) as f32;
+                }
+                for i in 0..n - 1 {
+                    let d = (x[i] - x[i + 1]) as f64;
+                    f += 0.25 * d * d;
+                    g[i] += (0.5 * d) as f32;
+                    g[i + 1] -= (0.5 * d) as f32;
+                }
+                Ok(f)
+            }
+        }
+        let c: Vec<f32> = (0..12).map(|i| -0.8 + 0.25 * i as f32).collect(); // -0.8 … 1.95
+                                                                             // reference: projected gradient descent with a small step, to convergence
+        let mut r = vec![0.5f32; 12];
+        let mut g = vec![0.0f32; 12];
+        let mut q = Q { c: c.clone(), outside: 0 };
+        for _ in 0..20000 {
+            q.evaluate(&r, &mut g).unwrap();
+            for (ri, gi) in r.iter_mut().zip(&g) {
+                *ri = (*ri - 0.05 * gi).clamp(0.0, 1.0);
+            }
+        }
+        let mut cont = |_: &IterInfo, _: &[f32]| Control::Continue;
+        let mut x = vec![2.0f32; 12]; // starts outside: projected first
+        let mut f = Q { c: c.clone(), outside: 0 };
+        let s = Lbfgs { history: 5, max_iterations: 200, max_evaluations: 400, bounds: Some(Bounds::UNIT) }
+            .minimize(&mut x, &mut f, &mut cont)
+            .unwrap();
+        assert_eq!(f.outside, 0, "an evaluation outside the bounds");
+        for (a, b) in x.iter().zip(&r) {
+            assert!((a - b).abs() < 1e-3, "L-BFGS {x:?} vs reference {r:?}");
+        }
+        let mut check = vec![0.0f32; 12];
+        assert!((s.loss - Q { c: c.clone(), outside: 0 }.evaluate(&x, &mut check).unwrap()).abs() < 1e-9);
+        let mut x = vec![0.5f32; 12];
+        let mut f = Q { c, outside: 0 };
+        Adam {
+            learning_rate: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+            max_iterations: 3000,
+            bounds: Some(Bounds::UNIT),
+        }
+        .minimize(&mut x, &mut f, &mut cont)
+        .unwrap();
+        assert_eq!(f.outside, 0);
+        for (a, b) in x.iter().zip(&r) {
+            assert!((a - b).abs() < 2e-2, "Adam {x:?} vs reference {r:?}");
+        }
     }
 }

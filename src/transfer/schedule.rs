@@ -9,8 +9,9 @@ use rand::{Rng, SeedableRng};
 
 use super::color;
 use super::histmatch;
-use super::optim::{Adam, Control, EarlyStop, IterInfo, Lbfgs, Objective, StopReason};
-use super::targets::{objective_inputs, StyleTargets, Weights};
+use super::inputs::{objective_inputs, Weights};
+use super::optim::{Adam, Bounds, Control, EarlyStop, IterInfo, Lbfgs, Objective, StopReason};
+use super::targets::StyleTargets;
 use crate::engine::{Losses, Model, ObjectiveInputs};
 use crate::imageio::{fit_size as fit, Planar};
 
@@ -113,6 +114,25 @@ impl StylizeOptions {
         }
         Ok(scales)
     }
+}
+
+/// The scales for a `width`×`height` content, so that no scale's short side falls below the model's `min`: coarse
+/// scales that would are skipped (a wide or tall image starts at a finer scale); when even the last is too small
+/// the error names the short side.
+pub fn fit_scales(scales: &[usize], width: usize, height: usize, min: usize) -> Result<Vec<usize>> {
+    let last = *scales.last().expect("at least one scale");
+    let (w, h) = fit(width, height, last);
+    if w.min(h) < min {
+        return Err(crate::imageio::too_small(width, height, w, h, min).into());
+    }
+    Ok(scales
+        .iter()
+        .copied()
+        .filter(|&s| {
+            let (w, h) = fit(width, height, s);
+            w.min(h) >= min
+        })
+        .collect())
 }
 
 /// One evaluation, for traces and progress.
@@ -234,7 +254,9 @@ struct Eval<'a, 'b> {
     iteration: &'a Cell<usize>,
     evaluations: usize,
     first: Option<Losses>,
-    last: Losses,
+    /// The losses of the latest evaluation (read by the iteration callback: the point L-BFGS just accepted).
+    latest: &'a Cell<Losses>,
+    /// The lowest evaluated (Adam returns that point).
     best: Option<Losses>,
     start: Instant,
     hooks: &'a RefCell<&'b mut dyn Hooks>,
@@ -253,7 +275,7 @@ impl Objective for Eval<'_, '_> {
         self.match_seconds += matching;
         self.eval_seconds += t.elapsed().as_secs_f64();
         self.first.get_or_insert(losses);
-        self.last = losses;
+        self.latest.set(losses);
         if losses.total.is_finite() && self.best.is_none_or(|b| losses.total < b.total) {
             self.best = Some(losses);
         }
@@ -305,7 +327,7 @@ pub fn stylize_with(
     opts: &StylizeOptions,
     hooks: &mut dyn Hooks,
 ) -> Result<Outcome> {
-    let scales = opts.resolved_scales()?;
+    let scales = fit_scales(&opts.resolved_scales()?, content.width, content.height, model.manifest.min_size)?;
     let start = Instant::now();
     let mut reports = Vec::new();
     let mut x: Option<Planar> = None;
@@ -347,6 +369,8 @@ pub fn stylize_with(
         let early_here = use_early && (!is_last || opts.last_scale_early_stop);
         let shared: RefCell<&mut dyn Hooks> = RefCell::new(&mut *hooks);
         let iteration = Cell::new(0usize);
+        let latest = Cell::new(Losses::default());
+        let accepted: Cell<Option<Losses>> = Cell::new(None);
         let mut eval = Eval {
             model: &mut *model,
             inputs: &mut inputs,
@@ -360,7 +384,7 @@ pub fn stylize_with(
             iteration: &iteration,
             evaluations: 0,
             first: None,
-            last: Losses::default(),
+            latest: &latest,
             best: None,
             start,
             hooks: &shared,
@@ -368,6 +392,7 @@ pub fn stylize_with(
         let mut iter_error: Option<anyhow::Error> = None;
         let mut on_iter = |info: &IterInfo, xs: &[f32]| -> Control {
             iteration.set(info.iteration);
+            accepted.set(Some(latest.get()));
             let mut hooks = shared.borrow_mut();
             if hooks.wants_image(si, info.iteration) {
                 let p = Planar { width: w, height: h, data: xs.to_vec() };
@@ -390,25 +415,35 @@ pub fn stylize_with(
                 history: history.max(1),
                 max_iterations: opts.iterations,
                 max_evaluations: opts.max_evaluations.unwrap_or(opts.iterations + opts.iterations / 4 + 5),
+                bounds: Some(Bounds::UNIT),
             }
             .minimize(&mut img.data, &mut eval, &mut on_iter)?,
-            Optimizer::Adam { learning_rate } => {
-                Adam { learning_rate, beta1: 0.9, beta2: 0.999, epsilon: 1e-8, max_iterations: opts.iterations }
-                    .minimize(&mut img.data, &mut eval, &mut on_iter)?
+            Optimizer::Adam { learning_rate } => Adam {
+                learning_rate,
+                beta1: 0.9,
+                beta2: 0.999,
+                epsilon: 1e-8,
+                max_iterations: opts.iterations,
+                bounds: Some(Bounds::UNIT),
             }
+            .minimize(&mut img.data, &mut eval, &mut on_iter)?,
         };
         if let Some(e) = iter_error {
             return Err(e);
         }
         let stop = if summary.reason == StopReason::Callback { StopReason::Converged } else { summary.reason };
-        let (evaluations, first, last) =
-            (eval.evaluations, eval.first.unwrap_or_default(), eval.best.unwrap_or(eval.last));
+        // the losses of the image returned: L-BFGS's last accepted point (rejected line-search trials never
+        // count), Adam's best evaluated point; the starting point when no step was taken
+        let first = eval.first.unwrap_or_default();
+        let last = match opts.optimizer {
+            Optimizer::Lbfgs { .. } => accepted.get().unwrap_or(first),
+            Optimizer::Adam { .. } => eval.best.unwrap_or(first),
+        };
+        let evaluations = eval.evaluations;
         let (eval_seconds, match_seconds) = (eval.eval_seconds, eval.match_seconds);
         let optimizer_seconds = t_opt.elapsed().as_secs_f64() - eval_seconds;
-        // `eval` borrows the model and the inputs: its last use is above
-        for v in img.data.iter_mut() {
-            *v = v.clamp(0.0, 1.0);
-        }
+        // the optimisers kept the image in [0, 1] at every evaluation: what is returned is what was evaluated
+        debug_assert!(img.data.iter().all(|v| (0.0..=1.0).contains(v)));
         let exact = if opts.exact_losses { Some(exact_losses(model, &img, &style, &mut inputs)?) } else { None };
         reports.push(ScaleReport {
             width: w,

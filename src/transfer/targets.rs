@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
 
-use crate::engine::{FeatureMap, Manifest, ObjectiveInputs};
+use crate::engine::{FeatureMap, Manifest};
 
 /// G = F Fᵀ / n for F = [C, n] (row-major): sgemm (matrixmultiply) over chunks of positions, summed in f64.
 pub fn gram(f: &FeatureMap) -> Vec<f32> {
@@ -200,72 +200,4 @@ impl StyleTargets {
             hists: first.hists.keys().map(|k| (k.clone(), mix(&|s| &s.hists[k]))).collect(),
         })
     }
-}
-
-/// Term weights ([content, style, shift, hist, tv]) and per-layer weights.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Weights {
-    pub terms: [f32; 5],
-    pub content_layers: Vec<f32>,
-    pub style_layers: Vec<f32>,
-    pub shift_layers: Vec<f32>,
-    pub hist_layers: Vec<f32>,
-}
-
-impl Weights {
-    pub fn defaults(m: &Manifest) -> Weights {
-        Weights {
-            terms: m.default_term_weights(),
-            content_layers: m.default_layer_weights["content"].clone(),
-            style_layers: m.default_layer_weights["style"].clone(),
-            shift_layers: m.default_layer_weights["shift"].clone(),
-            hist_layers: m.default_layer_weights["hist"].clone(),
-        }
-    }
-}
-
-/// The objective's inputs (all but x) for one image size. `start` holds the activations of the image the
-/// optimisation starts from, whose histogram matching is the first histogram target.
-pub fn objective_inputs(
-    m: &Manifest,
-    content: &BTreeMap<String, FeatureMap>,
-    style: &StyleTargets,
-    weights: &Weights,
-    start: &BTreeMap<String, FeatureMap>,
-) -> Result<ObjectiveInputs> {
-    let mut inp = ObjectiveInputs::new();
-    for l in &m.content_layers {
-        let f = content.get(l).ok_or_else(|| anyhow::anyhow!("content features of {l} missing"))?;
-        inp.set(&format!("content_{l}"), &[1, f.channels, f.height, f.width], f.data.clone())?;
-    }
-    let channels = |l: &str| m.layer(l).map(|x| x.channels).unwrap_or(0);
-    let missing = |what: &str, l: &str| anyhow::anyhow!("style targets lack the {what} of layer {l}");
-    for l in &m.style_layers {
-        let c = channels(l);
-        let g = style.grams.get(l).ok_or_else(|| missing("Gram", l))?;
-        inp.set(&format!("gram_{l}"), &[c, c], g.clone())?;
-    }
-    for s in &m.shift_layers {
-        let c = channels(&s.layer);
-        let (h, v) = style.shifts.get(&s.layer).ok_or_else(|| missing("shifted Grams", &s.layer))?;
-        inp.set(&format!("shift_h_{}", s.layer), &[c, c], h.clone())?;
-        inp.set(&format!("shift_v_{}", s.layer), &[c, c], v.clone())?;
-    }
-    super::histmatch::update_targets(m, start, style, &mut inp)?;
-    inp.set("term_weights", &[5], weights.terms.to_vec())?;
-    for (name, v, n) in [
-        ("content_layer_weights", &weights.content_layers, m.content_layers.len()),
-        ("style_layer_weights", &weights.style_layers, m.style_layers.len()),
-        ("shift_layer_weights", &weights.shift_layers, m.shift_layers.len()),
-        ("hist_layer_weights", &weights.hist_layers, m.hist_layers.len()),
-    ] {
-        if n == 0 {
-            continue;
-        }
-        if v.len() != n {
-            bail!("{name} has {} values for {n} layers", v.len());
-        }
-        inp.set(name, &[n], v.clone())?;
-    }
-    Ok(inp)
 }
