@@ -36,7 +36,7 @@ fn the_image_stays_in_range_and_the_reported_loss_is_that_of_the_result() {
         opts.iterations = 25;
         opts.tol = 0.0;
         opts.init = Init::Noise;
-        opts.optimizer = optimizer.clone();
+        opts.optimizer = optimizer;
         opts.exact_losses = true;
         let out = stylize(&mut model, &content, std::slice::from_ref(&style), &opts, &mut NoHooks).unwrap();
         let (lo, hi) = out.image.data.iter().fold((f32::MAX, f32::MIN), |(a, b), v| (a.min(*v), b.max(*v)));
@@ -61,7 +61,7 @@ fn the_image_stays_in_range_and_the_reported_loss_is_that_of_the_result() {
 struct Rec(RefCell<Vec<EvalRecord>>);
 impl Hooks for &Rec {
     fn evaluation(&mut self, r: &EvalRecord) {
-        self.0.borrow_mut().push(r.clone());
+        self.0.borrow_mut().push(*r);
     }
 }
 
