@@ -143,6 +143,8 @@ pub struct DaemonConfig {
     pub max_job_seconds: u64,
     /// JPEG quality of published results.
     pub jpeg_quality: u8,
+    /// Serve Prometheus metrics (`/metrics`) on this address, e.g. "127.0.0.1:9108"; unset: no HTTP server.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for DaemonConfig {
@@ -164,6 +166,7 @@ impl Default for DaemonConfig {
             shutdown_grace_ms: 2000,
             max_job_seconds: 600,
             jpeg_quality: 90,
+            metrics_listen: None,
         }
     }
 }

@@ -2,6 +2,8 @@
 //! stylisation runs on worker threads (see worker.rs) fed by a latest-frame-wins queue.
 
 pub mod config;
+pub mod http;
+pub mod metrics;
 pub mod mqtt;
 pub mod queue;
 pub mod stats;
@@ -261,6 +263,10 @@ async fn serve(cfg: Config) -> Result<()> {
 
     let max_packet = (cfg.daemon.max_payload_bytes as usize).saturating_mul(2).max(32 << 20);
     let (client, mut events) = mqtt::connect(&cfg.mqtt, &cfg.mqtt.client_id, &topics.available(), max_packet)?;
+    if let Some(addr) = cfg.daemon.metrics_listen {
+        let (s, p) = (shared.clone(), provider.clone());
+        metrics::spawn(addr, Arc::new(move || vec![s.stats.snapshot(s.queue.depth(), &p, s.started)])).await?;
+    }
 
     // publisher: results, errors, stats, in order; Disconnect ends it
     let pub_client = client.clone();
