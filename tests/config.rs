@@ -41,6 +41,7 @@ fn bad_configurations_are_explained() {
     assert!(load(&format!("{style}[mqtt]\nunknown_key = 1\n")).contains("unknown field"));
     assert!(load(&format!("{style}[[inputs]]\ntopic = \"a/b\"\ncamera_level = 1\n")).contains("'+' wildcard"));
     assert!(load(&format!("{style}[daemon]\nworkers = 0\n")).contains("workers"));
+    assert!(load(&format!("{style}[daemon]\nmetrics_listen = \"localhost\"\n")).contains("metrics_listen"));
 }
 
 #[test]

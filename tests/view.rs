@@ -383,4 +383,18 @@ fn daemon_serves_its_metrics() {
     assert!(value(&text, "fuchun_duration_ms", "quantile=\"0.5\"").unwrap() > 0.0, "{text}");
     assert!(get("/healthz").0.starts_with("HTTP/1.1 200"));
     assert!(get("/nothing").0.starts_with("HTTP/1.1 404"));
+    // a second daemon cannot have the same address: it says so and exits
+    let mut other = Daemon::start(
+        broker.port,
+        &prefix,
+        "metrics-test-2",
+        &format!("[daemon]\nmetrics_listen = \"127.0.0.1:{http}\"\n"),
+    );
+    let status = other.wait_exit(Duration::from_secs(30)).expect("the second daemon kept running");
+    assert!(!status.success());
+    let t = Instant::now();
+    while !other.log_text().contains("metrics_listen") {
+        assert!(t.elapsed() < Duration::from_secs(5), "{}", other.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
