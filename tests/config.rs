@@ -49,6 +49,7 @@ fn bad_configurations_are_explained() {
     std::fs::write(&text, "not a picture").unwrap();
     let e = load(&format!("[styles.ink]\nimages = [\"{}\"]\n", text.display()));
     assert!(e.contains("notes.jpg") && e.contains("not a usable style image"), "{e}");
+    assert!(load(&format!("{style}[daemon]\nmetrics_listen = \"localhost\"\n")).contains("metrics_listen"));
 }
 
 #[test]

@@ -170,6 +170,8 @@ pub struct DaemonConfig {
     /// Stop the systemd watchdog pings after the broker has been unreachable this long, so that systemd restarts
     /// the service (0: never; the daemon keeps reconnecting on its own).
     pub watchdog_outage_s: u64,
+    /// Serve Prometheus metrics (`/metrics`) on this address, e.g. "127.0.0.1:9108"; unset: no HTTP server.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for DaemonConfig {
@@ -196,6 +198,7 @@ impl Default for DaemonConfig {
             max_cameras: 256,
             max_outbox_bytes: 32 << 20,
             watchdog_outage_s: 0,
+            metrics_listen: None,
         }
     }
 }

@@ -2,6 +2,8 @@
 //! stylisation runs on worker threads (see worker.rs) fed by a latest-frame-wins queue.
 
 pub mod config;
+pub mod http;
+pub mod metrics;
 pub mod mqtt;
 pub mod queue;
 pub mod stats;
@@ -342,6 +344,20 @@ impl Link {
     }
 }
 
+/// The stats message (also served as Prometheus metrics with `daemon.metrics_listen`).
+fn stats_snapshot(s: &Shared, link: &Link) -> serde_json::Value {
+    let provider = s.provider.lock().unwrap().clone();
+    s.stats.snapshot(&Gauges {
+        daemon_id: &s.daemon_id,
+        provider: &provider,
+        queue_depth: s.queue.depth(),
+        queue_bytes: s.queue.bytes(),
+        cameras: s.cameras.load(Ordering::Relaxed),
+        connected: link.connected(),
+        started: s.started,
+    })
+}
+
 /// Why the watchdog ping is withheld now, if it is: the daemon cannot serve and will not recover by itself.
 fn watchdog_verdict(shared: &Shared, link: &Link, subscribe_timeout_s: f64) -> Option<String> {
     let stall = shared.config.daemon.max_job_seconds as f64;
@@ -521,6 +537,14 @@ async fn serve(cfg: Config) -> Result<()> {
     link.beat();
     let publisher = tokio::spawn(publisher(out_rx, client.clone(), qos, link.clone(), shared.clone()));
 
+    if let Some(addr) = cfg.daemon.metrics_listen {
+        let (s, l) = (shared.clone(), link.clone());
+        if let Err(e) = metrics::spawn(addr, Arc::new(move || vec![stats_snapshot(&s, &l)])).await {
+            shared.queue.close();
+            return Err(e);
+        }
+    }
+
     // stats every interval
     let stats_task = {
         let (s, tx, l, interval) = (shared.clone(), out_tx.clone(), link.clone(), cfg.daemon.stats_interval_s.max(1));
@@ -529,17 +553,7 @@ async fn serve(cfg: Config) -> Result<()> {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let provider = s.provider.lock().unwrap().clone();
-                let g = Gauges {
-                    daemon_id: &s.daemon_id,
-                    provider: &provider,
-                    queue_depth: s.queue.depth(),
-                    queue_bytes: s.queue.bytes(),
-                    cameras: s.cameras.load(Ordering::Relaxed),
-                    connected: l.connected(),
-                    started: s.started,
-                };
-                let body = s.stats.snapshot(&g);
+                let body = stats_snapshot(&s, &l);
                 if tx.send(Command::Publish(Outgoing::json(s.topics.stats(), &body))).is_err() {
                     break;
                 }

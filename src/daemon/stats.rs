@@ -83,6 +83,7 @@ impl Stats {
         let mean_evals = if evals.is_empty() { 0.0 } else { evals.iter().sum::<u64>() as f64 / evals.len() as f64 };
         serde_json::json!({
             "daemon_id": g.daemon_id,
+            "version": env!("CARGO_PKG_VERSION"),
             "received": c(&self.received),
             "processed": c(&self.processed),
             "dropped": c(&self.dropped),

@@ -1,22 +1,32 @@
 //! `fuchun view`: a small local HTTP server for kiosks. It follows `<prefix>/<camera>/stylized` over MQTT and
-//! serves a full-screen page per camera that swaps in each new result as it arrives (Server-Sent Events).
+//! serves a full-screen page per camera that swaps in each new result as it arrives (Server-Sent Events), and the
+//! daemons' stats (`<prefix>/stats`, `<prefix>/+/stats`) as Prometheus metrics.
 //!
-//! Routes: `/` (camera list, or the page of `--camera`), `/camera/<name>` (the kiosk page),
-//! `/frame/<name>.jpg` (latest result), `/events/<name>` (SSE: one event per new result), `/healthz`.
+//! Routes (GET only): `/` (camera list, or the page of `--camera`), `/camera/<name>` (the kiosk page),
+//! `/frame/<name>.jpg` (latest result), `/events/<name>` (SSE: one event per new result, keep-alive comments in
+//! between; at most `--max-event-streams` at once, 503 beyond), `/metrics` (the latest stats of each daemon_id),
+//! `/healthz`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use axum::extract::{Path, State as Extract};
+use axum::http::{header, Method, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::broadcast;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
 
 use super::config::{valid_name, Config};
+use super::http::Limits;
 use super::mqtt::{self, Event};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -30,17 +40,39 @@ pub struct ViewArgs {
     /// Camera shown at `/` (default: a list of cameras).
     #[arg(long)]
     pub camera: Option<String>,
+    /// Open event streams (`/events/<camera>`) at most; more are answered 503.
+    #[arg(long, default_value_t = 64)]
+    pub max_event_streams: usize,
+    /// A request's headers must arrive within this time (milliseconds).
+    #[arg(long, default_value_t = 10_000, hide = true)]
+    pub header_timeout_ms: u64,
+    /// Keep-alive comment interval of idle event streams (milliseconds); a closed client is noticed at the next.
+    #[arg(long, default_value_t = 15_000, hide = true)]
+    pub keep_alive_ms: u64,
 }
+
+/// Stats of this many daemons at most (a misbehaving publisher cannot grow the map without bound).
+const MAX_DAEMONS: usize = 256;
 
 #[derive(Default)]
 struct Latest {
     frames: HashMap<String, (u64, Bytes)>,
+    /// The latest stats message of each daemon_id.
+    stats: BTreeMap<String, serde_json::Value>,
 }
 
 struct State {
     latest: Mutex<Latest>,
     updates: broadcast::Sender<(String, u64)>,
     default_camera: Option<String>,
+    streams: Arc<Semaphore>,
+    keep_alive: Duration,
+}
+
+impl State {
+    fn version(&self, camera: &str) -> Option<u64> {
+        self.latest.lock().unwrap().frames.get(camera).map(|f| f.0)
+    }
 }
 
 pub fn run(args: &ViewArgs) -> Result<()> {
@@ -51,26 +83,47 @@ pub fn run(args: &ViewArgs) -> Result<()> {
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(serve(cfg, args.listen, args.camera.clone()))
+    rt.block_on(serve(cfg, args))
 }
 
-async fn serve(cfg: Config, listen: SocketAddr, camera: Option<String>) -> Result<()> {
+/// The daemon_id of a stats message: its `daemon_id` field, else the topic level of `<prefix>/<id>/stats`, else
+/// "default".
+fn stats_id(prefix: &str, topic: &str, body: &serde_json::Value) -> Option<String> {
+    let rest = topic.strip_prefix(prefix)?.strip_prefix('/')?.strip_suffix("stats")?;
+    let from_topic = match rest {
+        "" => None,
+        r => Some(r.strip_suffix('/')?).filter(|r| !r.contains('/')),
+    };
+    let id = body.get("daemon_id").and_then(|v| v.as_str()).or(from_topic).unwrap_or("default");
+    Some(id.to_string())
+}
+
+async fn serve(cfg: Config, args: &ViewArgs) -> Result<()> {
     let (tx, _) = broadcast::channel(64);
-    let state = Arc::new(State { latest: Mutex::new(Latest::default()), updates: tx, default_camera: camera });
+    let state = Arc::new(State {
+        latest: Mutex::new(Latest::default()),
+        updates: tx,
+        default_camera: args.camera.clone(),
+        streams: Arc::new(Semaphore::new(args.max_event_streams)),
+        keep_alive: Duration::from_millis(args.keep_alive_ms.max(10)),
+    });
+    let listen = args.listen;
     let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(%listen, "kiosk view listening");
     let id = format!("{}-view-{}", cfg.mqtt.client_id, std::process::id());
     let (client, mut events) =
         mqtt::connect(&cfg.mqtt, &id, &format!("{}/view/{}/will", cfg.mqtt.prefix, std::process::id()), 64 << 20)?;
-    let filter = format!("{}/+/stylized", cfg.mqtt.prefix);
     let prefix = cfg.mqtt.prefix.clone();
+    let filters = [format!("{prefix}/+/stylized"), format!("{prefix}/stats"), format!("{prefix}/+/stats")];
     let st = state.clone();
     tokio::spawn(async move {
         let mut version = 0u64;
         loop {
             match events.poll().await {
                 Ok(Event::Connected { .. }) => {
-                    let _ = client.subscribe(&filter, 0).await;
+                    for f in &filters {
+                        let _ = client.subscribe(f, 0).await;
+                    }
                 }
                 Ok(Event::Message(m)) => {
                     let cam = m
@@ -85,6 +138,14 @@ async fn serve(cfg: Config, listen: SocketAddr, camera: Option<String>) -> Resul
                         version += 1;
                         st.latest.lock().unwrap().frames.insert(cam.to_string(), (version, m.payload));
                         let _ = st.updates.send((cam.to_string(), version));
+                    } else if let Ok(mut body @ serde_json::Value::Object(_)) = serde_json::from_slice(&m.payload) {
+                        if let Some(id) = stats_id(&prefix, &m.topic, &body) {
+                            body["daemon_id"] = id.clone().into();
+                            let mut latest = st.latest.lock().unwrap();
+                            if latest.stats.len() < MAX_DAEMONS || latest.stats.contains_key(&id) {
+                                latest.stats.insert(id, body);
+                            }
+                        }
                     }
                 }
                 Ok(_) => {}
@@ -95,32 +156,128 @@ async fn serve(cfg: Config, listen: SocketAddr, camera: Option<String>) -> Resul
             }
         }
     });
+    let limits = Limits { header_timeout: Duration::from_millis(args.header_timeout_ms.max(1)), ..Limits::default() };
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    loop {
+    let shutdown = async move {
         tokio::select! {
-            acc = listener.accept() => {
-                let (sock, _) = acc?;
-                let st = state.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = handle(sock, st).await {
-                        tracing::debug!(error = %e, "http connection");
-                    }
-                });
-            }
-            _ = sigterm.recv() => return Ok(()),
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = sigterm.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
         }
+    };
+    super::http::serve(listener, router(state), limits, shutdown).await
+}
+
+fn router(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/camera/{name}", get(camera))
+        .route("/frame/{file}", get(frame))
+        .route("/events/{name}", get(events))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { reply(StatusCode::OK, "text/plain", "ok\n") }))
+        .fallback(|method: Method| async move {
+            if method == Method::GET || method == Method::HEAD {
+                reply(StatusCode::NOT_FOUND, "text/plain", "not found\n")
+            } else {
+                reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n")
+            }
+        })
+        .with_state(state)
+}
+
+fn reply(status: StatusCode, ctype: &'static str, body: impl Into<axum::body::Body>) -> Response {
+    (status, [(header::CONTENT_TYPE, ctype), (header::CACHE_CONTROL, "no-store")], body.into()).into_response()
+}
+
+fn not_found() -> Response {
+    reply(StatusCode::NOT_FOUND, "text/plain", "not found\n")
+}
+
+/// A camera name from the path: letters, digits, '_' or '-' (anything else, e.g. `..%2F`, is not a camera).
+fn camera_name(p: Result<Path<String>, axum::extract::rejection::PathRejection>) -> Option<String> {
+    p.ok().map(|Path(n)| n).filter(|n| valid_name(n))
+}
+
+async fn index(Extract(st): Extract<Arc<State>>) -> Response {
+    if let Some(c) = &st.default_camera {
+        return reply(StatusCode::OK, "text/html; charset=utf-8", page(c, st.version(c)));
+    }
+    let mut cams: Vec<String> = st.latest.lock().unwrap().frames.keys().cloned().collect();
+    cams.sort();
+    let items: String = cams.iter().map(|c| format!("<li><a href=\"/camera/{c}\">{c}</a></li>")).collect();
+    let body = format!("<!doctype html><html><body><h1>fuchun cameras</h1><ul>{items}</ul></body></html>");
+    reply(StatusCode::OK, "text/html; charset=utf-8", body)
+}
+
+async fn camera(
+    Extract(st): Extract<Arc<State>>,
+    p: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    match camera_name(p) {
+        Some(cam) => reply(StatusCode::OK, "text/html; charset=utf-8", page(&cam, st.version(&cam))),
+        None => not_found(),
     }
 }
 
-async fn respond(sock: &mut TcpStream, status: &str, ctype: &str, body: &[u8]) -> Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    sock.write_all(head.as_bytes()).await?;
-    sock.write_all(body).await?;
-    Ok(())
+async fn frame(
+    Extract(st): Extract<Arc<State>>,
+    p: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    let Some(cam) = p.ok().and_then(|Path(f)| f.strip_suffix(".jpg").map(str::to_string)).filter(|c| valid_name(c))
+    else {
+        return not_found();
+    };
+    let frame = st.latest.lock().unwrap().frames.get(&cam).map(|f| f.1.clone());
+    match frame {
+        Some(b) => reply(StatusCode::OK, "image/jpeg", b),
+        None => reply(StatusCode::NOT_FOUND, "text/plain", format!("no result for {cam} yet\n")),
+    }
+}
+
+async fn metrics(Extract(st): Extract<Arc<State>>) -> Response {
+    let snaps: Vec<serde_json::Value> = st.latest.lock().unwrap().stats.values().cloned().collect();
+    super::metrics::response(&snaps)
+}
+
+/// What an event stream carries between events: the permit that counts it, and the version to send first.
+struct Stream {
+    st: Arc<State>,
+    rx: broadcast::Receiver<(String, u64)>,
+    camera: String,
+    next: Option<u64>,
+    _permit: OwnedSemaphorePermit,
+}
+
+async fn events(
+    Extract(st): Extract<Arc<State>>,
+    p: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    let Some(camera) = camera_name(p) else { return not_found() };
+    let Ok(permit) = st.streams.clone().try_acquire_owned() else {
+        return reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "too many event streams\n");
+    };
+    let rx = st.updates.subscribe();
+    let next = st.version(&camera);
+    let s = Stream { st: st.clone(), rx, camera, next, _permit: permit };
+    let stream = futures_util::stream::unfold(s, |mut s| async move {
+        loop {
+            if let Some(v) = s.next.take() {
+                return Some((Ok::<_, Infallible>(SseEvent::default().data(v.to_string())), s));
+            }
+            match s.rx.recv().await {
+                Ok((c, v)) if c == s.camera => s.next = Some(v),
+                Ok(_) => {}
+                // missed some: send the camera's latest, if newer ones were among those missed
+                Err(broadcast::error::RecvError::Lagged(_)) => s.next = s.st.version(&s.camera),
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    // keep-alive comments also find closed connections: the write fails and the stream (and its permit) is dropped
+    let mut r =
+        Sse::new(stream).keep_alive(KeepAlive::new().interval(st.keep_alive).text("keep-alive")).into_response();
+    r.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    r
 }
 
 /// The kiosk page. The latest frame, if any, is in the HTML itself (so the page's load event includes it); each
@@ -144,72 +301,4 @@ const es = new EventSource('/events/{camera}');
 es.onmessage = (e) => show(e.data);
 </script></body></html>"#
     )
-}
-
-async fn handle(mut sock: TcpStream, st: Arc<State>) -> Result<()> {
-    let mut buf = vec![0u8; 8192];
-    let mut n = 0;
-    loop {
-        let r = tokio::time::timeout(Duration::from_secs(10), sock.read(&mut buf[n..])).await??;
-        if r == 0 {
-            return Ok(());
-        }
-        n += r;
-        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") || n == buf.len() {
-            break;
-        }
-    }
-    let req = String::from_utf8_lossy(&buf[..n]);
-    let mut parts = req.lines().next().unwrap_or("").split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
-    let path = target.split('?').next().unwrap_or("/");
-    if method != "GET" {
-        return respond(&mut sock, "405 Method Not Allowed", "text/plain", b"GET only\n").await;
-    }
-    if path == "/healthz" {
-        return respond(&mut sock, "200 OK", "text/plain", b"ok\n").await;
-    }
-    if path == "/" {
-        if let Some(c) = &st.default_camera {
-            let current = st.latest.lock().unwrap().frames.get(c).map(|f| f.0);
-            return respond(&mut sock, "200 OK", "text/html; charset=utf-8", page(c, current).as_bytes()).await;
-        }
-        let mut cams: Vec<String> = st.latest.lock().unwrap().frames.keys().cloned().collect();
-        cams.sort();
-        let items: String = cams.iter().map(|c| format!("<li><a href=\"/camera/{c}\">{c}</a></li>")).collect();
-        let body = format!("<!doctype html><html><body><h1>fuchun cameras</h1><ul>{items}</ul></body></html>");
-        return respond(&mut sock, "200 OK", "text/html; charset=utf-8", body.as_bytes()).await;
-    }
-    if let Some(cam) = path.strip_prefix("/camera/").filter(|c| valid_name(c)) {
-        let current = st.latest.lock().unwrap().frames.get(cam).map(|f| f.0);
-        return respond(&mut sock, "200 OK", "text/html; charset=utf-8", page(cam, current).as_bytes()).await;
-    }
-    if let Some(cam) = path.strip_prefix("/frame/").and_then(|p| p.strip_suffix(".jpg")).filter(|c| valid_name(c)) {
-        let frame = st.latest.lock().unwrap().frames.get(cam).map(|f| f.1.clone());
-        return match frame {
-            Some(b) => respond(&mut sock, "200 OK", "image/jpeg", &b).await,
-            None => {
-                respond(&mut sock, "404 Not Found", "text/plain", format!("no result for {cam} yet\n").as_bytes()).await
-            }
-        };
-    }
-    if let Some(cam) = path.strip_prefix("/events/").filter(|c| valid_name(c)) {
-        let mut rx = st.updates.subscribe();
-        sock.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\nConnection: keep-alive\r\n\r\n")
-            .await?;
-        let current = st.latest.lock().unwrap().frames.get(cam).map(|f| f.0);
-        if let Some(v) = current {
-            sock.write_all(format!("data: {v}\n\n").as_bytes()).await?;
-        }
-        loop {
-            match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await {
-                Ok(Ok((c, v))) if c == cam => sock.write_all(format!("data: {v}\n\n").as_bytes()).await?,
-                Ok(Ok(_)) => {}
-                Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
-                Ok(Err(_)) => return Ok(()),
-                Err(_) => sock.write_all(b": keep-alive\n\n").await?, // also detects closed connections
-            }
-        }
-    }
-    respond(&mut sock, "404 Not Found", "text/plain", b"not found\n").await
 }

@@ -1,0 +1,400 @@
+//! `fuchun view` over HTTP: the daemons' stats as Prometheus metrics, and hostile clients — oversized headers,
+//! slow clients, many idle event streams, path traversal and odd methods — after which it still serves. Also the
+//! daemon's own `/metrics` (`daemon.metrics_listen`).
+
+mod common;
+mod mqtt_support;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mqtt_support::{free_port, unique_prefix, Broker, Daemon, Probe};
+
+/// A `fuchun view` process with its own broker (both stopped on drop).
+struct View {
+    child: Child,
+    http: u16,
+    prefix: String,
+    broker: Broker,
+    _dir: tempfile::TempDir,
+}
+
+impl View {
+    fn start(args: &[&str]) -> View {
+        let broker = Broker::start();
+        let prefix = unique_prefix("view");
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[mqtt]\nport = {}\nprefix = \"{prefix}\"\nclient_id = \"view-test\"\n[styles.ink]\nimages = [\"{}\"]\n",
+                broker.port,
+                common::example("fuchun.jpg").display()
+            ),
+        )
+        .unwrap();
+        let http = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_fuchun"))
+            .args(["view", "--config", cfg.to_str().unwrap(), "--listen", &format!("127.0.0.1:{http}")])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        while TcpStream::connect(("127.0.0.1", http)).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(10), "the view did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        View { child, http, prefix, broker, _dir: dir }
+    }
+
+    fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(("127.0.0.1", self.http)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    }
+
+    /// Send `raw` and read the whole response (the server closes after each one): (status line, headers, body).
+    fn raw(&self, raw: &[u8]) -> (String, String, Vec<u8>) {
+        let mut s = self.connect();
+        let _ = s.write_all(raw);
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        split(&buf)
+    }
+
+    fn request(&self, method: &str, path: &str) -> (String, String, Vec<u8>) {
+        self.raw(format!("{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+    }
+
+    fn get(&self, path: &str) -> (String, String, Vec<u8>) {
+        self.request("GET", path)
+    }
+
+    /// GET / and /metrics still answer.
+    fn still_serves(&self) {
+        for path in ["/", "/metrics", "/healthz"] {
+            let (status, _, _) = self.get(path);
+            assert!(status.starts_with("HTTP/1.1 200"), "{path}: {status}");
+        }
+    }
+
+    /// Open an event stream; its status line and headers (the stream stays open).
+    fn open_events(&self, camera: &str) -> (TcpStream, String) {
+        let mut s = self.connect();
+        write!(s, "GET /events/{camera} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match s.read(&mut b) {
+                Ok(1) => head.push(b[0]),
+                _ => break,
+            }
+        }
+        (s, String::from_utf8_lossy(&head).into_owned())
+    }
+}
+
+impl Drop for View {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.broker.kill();
+    }
+}
+
+fn split(buf: &[u8]) -> (String, String, Vec<u8>) {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return (String::from_utf8_lossy(buf).into_owned(), String::new(), Vec::new());
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let (status, headers) = head.split_once("\r\n").unwrap_or((&head, ""));
+    (status.to_string(), headers.to_ascii_lowercase(), buf[end + 4..].to_vec())
+}
+
+/// Exposition lines as (name, labels, value); panics on a malformed line (the unit tests check the format fully).
+fn samples(text: &str) -> Vec<(String, String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("{l}"));
+            let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
+            assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'), "{l}");
+            (
+                name.to_string(),
+                labels.trim_end_matches('}').to_string(),
+                value.parse().unwrap_or_else(|_| panic!("{l}")),
+            )
+        })
+        .collect()
+}
+
+fn value(text: &str, name: &str, label: &str) -> Option<f64> {
+    samples(text).into_iter().find(|(n, l, _)| n == name && l.contains(label)).map(|s| s.2)
+}
+
+#[test]
+fn view_metrics_show_each_daemon() {
+    let view = View::start(&[]);
+    let probe = Probe::new(view.broker.port, &[]);
+    let stats = |processed: u64, id: Option<&str>| {
+        let mut v = serde_json::json!({"received": 9, "processed": processed, "dropped": 1, "errors": 0,
+            "warm_starts": 2, "queue_depth": 0, "duration_ms": {"p50": 120.5, "p90": 200, "p99": 300, "max": 310},
+            "mean_evaluations": 41.5, "provider": "CPU", "rss_bytes": 1000, "peak_rss_bytes": 2000, "uptime_s": 5});
+        if let Some(id) = id {
+            v["daemon_id"] = id.into();
+        }
+        v.to_string()
+    };
+    // the view subscribes after connecting: publish until it shows both daemons
+    let t = Instant::now();
+    let text = loop {
+        probe.publish(&format!("{}/stats", view.prefix), stats(4, Some("edge-1")));
+        probe.publish(&format!("{}/edge-2/stats", view.prefix), stats(7, None));
+        std::thread::sleep(Duration::from_millis(200));
+        let (status, headers, body) = view.get("/metrics");
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        assert!(headers.contains("content-type: text/plain; version=0.0.4"), "{headers}");
+        let text = String::from_utf8(body).unwrap();
+        if text.contains("edge-1") && text.contains("edge-2") {
+            break text;
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "the view never showed both daemons: {text}");
+    };
+    assert_eq!(value(&text, "fuchun_processed_total", "daemon_id=\"edge-1\""), Some(4.0));
+    assert_eq!(value(&text, "fuchun_processed_total", "daemon_id=\"edge-2\""), Some(7.0));
+    assert_eq!(value(&text, "fuchun_duration_ms", "quantile=\"0.5\""), Some(120.5));
+    assert_eq!(value(&text, "fuchun_info", "provider=\"CPU\""), Some(1.0));
+    assert_eq!(text.matches("# TYPE fuchun_processed_total counter").count(), 1);
+    // a newer message replaces a daemon's series
+    let t = Instant::now();
+    loop {
+        probe.publish(&format!("{}/stats", view.prefix), stats(5, Some("edge-1")));
+        std::thread::sleep(Duration::from_millis(100));
+        let text = String::from_utf8(view.get("/metrics").2).unwrap();
+        if value(&text, "fuchun_processed_total", "daemon_id=\"edge-1\"") == Some(5.0) {
+            assert_eq!(samples(&text).iter().filter(|s| s.0 == "fuchun_processed_total").count(), 2);
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{text}");
+    }
+}
+
+#[test]
+fn oversized_headers_are_refused() {
+    let view = View::start(&[]);
+    let mut req = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    req.extend(std::iter::repeat_n(b'a', 64 << 10));
+    req.extend(b"\r\n\r\n");
+    let (status, _, _) = view.raw(&req);
+    assert!(!status.starts_with("HTTP/1.1 200"), "a 64 KiB header was accepted");
+    assert!(status.is_empty() || status.starts_with("HTTP/1.1 431"), "{status}");
+    // many headers, each small
+    let mut req = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..2000 {
+        req.extend(format!("X-H{i}: {}\r\n", "b".repeat(20)).as_bytes());
+    }
+    req.extend(b"\r\n");
+    let (status, _, _) = view.raw(&req);
+    assert!(status.is_empty() || status.starts_with("HTTP/1.1 431"), "{status}");
+    // an ordinary request with a few KiB of headers is fine
+    let req = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nCookie: {}\r\n\r\n", "c".repeat(4000));
+    assert!(view.raw(req.as_bytes()).0.starts_with("HTTP/1.1 200"));
+    view.still_serves();
+}
+
+#[test]
+fn slow_clients_are_dropped() {
+    let view = View::start(&["--header-timeout-ms", "1500"]);
+    // one header byte a second, never finishing: the server must close the connection at its header deadline
+    let mut s = view.connect();
+    let mut reader = s.try_clone().unwrap();
+    let t = Instant::now();
+    let closed = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let r = reader.read_to_end(&mut buf);
+        (t.elapsed(), r.map_err(|e| e.kind()), buf)
+    });
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\nUser-Agent: slow slow slow slow slow slow slow";
+    for b in request {
+        if s.write_all(&[*b]).is_err() || closed.is_finished() {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let (after, r, buf) = closed.join().unwrap();
+    assert!(!matches!(r, Err(ErrorKind::WouldBlock | ErrorKind::TimedOut)), "still open after {after:?}");
+    assert!(after < Duration::from_secs(5), "the slow client was held for {after:?}");
+    let (status, _, _) = split(&buf);
+    assert!(!status.starts_with("HTTP/1.1 200"), "{status}");
+    // a client that connects and sends nothing is dropped too
+    let mut idle = view.connect();
+    let t = Instant::now();
+    let mut buf = Vec::new();
+    let r = idle.read_to_end(&mut buf);
+    assert!(r.is_ok() && t.elapsed() < Duration::from_secs(5), "{r:?} after {:?}", t.elapsed());
+    view.still_serves();
+}
+
+#[test]
+fn event_streams_are_capped_and_released() {
+    let view = View::start(&["--max-event-streams", "3", "--keep-alive-ms", "200"]);
+    let mut open: Vec<TcpStream> = (0..3)
+        .map(|i| {
+            let (s, head) = view.open_events(&format!("cam{i}"));
+            assert!(head.starts_with("HTTP/1.1 200") && head.contains("text/event-stream"), "{head}");
+            s
+        })
+        .collect();
+    // over the cap: 503, while the page, frames and metrics are still served
+    let (status, _, _) = view.get("/events/cam9");
+    assert!(status.starts_with("HTTP/1.1 503"), "{status}");
+    assert!(view.get("/frame/cam0.jpg").0.starts_with("HTTP/1.1 404"));
+    view.still_serves();
+    // idle streams get keep-alive comments
+    let mut got = Vec::new();
+    let mut b = [0u8; 256];
+    let t = Instant::now();
+    while !String::from_utf8_lossy(&got).contains(": keep-alive") {
+        let n = open[0].read(&mut b).unwrap();
+        assert!(n > 0 && t.elapsed() < Duration::from_secs(5), "no keep-alive comment");
+        got.extend_from_slice(&b[..n]);
+    }
+    // a client that goes away frees its slot
+    drop(open.remove(0));
+    let t = Instant::now();
+    let (_again, head) = loop {
+        let (s, head) = view.open_events("cam0");
+        if head.starts_with("HTTP/1.1 200") {
+            break (s, head);
+        }
+        assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+        assert!(t.elapsed() < Duration::from_secs(5), "the closed stream's slot was never released");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(head.contains("text/event-stream"));
+    view.still_serves();
+}
+
+#[test]
+fn bad_paths_and_methods() {
+    let view = View::start(&[]);
+    // give the view a frame, so that a working route is known to answer 200
+    let probe = Probe::new(view.broker.port, &[]);
+    let t = Instant::now();
+    while !view.get("/frame/door.jpg").0.starts_with("HTTP/1.1 200") {
+        probe.publish(&format!("{}/door/stylized", view.prefix), vec![0xff, 0xd8, 0xff, 0xd9]);
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(t.elapsed() < Duration::from_secs(15), "the view never received a frame");
+    }
+    for path in [
+        "/frame/../../etc/passwd",
+        "/frame/..%2F..%2Fetc%2Fpasswd.jpg",
+        "/frame/%2e%2e.jpg",
+        "/frame/door.png",
+        "/frame/door",
+        "/frame/.jpg",
+        "/camera/..%2F..%2Fetc%2Fpasswd",
+        "/camera/%3Cscript%3Ealert(1)%3C%2Fscript%3E",
+        "/camera/door%00",
+        "/camera/%ff%fe",
+        "/camera/door/extra",
+        "/camera/",
+        "/events/..%2Fdoor",
+        "/events/a%20b",
+        "//etc/passwd",
+        "/nothing",
+    ] {
+        let (status, _, body) = view.get(path);
+        assert!(status.starts_with("HTTP/1.1 404"), "{path}: {status}");
+        let body = String::from_utf8_lossy(&body);
+        assert!(!body.contains("script") && !body.contains("passwd"), "{path}: {body}");
+    }
+    let long = format!("/camera/{}", "a".repeat(65));
+    assert!(view.get(&long).0.starts_with("HTTP/1.1 404"));
+    for (method, path) in
+        [("POST", "/"), ("PUT", "/frame/door.jpg"), ("DELETE", "/camera/door"), ("POST", "/metrics"), ("PATCH", "/x")]
+    {
+        let (status, _, _) = view.request(method, path);
+        assert!(status.starts_with("HTTP/1.1 405"), "{method} {path}: {status}");
+    }
+    let body = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    let req = format!("POST /events/door HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len());
+    assert!(view.raw(&[req.as_bytes(), body].concat()).0.starts_with("HTTP/1.1 405"));
+    // garbage is a 400 at most
+    let (status, _, _) = view.raw(b"\x16\x03\x01\x02\x00garbage\r\n\r\n");
+    assert!(status.is_empty() || status.starts_with("HTTP/1.1 400"), "{status}");
+    // and the real routes are fine
+    let (status, headers, body) = view.get("/frame/door.jpg");
+    assert!(status.starts_with("HTTP/1.1 200") && headers.contains("content-type: image/jpeg"), "{status}");
+    assert_eq!(body, [0xff, 0xd8, 0xff, 0xd9]);
+    let (status, _, body) = view.get("/camera/door");
+    assert!(status.starts_with("HTTP/1.1 200") && String::from_utf8_lossy(&body).contains("/frame/door.jpg?v="));
+    let (_, _, body) = view.get("/");
+    assert!(String::from_utf8_lossy(&body).contains("<a href=\"/camera/door\">door</a>"));
+    view.still_serves();
+}
+
+#[test]
+fn daemon_serves_its_metrics() {
+    let broker = Broker::start();
+    let prefix = unique_prefix("metrics");
+    let http = free_port();
+    let probe = Probe::new(broker.port, &[&format!("{prefix}/#")]);
+    let d = Daemon::start(
+        broker.port,
+        &prefix,
+        "metrics-test",
+        &format!("[daemon]\nmetrics_listen = \"127.0.0.1:{http}\"\n"),
+    );
+    mqtt_support::wait_online(&probe, &prefix);
+    let get = |path: &str| {
+        let mut s = TcpStream::connect(("127.0.0.1", http)).unwrap_or_else(|e| panic!("{e}: {}", d.log_text()));
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).unwrap();
+        split(&buf)
+    };
+    let (status, headers, body) = get("/metrics");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(headers.contains("content-type: text/plain; version=0.0.4"), "{headers}");
+    let text = String::from_utf8(body).unwrap();
+    assert_eq!(value(&text, "fuchun_info", "provider=\"cpu\""), Some(1.0), "{text}");
+    assert_eq!(value(&text, "fuchun_received_total", "daemon_id="), Some(0.0), "{text}");
+    assert!(value(&text, "fuchun_rss_bytes", "daemon_id=").unwrap() > 0.0);
+    // a frame: counted
+    probe.publish(&format!("{prefix}/door/frame"), mqtt_support::jpeg(48, 32, 0.3));
+    probe.wait_n(&format!("{prefix}/door/stylized"), 1, Duration::from_secs(60));
+    let t = Instant::now();
+    let text = loop {
+        let text = String::from_utf8(get("/metrics").2).unwrap();
+        if value(&text, "fuchun_processed_total", "daemon_id=") == Some(1.0) {
+            break text;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(value(&text, "fuchun_received_total", "daemon_id="), Some(1.0), "{text}");
+    assert!(value(&text, "fuchun_duration_ms", "quantile=\"0.5\"").unwrap() > 0.0, "{text}");
+    assert!(get("/healthz").0.starts_with("HTTP/1.1 200"));
+    assert!(get("/nothing").0.starts_with("HTTP/1.1 404"));
+    // a second daemon cannot have the same address: it says so and exits
+    let mut other = Daemon::start(
+        broker.port,
+        &prefix,
+        "metrics-test-2",
+        &format!("[daemon]\nmetrics_listen = \"127.0.0.1:{http}\"\n"),
+    );
+    let status = other.wait_exit(Duration::from_secs(30)).expect("the second daemon kept running");
+    assert!(!status.success());
+    let t = Instant::now();
+    while !other.log_text().contains("metrics_listen") {
+        assert!(t.elapsed() < Duration::from_secs(5), "{}", other.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
