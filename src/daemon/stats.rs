@@ -53,7 +53,14 @@ impl Stats {
         Some([at(0.5), at(0.9), at(0.99), *v.last().unwrap()])
     }
 
-    pub fn snapshot(&self, queue_depth: usize, provider: &str, started: Instant) -> serde_json::Value {
+    /// `provider_report`: the model's `ProviderReport::to_json` (null before the model is loaded).
+    pub fn snapshot(
+        &self,
+        queue_depth: usize,
+        provider: &str,
+        provider_report: &serde_json::Value,
+        started: Instant,
+    ) -> serde_json::Value {
         let p = self.percentiles();
         let evals: Vec<u64> = self.evaluations.lock().unwrap().iter().copied().collect();
         let mean_evals = if evals.is_empty() { 0.0 } else { evals.iter().sum::<u64>() as f64 / evals.len() as f64 };
@@ -67,6 +74,7 @@ impl Stats {
             "duration_ms": p.map(|p| serde_json::json!({"p50": p[0], "p90": p[1], "p99": p[2], "max": p[3]})),
             "mean_evaluations": mean_evals,
             "provider": provider,
+            "provider_report": provider_report,
             "rss_bytes": crate::commands::bench::current_rss(),
             "peak_rss_bytes": crate::commands::bench::peak_rss(),
             "uptime_s": started.elapsed().as_secs(),
@@ -87,9 +95,11 @@ mod tests {
         }
         let p = s.percentiles().unwrap();
         assert_eq!(p, [51.0, 90.0, 99.0, 100.0]);
-        let snap = s.snapshot(3, "cpu", Instant::now());
+        let report = serde_json::json!({"provider": "cpu", "nodes_outside": 0});
+        let snap = s.snapshot(3, "cpu", &report, Instant::now());
         assert_eq!(snap["processed"], 100);
         assert_eq!(snap["warm_starts"], 50);
         assert_eq!(snap["queue_depth"], 3);
+        assert_eq!(snap["provider_report"]["nodes_outside"], 0);
     }
 }
