@@ -108,8 +108,11 @@ def placement(name):
     p = os.path.join(out, f"stylize-{name}.log")
     if not os.path.exists(p):
         return "no log"
-    for line in open(p):
-        m = re.search(r'report="?([^"]*)"?', line)
+    for line in open(p, errors="replace"):
+        line = re.sub(r"\x1b\[[0-9;]*m", "", line).rstrip()
+        if line.startswith("error:"):
+            return "failed: " + line[len("error: "):][:100]
+        m = re.search(r"report=(.*)$", line)
         if "execution provider" in line and m:
             return m.group(1)
     return "unknown (not in the log)"
