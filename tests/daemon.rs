@@ -88,7 +88,18 @@ fn flood_keeps_memory_bounded_and_publishes_the_newest_frame() {
         "the last published result is from the newest input"
     );
     assert!(metas.len() < 50, "{} results for 50 frames: nothing was dropped", metas.len());
-    let stats = probe.wait_for(&format!("{prefix}/stats"), |m| m.json()["received"] == 50, T).json();
+    // a stats message from while the newest frame was still being processed counts it in neither: wait for one
+    // after it (the first with received == 50 may be such an earlier one)
+    let stats = probe
+        .wait_for(
+            &format!("{prefix}/stats"),
+            |m| {
+                let j = m.json();
+                j["received"] == 50 && j["processed"].as_u64().unwrap() as usize == metas.len()
+            },
+            T,
+        )
+        .json();
     let processed = stats["processed"].as_u64().unwrap();
     let dropped = stats["dropped"].as_u64().unwrap();
     assert_eq!(processed + dropped, 50, "{stats}");

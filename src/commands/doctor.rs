@@ -141,6 +141,9 @@ pub fn run(args: &DoctorArgs) -> Result<()> {
     };
     base.library = lib.as_ref().ok().cloned();
     let configured = base.provider;
+    // one real run per provider (a TensorRT engine without a profile is only built at the first run): the
+    // daemon's smallest frame, or 128 px at 16:9
+    let probe_shape = cfg.as_ref().and_then(|c| c.expected_shapes().0.first().copied()).unwrap_or([72, 128]);
     match model_dir {
         Ok(dir) => match Manifest::load(&dir) {
             Ok(_) if ort_ok => {
@@ -157,9 +160,17 @@ pub fn run(args: &DoctorArgs) -> Result<()> {
                     let t = std::time::Instant::now();
                     let r = Model::load(&dir, &opts);
                     let secs = t.elapsed().as_secs_f64();
+                    let t = std::time::Instant::now();
+                    let r = r.and_then(|mut model| {
+                        let shape =
+                            [probe_shape[0].max(model.manifest.min_size), probe_shape[1].max(model.manifest.min_size)];
+                        model.warm_up(&[shape], &mut |_, _| {})?;
+                        Ok((model, shape))
+                    });
+                    let run_secs = t.elapsed().as_secs_f64();
                     if p == Provider::Cpu {
                         model_line = Some(match &r {
-                            Ok(model) => Ok(format!(
+                            Ok((model, _)) => Ok(format!(
                                 "{} ({} {}, {} weights, graphs match the manifest, min size {})",
                                 dir.display(),
                                 model.manifest.architecture,
@@ -170,9 +181,14 @@ pub fn run(args: &DoctorArgs) -> Result<()> {
                             Err(e) => Err(anyhow!("{e:#}")),
                         });
                     }
-                    let r = r.map(|model| {
+                    let r = r.map(|(model, shape)| {
                         chosen = Some(p);
-                        format!("sessions of every graph created in {secs:.1} s: {}", model.provider_report().summary())
+                        format!(
+                            "sessions of every graph created in {secs:.1} s and run at {}x{} in {run_secs:.1} s: {}",
+                            shape[1],
+                            shape[0],
+                            model.provider_report().summary()
+                        )
                     });
                     checks.push(check(&name, r, required));
                 }

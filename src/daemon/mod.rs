@@ -68,7 +68,7 @@ async fn extend_startup(max_seconds: u64) {
             );
             return;
         }
-        let status = format!("loading the model (TensorRT engines are built on first start), {elapsed} s");
+        let status = format!("loading the model (and building TensorRT engines, warming up), {elapsed} s");
         notify(&[sd_notify::NotifyState::ExtendTimeoutUsec(60_000_000), sd_notify::NotifyState::Status(&status)]);
         if elapsed >= 60 && elapsed % 60 < 20 {
             tracing::info!(seconds = elapsed, "still loading the model (building TensorRT engines or warming up)");
