@@ -664,26 +664,67 @@ fn register(b: &mut SessionBuilder, p: Provider, opts: &RuntimeOptions, graph: &
                     trt = trt.with_profile_min_shapes(min).with_profile_opt_shapes(opt).with_profile_max_shapes(max);
                 }
                 trt.register(b).map_err(|e| anyhow!("registering the TensorRT provider: {e}"))?;
-                // CUDA behind TensorRT: the nodes TensorRT rejects run on the GPU, not on the CPU
-                #[cfg(feature = "cuda")]
-                {
-                    if let Some(why) = unavailable_reason(Provider::Cuda) {
-                        bail!("TensorRT needs the CUDA provider behind it, which is {why}");
-                    }
-                    cuda_ep(&opts.cuda)
-                        .register(b)
-                        .map_err(|e| anyhow!("registering the CUDA provider behind TensorRT: {e}"))?;
+                // CUDA behind TensorRT (the feature tensorrt implies cuda): the nodes TensorRT rejects run on the
+                // GPU, not on the CPU
+                if let Some(why) = unavailable_reason(Provider::Cuda) {
+                    bail!("TensorRT needs the CUDA provider behind it, which is {why}");
                 }
-                #[cfg(not(feature = "cuda"))]
-                bail!(
-                    "TensorRT needs the CUDA provider behind it (for the nodes TensorRT rejects): build with \
-                     `--features cuda,tensorrt`"
-                );
-                #[allow(unreachable_code)]
-                Ok(())
+                cuda_ep(&opts.cuda)
+                    .register(b)
+                    .map_err(|e| anyhow!("registering the CUDA provider behind TensorRT: {e}"))
             }
             #[cfg(not(feature = "tensorrt"))]
             unreachable!("unavailable_reason covers a build without TensorRT")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placements_are_summed_per_provider_and_unknown_without_lines() {
+        let lines: Vec<String> = [
+            "All nodes placed on [CPUExecutionProvider]. Number of nodes: 40",
+            "Node(s) placed on [TensorrtExecutionProvider]. Number of nodes: 2",
+            "Node(s) placed on [CUDAExecutionProvider]. Number of nodes: 5",
+            "Node(s) placed on [CPUExecutionProvider]. Number of nodes: 1",
+        ]
+        .map(String::from)
+        .to_vec();
+        let m = parse_placements(&lines).unwrap();
+        assert_eq!(m["CPUExecutionProvider"], 41);
+        assert_eq!(m["TensorrtExecutionProvider"], 2);
+        assert_eq!(m["CUDAExecutionProvider"], 5);
+        assert_eq!(parse_placements(&["something else".to_string()]), None);
+        assert_eq!(parse_placements(&[]), None);
+    }
+
+    #[test]
+    fn candidates_in_order_and_explicit_alone() {
+        let order: Vec<Provider> = candidates(Provider::Auto).iter().map(|c| c.provider).collect();
+        assert_eq!(order, [Provider::TensorRt, Provider::Cuda, Provider::Cpu]);
+        assert_eq!(candidates(Provider::Cuda), vec![Candidate::new(Provider::Cuda)]);
+    }
+
+    #[test]
+    fn shapes_and_options_parse_with_clear_errors() {
+        assert_eq!(parse_shape("512x288").unwrap(), [288, 512]);
+        assert!(parse_shape("512").unwrap_err().to_string().contains("WIDTHxHEIGHT"));
+        assert!(parse_shape("0x10").is_err());
+        assert_eq!("HEURISTIC".parse::<ConvSearch>().unwrap(), ConvSearch::Heuristic);
+        assert!("fast".parse::<ConvSearch>().is_err());
+        assert_eq!("next_power_of_two".parse::<ArenaExtend>().unwrap(), ArenaExtend::NextPowerOfTwo);
+        // defaults that suit memory shared with the CPU, and no FP16
+        let o = RuntimeOptions::default();
+        assert_eq!(
+            (o.cuda.conv_search, o.cuda.arena_extend, o.cuda.mem_limit_mb),
+            (ConvSearch::Heuristic, ArenaExtend::SameAsRequested, None)
+        );
+        assert!(!o.tensorrt.fp16 && o.tensorrt.timing_cache);
+        let mut o = RuntimeOptions::default();
+        o.tensorrt.profile = ProfileSpec { min: Some([64, 64]), opt: None, max: Some([32, 512]) };
+        assert!(o.validate().unwrap_err().to_string().contains("min 64x64 is larger than max 512x32"));
     }
 }
