@@ -10,7 +10,7 @@ TEST_MODEL := $(OUT)/test-random
 EXPORT := cd models && ../$(PY) -m fuchun_export
 CARGO ?= cargo
 
-.PHONY: all venv models test-models build demo test test-python test-rust lint soak bench clean
+.PHONY: all venv models test-models build demo test test-python test-rust lint soak bench gpu-check clean
 
 all: build models
 
@@ -69,6 +69,11 @@ soak: models test-models
 
 bench: models build
 	./target/release/fuchun bench
+
+# On a Linux machine with an NVIDIA GPU and onnxruntime-gpu (not in CI): doctor, bench and stylize on CUDA and
+# TensorRT (FP32, FP16) against the CPU. GPU_CHECK_ARGS="--binary PATH --ort-library PATH" skips the build.
+gpu-check:
+	scripts/gpu-check.sh $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(OUT) out target

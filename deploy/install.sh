@@ -103,10 +103,20 @@ for u in fuchun.service fuchun-view.service fuchun-kiosk.service; do
     run install -m 0644 "$repo/systemd/$u" "$R/etc/systemd/system/$u"
 done
 
-provider=cpu; trt=""
+provider=cpu; trt=""; warm=""
 if [ "$target" = jetson ]; then
     provider=auto
-    trt=$'tensorrt_fp16 = true\ntensorrt_cache = "/var/cache/fuchun/tensorrt"'
+    # FP16 stays off: it becomes safe once the graphs' FP16 emulation test passes. The Jetson's GPU shares the
+    # RAM: the CUDA arena grows only by what is asked for and cuDNN picks convolution algorithms by heuristics
+    # (no per-size benchmarking); set gpu_mem_limit_mb to cap the arena.
+    trt='# FP16 becomes safe once the graphs'"'"' FP16 emulation test passes; until then FP32 engines.
+tensorrt_fp16 = false
+tensorrt_cache = "/var/cache/fuchun/tensorrt"   # engines keyed by the graphs'"'"' sha256, and the timing cache
+cudnn_conv_algo_search = "heuristic"
+cuda_arena_extend_strategy = "same_as_requested"
+# gpu_mem_limit_mb = 2048'
+    warm='warmup = true          # every configured size before READY=1 (TensorRT engines built then, not on a frame)
+frame_aspect = "16:9"   # the cameras'"'"' frame aspect: warm-up sizes and the TensorRT opt shape'
 fi
 config="$R/etc/fuchun/fuchun.toml"
 if [ -e "$config" ]; then
@@ -127,6 +137,7 @@ $trt
 
 [daemon]
 cache_dir = \"/var/cache/fuchun\"
+$warm
 
 [styles.ink]
 images = [\"$share/styles/fuchun.jpg\"]

@@ -91,11 +91,12 @@ impl Planar {
 pub fn too_small(width: usize, height: usize, out_w: usize, out_h: usize, min: usize) -> ImageError {
     let (side, input, output) = if out_w < out_h { ("width", width, out_w) } else { ("height", height, out_h) };
     let detail = if input < min {
-        format!("its {side} of {input} px is under the {min} px the model needs: send a larger image")
+        format!("too small: its {side} of {input} px is under the {min} px the model needs; send a larger image")
     } else {
         format!(
-            "at the output size {out_w}x{out_h} its {side} would be {output} px, under the {min} px the model \
-             needs: send an image with a less extreme aspect ratio, or raise the output size"
+            "too small at the output size {out_w}x{out_h}: its {side} would be {output} px, under the {min} px the \
+             model needs; use a larger output size (--image-size; in the daemon the style's image_size or the \
+             camera's max_size) or an image with a less extreme aspect ratio"
         )
     };
     ImageError::TooSmall { width, height, detail }
@@ -534,7 +535,7 @@ mod tests {
         let e = too_small(12000, 30, 256, 1, 24).to_string();
         assert!(e.contains("12000x30") && e.contains("its height would be 1 px") && e.contains("aspect"), "{e}");
         let e = too_small(20, 100, 20, 100, 24).to_string();
-        assert!(e.contains("its width of 20 px is under the 24 px"), "{e}");
+        assert!(e.contains("its width of 20 px is under the 24 px") && e.contains("too small"), "{e}");
     }
 
     #[test]

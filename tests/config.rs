@@ -53,6 +53,47 @@ fn bad_configurations_are_explained() {
 }
 
 #[test]
+fn bad_provider_options_are_explained() {
+    let style = format!("[styles.ink]\nimages = [\"{}\"]\n", common::example("fuchun.jpg").display());
+    let m = |body: &str| load(&format!("{style}[model]\n{body}\n"));
+    let e = m("provider = \"gpu\"");
+    assert!(e.contains("[model]") && e.contains("provider") && e.contains("auto, tensorrt, cuda or cpu"), "{e}");
+    let e = m("cudnn_conv_algo_search = \"fast\"");
+    assert!(e.contains("cudnn_conv_algo_search") && e.contains("heuristic, exhaustive or default"), "{e}");
+    let e = m("cuda_arena_extend_strategy = \"double\"");
+    assert!(e.contains("cuda_arena_extend_strategy") && e.contains("same_as_requested"), "{e}");
+    assert!(m("gpu_mem_limit_mb = 0").contains("gpu_mem_limit_mb must be at least 1"));
+    assert!(m("tensorrt_max_workspace_mb = 0").contains("tensorrt_max_workspace_mb must be at least 1"));
+    let e = m("tensorrt_profile_min = \"64\"");
+    assert!(e.contains("tensorrt_profile_min") && e.contains("WIDTHxHEIGHT"), "{e}");
+    let e = m("tensorrt_profile_opt = \"640x480\"\ntensorrt_profile_max = \"512x512\"");
+    assert!(e.contains("opt 640x480 is larger than max 512x512"), "{e}");
+    let e = load(&format!("{style}[daemon]\nframe_aspect = \"wide\"\n"));
+    assert!(e.contains("frame_aspect") && e.contains("WIDTH:HEIGHT"), "{e}");
+}
+
+#[test]
+fn runtime_options_and_expected_shapes_from_the_example() {
+    let _g = ENV.lock().unwrap();
+    let c = Config::load(&common::root().join("deploy/fuchun.example.toml")).unwrap();
+    let o = c.runtime().unwrap();
+    use fuchun::engine::runtime::{ArenaExtend, ConvSearch};
+    // the defaults that suit shared GPU memory
+    assert_eq!(o.cuda.conv_search, ConvSearch::Heuristic);
+    assert_eq!(o.cuda.arena_extend, ArenaExtend::SameAsRequested);
+    assert!(!o.tensorrt.fp16, "FP16 must not be a default");
+    assert!(o.tensorrt.timing_cache);
+    let (frames, profile) = c.expected_shapes();
+    // ink at 384 (front_door caps at 384 too): 128, 256, 384 at 16:9; starry at 256: 128, 256
+    assert_eq!(frames, vec![[72, 128], [144, 256], [216, 384]]);
+    // the profile also covers the style images (squares of their longest side)
+    assert!(profile.contains(&[384, 384]) && profile.iter().all(|s| s[0].max(s[1]) <= 384), "{profile:?}");
+    // what serve uses: that profile, opt = the largest frame
+    let (o, warm) = c.serve_runtime().unwrap();
+    assert_eq!((o.sizes, o.tensorrt.profile.opt, warm), (profile, Some([216, 384]), frames));
+}
+
+#[test]
 fn password_comes_from_the_environment() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("c.toml");

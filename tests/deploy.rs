@@ -145,7 +145,8 @@ fn install_script_dry_run_and_fake_root() {
     let config = std::fs::read_to_string(jroot.join("etc/fuchun/fuchun.toml")).unwrap();
     assert!(
         config.contains("provider = \"auto\"")
-            && config.contains("tensorrt_fp16 = true")
+            && config.contains("tensorrt_fp16 = false")
+            && !config.contains("tensorrt_fp16 = true")
             && config.contains("/var/cache/fuchun/tensorrt")
     );
     // bad use

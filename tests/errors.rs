@@ -84,8 +84,46 @@ fn unknown_provider() {
 
 #[test]
 fn unavailable_provider_is_an_error_not_a_fallback() {
-    let err = fails(&["--provider", "tensorrt"], None, None);
-    assert!(err.contains("tensorrt") && err.contains("unavailable"), "{err}");
+    for p in ["tensorrt", "cuda"] {
+        let err = fails(&["--provider", p], None, None);
+        assert!(err.contains(&format!("execution provider {p} was requested but is unavailable")), "{err}");
+        assert!(err.contains("not available in this build") || err.contains("not available in this library"), "{err}");
+    }
+}
+
+#[test]
+fn bad_gpu_options_are_explained() {
+    let err = fails(&["--cudnn-conv-algo-search", "fastest"], None, None);
+    assert!(err.contains("heuristic, exhaustive or default"), "{err}");
+    let err = fails(&["--cuda-arena-extend-strategy", "double"], None, None);
+    assert!(err.contains("same_as_requested or next_power_of_two"), "{err}");
+    let err = fails(&["--gpu-mem-limit-mb", "0"], None, None);
+    assert!(err.contains("gpu_mem_limit_mb must be at least 1"), "{err}");
+    let err = fails(&["--tensorrt-profile", "64x64,32x32,512x512"], None, None);
+    assert!(err.contains("min 64x64 is larger than opt 32x32"), "{err}");
+    let err = fails(&["--tensorrt-profile", "64x64,big,512x512"], None, None);
+    assert!(err.contains("WIDTHxHEIGHT"), "{err}");
+}
+
+#[test]
+fn serve_with_an_unavailable_explicit_provider_exits_with_a_clear_error() {
+    // the model is loaded before the broker is contacted: no broker needed to see the failure
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[mqtt]\nport = 1\n[model]\ndir = \"{}\"\nprovider = \"tensorrt\"\n[styles.ink]\nimages = [\"{}\"]\nimage_size = 64\n",
+            common::test_model().display(),
+            common::example("fuchun.jpg").display()
+        ),
+    )
+    .unwrap();
+    let o = common::fuchun(&["serve", "--config", cfg.to_str().unwrap()]);
+    let err = common::stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("error:") && !err.contains("panicked"), "{err}");
+    assert!(err.contains("execution provider tensorrt was requested but is unavailable"), "{err}");
 }
 
 #[test]

@@ -132,9 +132,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let content = imageio::load_path(&args.content, &limits).with_context(|| format!("{}", args.content.display()))?;
     let style = imageio::load_path(&args.style, &limits).with_context(|| format!("{}", args.style.display()))?;
     let rust_peak = sgemm_peak_gflops();
-    let ort_peak = crate::engine::peak::onnxruntime_matmul_gflops(&args.model.runtime(), 2048, 5)?;
+    let ort_peak = crate::engine::peak::onnxruntime_matmul_gflops(&args.model.runtime()?, 2048, 5)?;
     let peak = rust_peak.max(ort_peak);
-    let mut model = args.model.load()?;
+    // every run of the bench fits in a square of its largest size (the TensorRT profile's max)
+    let sizes: Vec<[usize; 2]> = args
+        .sizes
+        .iter()
+        .chain([&args.schedule_size, &args.warm_size, &args.compare_size])
+        .filter(|s| **s > 0)
+        .map(|&s| [s, s])
+        .collect();
+    let mut model = args.model.load(&sizes)?;
     let load_rss = current_rss().unwrap_or(0) as f64 / 1e6;
     let m = model.manifest.clone();
     let weights = Weights::defaults(&m);
@@ -144,7 +152,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         m.architecture,
         m.pooling,
         m.weights.kind,
-        model.provider,
+        model.provider_report().summary(),
         crate::engine::runtime::version()
     );
     println!(
@@ -374,7 +382,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "{}",
             serde_json::json!({"sgemm_peak_gflops": peak, "onnxruntime_matmul_gflops": ort_peak,
             "rust_sgemm_gflops": rust_peak, "evaluations": rows, "figures": figures,
-            "peak_rss_bytes": peak_rss(), "provider": model.provider.to_string(), "hist_every": args.hist_every})
+            "peak_rss_bytes": peak_rss(), "provider": model.provider.to_string(), "provider_report": model.provider_report().to_json(), "hist_every": args.hist_every})
         );
     }
     Ok(())

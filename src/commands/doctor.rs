@@ -109,7 +109,15 @@ pub fn run(args: &DoctorArgs) -> Result<()> {
     let lib = library.clone().map(Ok).unwrap_or_else(runtime::discover_library);
     let ort_ok = match &lib {
         Ok(p) => {
-            let r = runtime::init(Some(p)).map(|_| format!("{} (version {})", p.display(), runtime::version()));
+            let r = runtime::init(Some(p)).map(|_| {
+                format!(
+                    "{} (version {}, at least {}.{} needed: ok)",
+                    p.display(),
+                    runtime::version(),
+                    runtime::MIN_VERSION.0,
+                    runtime::MIN_VERSION.1
+                )
+            });
             let ok = r.is_ok();
             checks.push(check("ONNX Runtime", r, true));
             ok
@@ -119,61 +127,87 @@ pub fn run(args: &DoctorArgs) -> Result<()> {
             false
         }
     };
-    // providers
-    if ort_ok {
-        let avail = runtime::available_providers();
-        checks.push(check("provider CPU", Ok("available".into()), true));
-        for (name, ep, feature) in
-            [("CUDA", "CUDAExecutionProvider", "cuda"), ("TensorRT", "TensorrtExecutionProvider", "tensorrt")]
-        {
-            let built =
-                (feature == "cuda" && cfg!(feature = "cuda")) || (feature == "tensorrt" && cfg!(feature = "tensorrt"));
-            let r = if !built {
-                Err(anyhow!("not built in (cargo build --release --features {feature})"))
-            } else if avail.iter().any(|a| a == ep) {
-                Ok("available".into())
-            } else {
-                Err(anyhow!("the loaded ONNX Runtime has no {ep} (install onnxruntime-gpu)"))
-            };
-            checks.push(check(&format!("provider {name}"), r, false));
-        }
-    }
-    // model
+    // model, and a real session of it on every provider
     let model_dir = args
         .model
         .clone()
         .or_else(|| cfg.as_ref().and_then(|c| c.model.dir.as_ref().map(|p| c.resolve(p))))
         .map(Ok)
         .unwrap_or_else(|| default_model_dir("vgg16-max"));
+    let mut base = match &cfg {
+        // the profile the daemon uses, so that the engines built here are the ones it finds in the cache
+        Some(c) => c.serve_runtime()?.0,
+        None => RuntimeOptions::default(),
+    };
+    base.library = lib.as_ref().ok().cloned();
+    let configured = base.provider;
+    // one real run per provider (a TensorRT engine without a profile is only built at the first run): the
+    // daemon's smallest frame, or 128 px at 16:9
+    let probe_shape = cfg.as_ref().and_then(|c| c.expected_shapes().0.first().copied()).unwrap_or([72, 128]);
     match model_dir {
-        Ok(dir) => {
-            let manifest = Manifest::load(&dir);
-            match manifest {
-                Ok(m) => {
-                    let r = if ort_ok {
-                        let opts = RuntimeOptions {
-                            library: lib.as_ref().ok().cloned(),
-                            provider: Provider::Cpu,
-                            ..Default::default()
-                        };
-                        Model::load(&dir, &opts).map(|model| {
-                            format!(
+        Ok(dir) => match Manifest::load(&dir) {
+            Ok(_) if ort_ok => {
+                let mut chosen = None;
+                let mut model_line = None;
+                for p in [Provider::Cpu, Provider::Cuda, Provider::TensorRt] {
+                    let required = p == Provider::Cpu || p == configured;
+                    let name = format!("provider {}", provider_label(p));
+                    if let Some(why) = runtime::unavailable_reason(p) {
+                        checks.push(check(&name, Err(anyhow!("{why}")), required));
+                        continue;
+                    }
+                    let opts = RuntimeOptions { provider: p, ..base.clone() };
+                    let t = std::time::Instant::now();
+                    let r = Model::load(&dir, &opts);
+                    let secs = t.elapsed().as_secs_f64();
+                    let t = std::time::Instant::now();
+                    let r = r.and_then(|mut model| {
+                        let shape =
+                            [probe_shape[0].max(model.manifest.min_size), probe_shape[1].max(model.manifest.min_size)];
+                        model.warm_up(&[shape], &mut |_, _| {})?;
+                        Ok((model, shape))
+                    });
+                    let run_secs = t.elapsed().as_secs_f64();
+                    if p == Provider::Cpu {
+                        model_line = Some(match &r {
+                            Ok((model, _)) => Ok(format!(
                                 "{} ({} {}, {} weights, graphs match the manifest, min size {})",
                                 dir.display(),
                                 model.manifest.architecture,
                                 model.manifest.pooling,
                                 model.manifest.weights.kind,
                                 model.manifest.min_size
-                            )
-                        })
-                    } else {
-                        Ok(format!("{} (manifest valid; graphs not loaded without ONNX Runtime)", m.dir.display()))
-                    };
-                    checks.push(check("model", r, true));
+                            )),
+                            Err(e) => Err(anyhow!("{e:#}")),
+                        });
+                    }
+                    let r = r.map(|(model, shape)| {
+                        chosen = Some(p);
+                        format!(
+                            "sessions of every graph created in {secs:.1} s and run at {}x{} in {run_secs:.1} s: {}",
+                            shape[1],
+                            shape[0],
+                            model.provider_report().summary()
+                        )
+                    });
+                    checks.push(check(&name, r, required));
                 }
-                Err(e) => checks.push(check("model", Err(e), true)),
+                checks.push(check("model", model_line.unwrap_or_else(|| Err(anyhow!("not loaded"))), true));
+                if configured == Provider::Auto {
+                    // auto takes TensorRT, CUDA, CPU: the last one that worked above in the order CPU, CUDA, TensorRT
+                    let r = chosen
+                        .map(|p| format!("auto runs on {p}"))
+                        .ok_or_else(|| anyhow!("no provider can run the model"));
+                    checks.push(check("provider auto", r, true));
+                }
             }
-        }
+            Ok(m) => checks.push(check(
+                "model",
+                Ok(format!("{} (manifest valid; graphs not loaded without ONNX Runtime)", m.dir.display())),
+                true,
+            )),
+            Err(e) => checks.push(check("model", Err(e), true)),
+        },
         Err(e) => checks.push(check("model", Err(e), true)),
     }
     // broker and directories (with a configuration)
@@ -216,5 +250,14 @@ pub fn run(args: &DoctorArgs) -> Result<()> {
         Ok(())
     } else {
         Err(anyhow!("{} required check(s) failed: {}", failed.len(), failed.join(", ")))
+    }
+}
+
+fn provider_label(p: Provider) -> &'static str {
+    match p {
+        Provider::Cpu => "CPU",
+        Provider::Cuda => "CUDA",
+        Provider::TensorRt => "TensorRT",
+        Provider::Auto => "auto",
     }
 }

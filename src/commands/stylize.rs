@@ -227,7 +227,14 @@ pub fn run(args: &StylizeArgs) -> Result<()> {
     for s in &args.style {
         styles.push(imageio::load_path(s, &limits).with_context(|| format!("style image {}", s.display()))?);
     }
-    let mut model = args.model.load()?;
+    let scales = crate::transfer::schedule::scales_for(args.opts.image_size, &args.opts.scales)?;
+    let sizes = crate::transfer::schedule::expected_shapes(
+        &scales,
+        args.opts.style_scale,
+        (content.width, content.height),
+        &styles.iter().map(|s| (s.width, s.height)).collect::<Vec<_>>(),
+    );
+    let mut model = args.model.load(&sizes)?;
     let opts = args.opts.options(&model.manifest, &limits)?;
     let show_bar = !args.quiet && std::io::stderr().is_terminal();
     let bar = show_bar.then(|| {

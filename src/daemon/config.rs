@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+use crate::engine::runtime::{parse_shape, CudaOptions, ProfileSpec, Shape, TensorRtOptions};
+use crate::engine::RuntimeOptions;
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -110,8 +113,24 @@ pub struct ModelConfig {
     pub ort_library: Option<PathBuf>,
     pub provider: String,
     pub threads: usize,
+    /// CUDA/TensorRT device number.
+    pub device_id: i32,
+    /// FP16 TensorRT engines (off: the graphs' FP16 behaviour is not verified yet).
     pub tensorrt_fp16: bool,
+    /// Engine cache (keyed by the graphs' sha256, precision and profile) and timing cache directory.
     pub tensorrt_cache: Option<PathBuf>,
+    pub tensorrt_timing_cache: bool,
+    /// Optimisation profile overrides, WIDTHxHEIGHT; unset: derived from the styles, cameras and frame_aspect.
+    pub tensorrt_profile_min: Option<String>,
+    pub tensorrt_profile_opt: Option<String>,
+    pub tensorrt_profile_max: Option<String>,
+    pub tensorrt_max_workspace_mb: Option<u64>,
+    /// heuristic (default), exhaustive or default.
+    pub cudnn_conv_algo_search: String,
+    /// same_as_requested (default) or next_power_of_two.
+    pub cuda_arena_extend_strategy: String,
+    /// CUDA arena limit in MiB; unset: no limit.
+    pub gpu_mem_limit_mb: Option<u64>,
 }
 
 impl Default for ModelConfig {
@@ -121,8 +140,17 @@ impl Default for ModelConfig {
             ort_library: None,
             provider: "auto".into(),
             threads: 0,
+            device_id: 0,
             tensorrt_fp16: false,
             tensorrt_cache: None,
+            tensorrt_timing_cache: true,
+            tensorrt_profile_min: None,
+            tensorrt_profile_opt: None,
+            tensorrt_profile_max: None,
+            tensorrt_max_workspace_mb: None,
+            cudnn_conv_algo_search: "heuristic".into(),
+            cuda_arena_extend_strategy: "same_as_requested".into(),
+            gpu_mem_limit_mb: None,
         }
     }
 }
@@ -172,6 +200,14 @@ pub struct DaemonConfig {
     pub watchdog_outage_s: u64,
     /// Serve Prometheus metrics (`/metrics`) on this address, e.g. "127.0.0.1:9108"; unset: no HTTP server.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Run every configured size once before READY=1 (TensorRT engines, cuDNN choices, arenas). Unset: on the GPU
+    /// providers only.
+    pub warmup: Option<bool>,
+    /// Aspect ratio (W:H) of the cameras' frames: the warm-up shapes and the TensorRT profile's opt shape.
+    pub frame_aspect: String,
+    /// Loading the model and the warm-up (TensorRT engine builds take minutes on a Jetson) may take this long:
+    /// meanwhile systemd's start timeout is extended (EXTEND_TIMEOUT_USEC); after it, no longer.
+    pub max_startup_seconds: u64,
 }
 
 impl Default for DaemonConfig {
@@ -199,6 +235,9 @@ impl Default for DaemonConfig {
             max_outbox_bytes: 32 << 20,
             watchdog_outage_s: 0,
             metrics_listen: None,
+            warmup: None,
+            frame_aspect: "16:9".into(),
+            max_startup_seconds: 1800,
         }
     }
 }
@@ -402,6 +441,8 @@ impl Config {
                 }
             }
         }
+        self.runtime().context("[model]")?;
+        self.frame_aspect().context("[daemon]")?;
         for m in &self.inputs {
             if m.camera_level.is_none() == m.camera.is_none() {
                 bail!("input {}: give exactly one of camera_level or camera", m.topic);
@@ -414,6 +455,94 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The runtime settings of [model] (without the sizes, see `expected_shapes`), validated.
+    pub fn runtime(&self) -> Result<RuntimeOptions> {
+        let m = &self.model;
+        let shape = |key: &str, v: &Option<String>| -> Result<Option<Shape>> {
+            v.as_deref().map(|s| parse_shape(s).with_context(|| key.to_string())).transpose()
+        };
+        let o = RuntimeOptions {
+            library: m.ort_library.as_ref().map(|p| self.resolve(p)),
+            provider: m.provider.parse().context("provider")?,
+            threads: m.threads,
+            cuda: CudaOptions {
+                device_id: m.device_id,
+                conv_search: m.cudnn_conv_algo_search.parse().context("cudnn_conv_algo_search")?,
+                arena_extend: m.cuda_arena_extend_strategy.parse().context("cuda_arena_extend_strategy")?,
+                mem_limit_mb: m.gpu_mem_limit_mb,
+            },
+            tensorrt: TensorRtOptions {
+                fp16: m.tensorrt_fp16,
+                cache: m.tensorrt_cache.as_ref().map(|p| self.resolve(p)),
+                timing_cache: m.tensorrt_timing_cache,
+                max_workspace_mb: m.tensorrt_max_workspace_mb,
+                profile: ProfileSpec {
+                    min: shape("tensorrt_profile_min", &m.tensorrt_profile_min)?,
+                    opt: shape("tensorrt_profile_opt", &m.tensorrt_profile_opt)?,
+                    max: shape("tensorrt_profile_max", &m.tensorrt_profile_max)?,
+                },
+            },
+            sizes: Vec::new(),
+        };
+        o.validate()?;
+        Ok(o)
+    }
+
+    /// `daemon.frame_aspect` as (width, height).
+    pub fn frame_aspect(&self) -> Result<(usize, usize)> {
+        let s = &self.daemon.frame_aspect;
+        let bad = || anyhow::anyhow!("frame_aspect {s:?} must be WIDTH:HEIGHT, e.g. \"16:9\"");
+        let (w, h) = s.split_once(':').ok_or_else(bad)?;
+        let (w, h): (usize, usize) = (w.trim().parse().map_err(|_| bad())?, h.trim().parse().map_err(|_| bad())?);
+        if w == 0 || h == 0 {
+            return Err(bad());
+        }
+        Ok((w, h))
+    }
+
+    /// The frame shapes `[height, width]` the daemon stylises at (every scale of every style, capped by every
+    /// camera's max_size, at frame_aspect) — the warm-up — and, for the TensorRT profile, also squares of the style
+    /// images' sizes (their aspect is not known before they are loaded; a square of the longest side covers any).
+    pub fn expected_shapes(&self) -> (Vec<Shape>, Vec<Shape>) {
+        let (aw, ah) = self.frame_aspect().unwrap_or((16, 9));
+        let mut caps: Vec<Option<usize>> = vec![self.daemon.default_max_size];
+        caps.extend(self.cameras.values().map(|c| c.max_size.or(self.daemon.default_max_size)));
+        let (mut frames, mut profile) = (Vec::new(), Vec::new());
+        for s in self.styles.values() {
+            for cap in &caps {
+                let size = cap.map_or(s.image_size, |c| c.min(s.image_size));
+                let explicit: Vec<usize> = s.scales.iter().copied().filter(|&v| v < size).chain([size]).collect();
+                let scales =
+                    crate::transfer::schedule::scales_for(size, if s.scales.is_empty() { &[] } else { &explicit })
+                        .unwrap_or_else(|_| vec![size]);
+                for sc in scales {
+                    let (w, h) = crate::imageio::fit_size(aw, ah, sc);
+                    frames.push([h, w]);
+                    let t = ((sc as f32 * s.style_scale).round() as usize).max(1);
+                    profile.push([t, t]);
+                }
+            }
+        }
+        frames.sort_unstable();
+        frames.dedup();
+        profile.extend(frames.iter().copied());
+        profile.sort_unstable();
+        profile.dedup();
+        (frames, profile)
+    }
+
+    /// The runtime settings `fuchun serve` (and `doctor`) use: [model] with the TensorRT profile over the
+    /// expected shapes (opt: the largest frame, unless configured), and the warm-up shapes.
+    pub fn serve_runtime(&self) -> Result<(RuntimeOptions, Vec<Shape>)> {
+        let mut o = self.runtime()?;
+        let (frames, profile) = self.expected_shapes();
+        o.sizes = profile;
+        if o.tensorrt.profile.opt.is_none() {
+            o.tensorrt.profile.opt = frames.iter().copied().max_by_key(|s| s[0] * s[1]);
+        }
+        Ok((o, frames))
     }
 
     pub fn resolve(&self, p: &Path) -> PathBuf {

@@ -350,6 +350,7 @@ mod tests {
         crate::daemon::stats::Gauges {
             daemon_id: "d0",
             provider: "CPU",
+            provider_report: &serde_json::Value::Null,
             queue_depth,
             queue_bytes: 0,
             cameras: 0,

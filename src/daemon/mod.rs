@@ -29,7 +29,6 @@ use self::stats::{Gauges, Stats};
 use self::topics::{Route, Topics};
 use self::worker::{Command, Shared, WorkerSetup};
 use crate::commands::common::default_model_dir;
-use crate::engine::RuntimeOptions;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
@@ -52,6 +51,30 @@ pub fn run(args: &ServeArgs) -> Result<()> {
 fn notify(state: &[sd_notify::NotifyState]) {
     if let Err(e) = sd_notify::notify(state) {
         tracing::debug!(error = %e, "sd_notify");
+    }
+}
+
+/// While the workers load the model: every 20 s extend systemd's start timeout by a minute (EXTEND_TIMEOUT_USEC,
+/// so TimeoutStartSec does not kill a TensorRT engine build) and say what is going on (STATUS), for at most
+/// `max_seconds`; after that systemd's own timeout applies again.
+async fn extend_startup(max_seconds: u64) {
+    let t = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(20));
+    loop {
+        tick.tick().await;
+        let elapsed = t.elapsed().as_secs();
+        if elapsed >= max_seconds {
+            tracing::warn!(
+                seconds = elapsed,
+                "still loading the model after daemon.max_startup_seconds; no longer extending systemd's start timeout"
+            );
+            return;
+        }
+        let status = format!("loading the model (and building TensorRT engines, warming up), {elapsed} s");
+        notify(&[sd_notify::NotifyState::ExtendTimeoutUsec(60_000_000), sd_notify::NotifyState::Status(&status)]);
+        if elapsed >= 60 && elapsed % 60 < 20 {
+            tracing::info!(seconds = elapsed, "still loading the model (building TensorRT engines or warming up)");
+        }
     }
 }
 
@@ -347,9 +370,11 @@ impl Link {
 /// The stats message (also served as Prometheus metrics with `daemon.metrics_listen`).
 fn stats_snapshot(s: &Shared, link: &Link) -> serde_json::Value {
     let provider = s.provider.lock().unwrap().clone();
+    let report = s.provider_report.lock().unwrap().clone();
     s.stats.snapshot(&Gauges {
         daemon_id: &s.daemon_id,
         provider: &provider,
+        provider_report: &report,
         queue_depth: s.queue.depth(),
         queue_bytes: s.queue.bytes(),
         cameras: s.cameras.load(Ordering::Relaxed),
@@ -484,13 +509,7 @@ async fn serve(cfg: Config) -> Result<()> {
         Some(d) => cfg.resolve(d),
         None => default_model_dir("vgg16-max")?,
     };
-    let runtime = RuntimeOptions {
-        library: cfg.model.ort_library.as_ref().map(|p| cfg.resolve(p)),
-        provider: cfg.model.provider.parse()?,
-        threads: cfg.model.threads,
-        tensorrt_fp16: cfg.model.tensorrt_fp16,
-        tensorrt_cache: cfg.model.tensorrt_cache.as_ref().map(|p| cfg.resolve(p)),
-    };
+    let (runtime, warmup_shapes) = cfg.serve_runtime()?;
     let topics = Topics { prefix: cfg.mqtt.prefix.clone(), mappings: cfg.inputs.clone() };
     let qos = cfg.mqtt.qos;
     let (out_tx, out_rx) = mpsc::unbounded_channel::<Command>();
@@ -503,8 +522,13 @@ async fn serve(cfg: Config) -> Result<()> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut handles = Vec::new();
     for i in 0..cfg.daemon.workers {
-        let (s, setup, r) =
-            (shared.clone(), WorkerSetup { model_dir: model_dir.clone(), runtime: runtime.clone() }, ready_tx.clone());
+        let setup = WorkerSetup {
+            model_dir: model_dir.clone(),
+            runtime: runtime.clone(),
+            warmup_shapes: warmup_shapes.clone(),
+            warmup: cfg.daemon.warmup,
+        };
+        let (s, r) = (shared.clone(), ready_tx.clone());
         handles.push(
             std::thread::Builder::new()
                 .name(format!("fuchun-worker-{i}"))
@@ -512,19 +536,25 @@ async fn serve(cfg: Config) -> Result<()> {
         );
     }
     drop(ready_tx);
-    let readiness = tokio::task::spawn_blocking(move || ready_rx.iter().collect::<Vec<_>>()).await?;
-    let mut provider = String::new();
-    for r in readiness {
+    // loading (and TensorRT engine builds, and the warm-up) may take minutes: keep systemd's start timeout ahead
+    let startup = tokio::spawn(extend_startup(cfg.daemon.max_startup_seconds));
+    let readiness = tokio::task::spawn_blocking(move || ready_rx.iter().collect::<Vec<_>>()).await;
+    startup.abort();
+    let mut report = None;
+    for r in readiness? {
         match r {
-            Ok(p) => provider = p,
+            Ok(p) => report = report.or(Some(p)),
             Err(e) => {
                 shared.queue.close();
                 bail!("loading the model from {}: {e}", model_dir.display());
             }
         }
     }
+    let report = report.context("no worker reported")?;
+    let provider = report.provider.to_string();
     *shared.provider.lock().unwrap() = provider.clone();
-    tracing::info!(model = %model_dir.display(), provider, workers = cfg.daemon.workers, "model loaded");
+    *shared.provider_report.lock().unwrap() = report.to_json();
+    tracing::info!(model = %model_dir.display(), provider = %report.summary(), workers = cfg.daemon.workers, "model loaded");
 
     let max_packet = (cfg.daemon.max_payload_bytes as usize).saturating_mul(2).max(32 << 20);
     let own_topic = topics.daemon_available(&shared.daemon_id);

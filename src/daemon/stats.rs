@@ -36,6 +36,8 @@ const WINDOW: usize = 1000;
 pub struct Gauges<'a> {
     pub daemon_id: &'a str,
     pub provider: &'a str,
+    /// The model's `ProviderReport::to_json` (null before the model is loaded).
+    pub provider_report: &'a serde_json::Value,
     pub queue_depth: usize,
     pub queue_bytes: usize,
     pub cameras: usize,
@@ -101,6 +103,7 @@ impl Stats {
             "duration_ms": p.map(|p| serde_json::json!({"p50": p[0], "p90": p[1], "p99": p[2], "max": p[3]})),
             "mean_evaluations": mean_evals,
             "provider": g.provider,
+            "provider_report": g.provider_report,
             "rss_bytes": crate::memory::current_rss(),
             "peak_rss_bytes": crate::memory::peak_rss(),
             "uptime_s": g.started.elapsed().as_secs(),
@@ -124,6 +127,7 @@ mod tests {
         let g = Gauges {
             daemon_id: "d1",
             provider: "cpu",
+            provider_report: &serde_json::json!({"provider": "cpu", "nodes_outside": 0}),
             queue_depth: 3,
             queue_bytes: 30,
             cameras: 4,
@@ -135,5 +139,6 @@ mod tests {
         assert_eq!(snap["processed"], 100);
         assert_eq!(snap["warm_starts"], 50);
         assert_eq!(snap["queue_depth"], 3);
+        assert_eq!(snap["provider_report"]["nodes_outside"], 0);
     }
 }

@@ -18,7 +18,8 @@ use super::queue::{Frame, FrameQueue, Reply};
 use super::stats::Stats;
 use super::styles::Style;
 use super::topics::Topics;
-use crate::engine::{Model, RuntimeOptions, TERMS};
+use crate::engine::runtime::Shape;
+use crate::engine::{Model, Provider, ProviderReport, RuntimeOptions, TERMS};
 use crate::imageio::fit_size as fit;
 use crate::imageio::{self, Limits, OutputFormat, Planar};
 use crate::transfer::schedule::Cancelled;
@@ -63,6 +64,8 @@ pub struct Shared {
     pub provider: Mutex<String>,
     /// Cameras whose state is kept (the router's count, for stats).
     pub cameras: std::sync::atomic::AtomicUsize,
+    /// The first worker's `ProviderReport` as JSON (for the stats).
+    pub provider_report: Mutex<serde_json::Value>,
     warm: Mutex<HashMap<String, Warm>>,
 }
 
@@ -82,6 +85,7 @@ impl Shared {
             started: Instant::now(),
             provider: Mutex::new("unknown".into()),
             cameras: Default::default(),
+            provider_report: Mutex::new(serde_json::Value::Null),
             warm: Mutex::new(HashMap::new()),
         }
     }
@@ -163,6 +167,27 @@ fn thumbnail(img: &Planar) -> Vec<f32> {
 pub struct WorkerSetup {
     pub model_dir: PathBuf,
     pub runtime: RuntimeOptions,
+    /// Frame shapes to run once before reporting ready; `warmup` None: only on a GPU provider.
+    pub warmup_shapes: Vec<Shape>,
+    pub warmup: Option<bool>,
+}
+
+/// Workers load one after the other, so that the second finds the TensorRT engines the first built in the cache.
+static LOADING: Mutex<()> = Mutex::new(());
+
+fn load(worker: usize, setup: &WorkerSetup) -> Result<Model> {
+    let _turn = LOADING.lock().unwrap_or_else(|e| e.into_inner());
+    let mut model = Model::load(&setup.model_dir, &setup.runtime)?;
+    if setup.warmup.unwrap_or(model.provider != Provider::Cpu) && !setup.warmup_shapes.is_empty() {
+        let t = Instant::now();
+        let n = setup.warmup_shapes.len();
+        model.warm_up(
+            &setup.warmup_shapes,
+            &mut |i, s| tracing::info!(worker, shape = %format!("{}x{}", s[1], s[0]), "warm-up {}/{n}", i + 1),
+        )?;
+        tracing::info!(worker, shapes = n, seconds = t.elapsed().as_secs_f64(), "warm-up done");
+    }
+    Ok(model)
 }
 
 /// The worker thread: load the model, report readiness, then process frames until the queue closes.
@@ -170,12 +195,11 @@ pub fn run(
     worker: usize,
     shared: Arc<Shared>,
     setup: WorkerSetup,
-    ready: std::sync::mpsc::Sender<Result<String, String>>,
+    ready: std::sync::mpsc::Sender<Result<ProviderReport, String>>,
 ) {
-    let model = Model::load(&setup.model_dir, &setup.runtime);
-    let mut model = match model {
+    let mut model = match load(worker, &setup) {
         Ok(m) => {
-            let _ = ready.send(Ok(m.provider.to_string()));
+            let _ = ready.send(Ok(m.provider_report().clone()));
             m
         }
         Err(e) => {
@@ -324,6 +348,7 @@ fn process(
         "losses": losses,
         "durations_ms": {"queue": queued_ms, "decode": decode_ms, "stylize": stylize_ms, "encode": encode_ms, "total": total_ms},
         "provider": model.provider.to_string(),
+        "provider_report": model.provider_report().to_json(),
         "input_bytes": frame.payload.len(),
         "output_bytes": jpeg.len(),
     });

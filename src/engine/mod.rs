@@ -6,5 +6,5 @@ pub mod peak;
 pub mod runtime;
 
 pub use manifest::{Manifest, TERMS};
-pub use model::{FeatureMap, Losses, Model, ObjectiveInputs, OnHist};
+pub use model::{FeatureMap, Losses, Model, ObjectiveInputs, OnHist, ProviderReport};
 pub use runtime::{Provider, RuntimeOptions};

@@ -9,8 +9,8 @@ use ort::session::{OutputSelector, RunOptions, Session};
 use ort::value::{DynValue, Tensor, TensorRef};
 use sha2::{Digest, Sha256};
 
-use super::manifest::{GraphInfo, Manifest, TERMS};
-use super::runtime::{self, Provider, RuntimeOptions, SessionUse};
+use super::manifest::{GraphInfo, Manifest, TensorInfo, TERMS};
+use super::runtime::{self, Candidate, GraphTensorRt, PlacementLog, Provider, RuntimeOptions, SessionUse, Shape};
 
 /// Activations of one layer, `[C, h, w]` row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,9 +93,73 @@ impl Default for ObjectiveInputs {
 /// Receives a histogram layer's activations after an evaluation: (layer, [C, h, w], values, the inputs).
 pub type OnHist<'a> = dyn FnMut(&str, [usize; 3], &[f32], &mut ObjectiveInputs) -> Result<()> + 'a;
 
+/// Which provider runs the model and what is known of the graphs' partition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderReport {
+    /// What was asked for (`auto` or one provider).
+    pub requested: Provider,
+    /// The provider every session of the model was created with.
+    pub provider: Provider,
+    /// Nodes per ONNX Runtime execution provider over all the model's sessions, as ONNX Runtime reports them
+    /// after partitioning (a TensorRT engine counts as one node); None: ONNX Runtime did not say (unknown).
+    pub nodes: Option<BTreeMap<String, usize>>,
+    /// The attempts that failed before, each "provider: reason".
+    pub fallbacks: Vec<String>,
+}
+
+impl ProviderReport {
+    /// Nodes placed on another provider than the one selected (CUDA or CPU behind TensorRT, CPU behind CUDA);
+    /// None when unknown.
+    pub fn nodes_outside(&self) -> Option<usize> {
+        let main = runtime::ep_name(self.provider);
+        self.nodes.as_ref().map(|m| m.iter().filter(|(k, _)| k.as_str() != main).map(|(_, n)| n).sum())
+    }
+
+    /// One line for logs and `doctor`: the provider and what runs outside it.
+    pub fn summary(&self) -> String {
+        let main = runtime::ep_name(self.provider);
+        let placement = match &self.nodes {
+            None => "nodes outside it: unknown (ONNX Runtime reported no placement)".to_string(),
+            Some(m) => {
+                let inside = m.get(main).copied().unwrap_or(0);
+                let outside: Vec<String> =
+                    m.iter().filter(|(k, _)| k.as_str() != main).map(|(k, n)| format!("{n} on {k}")).collect();
+                if outside.is_empty() {
+                    format!("all {inside} nodes on {main}")
+                } else {
+                    format!(
+                        "{inside} node(s) on {main}, {} outside it ({})",
+                        self.nodes_outside().unwrap_or(0),
+                        outside.join(", ")
+                    )
+                }
+            }
+        };
+        let mut s = format!("{} ({placement})", self.provider);
+        if !self.fallbacks.is_empty() {
+            s.push_str(&format!("; fell back from: {}", self.fallbacks.join("; ")));
+        }
+        s
+    }
+
+    /// For the daemon's meta and stats messages (`nodes_outside`: null when unknown).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "requested": self.requested.to_string(),
+            "provider": self.provider.to_string(),
+            "nodes": self.nodes,
+            "nodes_outside": self.nodes_outside(),
+            "fallbacks": self.fallbacks,
+        })
+    }
+}
+
 pub struct Model {
     pub manifest: Manifest,
     pub provider: Provider,
+    report: ProviderReport,
+    /// Runs log at warning level: the sessions' verbose level is only for their creation (placement lines).
+    run_options: RunOptions,
     features: Session,
     objective: Session,
     prelude: Option<Session>,
@@ -112,64 +176,281 @@ fn sha256_file(path: &Path) -> Result<String> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// The sha256 of a graph and its weights as the manifest records them (computed when the manifest has none).
+fn verify_graph(manifest: &Manifest, g: &GraphInfo) -> Result<String> {
+    let path = manifest.graph_path(g);
+    if !path.is_file() {
+        bail!("graph {} listed in the manifest is missing: re-export with `make models`", path.display());
+    }
+    let mut files = vec![(path.clone(), g.sha256.as_str())];
+    if let Some(d) = &g.data {
+        let data = manifest.dir.join(&d.file);
+        if !data.is_file() {
+            bail!(
+                "the weights {} of graph {} listed in the manifest are missing: copy the whole model directory, \
+                 or re-export with `make models`",
+                data.display(),
+                path.display()
+            );
+        }
+        files.push((data, d.sha256.as_str()));
+    }
+    let mut key = Sha256::new();
+    for (file, want) in files {
+        let got = sha256_file(&file)?;
+        if !want.is_empty() && got != want {
+            bail!(
+                "{} does not match its manifest (sha256 {got}, manifest says {want}): the files come from \
+                 different exports; re-export with `make models`",
+                file.display()
+            );
+        }
+        key.update(got.as_bytes());
+    }
+    Ok(key.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A graph dimension as a function of the image shape: a number, `H`/`W`, or `<layer>_h`/`<layer>_w` (the
+/// layer's stride divides the image side, rounding down as the pooling does). None: a name this runtime does not
+/// know.
+fn resolve_dim(manifest: &Manifest, dim: &serde_json::Value, shape: Shape) -> Option<usize> {
+    if let Some(n) = dim.as_u64() {
+        return Some(n as usize);
+    }
+    let name = dim.as_str()?;
+    match name {
+        "H" => Some(shape[0]),
+        "W" => Some(shape[1]),
+        _ => {
+            let (layer, side) = name.rsplit_once('_')?;
+            let stride = manifest.layer(layer)?.stride.max(1);
+            match side {
+                "h" => Some(shape[0] / stride),
+                "w" => Some(shape[1] / stride),
+                _ => None,
+            }
+        }
+    }
+}
+
+fn resolve_dims(manifest: &Manifest, t: &TensorInfo, shape: Shape) -> Option<Vec<usize>> {
+    t.shape.iter().map(|d| resolve_dim(manifest, d, shape)).collect()
+}
+
+/// The TensorRT optimisation profile (min, opt, max image shapes) for these options, or None without sizes or
+/// explicit shapes.
+pub fn tensorrt_profile(manifest: &Manifest, opts: &RuntimeOptions) -> Result<Option<[Shape; 3]>> {
+    let spec = &opts.tensorrt.profile;
+    let m = manifest.min_size;
+    let min = spec.min.unwrap_or([m, m]);
+    if min[0] < m || min[1] < m {
+        bail!("TensorRT profile min {}x{} is below this model's minimum size {m}x{m}", min[1], min[0]);
+    }
+    let longest = opts.sizes.iter().map(|s| s[0].max(s[1])).max();
+    let max = match (spec.max, longest) {
+        (Some(s), _) => s,
+        (None, Some(l)) => [l.max(m), l.max(m)],
+        (None, None) => return Ok(None),
+    };
+    let largest = opts.sizes.iter().copied().max_by_key(|s| s[0] * s[1]);
+    let opt = spec.opt.or(largest).unwrap_or(max);
+    let opt = [opt[0].clamp(min[0], max[0]), opt[1].clamp(min[1], max[1])];
+    if min[0] > max[0] || min[1] > max[1] {
+        bail!("TensorRT profile: min {}x{} is larger than max {}x{}", min[1], min[0], max[1], max[0]);
+    }
+    Ok(Some([min, opt, max]))
+}
+
+/// A graph's TensorRT settings: cache key and profile strings over its dynamic inputs.
+fn graph_tensorrt(
+    manifest: &Manifest,
+    g: &GraphInfo,
+    key: &str,
+    opts: &RuntimeOptions,
+    profile: Option<[Shape; 3]>,
+) -> GraphTensorRt {
+    let profile = profile.and_then(|shapes| {
+        let mut out: [String; 3] = Default::default();
+        for (k, shape) in shapes.iter().enumerate() {
+            let mut parts = Vec::new();
+            for t in &g.inputs {
+                if t.shape.iter().all(|d| d.is_u64()) {
+                    continue; // static: no profile entry
+                }
+                let Some(dims) = resolve_dims(manifest, t, *shape) else {
+                    tracing::warn!(
+                        graph = %g.file, input = %t.name,
+                        "cannot derive a TensorRT profile for this input's symbolic dimensions; no explicit profile \
+                         (TensorRT rebuilds its engine when a shape leaves the range seen so far)"
+                    );
+                    return None;
+                };
+                parts.push(format!("{}:{}", t.name, dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x")));
+            }
+            out[k] = parts.join(",");
+        }
+        Some(out)
+    });
+    let mut h = Sha256::new();
+    if let Some(p) = &profile {
+        h.update(p.join(";").as_bytes());
+    }
+    let profile_key: String = h.finalize().iter().take(4).map(|b| format!("{b:02x}")).collect();
+    let stem = g.file.trim_end_matches(".onnx");
+    let precision = if opts.tensorrt.fp16 { "fp16" } else { "fp32" };
+    let shape_key = if profile.is_some() { profile_key } else { "dynamic".to_string() };
+    GraphTensorRt { cache_key: format!("{stem}-{}-{precision}-{shape_key}", &key[..16]), profile }
+}
+
+/// Run options whose log level is warning: a session is created at verbose level (to capture the placement), and
+/// its runs would otherwise log at that level too.
+fn run_options() -> Result<RunOptions> {
+    let mut o = RunOptions::new().map_err(|e| anyhow!("ONNX Runtime run options: {e}"))?;
+    o.set_log_level(ort::logging::LogLevel::Warning).map_err(|e| anyhow!("run log level: {e}"))?;
+    Ok(o)
+}
+
+/// A session could not be created with this provider (the next candidate may work), or the model itself is
+/// wrong (no provider will help).
+enum OpenError {
+    Provider(anyhow::Error),
+    Model(anyhow::Error),
+}
+
 impl Model {
-    /// Load and validate a model directory (manifest.json + graphs).
+    /// Load and validate a model directory (manifest.json + graphs) with the requested provider: `auto` tries
+    /// TensorRT, CUDA and CPU in turn (see [`runtime::candidates`]).
     pub fn load(dir: &Path, opts: &RuntimeOptions) -> Result<Model> {
+        Model::load_with(dir, opts, &runtime::candidates(opts.provider))
+    }
+
+    /// Load with an explicit list of attempts. Each attempt creates every session of the model with its provider;
+    /// the first attempt that succeeds runs the model. When one fails (registration or session creation) and
+    /// `opts.provider` is `auto`, a warning says why and the next is tried; with an explicitly requested provider
+    /// the failure is an error.
+    pub fn load_with(dir: &Path, opts: &RuntimeOptions, candidates: &[Candidate]) -> Result<Model> {
+        opts.validate()?;
         let manifest = Manifest::load(dir)?;
         let env = runtime::init(opts.library.as_deref())?;
-        let mut provider = Provider::Cpu;
-        let mut open = |g: &GraphInfo, usage: SessionUse| -> Result<Session> {
-            let path = manifest.graph_path(g);
-            if !path.is_file() {
-                bail!("graph {} listed in the manifest is missing: re-export with `make models`", path.display());
-            }
-            let mut files = vec![(path.clone(), g.sha256.as_str())];
-            if let Some(d) = &g.data {
-                let data = manifest.dir.join(&d.file);
-                if !data.is_file() {
-                    bail!(
-                        "the weights {} of graph {} listed in the manifest are missing: copy the whole model directory, \
-                         or re-export with `make models`",
-                        data.display(),
-                        path.display()
-                    );
-                }
-                files.push((data, d.sha256.as_str()));
-            }
-            for (file, want) in files {
-                if want.is_empty() {
-                    continue;
-                }
-                let got = sha256_file(&file)?;
-                if got != want {
-                    bail!(
-                        "{} does not match its manifest (sha256 {got}, manifest says {want}): the files come from \
-                         different exports; re-export with `make models`",
-                        file.display()
-                    );
-                }
-            }
-            let (builder, p) = runtime::session_builder(env, opts, usage)?;
-            provider = p;
-            let mut builder = builder;
-            let session = builder.commit_from_file(&path).map_err(|e| {
-                anyhow!("ONNX Runtime cannot load {}: {e}; re-export with `make models`", path.display())
-            })?;
-            check_signature(&session, g, &path)?;
-            Ok(session)
-        };
+        let profile = tensorrt_profile(&manifest, opts)?;
+        let mut graphs: Vec<(&GraphInfo, SessionUse, GraphTensorRt)> = Vec::new();
         // the feature extractor runs a few times per scale: no arena (its activations do not stay resident) and no
-        // reordered weight copies (see SessionUse)
-        let features = open(&manifest.graphs.features, SessionUse::Occasional)?;
-        let objective = open(&manifest.graphs.objective, SessionUse::Hot)?;
-        // the prelude runs every evaluation, but without an arena its output (67 MB at 512x512) goes back to the
-        // system after the matching instead of staying beside the objective's arena
-        let prelude = match &manifest.graphs.prelude {
-            Some(g) => Some(open(g, SessionUse::Occasional)?),
-            None => None,
-        };
-        let feature_outputs = manifest.graphs.features.outputs.iter().map(|o| o.name.clone()).collect();
-        Ok(Model { manifest, provider, features, objective, prelude, feature_outputs })
+        // reordered weight copies (see SessionUse); the prelude runs every evaluation, but without an arena its
+        // output (67 MB at 512x512) goes back to the system after the matching instead of staying beside the
+        // objective's arena
+        let mut list =
+            vec![(&manifest.graphs.features, SessionUse::Occasional), (&manifest.graphs.objective, SessionUse::Hot)];
+        if let Some(g) = &manifest.graphs.prelude {
+            list.push((g, SessionUse::Occasional));
+        }
+        for (g, usage) in list {
+            let key = verify_graph(&manifest, g)?;
+            let trt = graph_tensorrt(&manifest, g, &key, opts, profile);
+            graphs.push((g, usage, trt));
+        }
+        let explicit = opts.provider != Provider::Auto;
+        let log = PlacementLog::default();
+        let mut fallbacks: Vec<String> = Vec::new();
+        for (i, candidate) in candidates.iter().enumerate() {
+            log.clear();
+            let p = candidate.provider;
+            let mut sessions = Vec::new();
+            let mut failure = None;
+            for (g, usage, trt) in &graphs {
+                match open_session(env, opts, &manifest, g, *usage, candidate, trt, &log) {
+                    Ok(s) => sessions.push(s),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            let reason = match failure {
+                None => {
+                    let mut it = sessions.into_iter();
+                    let (features, objective) = (it.next().unwrap(), it.next().unwrap());
+                    let prelude = it.next();
+                    let report =
+                        ProviderReport { requested: opts.provider, provider: p, nodes: log.nodes(), fallbacks };
+                    tracing::info!(provider = %p, requested = %opts.provider, report = %report.summary(), "execution provider");
+                    let feature_outputs = manifest.graphs.features.outputs.iter().map(|o| o.name.clone()).collect();
+                    let run_options = run_options()?;
+                    return Ok(Model {
+                        manifest,
+                        provider: p,
+                        report,
+                        run_options,
+                        features,
+                        objective,
+                        prelude,
+                        feature_outputs,
+                    });
+                }
+                Some(OpenError::Model(e)) => return Err(e),
+                Some(OpenError::Provider(e)) => format!("{e:#}"),
+            };
+            drop(sessions);
+            if explicit {
+                bail!(
+                    "execution provider {p} was requested but is unavailable: {reason}. Use provider \"auto\" \
+                     (--provider auto) to fall back to the next provider that works, or \"cpu\""
+                );
+            }
+            match candidates.get(i + 1) {
+                // a provider this build or library simply lacks is expected on CPU-only machines: no warning
+                Some(next) if runtime::unavailable_reason(p).is_some() => {
+                    tracing::debug!(provider = %p, next = %next.provider, reason, "execution provider not available")
+                }
+                Some(next) => tracing::warn!(
+                    provider = %p, next = %next.provider, reason,
+                    "execution provider cannot run the model; falling back to the next one"
+                ),
+                None => {}
+            }
+            fallbacks.push(format!("{p}: {reason}"));
+        }
+        if candidates.is_empty() {
+            bail!("no execution provider to try");
+        }
+        bail!("no execution provider can run the model: {}", fallbacks.join("; "))
+    }
+
+    /// The provider that runs the model, and what is known of the partition.
+    pub fn provider_report(&self) -> &ProviderReport {
+        &self.report
+    }
+
+    /// Run every graph once at each image shape (zeros as inputs) so that TensorRT engines, cuDNN algorithm choices
+    /// and memory arenas are in place before the first real frame. `progress` is called before each shape.
+    pub fn warm_up(&mut self, shapes: &[Shape], progress: &mut dyn FnMut(usize, Shape)) -> Result<()> {
+        let manifest = &self.manifest;
+        let mut graphs: Vec<(&GraphInfo, &mut Session)> =
+            vec![(&manifest.graphs.features, &mut self.features), (&manifest.graphs.objective, &mut self.objective)];
+        if let (Some(g), Some(s)) = (&manifest.graphs.prelude, self.prelude.as_mut()) {
+            graphs.push((g, s));
+        }
+        for (i, &shape) in shapes.iter().enumerate() {
+            if shape[0] < manifest.min_size || shape[1] < manifest.min_size {
+                continue;
+            }
+            progress(i, shape);
+            for (g, session) in graphs.iter_mut() {
+                let mut feed: Vec<(std::borrow::Cow<'_, str>, ort::session::SessionInputValue<'_>)> = Vec::new();
+                for t in &g.inputs {
+                    let dims = resolve_dims(manifest, t, shape).ok_or_else(|| {
+                        anyhow!("warm-up: cannot size input {} of {} ({:?})", t.name, g.file, t.shape)
+                    })?;
+                    let n = dims.iter().product::<usize>();
+                    let v =
+                        Tensor::from_array((dims, vec![0.0f32; n])).map_err(|e| anyhow!("tensor {}: {e}", t.name))?;
+                    feed.push((t.name.clone().into(), v.into_dyn().into()));
+                }
+                session.run_with_options(feed, &self.run_options).map_err(|e| {
+                    anyhow!("warm-up of {} at {}x{} on {}: {e}", g.file, shape[1], shape[0], self.provider)
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// Reject image sizes the graphs cannot handle.
@@ -186,7 +467,10 @@ impl Model {
         self.check_size(height, width)?;
         let x = TensorRef::from_array_view(([1usize, 3, height, width], image))
             .map_err(|e| anyhow!("input tensor: {e}"))?;
-        let outputs = self.features.run(ort::inputs!["x" => x]).map_err(|e| anyhow!("running features.onnx: {e}"))?;
+        let outputs = self
+            .features
+            .run_with_options(ort::inputs!["x" => x], &self.run_options)
+            .map_err(|e| anyhow!("running features.onnx: {e}"))?;
         let mut out = BTreeMap::new();
         for name in &self.feature_outputs {
             let (shape, data) = outputs[name.as_str()]
@@ -236,7 +520,7 @@ impl Model {
             };
             selector = selector.preallocate(format!("feat_{layer}"), value);
         }
-        let options = RunOptions::new().map_err(|e| anyhow!("{e}"))?.with_outputs(selector);
+        let options = run_options()?.with_outputs(selector);
         let mut outputs = session
             .run_with_options(ort::inputs!["x" => xt], &options)
             .map_err(|e| anyhow!("running prelude.onnx: {e}"))?;
@@ -279,7 +563,10 @@ impl Model {
         for (k, v) in &inputs.values {
             feed.push((k.as_str().into(), v.into()));
         }
-        let outputs = self.objective.run(feed).map_err(|e| anyhow!("running objective.onnx: {e}"))?;
+        let outputs = self
+            .objective
+            .run_with_options(feed, &self.run_options)
+            .map_err(|e| anyhow!("running objective.onnx: {e}"))?;
         let scalar = |name: &str| -> Result<f64> {
             let (_, d) = outputs[name].try_extract_tensor::<f32>().map_err(|e| anyhow!("output {name}: {e}"))?;
             d.first().map(|v| *v as f64).ok_or_else(|| anyhow!("output {name} is empty"))
@@ -306,6 +593,31 @@ impl Model {
         }
         Ok(losses)
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn open_session(
+    env: &'static ort::environment::Environment,
+    opts: &RuntimeOptions,
+    manifest: &Manifest,
+    g: &GraphInfo,
+    usage: SessionUse,
+    candidate: &Candidate,
+    trt: &GraphTensorRt,
+    log: &PlacementLog,
+) -> std::result::Result<Session, OpenError> {
+    let path = manifest.graph_path(g);
+    let mut builder = runtime::session_builder(env, opts, usage, candidate, trt, log).map_err(OpenError::Provider)?;
+    let session = builder.commit_from_file(&path).map_err(|e| {
+        OpenError::Provider(anyhow!(
+            "creating the {} session of {} failed: {e}{}",
+            candidate.provider,
+            path.display(),
+            if candidate.provider == Provider::Cpu { " (a damaged graph? re-export with `make models`)" } else { "" }
+        ))
+    })?;
+    check_signature(&session, g, &path).map_err(OpenError::Model)?;
+    Ok(session)
 }
 
 /// Every input and output the manifest names must exist in the graph with the same element type and rank, and

@@ -71,7 +71,16 @@ pub fn matmul_model(n: usize) -> Vec<u8> {
 pub fn onnxruntime_matmul_gflops(opts: &RuntimeOptions, n: usize, reps: usize) -> Result<f64> {
     let env = runtime::init(opts.library.as_deref())?;
     // no arena: the matrices' memory goes back when the session ends, not into the bench's peak RSS
-    let (mut builder, _) = runtime::session_builder(env, opts, runtime::SessionUse::Occasional)?;
+    // MLAS, the CPU's kernels: this is the CPU's peak whatever provider runs the model
+    let cpu = runtime::Candidate::new(runtime::Provider::Cpu);
+    let mut builder = runtime::session_builder(
+        env,
+        opts,
+        runtime::SessionUse::Occasional,
+        &cpu,
+        &runtime::GraphTensorRt::default(),
+        &runtime::PlacementLog::default(),
+    )?;
     let bytes = matmul_model(n);
     let mut session = builder.commit_from_memory(&bytes).map_err(|e| anyhow!("ONNX Runtime MatMul model: {e}"))?;
     let a = Tensor::from_array(([n, n], vec![1.0f32; n * n])).map_err(|e| anyhow!("{e}"))?;

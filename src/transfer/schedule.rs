@@ -91,28 +91,7 @@ impl StylizeOptions {
 
     /// The scales actually used: explicit ones, or 128 doubling up to image_size (one scale when image_size ≤ 128).
     pub fn resolved_scales(&self) -> Result<Vec<usize>> {
-        if self.image_size == 0 {
-            bail!("--image-size must be positive");
-        }
-        let scales = if self.scales.is_empty() {
-            let mut s = Vec::new();
-            let mut v = 128;
-            while v < self.image_size {
-                s.push(v);
-                v *= 2;
-            }
-            s.push(self.image_size);
-            s
-        } else {
-            self.scales.clone()
-        };
-        if scales.windows(2).any(|w| w[1] <= w[0]) {
-            bail!("--scales must increase, got {scales:?}");
-        }
-        if *scales.last().unwrap() != self.image_size {
-            bail!("the last of --scales ({}) must equal --image-size ({})", scales.last().unwrap(), self.image_size);
-        }
-        Ok(scales)
+        scales_for(self.image_size, &self.scales)
     }
 }
 
@@ -133,6 +112,55 @@ pub fn fit_scales(scales: &[usize], width: usize, height: usize, min: usize) -> 
             w.min(h) >= min
         })
         .collect())
+}
+
+/// Scales for a longest side: `explicit` (checked), or 128 doubling up to `image_size`.
+pub fn scales_for(image_size: usize, explicit: &[usize]) -> Result<Vec<usize>> {
+    if image_size == 0 {
+        bail!("--image-size must be positive");
+    }
+    let scales = if explicit.is_empty() {
+        let mut s = Vec::new();
+        let mut v = 128;
+        while v < image_size {
+            s.push(v);
+            v *= 2;
+        }
+        s.push(image_size);
+        s
+    } else {
+        explicit.to_vec()
+    };
+    if scales.windows(2).any(|w| w[1] <= w[0]) {
+        bail!("--scales must increase, got {scales:?}");
+    }
+    if *scales.last().unwrap() != image_size {
+        bail!("the last of --scales ({}) must equal --image-size ({})", scales.last().unwrap(), image_size);
+    }
+    Ok(scales)
+}
+
+/// The image shapes `[height, width]` a run evaluates: the content (width, height) fitted to every scale and each
+/// style image at `style_scale` × every scale. A hint for the TensorRT optimisation profile and the warm-up.
+pub fn expected_shapes(
+    scales: &[usize],
+    style_scale: f32,
+    content: (usize, usize),
+    styles: &[(usize, usize)],
+) -> Vec<[usize; 2]> {
+    let mut out = Vec::new();
+    for &s in scales {
+        let (w, h) = fit(content.0, content.1, s);
+        out.push([h, w]);
+        let target = ((s as f32 * style_scale).round() as usize).max(1);
+        for &(sw, sh) in styles {
+            let (w, h) = fit(sw, sh, target);
+            out.push([h, w]);
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// One evaluation, for traces and progress.
