@@ -10,7 +10,8 @@ from onnx import helper, numpy_helper
 
 from .weights import Weights, conv_names
 
-OPSET = 18
+# Opset 17: the newest TensorRT 8.6 (JetPack 6.0) parses; see gpu_support/.
+OPSET = 17
 TERMS = ("content", "style", "shift", "hist", "tv")
 
 
@@ -80,6 +81,9 @@ class Builder:
         self.elem = helper.np_dtype_to_tensor_dtype(self.dtype)
         self.nodes, self.inits, self.inputs, self.outputs = [], [], [], []
         self._n = 0
+        # Symbolic shapes of the values whose extents the exporter knows (value -> dims, ints or dim names).
+        # Written as value_info: onnx_ad's broadcast undo (ad.py) reads them to choose constant reduction axes.
+        self.shapes = {}
 
     def name(self, stem):
         self._n += 1
@@ -101,14 +105,21 @@ class Builder:
 
     def input(self, name, shape, elem=None):
         self.inputs.append(helper.make_tensor_value_info(name, elem or self.elem, shape))
+        self.shapes[name] = list(shape)
         return name
+
+    def declare(self, value, shape):
+        self.shapes[value] = list(shape)
+        return value
 
     def output(self, value, name, shape, elem=None):
         self.nodes.append(helper.make_node("Identity", [value], [name]))
         self.outputs.append(helper.make_tensor_value_info(name, elem or self.elem, shape))
 
     def model(self, graph_name, doc=""):
-        graph = helper.make_graph(self.nodes, graph_name, self.inputs, self.outputs, self.inits)
+        io = {v.name for v in self.inputs + self.outputs}
+        info = [helper.make_tensor_value_info(v, self.elem, dims) for v, dims in self.shapes.items() if v not in io]
+        graph = helper.make_graph(self.nodes, graph_name, self.inputs, self.outputs, self.inits, value_info=info)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                                   producer_name="fuchun-export", doc_string=doc)
         model.ir_version = 9
@@ -124,11 +135,15 @@ def vgg_features(b: Builder, weights: Weights, x, wanted, pooling):
     std_rgb = np.array([pre.std[perm[c]] for c in range(3)])
     scale = (pre.scale / std_rgb).reshape(1, 3, 1, 1)
     shift = (-mean_rgb / std_rgb).reshape(1, 3, 1, 1)
-    v = b.op("Add", [b.op("Mul", [x, b.const(scale, "pre_scale")]), b.const(shift, "pre_shift")], "pre")
+    v = b.declare(b.op("Add", [b.declare(b.op("Mul", [x, b.const(scale, "pre_scale")]), [1, 3, "H", "W"]),
+                               b.const(shift, "pre_shift")], "pre"), [1, 3, "H", "W"])
     order = layer_names(weights.arch)
     deepest = max(order.index(w) for w in wanted)
     found = {}
     for layer in order[:deepest + 1]:
+        # Every activation's symbolic shape, named like the graph inputs of that layer (content_relu4_2 is
+        # [1, C, relu4_2_h, relu4_2_w]): onnx_ad's broadcast undo reads them (ad.py).
+        dims = [1, layer_info(weights.arch, weights, layer)[0], f"{layer}_h", f"{layer}_w"]
         if layer.startswith("relu"):
             conv = "conv" + layer[4:]
             k = weights.kernels[conv]
@@ -136,12 +151,13 @@ def vgg_features(b: Builder, weights: Weights, x, wanted, pooling):
                 k = k[:, perm]  # network expects BGR; our input v is RGB
             v = b.op("Conv", [v, b.const(k, conv + "_W"), b.const(weights.biases[conv], conv + "_B")], conv,
                      kernel_shape=[3, 3], pads=[1, 1, 1, 1])
-            v = b.op("Relu", [v], layer)
+            v = b.op("Relu", [b.declare(v, dims)], layer)
         else:
             if pooling == "max":
                 v = b.op("MaxPool", [v], layer, kernel_shape=[2, 2], strides=[2, 2])
             else:
                 v = _avg_pool2(b, v)
+        b.declare(v, dims)
         if layer in wanted:
             found[layer] = v
     return found
@@ -159,7 +175,7 @@ def _avg_pool2(b, v):
     half = b.op("Div", [b.op("Gather", [shape, b.i64([2, 3])], axis=0), b.i64([2])])
     h2, w2 = b.op("Split", [half, b.i64([1, 1])], n_out=2, axis=0)
     target = b.op("Concat", [b.op("Gather", [shape, b.i64([0, 1])], axis=0), h2, b.i64([2]), w2, b.i64([2])], axis=0)
-    return b.op("ReduceMean", [b.op("Reshape", [v, target]), b.i64([3, 5])], "pool", keepdims=0)
+    return b.op("ReduceMean", [b.op("Reshape", [v, target])], "pool", axes=[3, 5], keepdims=0)
 
 
 def exact_hist_layers(weights: Weights, cfg: LossConfig):
@@ -198,33 +214,48 @@ def build_features(weights: Weights, cfg: LossConfig, dtype=np.float32):
 
 def _mse(b, a, t):
     d = b.op("Sub", [a, t])
+    if a in b.shapes:
+        b.declare(d, b.shapes[a])
     return b.op("ReduceMean", [b.op("Mul", [d, d])], "mse", keepdims=0)
 
 
 def _count(b, v, axes):
-    """Number of elements along `axes` of v, as a float scalar (no derivative: comes from Shape)."""
+    """Number of elements along `axes` of v, as a float scalar (no derivative: comes from Shape). The product is
+    taken in floating point: TensorRT reduces only floating-point tensors."""
     shape = b.op("Shape", [v])
-    dims = b.op("Gather", [shape, b.i64(axes)], axis=0)
-    n = b.op("ReduceProd", [dims], keepdims=0)
-    return b.op("Cast", [n], to=b.elem)
+    dims = b.op("Cast", [b.op("Gather", [shape, b.i64(axes)], axis=0)], to=b.elem)
+    return b.op("ReduceProd", [dims], axes=[0], keepdims=0)
 
 
 def _gram(b, f1, f2, channels):
-    """f1 f2^T / n over the spatial positions, [C, C]."""
+    """f1 f2^T / n over the n spatial positions, [C, C], as (f1 / sqrt(n)) (f2 / sqrt(n))^T: each factor is scaled
+    before the product, so no intermediate is n times larger than the result (F F^T alone reaches ~2e9 at 512 px
+    with the hed weights, beyond float16's 65504)."""
     shape = b.i64([channels, -1])
-    a = b.op("Reshape", [f1, shape])
-    c = b.op("Reshape", [f2, shape])
-    g = b.op("MatMul", [a, b.op("Transpose", [c], perm=[1, 0])], "gram")
-    return b.op("Div", [g, _count(b, f1, [2, 3])])
+    r = b.op("Div", [b.const(1.0), b.op("Sqrt", [_count(b, f1, [2, 3])])], "inv_sqrt_n")
+
+    def factor(f):
+        flat = b.declare(b.op("Reshape", [f, shape]), [channels, f"{f}_n"])
+        return b.declare(b.op("Mul", [flat, r], "scaled"), [channels, f"{f}_n"])
+
+    a = factor(f1)
+    c = a if f2 == f1 else factor(f2)
+    return b.op("MatMul", [a, b.op("Transpose", [c], perm=[1, 0])], "gram")
 
 
 def _shifted_pair(b, v, axis, d):
     """(v[..., :-d], v[..., d:]) along `axis`, by Split with sizes computed at run time (onnx_ad reverses Split
-    into a Concat with zeros for any image size; Slice would need a static shape)."""
+    into a Concat with zeros for any image size; Slice would need a static shape). Both halves have the extent
+    (extent - d) along `axis`: one symbol, declared for the broadcast undo (ad.py)."""
     extent = b.op("Gather", [b.op("Shape", [v]), b.i64([axis])], axis=0)        # [1]
     rest = b.op("Sub", [extent, b.i64([d])])
     head, _ = b.op("Split", [v, b.op("Concat", [rest, b.i64([d])], axis=0)], "split", n_out=2, axis=axis)
     _, tail = b.op("Split", [v, b.op("Concat", [b.i64([d]), rest], axis=0)], "split", n_out=2, axis=axis)
+    if v in b.shapes:
+        dims = list(b.shapes[v])
+        dims[axis] = f"{dims[axis]}_less_{d}"
+        b.declare(head, dims)
+        b.declare(tail, dims)
     return head, tail
 
 
@@ -293,8 +324,8 @@ def build_loss(weights: Weights, cfg: LossConfig, dtype=np.float32):
 
     left, right = _shifted_pair(b, x, 3, 1)
     top, bottom = _shifted_pair(b, x, 2, 1)
-    dx = b.op("Sub", [right, left])
-    dy = b.op("Sub", [bottom, top])
+    dx = b.declare(b.op("Sub", [right, left]), b.shapes[right])
+    dy = b.declare(b.op("Sub", [bottom, top]), b.shapes[bottom])
     terms["tv"] = b.op("Add", [b.op("ReduceMean", [b.op("Mul", [dx, dx])], keepdims=0),
                                b.op("ReduceMean", [b.op("Mul", [dy, dy])], keepdims=0)], "tv")
 
