@@ -14,6 +14,16 @@ from .weights import Weights, conv_names
 OPSET = 17
 TERMS = ("content", "style", "shift", "hist", "tv")
 
+# Float16 safety (models/README.md, "Float16"). The Gram differences G - A of the style and shift terms reach ~1.4e4
+# with the hed weights, their squares 2e8, a layer's mean 4e5: each difference is scaled by 2^-3 / C (C^2 elements)
+# before squaring and summed, so those terms are computed as loss * 2^-6 inside the graph; the histogram term's
+# differences (up to ~180 at relu1_1) are halved before squaring (loss * 2^-2). The differentiated objective is
+# total * OBJECTIVE_SCALE (`total_scaled`), seeded with GRAD_SEED (export.py) so that fewer of the backward pass's
+# values fall below float16's normal range; the `total`, `loss_*` and `grad` outputs are unscaled by a few scalar
+# (and one [1,3,H,W]) operations named `fp32_*`, which must run in float32 (manifest: fp16.fp32_values).
+DIFF_SCALE = {"style": 2.0 ** -3, "shift": 2.0 ** -3, "hist": 2.0 ** -1}
+OBJECTIVE_SCALE = 1.0
+
 
 class ConfigError(Exception):
     """An export configuration that cannot work (unknown layer, bad shift ...)."""
@@ -212,11 +222,29 @@ def build_features(weights: Weights, cfg: LossConfig, dtype=np.float32):
 
 # ---- loss pieces -------------------------------------------------------------------------------------
 
-def _mse(b, a, t):
+def _inv_sqrt_count(b, v):
+    """1 / sqrt(number of elements of v), as 1 / prod(sqrt(dims)): the count itself passes float16's 65504."""
+    dims = b.op("Cast", [b.op("Shape", [v])], to=b.elem)
+    return b.op("Div", [b.const(1.0), b.op("ReduceProd", [b.op("Sqrt", [dims])], axes=[0], keepdims=0)])
+
+
+def _mean_square(b, d, scale=1.0, count=None):
+    """scale^2 mean(d^2), as sum((d scale / sqrt(n))^2): no squared difference nor element count beyond float16
+    (a ReduceMean's derivative divides by the count, 64 h w at relu1_1). `count`: n when static."""
+    c = b.const(scale / np.sqrt(count), "diff_scale") if count else \
+        b.op("Mul", [_inv_sqrt_count(b, d), b.const(scale, "diff_scale")])
+    scaled = b.op("Mul", [d, c], "scaled_diff")
+    if d in b.shapes:
+        b.declare(scaled, b.shapes[d])
+    return b.op("ReduceSum", [b.op("Mul", [scaled, scaled])], "mse", keepdims=0)
+
+
+def _mse(b, a, t, scale=1.0, count=None):
+    """scale^2 mean((a - t)^2) (see _mean_square)."""
     d = b.op("Sub", [a, t])
     if a in b.shapes:
         b.declare(d, b.shapes[a])
-    return b.op("ReduceMean", [b.op("Mul", [d, d])], "mse", keepdims=0)
+    return _mean_square(b, d, scale, count)
 
 
 def _count(b, v, axes):
@@ -232,7 +260,9 @@ def _gram(b, f1, f2, channels):
     before the product, so no intermediate is n times larger than the result (F F^T alone reaches ~2e9 at 512 px
     with the hed weights, beyond float16's 65504)."""
     shape = b.i64([channels, -1])
-    r = b.op("Div", [b.const(1.0), b.op("Sqrt", [_count(b, f1, [2, 3])])], "inv_sqrt_n")
+    # 1 / (sqrt(h) sqrt(w)): h w itself passes 65504 at 256 px
+    dims = b.op("Cast", [b.op("Gather", [b.op("Shape", [f1]), b.i64([2, 3])], axis=0)], to=b.elem)
+    r = b.op("Div", [b.const(1.0), b.op("ReduceProd", [b.op("Sqrt", [dims])], axes=[0], keepdims=0)], "inv_sqrt_n")
 
     def factor(f):
         flat = b.declare(b.op("Reshape", [f, shape]), [channels, f"{f}_n"])
@@ -289,7 +319,7 @@ def build_loss(weights: Weights, cfg: LossConfig, dtype=np.float32):
     for layer in cfg.style_layers:
         c = info[layer][0]
         t = b.input(f"gram_{layer}", [c, c])
-        losses.append(_mse(b, _gram(b, feats[layer], feats[layer], c), t))
+        losses.append(_mse(b, _gram(b, feats[layer], feats[layer], c), t, DIFF_SCALE["style"], c * c))
     w_style = b.input("style_layer_weights", [len(cfg.style_layers)])
     terms["style"] = _weighted_sum(b, losses, w_style)
 
@@ -300,7 +330,7 @@ def build_loss(weights: Weights, cfg: LossConfig, dtype=np.float32):
         tv = b.input(f"shift_v_{layer}", [c, c])
         gh = _gram(b, *_shifted_pair(b, f, 3, d), c)
         gv = _gram(b, *_shifted_pair(b, f, 2, d), c)
-        both = b.op("Add", [_mse(b, gh, th), _mse(b, gv, tv)])
+        both = b.op("Add", [_mse(b, gh, th, DIFF_SCALE["shift"], c * c), _mse(b, gv, tv, DIFF_SCALE["shift"], c * c)])
         losses.append(b.op("Mul", [both, b.const(0.5)]))
     if cfg.shift_layers:
         w_shift = b.input("shift_layer_weights", [len(cfg.shift_layers)])
@@ -315,7 +345,7 @@ def build_loss(weights: Weights, cfg: LossConfig, dtype=np.float32):
         # outputs (a radix sort per channel, src/transfer/histmatch.rs), which is much cheaper than TopK in the
         # graph (27 % of an evaluation at 512 px) and lets it choose how often to re-sort.
         m = b.input(f"hist_target_{layer}", [1, c, f"{layer}_h", f"{layer}_w"])
-        losses.append(_mse(b, feats[layer], m))
+        losses.append(_mse(b, feats[layer], m, DIFF_SCALE["hist"]))
     if cfg.hist_layers:
         w_hist = b.input("hist_layer_weights", [len(cfg.hist_layers)])
         terms["hist"] = _weighted_sum(b, losses, w_hist)
@@ -326,15 +356,22 @@ def build_loss(weights: Weights, cfg: LossConfig, dtype=np.float32):
     top, bottom = _shifted_pair(b, x, 2, 1)
     dx = b.declare(b.op("Sub", [right, left]), b.shapes[right])
     dy = b.declare(b.op("Sub", [bottom, top]), b.shapes[bottom])
-    terms["tv"] = b.op("Add", [b.op("ReduceMean", [b.op("Mul", [dx, dx])], keepdims=0),
-                               b.op("ReduceMean", [b.op("Mul", [dy, dy])], keepdims=0)], "tv")
+    terms["tv"] = b.op("Add", [_mean_square(b, dx), _mean_square(b, dy)], "tv")
 
+    # terms[t] is loss_t * k_t, k_t = DIFF_SCALE[t]^2 (1 for the others).
+    k = np.array([DIFF_SCALE.get(t, 1.0) ** 2 for t in TERMS])
     tw = b.input("term_weights", [len(TERMS)])
     stacked = b.op("Concat", [b.op("Unsqueeze", [terms[t], b.i64([0])]) for t in TERMS], axis=0)
-    total = b.op("ReduceSum", [b.op("Mul", [stacked, tw])], "total", keepdims=0)
+    # the objective onnx_ad differentiates: sum_t tw_t (OBJECTIVE_SCALE / k_t) terms[t] = OBJECTIVE_SCALE * total
+    factors = b.op("Mul", [tw, b.const(OBJECTIVE_SCALE / k, "objective_factors")])
+    scaled = b.op("ReduceSum", [b.op("Mul", [stacked, factors])], "total_scaled", keepdims=0)
+    b.output(scaled, "total_scaled", [])
+    # the outputs, in float32: loss_t = terms[t] / k_t, total = sum_t tw_t loss_t
+    unscaled = b.op("Mul", [stacked, b.const(1.0 / k, "fp32_unscale")], "fp32_losses")
+    total = b.op("ReduceSum", [b.op("Mul", [unscaled, tw], "fp32_weighted")], "fp32_total", keepdims=0)
     b.output(total, "total", [])
-    for t in TERMS:
-        b.output(terms[t], f"loss_{t}", [])
+    for i, t in enumerate(TERMS):
+        b.output(b.op("Gather", [unscaled, b.i64(i)], f"fp32_loss_{t}", axis=0), f"loss_{t}", [])
     exact = exact_hist_layers(weights, cfg)
     for layer in cfg.hist_layers:
         if layer not in exact:
