@@ -197,7 +197,6 @@ def _max_pool_reverse(ctx, node, grads):
     return [b.op("Pad", [flat, pads], stem="a_maxpool")]
 
 
-_rules.REVERSE["MaxPool"] = _max_pool_reverse
 
 
 def _tracking(rule):
@@ -218,7 +217,8 @@ def reverse(model, **kwargs):
     saved = dict(_rules.REVERSE)
     _state["declared"] = _declared_shapes(model)
     _Context.unbroadcast = _unbroadcast
-    for op, rule in saved.items():
+    _rules.REVERSE["MaxPool"] = _max_pool_reverse
+    for op, rule in dict(_rules.REVERSE).items():
         if not getattr(rule, "fuchun_tracked", False):
             _rules.REVERSE[op] = _tracking(rule)
     try:
