@@ -18,8 +18,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from . import __version__
-from .graph import (OBJECTIVE_SCALE, OPSET, TERMS, ConfigError, LossConfig, build_features, build_loss, build_prelude,
+from .graph import (DIFF_SCALE, OBJECTIVE_SCALE, OPSET, TERMS, ConfigError, LossConfig, build_features, build_loss, build_prelude,
                     exact_hist_layers, layer_info)
+from .precision import fp32_values
 from .weights import WeightsError, load_hed, load_keras_h5, load_npz, random_weights
 
 # Default term weights, tuned by eye on the bundled example (Tübingen photo + Fuchun scroll, hed weights, 192-512
@@ -217,6 +218,15 @@ def manifest(weights, cfg, features, objective, files, prelude=None):
         "min_size": int(min_size),
         "default_term_weights": DEFAULT_TERM_WEIGHTS,
         "default_layer_weights": default_layer_weights(weights, cfg),
+        "fp16": {
+            "fp32_values": sorted(fp32_values(objective)),
+            "note": "objective.onnx keeps every value in float16's range (README 'Float16') except these: the "
+                    "unscaling of the total, loss_* and grad outputs (scalars and one [1,3,H,W] product), which a "
+                    "float16 engine must compute in float32",
+            "grad_seed": GRAD_SEED,
+            "objective_scale": OBJECTIVE_SCALE,
+            "diff_scale": dict(DIFF_SCALE),
+        },
         "forward_flops_per_pixel": flops_per_pixel(weights, cfg),
         "objective_flops_per_pixel": 2.0 * flops_per_pixel(weights, cfg),
         "formulas": {

@@ -17,11 +17,12 @@ TERMS = ("content", "style", "shift", "hist", "tv")
 # Float16 safety (models/README.md, "Float16"). The Gram differences G - A of the style and shift terms reach ~1.4e4
 # with the hed weights, their squares 2e8, a layer's mean 4e5: each difference is scaled by 2^-3 / C (C^2 elements)
 # before squaring and summed, so those terms are computed as loss * 2^-6 inside the graph; the histogram term's
-# differences (up to ~180 at relu1_1) are halved before squaring (loss * 2^-2). The differentiated objective is
+# differences (up to ~180 at relu1_1) are halved before squaring (loss * 2^-2), the TV term's image differences
+# multiplied by 2^4 (loss * 2^8: most squared pixel differences are below 2^-14). The differentiated objective is
 # total * OBJECTIVE_SCALE (`total_scaled`), seeded with GRAD_SEED (export.py) so that fewer of the backward pass's
 # values fall below float16's normal range; the `total`, `loss_*` and `grad` outputs are unscaled by a few scalar
 # (and one [1,3,H,W]) operations named `fp32_*`, which must run in float32 (manifest: fp16.fp32_values).
-DIFF_SCALE = {"style": 2.0 ** -3, "shift": 2.0 ** -3, "hist": 2.0 ** -1}
+DIFF_SCALE = {"style": 2.0 ** -3, "shift": 2.0 ** -3, "hist": 2.0 ** -1, "tv": 2.0 ** 4}
 OBJECTIVE_SCALE = 1.0
 
 
@@ -222,21 +223,25 @@ def build_features(weights: Weights, cfg: LossConfig, dtype=np.float32):
 
 # ---- loss pieces -------------------------------------------------------------------------------------
 
-def _inv_sqrt_count(b, v):
-    """1 / sqrt(number of elements of v), as 1 / prod(sqrt(dims)): the count itself passes float16's 65504."""
-    dims = b.op("Cast", [b.op("Shape", [v])], to=b.elem)
-    return b.op("Div", [b.const(1.0), b.op("ReduceProd", [b.op("Sqrt", [dims])], axes=[0], keepdims=0)])
-
-
 def _mean_square(b, d, scale=1.0, count=None):
-    """scale^2 mean(d^2), as sum((d scale / sqrt(n))^2): no squared difference nor element count beyond float16
-    (a ReduceMean's derivative divides by the count, 64 h w at relu1_1). `count`: n when static."""
-    c = b.const(scale / np.sqrt(count), "diff_scale") if count else \
-        b.op("Mul", [_inv_sqrt_count(b, d), b.const(scale, "diff_scale")])
-    scaled = b.op("Mul", [d, c], "scaled_diff")
-    if d in b.shapes:
-        b.declare(scaled, b.shapes[d])
-    return b.op("ReduceSum", [b.op("Mul", [scaled, scaled])], "mse", keepdims=0)
+    """scale^2 mean(d^2). With `count` (static, the Gram terms' C^2): sum((d scale / sqrt(count))^2), each square
+    already divided. Otherwise ((d scale)^2 averaged one axis at a time: the same mean, and the derivative of each
+    ReduceMean divides by that axis's extent (<= 1024) instead of the element count (64 h w at relu1_1, past
+    float16's 65504 from ~40 px)."""
+    if count:
+        scaled = b.op("Mul", [d, b.const(scale / np.sqrt(count), "diff_scale")], "scaled_diff")
+        if d in b.shapes:
+            b.declare(scaled, b.shapes[d])
+        return b.op("ReduceSum", [b.op("Mul", [scaled, scaled])], "mse", keepdims=0)
+    if scale != 1.0:
+        scaled = b.op("Mul", [d, b.const(scale, "diff_scale")], "scaled_diff")
+        if d in b.shapes:
+            b.declare(scaled, b.shapes[d])
+        d = scaled
+    v = b.op("Mul", [d, d])
+    for axis in reversed(range(len(b.shapes[d]))):
+        v = b.op("ReduceMean", [v], "mse", axes=[axis], keepdims=0)
+    return v
 
 
 def _mse(b, a, t, scale=1.0, count=None):
@@ -356,7 +361,7 @@ def build_loss(weights: Weights, cfg: LossConfig, dtype=np.float32):
     top, bottom = _shifted_pair(b, x, 2, 1)
     dx = b.declare(b.op("Sub", [right, left]), b.shapes[right])
     dy = b.declare(b.op("Sub", [bottom, top]), b.shapes[bottom])
-    terms["tv"] = b.op("Add", [_mean_square(b, dx), _mean_square(b, dy)], "tv")
+    terms["tv"] = b.op("Add", [_mean_square(b, dx, DIFF_SCALE["tv"]), _mean_square(b, dy, DIFF_SCALE["tv"])], "tv")
 
     # terms[t] is loss_t * k_t, k_t = DIFF_SCALE[t]^2 (1 for the others).
     k = np.array([DIFF_SCALE.get(t, 1.0) ** 2 for t in TERMS])
