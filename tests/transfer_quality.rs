@@ -177,3 +177,50 @@ fn layer_selection_and_weights() {
     assert!(!o.status.success());
     assert!(common::stderr(&o).contains("--style-layers"), "{}", common::stderr(&o));
 }
+
+/// Layer balance on the real weights, for the bundled pairs at 128 px, at the start of a run (the content as the
+/// image): with the per-layer normalisation no layer dominates its term — each style layer's share of the style
+/// term lies in [3 %, 60 %], each long-range and histogram layer's in [10 %, 90 %] — where the raw activations had
+/// relu1_1 + relu2_1 at ~97 % of the style term.
+#[test]
+fn every_layer_counts_at_the_start_with_the_normalisation() {
+    let mut model = Model::load(&common::real_model(), &RuntimeOptions::default()).unwrap();
+    let limits = Limits::default();
+    let load = |n: &str| imageio::load_path(&common::example(n), &limits).unwrap();
+    for (c, s) in
+        [("tubingen.jpg", "fuchun.jpg"), ("tubingen.jpg", "starry_night.jpg"), ("astronaut.jpg", "the_scream.jpg")]
+    {
+        let (content, style) = (load(c), load(s));
+        for normalize in [false, true] {
+            let w = if normalize { Weights::defaults(&model.manifest) } else { Weights::raw_defaults(&model.manifest) };
+            let mut opts = StylizeOptions::new(w);
+            opts.image_size = 128;
+            opts.iterations = 1;
+            opts.tol = 0.0;
+            let out = stylize(&mut model, &content, std::slice::from_ref(&style), &opts, &mut NoHooks).unwrap();
+            let start = out.scales[0].first;
+            let shares = |g: &str| start.layer_shares(g);
+            let fmt = |v: &[f64]| v.iter().map(|x| format!("{:.1}%", 100.0 * x)).collect::<Vec<_>>().join(" ");
+            eprintln!(
+                "{c} + {s}, {}: style [{}]  shift [{}]  hist [{}]",
+                if normalize { "normalised" } else { "raw" },
+                fmt(&shares("style")),
+                fmt(&shares("shift")),
+                fmt(&shares("hist"))
+            );
+            if normalize {
+                assert!(
+                    shares("style").iter().all(|x| (0.03..=0.60).contains(x)),
+                    "{c}+{s} style {:?}",
+                    shares("style")
+                );
+                for g in ["shift", "hist"] {
+                    assert!(shares(g).iter().all(|x| (0.10..=0.90).contains(x)), "{c}+{s} {g} {:?}", shares(g));
+                }
+            } else {
+                let st = shares("style");
+                assert!(st[0] + st[1] > 0.8, "raw: the shallow layers dominate ({st:?}); the test's premise changed");
+            }
+        }
+    }
+}

@@ -1,13 +1,27 @@
-"""onnx_ad, adapted to image graphs of dynamic height and width.
+"""onnx_ad, adapted to image graphs of dynamic height and width, and to GPU back ends (TensorRT, ONNX Runtime CUDA).
 
 onnx_ad's reverse rule for Conv sets ConvTranspose's `output_shape` from the input's static shape, so it refuses a
 graph whose H and W are symbolic. For a "same" convolution (stride 1, dilation 1, pads (k-1)/2 on each side, as
 in every VGG layer) the transposed convolution's pads alone give exactly the input's size, so `output_shape` is not
 needed. This module registers a Conv rule that emits that form in the dynamic case and defers to onnx_ad's own
 rule otherwise; everything else (the walk, the other rules, the seed handling) is onnx_ad's.
+
+Two more adaptations make the gradient graph one TensorRT and ONNX Runtime's CUDA provider run whole:
+
+* Broadcast undo with constant axes. Where an operand's shape is symbolic, onnx_ad sums the incoming derivative over
+  `Squeeze(NonZero(Equal(Shape(operand), 1)))`: axes known only at run time, which TensorRT refuses and which leave
+  the ReduceSum's output without a rank under ONNX shape inference. Here the axes are decided from the symbolic
+  shapes the exporter declares (graph.py writes every activation's dims as value_info, named like the graph's
+  inputs: `relu4_2_h`, ...): an axis is summed when the operand lacks it or its extent is the constant 1; an axis
+  of symbolic extent is left alone when every other operand of the node has, on that axis, the same symbol, the
+  constant 1, or no axis at all: then the result has the operand's extent there, whatever its value at run time
+  (1 included), and a sum over it would be the identity. Anything else raises instead of guessing.
+* MaxPool without `Indices` and without ScatterND (see `_max_pool_reverse`).
 """
+import numpy as np
+from onnx import TensorProto, helper
 from onnx_ad import rules as _rules
-from onnx_ad._build import UnsupportedOperator
+from onnx_ad._build import Context as _Context, UnsupportedOperator
 
 _original_conv_reverse = _rules.REVERSE["Conv"]
 
@@ -39,6 +53,178 @@ def _same_conv_reverse(ctx, node, grads):
 _rules.REVERSE["Conv"] = _same_conv_reverse
 
 
+# ---- broadcast undo with constant axes ----------------------------------------------------------------------------
+
+_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Sum", "Max", "Min", "Mean", "Where", "PRelu"}
+_state = {"declared": None, "node": None}
+_original_unbroadcast = _Context.unbroadcast
+
+
+def _declared_shapes(model):
+    """value -> dims (ints, dim names, or None where unknown) from the model's inputs, outputs, value_info and
+    initializers."""
+    out = {t.name: list(t.dims) for t in model.graph.initializer}
+    for v in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
+        t = v.type.tensor_type
+        if t.HasField("shape"):
+            out[v.name] = [d.dim_value if d.WhichOneof("value") == "dim_value" else (d.dim_param or None)
+                           for d in t.shape.dim]
+    return out
+
+
+def _dims(ctx, name):
+    declared = (_state["declared"] or {}).get(name)
+    if declared is not None:
+        return declared
+    shape = ctx.shapes.shape(name)
+    return None if shape is None else list(shape)
+
+
+def _same_extent(ctx, node, target, axis_from_end, dim):
+    """Whether, for every run-time size, the result of `node` has the extent of `target` along the axis
+    `axis_from_end` (counted from the last axis, 1 = last): then summing over it is the identity."""
+    if node is None:
+        return False
+    if node.op_type == "MatMul":
+        # a 2-D product does not broadcast: each operand's contribution has that operand's shape exactly
+        return all(len(_dims(ctx, i) or []) == 2 for i in node.input[:2])
+    if node.op_type not in _ELEMENTWISE or dim is None:
+        return False
+    for other in node.input:
+        if not other or other == target:
+            continue
+        dims = _dims(ctx, other)
+        if dims is None:
+            return False
+        if axis_from_end > len(dims):
+            continue                          # `other` lacks the axis: it is broadcast along it
+        d = dims[len(dims) - axis_from_end]
+        if d != 1 and d != dim:
+            return False
+    return True
+
+
+def _unbroadcast(self, value, source_rank, target):
+    if self.shapes.static(target) is not None:
+        return _original_unbroadcast(self, value, source_rank, target)
+    dims = _dims(self, target)
+    if dims is None:
+        raise UnsupportedOperator(f"the rank of '{target}' is unknown: declare its shape (graph.py)")
+    lead = source_rank - len(dims)
+    if lead < 0:
+        raise UnsupportedOperator(f"'{target}' has rank {len(dims)}, more than the {source_rank} it feeds")
+    axes = list(range(lead))
+    for i, d in enumerate(dims):
+        if isinstance(d, int) and d == 1:
+            axes.append(lead + i)
+        elif isinstance(d, int) and d > 1:
+            continue
+        elif not _same_extent(self, _state["node"], target, len(dims) - i, d):
+            node = _state["node"]
+            raise UnsupportedOperator(
+                f"cannot prove that axis {i} of '{target}' (extent {d!r}) is never broadcast in "
+                f"{node.op_type if node is not None else '?'} '{node.output[0] if node is not None else '?'}': "
+                "declare the symbolic shapes of its operands (graph.py)")
+    if not axes:
+        return value
+    reduced = self.reduce_sum(value, axes, keepdims=1)
+    if lead == 0:
+        return reduced                        # keepdims: already shape(target) ++ [seed]
+    return self.squeeze(reduced, list(range(lead)))
+
+
+# ---- max pooling without Indices and ScatterND --------------------------------------------------------------------
+
+def _attr(node, name, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+_original_max_pool_reverse = _rules.REVERSE["MaxPool"]
+
+
+def _max_pool_reverse(ctx, node, grads):
+    """2x2 max pooling, stride 2, floor mode (VGG's): the input gradient routes each window's output gradient to the
+    element MaxPool's `Indices` would name, the first maximum of the window in row-major order (ONNX Runtime's
+    kernels and onnx.reference both take a later element only if it is strictly greater). Without Indices: the
+    even-sized crop of x is viewed as [N, C, h, 2, w, 2] and compared with the pooled y; of the window's four
+    positions (0,0), (0,1), (1,0), (1,1) the first equal one gets the gradient:
+        m00 = e00, m01 = e01 (1 - e00), m10 = e10 (1 - e00)(1 - e01), m11 = e11 (1 - e00)(1 - e01)(1 - e10),
+    e = (x == y) as 0/1. The dropped last row/column of an odd size gets zero (Pad). Exact: the same element gets
+    the same gradient as onnx_ad's MaxPool(Indices) + ScatterND(add) (tests/test_gpu_graph.py, with ties)."""
+    k = list(_attr(node, "kernel_shape", []))
+    ok = (k == [2, 2] and list(_attr(node, "strides", [1, 1])) == [2, 2]
+          and not any(_attr(node, "pads", [0, 0, 0, 0])) and list(_attr(node, "dilations", [1, 1])) == [1, 1]
+          and not _attr(node, "ceil_mode", 0) and _attr(node, "auto_pad", "NOTSET") in ("NOTSET", b"NOTSET", "VALID",
+                                                                                        b"VALID")
+          and (len(node.output) == 1 or not node.output[1]) and ctx.rank(node.input[0]) == 4)
+    if not ok:
+        return _original_max_pool_reverse(ctx, node, grads)
+    b = ctx.b
+    x, y = node.input[0], node.output[0]
+    dtype = ctx.dtype(x)
+    ys = ctx.shape_of(y)                                                   # [N, C, h, w]
+    nc = ctx.slice(ys, [0], [2], [0])
+    h, w = ctx.slice(ys, [2], [3], [0]), ctx.slice(ys, [3], [4], [0])
+    two = b.ints([2])
+    crop = b.op("Slice", [x, b.ints([0, 0]), b.op("Mul", [ctx.slice(ys, [2], [4], [0]), two]), b.ints([2, 3])],
+                stem="mp_crop")
+    windows = b.op("Reshape", [crop, b.op("Concat", [nc, h, two, w, two], axis=0)], stem="mp_windows")
+    equal = b.op("Cast", [b.op("Equal", [windows, ctx.unsqueeze(y, [3, 5])])], to=dtype, stem="mp_eq")
+    one = ctx.constant(1.0, dtype)
+
+    def at(i, j):
+        return ctx.slice(equal, [i, j], [i + 1, j + 1], [3, 5], stem="mp_e")
+
+    e00, e01, e10, e11 = at(0, 0), at(0, 1), at(1, 0), at(1, 1)
+    free0 = b.op("Sub", [one, e00])
+    m01 = b.op("Mul", [e01, free0])
+    free1 = b.op("Mul", [free0, b.op("Sub", [one, e01])])
+    m10 = b.op("Mul", [e10, free1])
+    m11 = b.op("Mul", [e11, b.op("Mul", [free1, b.op("Sub", [one, e10])])])
+    mask = b.op("Concat", [b.op("Concat", [e00, m01], axis=5), b.op("Concat", [m10, m11], axis=5)], axis=3,
+                stem="mp_mask")                                            # [N, C, h, 2, w, 2]
+    g = ctx.full(grads[0], y)                                              # [N, C, h, w, S]
+    routed = b.op("Mul", [ctx.unsqueeze(g, [3, 5]), ctx.unsqueeze(mask, [6])], stem="mp_routed")
+    gs = b.op("Shape", [g])
+    flat = b.op("Reshape", [routed, b.op("Concat", [nc, b.op("Mul", [h, two]), b.op("Mul", [w, two]),
+                                                    ctx.slice(gs, [4], [5], [0])], axis=0)], stem="mp_flat")
+    xs = ctx.shape_of(x)
+    rest = b.op("Sub", [ctx.slice(xs, [2], [4], [0]), b.op("Mul", [ctx.slice(ys, [2], [4], [0]), two])])
+    pads = b.op("Concat", [b.ints([0] * 5), b.ints([0, 0]), rest, b.ints([0])], axis=0, stem="mp_pads")
+    return [b.op("Pad", [flat, pads], stem="a_maxpool")]
+
+
+
+
+def _tracking(rule):
+    def tracked(ctx, node, grads):
+        outer = _state["node"]
+        _state["node"] = node
+        try:
+            return rule(ctx, node, grads)
+        finally:
+            _state["node"] = outer
+    tracked.fuchun_tracked = True
+    return tracked
+
+
 def reverse(model, **kwargs):
+    """onnx_ad.reverse with the rules above; the model's declared symbolic shapes decide the broadcast axes."""
     from onnx_ad import reverse as _reverse
-    return _reverse(model, **kwargs)
+    saved = dict(_rules.REVERSE)
+    _state["declared"] = _declared_shapes(model)
+    _Context.unbroadcast = _unbroadcast
+    _rules.REVERSE["MaxPool"] = _max_pool_reverse
+    for op, rule in dict(_rules.REVERSE).items():
+        if not getattr(rule, "fuchun_tracked", False):
+            _rules.REVERSE[op] = _tracking(rule)
+    try:
+        return _reverse(model, **kwargs)
+    finally:
+        _rules.REVERSE.clear()
+        _rules.REVERSE.update(saved)
+        _Context.unbroadcast = _original_unbroadcast
+        _state["declared"] = None

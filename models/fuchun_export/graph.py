@@ -10,8 +10,20 @@ from onnx import helper, numpy_helper
 
 from .weights import Weights, conv_names
 
-OPSET = 18
+# Opset 17: the newest TensorRT 8.6 (JetPack 6.0) parses; see gpu_support/.
+OPSET = 17
 TERMS = ("content", "style", "shift", "hist", "tv")
+
+# Float16 safety (models/README.md, "Float16"). The Gram differences G - A of the style and shift terms reach ~1.4e4
+# with the hed weights, their squares 2e8, a layer's mean 4e5: each difference is scaled by 2^-3 / C (C^2 elements)
+# before squaring and summed, so those terms are computed as loss * 2^-6 inside the graph; the histogram term's
+# differences (up to ~180 at relu1_1) are halved before squaring (loss * 2^-2), the TV term's image differences
+# multiplied by 2^4 (loss * 2^8: most squared pixel differences are below 2^-14). The differentiated objective is
+# total * OBJECTIVE_SCALE (`total_scaled`), seeded with GRAD_SEED (export.py) so that fewer of the backward pass's
+# values fall below float16's normal range; the `total`, `loss_*` and `grad` outputs are unscaled by a few scalar
+# (and one [1,3,H,W]) operations named `fp32_*`, which must run in float32 (manifest: fp16.fp32_values).
+DIFF_SCALE = {"style": 2.0 ** -3, "shift": 2.0 ** -3, "hist": 2.0 ** -1, "tv": 2.0 ** 4}
+OBJECTIVE_SCALE = 1.0
 
 
 class ConfigError(Exception):
@@ -80,6 +92,9 @@ class Builder:
         self.elem = helper.np_dtype_to_tensor_dtype(self.dtype)
         self.nodes, self.inits, self.inputs, self.outputs = [], [], [], []
         self._n = 0
+        # Symbolic shapes of the values whose extents the exporter knows (value -> dims, ints or dim names).
+        # Written as value_info: onnx_ad's broadcast undo (ad.py) reads them to choose constant reduction axes.
+        self.shapes = {}
 
     def name(self, stem):
         self._n += 1
@@ -101,14 +116,21 @@ class Builder:
 
     def input(self, name, shape, elem=None):
         self.inputs.append(helper.make_tensor_value_info(name, elem or self.elem, shape))
+        self.shapes[name] = list(shape)
         return name
+
+    def declare(self, value, shape):
+        self.shapes[value] = list(shape)
+        return value
 
     def output(self, value, name, shape, elem=None):
         self.nodes.append(helper.make_node("Identity", [value], [name]))
         self.outputs.append(helper.make_tensor_value_info(name, elem or self.elem, shape))
 
     def model(self, graph_name, doc=""):
-        graph = helper.make_graph(self.nodes, graph_name, self.inputs, self.outputs, self.inits)
+        io = {v.name for v in self.inputs + self.outputs}
+        info = [helper.make_tensor_value_info(v, self.elem, dims) for v, dims in self.shapes.items() if v not in io]
+        graph = helper.make_graph(self.nodes, graph_name, self.inputs, self.outputs, self.inits, value_info=info)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                                   producer_name="fuchun-export", doc_string=doc)
         model.ir_version = 9
@@ -124,11 +146,15 @@ def vgg_features(b: Builder, weights: Weights, x, wanted, pooling):
     std_rgb = np.array([pre.std[perm[c]] for c in range(3)])
     scale = (pre.scale / std_rgb).reshape(1, 3, 1, 1)
     shift = (-mean_rgb / std_rgb).reshape(1, 3, 1, 1)
-    v = b.op("Add", [b.op("Mul", [x, b.const(scale, "pre_scale")]), b.const(shift, "pre_shift")], "pre")
+    v = b.declare(b.op("Add", [b.declare(b.op("Mul", [x, b.const(scale, "pre_scale")]), [1, 3, "H", "W"]),
+                               b.const(shift, "pre_shift")], "pre"), [1, 3, "H", "W"])
     order = layer_names(weights.arch)
     deepest = max(order.index(w) for w in wanted)
     found = {}
     for layer in order[:deepest + 1]:
+        # Every activation's symbolic shape, named like the graph inputs of that layer (content_relu4_2 is
+        # [1, C, relu4_2_h, relu4_2_w]): onnx_ad's broadcast undo reads them (ad.py).
+        dims = [1, layer_info(weights.arch, weights, layer)[0], f"{layer}_h", f"{layer}_w"]
         if layer.startswith("relu"):
             conv = "conv" + layer[4:]
             k = weights.kernels[conv]
@@ -136,12 +162,13 @@ def vgg_features(b: Builder, weights: Weights, x, wanted, pooling):
                 k = k[:, perm]  # network expects BGR; our input v is RGB
             v = b.op("Conv", [v, b.const(k, conv + "_W"), b.const(weights.biases[conv], conv + "_B")], conv,
                      kernel_shape=[3, 3], pads=[1, 1, 1, 1])
-            v = b.op("Relu", [v], layer)
+            v = b.op("Relu", [b.declare(v, dims)], layer)
         else:
             if pooling == "max":
                 v = b.op("MaxPool", [v], layer, kernel_shape=[2, 2], strides=[2, 2])
             else:
                 v = _avg_pool2(b, v)
+        b.declare(v, dims)
         if layer in wanted:
             found[layer] = v
     return found
@@ -159,7 +186,7 @@ def _avg_pool2(b, v):
     half = b.op("Div", [b.op("Gather", [shape, b.i64([2, 3])], axis=0), b.i64([2])])
     h2, w2 = b.op("Split", [half, b.i64([1, 1])], n_out=2, axis=0)
     target = b.op("Concat", [b.op("Gather", [shape, b.i64([0, 1])], axis=0), h2, b.i64([2]), w2, b.i64([2])], axis=0)
-    return b.op("ReduceMean", [b.op("Reshape", [v, target]), b.i64([3, 5])], "pool", keepdims=0)
+    return b.op("ReduceMean", [b.op("Reshape", [v, target])], "pool", axes=[3, 5], keepdims=0)
 
 
 def exact_hist_layers(weights: Weights, cfg: LossConfig):
@@ -196,44 +223,87 @@ def build_features(weights: Weights, cfg: LossConfig, dtype=np.float32):
 
 # ---- loss pieces -------------------------------------------------------------------------------------
 
-def _mse(b, a, t):
+def _mean_square(b, d, scale=1.0, count=None):
+    """scale^2 mean(d^2). With `count` (static, the Gram terms' C^2): sum((d scale / sqrt(count))^2), each square
+    already divided. Otherwise ((d scale)^2 averaged one axis at a time: the same mean, and the derivative of each
+    ReduceMean divides by that axis's extent (<= 1024) instead of the element count (64 h w at relu1_1, past
+    float16's 65504 from ~40 px)."""
+    if count:
+        scaled = b.op("Mul", [d, b.const(scale / np.sqrt(count), "diff_scale")], "scaled_diff")
+        if d in b.shapes:
+            b.declare(scaled, b.shapes[d])
+        return b.op("ReduceSum", [b.op("Mul", [scaled, scaled])], "mse", keepdims=0)
+    if scale != 1.0:
+        scaled = b.op("Mul", [d, b.const(scale, "diff_scale")], "scaled_diff")
+        if d in b.shapes:
+            b.declare(scaled, b.shapes[d])
+        d = scaled
+    v = b.op("Mul", [d, d])
+    for axis in reversed(range(len(b.shapes[d]))):
+        v = b.op("ReduceMean", [v], "mse", axes=[axis], keepdims=0)
+    return v
+
+
+def _mse(b, a, t, scale=1.0, count=None):
+    """scale^2 mean((a - t)^2) (see _mean_square)."""
     d = b.op("Sub", [a, t])
-    return b.op("ReduceMean", [b.op("Mul", [d, d])], "mse", keepdims=0)
+    if a in b.shapes:
+        b.declare(d, b.shapes[a])
+    return _mean_square(b, d, scale, count)
 
 
 def _count(b, v, axes):
-    """Number of elements along `axes` of v, as a float scalar (no derivative: comes from Shape)."""
+    """Number of elements along `axes` of v, as a float scalar (no derivative: comes from Shape). The product is
+    taken in floating point: TensorRT reduces only floating-point tensors."""
     shape = b.op("Shape", [v])
-    dims = b.op("Gather", [shape, b.i64(axes)], axis=0)
-    n = b.op("ReduceProd", [dims], keepdims=0)
-    return b.op("Cast", [n], to=b.elem)
+    dims = b.op("Cast", [b.op("Gather", [shape, b.i64(axes)], axis=0)], to=b.elem)
+    return b.op("ReduceProd", [dims], axes=[0], keepdims=0)
 
 
 def _gram(b, f1, f2, channels):
-    """f1 f2^T / n over the spatial positions, [C, C]."""
+    """f1 f2^T / n over the n spatial positions, [C, C], as (f1 / sqrt(n)) (f2 / sqrt(n))^T: each factor is scaled
+    before the product, so no intermediate is n times larger than the result (F F^T alone reaches ~2e9 at 512 px
+    with the hed weights, beyond float16's 65504)."""
     shape = b.i64([channels, -1])
-    a = b.op("Reshape", [f1, shape])
-    c = b.op("Reshape", [f2, shape])
-    g = b.op("MatMul", [a, b.op("Transpose", [c], perm=[1, 0])], "gram")
-    return b.op("Div", [g, _count(b, f1, [2, 3])])
+    # 1 / (sqrt(h) sqrt(w)): h w itself passes 65504 at 256 px
+    dims = b.op("Cast", [b.op("Gather", [b.op("Shape", [f1]), b.i64([2, 3])], axis=0)], to=b.elem)
+    r = b.op("Div", [b.const(1.0), b.op("ReduceProd", [b.op("Sqrt", [dims])], axes=[0], keepdims=0)], "inv_sqrt_n")
+
+    def factor(f):
+        flat = b.declare(b.op("Reshape", [f, shape]), [channels, f"{f}_n"])
+        return b.declare(b.op("Mul", [flat, r], "scaled"), [channels, f"{f}_n"])
+
+    a = factor(f1)
+    c = a if f2 == f1 else factor(f2)
+    return b.op("MatMul", [a, b.op("Transpose", [c], perm=[1, 0])], "gram")
 
 
 def _shifted_pair(b, v, axis, d):
     """(v[..., :-d], v[..., d:]) along `axis`, by Split with sizes computed at run time (onnx_ad reverses Split
-    into a Concat with zeros for any image size; Slice would need a static shape)."""
+    into a Concat with zeros for any image size; Slice would need a static shape). Both halves have the extent
+    (extent - d) along `axis`: one symbol, declared for the broadcast undo (ad.py)."""
     extent = b.op("Gather", [b.op("Shape", [v]), b.i64([axis])], axis=0)        # [1]
     rest = b.op("Sub", [extent, b.i64([d])])
     head, _ = b.op("Split", [v, b.op("Concat", [rest, b.i64([d])], axis=0)], "split", n_out=2, axis=axis)
     _, tail = b.op("Split", [v, b.op("Concat", [b.i64([d]), rest], axis=0)], "split", n_out=2, axis=axis)
+    if v in b.shapes:
+        dims = list(b.shapes[v])
+        dims[axis] = f"{dims[axis]}_less_{d}"
+        b.declare(head, dims)
+        b.declare(tail, dims)
     return head, tail
 
 
-def _weighted_sum(b, losses, weights_input):
-    """sum_l w[l] * loss[l] with w a graph input of shape [L]; 0 when there are no layers."""
+def _weighted_sum(b, losses, weights_input, per_layer=None, term=None):
+    """sum_l w[l] * loss[l] with w a graph input of shape [L]; 0 when there are no layers. With `per_layer` (a dict),
+    the weighted per-layer values w[l] * loss[l] ([L]) are recorded under `term` (outputs `layers_<term>`)."""
     if not losses:
         return b.const(0.0, "zero")
     stacked = b.op("Concat", [b.op("Unsqueeze", [l, b.i64([0])]) for l in losses], axis=0)
-    return b.op("ReduceSum", [b.op("Mul", [stacked, weights_input])], keepdims=0)
+    weighted = b.op("Mul", [stacked, weights_input])
+    if per_layer is not None:
+        per_layer[term] = (weighted, len(losses))
+    return b.op("ReduceSum", [weighted], keepdims=0)
 
 
 def build_loss(weights: Weights, cfg: LossConfig, dtype=np.float32):
@@ -245,6 +315,7 @@ def build_loss(weights: Weights, cfg: LossConfig, dtype=np.float32):
     feats = vgg_features(b, weights, x, cfg.all_layers(), cfg.pooling)
     info = {name: layer_info(arch, weights, name) for name in cfg.all_layers()}
     terms = {}
+    per_layer = {}
 
     losses = []
     for layer in cfg.content_layers:
@@ -252,15 +323,15 @@ def build_loss(weights: Weights, cfg: LossConfig, dtype=np.float32):
         t = b.input(f"content_{layer}", [1, c, f"{layer}_h", f"{layer}_w"])
         losses.append(_mse(b, feats[layer], t))
     w_content = b.input("content_layer_weights", [len(cfg.content_layers)])
-    terms["content"] = _weighted_sum(b, losses, w_content)
+    terms["content"] = _weighted_sum(b, losses, w_content, per_layer, "content")
 
     losses = []
     for layer in cfg.style_layers:
         c = info[layer][0]
         t = b.input(f"gram_{layer}", [c, c])
-        losses.append(_mse(b, _gram(b, feats[layer], feats[layer], c), t))
+        losses.append(_mse(b, _gram(b, feats[layer], feats[layer], c), t, DIFF_SCALE["style"], c * c))
     w_style = b.input("style_layer_weights", [len(cfg.style_layers)])
-    terms["style"] = _weighted_sum(b, losses, w_style)
+    terms["style"] = _weighted_sum(b, losses, w_style, per_layer, "style")
 
     losses = []
     for layer, d in cfg.shift_layers.items():
@@ -269,11 +340,11 @@ def build_loss(weights: Weights, cfg: LossConfig, dtype=np.float32):
         tv = b.input(f"shift_v_{layer}", [c, c])
         gh = _gram(b, *_shifted_pair(b, f, 3, d), c)
         gv = _gram(b, *_shifted_pair(b, f, 2, d), c)
-        both = b.op("Add", [_mse(b, gh, th), _mse(b, gv, tv)])
+        both = b.op("Add", [_mse(b, gh, th, DIFF_SCALE["shift"], c * c), _mse(b, gv, tv, DIFF_SCALE["shift"], c * c)])
         losses.append(b.op("Mul", [both, b.const(0.5)]))
     if cfg.shift_layers:
         w_shift = b.input("shift_layer_weights", [len(cfg.shift_layers)])
-        terms["shift"] = _weighted_sum(b, losses, w_shift)
+        terms["shift"] = _weighted_sum(b, losses, w_shift, per_layer, "shift")
     else:
         terms["shift"] = b.const(0.0, "zero")
 
@@ -284,26 +355,38 @@ def build_loss(weights: Weights, cfg: LossConfig, dtype=np.float32):
         # outputs (a radix sort per channel, src/transfer/histmatch.rs), which is much cheaper than TopK in the
         # graph (27 % of an evaluation at 512 px) and lets it choose how often to re-sort.
         m = b.input(f"hist_target_{layer}", [1, c, f"{layer}_h", f"{layer}_w"])
-        losses.append(_mse(b, feats[layer], m))
+        losses.append(_mse(b, feats[layer], m, DIFF_SCALE["hist"]))
     if cfg.hist_layers:
         w_hist = b.input("hist_layer_weights", [len(cfg.hist_layers)])
-        terms["hist"] = _weighted_sum(b, losses, w_hist)
+        terms["hist"] = _weighted_sum(b, losses, w_hist, per_layer, "hist")
     else:
         terms["hist"] = b.const(0.0, "zero")
 
     left, right = _shifted_pair(b, x, 3, 1)
     top, bottom = _shifted_pair(b, x, 2, 1)
-    dx = b.op("Sub", [right, left])
-    dy = b.op("Sub", [bottom, top])
-    terms["tv"] = b.op("Add", [b.op("ReduceMean", [b.op("Mul", [dx, dx])], keepdims=0),
-                               b.op("ReduceMean", [b.op("Mul", [dy, dy])], keepdims=0)], "tv")
+    dx = b.declare(b.op("Sub", [right, left]), b.shapes[right])
+    dy = b.declare(b.op("Sub", [bottom, top]), b.shapes[bottom])
+    terms["tv"] = b.op("Add", [_mean_square(b, dx, DIFF_SCALE["tv"]), _mean_square(b, dy, DIFF_SCALE["tv"])], "tv")
 
+    # terms[t] is loss_t * k_t, k_t = DIFF_SCALE[t]^2 (1 for the others).
+    k = np.array([DIFF_SCALE.get(t, 1.0) ** 2 for t in TERMS])
     tw = b.input("term_weights", [len(TERMS)])
     stacked = b.op("Concat", [b.op("Unsqueeze", [terms[t], b.i64([0])]) for t in TERMS], axis=0)
-    total = b.op("ReduceSum", [b.op("Mul", [stacked, tw])], "total", keepdims=0)
+    # the objective onnx_ad differentiates: sum_t tw_t (OBJECTIVE_SCALE / k_t) terms[t] = OBJECTIVE_SCALE * total
+    factors = b.op("Mul", [tw, b.const(OBJECTIVE_SCALE / k, "objective_factors")])
+    scaled = b.op("ReduceSum", [b.op("Mul", [stacked, factors])], "total_scaled", keepdims=0)
+    b.output(scaled, "total_scaled", [])
+    # the outputs, in float32: loss_t = terms[t] / k_t, total = sum_t tw_t loss_t
+    unscaled = b.op("Mul", [stacked, b.const(1.0 / k, "fp32_unscale")], "fp32_losses")
+    total = b.op("ReduceSum", [b.op("Mul", [unscaled, tw], "fp32_weighted")], "fp32_total", keepdims=0)
     b.output(total, "total", [])
-    for t in TERMS:
-        b.output(terms[t], f"loss_{t}", [])
+    for i, t in enumerate(TERMS):
+        b.output(b.op("Gather", [unscaled, b.i64(i)], f"fp32_loss_{t}", axis=0), f"loss_{t}", [])
+    # each layer's weighted share of its term (sums to loss_t), for traces and the layer-balance checks
+    for t, (weighted, n) in per_layer.items():
+        k_t = DIFF_SCALE.get(t, 1.0) ** 2
+        b.output(b.op("Mul", [weighted, b.const(1.0 / k_t, "fp32_layer_unscale")], f"fp32_layers_{t}"),
+                 f"layers_{t}", [n])
     exact = exact_hist_layers(weights, cfg)
     for layer in cfg.hist_layers:
         if layer not in exact:

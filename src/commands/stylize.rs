@@ -9,6 +9,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::common::ModelArgs;
+use crate::engine::model::LAYER_GROUPS;
 use crate::imageio::{self, Limits, Planar};
 use crate::transfer::{stylize, EvalRecord, Hooks, Init, LayerGroup, Optimizer, StylizeOptions, Weights};
 
@@ -190,10 +191,14 @@ impl Hooks for CliHooks {
         }
         if let Some(t) = &mut self.trace {
             let l = &r.losses;
+            // each layer's weighted loss (summing to its term), in the manifest's layer order
+            let layers: serde_json::Map<String, serde_json::Value> =
+                LAYER_GROUPS.iter().map(|g| (g.to_string(), serde_json::json!(l.layer_losses(g)))).collect();
             let line = serde_json::json!({
                 "scale": r.scale, "width": r.width, "height": r.height, "iteration": r.iteration,
                 "evaluation": r.evaluation, "total": l.total, "content": l.terms[0], "style": l.terms[1],
-                "shift": l.terms[2], "hist": l.terms[3], "tv": l.terms[4], "elapsed_ms": r.elapsed_ms,
+                "shift": l.terms[2], "hist": l.terms[3], "tv": l.terms[4], "layers": layers,
+                "elapsed_ms": r.elapsed_ms,
             });
             if let Err(e) = writeln!(t, "{line}") {
                 self.trace_error.get_or_insert(e);

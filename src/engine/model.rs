@@ -27,16 +27,44 @@ impl FeatureMap {
     }
 }
 
+/// The layer groups with per-layer losses, in the order of `Losses::layers`.
+pub const LAYER_GROUPS: [&str; 4] = ["content", "style", "shift", "hist"];
+/// Layers per group that `Losses` keeps.
+pub const MAX_GROUP_LAYERS: usize = 16;
+
 /// Losses of one evaluation (each term layer-weighted, before its term weight).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Losses {
     pub total: f64,
     pub terms: [f64; 5],
+    /// Per group (LAYER_GROUPS), each layer's weighted loss (summing to the term), in the manifest's layer order;
+    /// `layer_counts` says how many are set (0 for graphs exported without `layers_*` outputs).
+    pub layers: [[f64; MAX_GROUP_LAYERS]; 4],
+    pub layer_counts: [u8; 4],
 }
 
 impl Losses {
     pub fn term(&self, name: &str) -> f64 {
         TERMS.iter().position(|t| *t == name).map(|i| self.terms[i]).unwrap_or(f64::NAN)
+    }
+
+    /// Each layer's weighted loss of a group ("content", "style", "shift", "hist").
+    pub fn layer_losses(&self, group: &str) -> &[f64] {
+        match LAYER_GROUPS.iter().position(|g| *g == group) {
+            Some(i) => &self.layers[i][..self.layer_counts[i] as usize],
+            None => &[],
+        }
+    }
+
+    /// Each layer's share of its term (sums to 1; empty when the term is 0 or unknown).
+    pub fn layer_shares(&self, group: &str) -> Vec<f64> {
+        let v = self.layer_losses(group);
+        let sum: f64 = v.iter().sum();
+        if sum > 0.0 {
+            v.iter().map(|x| x / sum).collect()
+        } else {
+            Vec::new()
+        }
     }
 }
 
@@ -571,9 +599,19 @@ impl Model {
             let (_, d) = outputs[name].try_extract_tensor::<f32>().map_err(|e| anyhow!("output {name}: {e}"))?;
             d.first().map(|v| *v as f64).ok_or_else(|| anyhow!("output {name} is empty"))
         };
-        let mut losses = Losses { total: scalar("total")?, terms: [0.0; 5] };
+        let mut losses = Losses { total: scalar("total")?, ..Losses::default() };
         for (i, t) in TERMS.iter().enumerate() {
             losses.terms[i] = scalar(&format!("loss_{t}"))?;
+        }
+        for (i, g) in LAYER_GROUPS.iter().enumerate() {
+            if let Some(v) = outputs.get(&format!("layers_{g}")) {
+                let (_, d) = v.try_extract_tensor::<f32>().map_err(|e| anyhow!("output layers_{g}: {e}"))?;
+                let n = d.len().min(MAX_GROUP_LAYERS);
+                for (dst, src) in losses.layers[i].iter_mut().zip(&d[..n]) {
+                    *dst = *src as f64;
+                }
+                losses.layer_counts[i] = n as u8;
+            }
         }
         let (_, g) = outputs["grad"].try_extract_tensor::<f32>().map_err(|e| anyhow!("output grad: {e}"))?;
         if g.len() != grad.len() {
