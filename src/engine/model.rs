@@ -604,7 +604,7 @@ impl Model {
             losses.terms[i] = scalar(&format!("loss_{t}"))?;
         }
         for (i, g) in LAYER_GROUPS.iter().enumerate() {
-            if let Some(v) = outputs.get(&format!("layers_{g}")) {
+            if let Some(v) = outputs.get(format!("layers_{g}")) {
                 let (_, d) = v.try_extract_tensor::<f32>().map_err(|e| anyhow!("output layers_{g}: {e}"))?;
                 let n = d.len().min(MAX_GROUP_LAYERS);
                 for (dst, src) in losses.layers[i].iter_mut().zip(&d[..n]) {
