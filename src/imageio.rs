@@ -557,6 +557,42 @@ mod tests {
         assert!(red(2, 2) < 0.2);
     }
 
+    /// Every EXIF orientation (1–8), through the full decode and the DCT-scaled one: a red block in the stored
+    /// image's top-left corner lands where the orientation says.
+    #[test]
+    fn every_exif_orientation_is_honoured() {
+        let mut img = Planar::new(40, 20);
+        for y in 0..6 {
+            for x in 0..6 {
+                img.data[y * 40 + x] = 1.0;
+            }
+        }
+        // (orientation, displayed width, height, where the corner goes: 0 top-left, 1 top-right, 2 bottom-right,
+        // 3 bottom-left)
+        let cases = [(1, 40, 20, 0), (2, 40, 20, 1), (3, 40, 20, 2), (4, 40, 20, 3), (5, 20, 40, 0), (6, 20, 40, 1)];
+        let cases = cases.into_iter().chain([(7, 20, 40, 2), (8, 20, 40, 3)]);
+        for (o, w, h, corner) in cases {
+            let bytes = jpeg_with_orientation(&img, o);
+            let full = decode(&bytes, &Limits::default()).unwrap();
+            let fitted = decode_fitted(&bytes, &Limits::default(), 40).unwrap();
+            for (what, got) in [("decode", &full), ("decode_fitted", &fitted.image)] {
+                assert_eq!((got.width, got.height), (w, h), "orientation {o} ({what})");
+                let n = got.width * got.height;
+                let red = |x: usize, y: usize| got.data[y * got.width + x] - got.data[n + y * got.width + x];
+                let spots = [(2, 2), (w - 3, 2), (w - 3, h - 3), (2, h - 3)];
+                for (k, (x, y)) in spots.into_iter().enumerate() {
+                    let r = red(x, y);
+                    if k == corner {
+                        assert!(r > 0.6, "orientation {o} ({what}): no red at corner {k} ({r})");
+                    } else {
+                        assert!(r < 0.2, "orientation {o} ({what}): red at corner {k} ({r})");
+                    }
+                }
+            }
+            assert_eq!((fitted.width, fitted.height), (w, h));
+        }
+    }
+
     #[test]
     fn hostile_inputs_give_the_right_errors() {
         let l = Limits::default();

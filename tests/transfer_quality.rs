@@ -224,3 +224,30 @@ fn every_layer_counts_at_the_start_with_the_normalisation() {
         }
     }
 }
+
+/// `--luminance-only`: the transfer runs on luminance (the style's matched to the content's statistics) and the
+/// result has the content's chroma, while its luminance is the stylised one.
+#[test]
+fn luminance_only_keeps_the_content_chroma_and_changes_the_luminance() {
+    use fuchun::transfer::color::rgb_to_ycbcr;
+    let mut model = Model::load(&common::test_model(), &RuntimeOptions::default()).unwrap();
+    let (content, style) = images();
+    let mut opts = StylizeOptions::new(Weights::defaults(&model.manifest));
+    opts.image_size = 64;
+    opts.iterations = 20;
+    opts.tol = 0.0;
+    opts.luminance_only = true;
+    let out = stylize(&mut model, &content, std::slice::from_ref(&style), &opts, &mut NoHooks).unwrap();
+    let c = content.resize(out.image.width, out.image.height);
+    let n = c.width * c.height;
+    let ycc = |p: &Planar, i: usize| rgb_to_ycbcr(p.data[i], p.data[n + i], p.data[2 * n + i]);
+    let (mut chroma, mut luma) = (0.0f32, 0.0f32);
+    for i in 0..n {
+        let ((yo, cbo, cro), (yc, cbc, crc)) = (ycc(&out.image, i), ycc(&c, i));
+        chroma += (cbo - cbc).abs() + (cro - crc).abs();
+        luma += (yo - yc).abs();
+    }
+    let (chroma, luma) = (chroma / n as f32, luma / n as f32);
+    assert!(chroma < 0.02, "chroma moved by {chroma}");
+    assert!(luma > 0.01, "luminance unchanged ({luma}): no transfer happened");
+}

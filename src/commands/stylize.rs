@@ -111,9 +111,13 @@ pub struct TransferArgs {
     /// Adam learning rate (image in [0,1]).
     #[arg(long, default_value_t = 0.02)]
     pub learning_rate: f32,
-    /// Keep the content's colours (luminance-only transfer, YCbCr).
+    /// Keep the content's colours: the stylised luminance with the content's chroma (YCbCr), after the transfer.
     #[arg(long)]
     pub original_colors: bool,
+    /// Luminance-only transfer (Gatys et al. 2017): the style's luminance, matched to the content's mean and
+    /// variance, is transferred onto the content's luminance; the result keeps the content's colours.
+    #[arg(long)]
+    pub luminance_only: bool,
     /// Seed for noise initialisation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -156,6 +160,7 @@ impl TransferArgs {
             _ => Optimizer::Lbfgs { history: self.lbfgs_history },
         };
         o.original_colors = self.original_colors;
+        o.luminance_only = self.luminance_only;
         o.seed = self.seed;
         o.resolved_scales()?;
         Ok(o)

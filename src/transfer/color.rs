@@ -31,6 +31,38 @@ pub fn original_colors(stylized: &Planar, content: &Planar) -> Planar {
     out
 }
 
+/// The luminance (BT.601 Y) of `img` in all three channels.
+pub fn luminance(img: &Planar) -> Planar {
+    let n = img.width * img.height;
+    let mut out = Planar::new(img.width, img.height);
+    for i in 0..n {
+        let (y, _, _) = rgb_to_ycbcr(img.data[i], img.data[n + i], img.data[2 * n + i]);
+        for c in 0..3 {
+            out.data[c * n + i] = y;
+        }
+    }
+    out
+}
+
+/// The luminance of `style` shifted and scaled to the mean and standard deviation of `reference`'s (a luminance
+/// image), clamped to [0, 1], in all three channels (Gatys et al. 2017, luminance-only transfer).
+pub fn matched_luminance(style: &Planar, reference: &Planar) -> Planar {
+    let stats = |p: &Planar| {
+        let n = p.width * p.height;
+        let y = &p.data[..n];
+        let mean = y.iter().map(|v| *v as f64).sum::<f64>() / n.max(1) as f64;
+        let var = y.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>() / n.max(1) as f64;
+        (mean, var.sqrt().max(1e-6))
+    };
+    let mut out = luminance(style);
+    let (ms, ss) = stats(&out);
+    let (mr, sr) = stats(reference);
+    for v in out.data.iter_mut() {
+        *v = ((((*v as f64) - ms) / ss * sr + mr) as f32).clamp(0.0, 1.0);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,6 +76,29 @@ mod tests {
         }
         let (_, cb, cr) = rgb_to_ycbcr(0.5, 0.5, 0.5);
         assert!((cb - 0.5).abs() < 1e-6 && (cr - 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn style_luminance_takes_the_reference_mean_and_deviation() {
+        let (w, h) = (20, 10);
+        let n = w * h;
+        let mut s = Planar::new(w, h);
+        let mut r = Planar::new(w, h);
+        for i in 0..n {
+            let t = (i % 7) as f32 / 7.0;
+            (s.data[i], s.data[n + i], s.data[2 * n + i]) = (0.9 * t, 0.2, 0.1 + 0.5 * t);
+            let y = 0.4 + 0.1 * ((i % 3) as f32 - 1.0);
+            (r.data[i], r.data[n + i], r.data[2 * n + i]) = (y, y, y);
+        }
+        let m = matched_luminance(&s, &r);
+        let mean = |p: &Planar| p.data[..n].iter().sum::<f32>() / n as f32;
+        let sd = |p: &Planar| {
+            let mu = mean(p);
+            (p.data[..n].iter().map(|v| (v - mu) * (v - mu)).sum::<f32>() / n as f32).sqrt()
+        };
+        assert!((mean(&m) - mean(&r)).abs() < 1e-4 && (sd(&m) - sd(&r)).abs() < 1e-4);
+        // grey: the three channels equal
+        assert!((0..n).all(|i| m.data[i] == m.data[n + i] && m.data[i] == m.data[2 * n + i]));
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub struct StylizeOptions {
     pub init: Init,
     pub optimizer: Optimizer,
     pub original_colors: bool,
+    /// Luminance-only transfer (Gatys et al. 2017): style and content as luminance, the style's matched to the
+    /// content's mean and variance; the result keeps the content's colours. Applies to `stylize` (style images).
+    pub luminance_only: bool,
     pub seed: u64,
     /// Stop the last scale as soon as the total loss is at or below this (warm starts; benchmarks).
     pub target_loss: Option<f64>,
@@ -80,6 +83,7 @@ impl StylizeOptions {
             init: Init::Content,
             optimizer: Optimizer::Lbfgs { history: 10 },
             original_colors: false,
+            luminance_only: false,
             seed: 0,
             target_loss: None,
             last_scale_early_stop: true,
@@ -343,6 +347,18 @@ pub fn stylize(
     opts: &StylizeOptions,
     hooks: &mut dyn Hooks,
 ) -> Result<Outcome> {
+    if opts.luminance_only {
+        // Gatys et al. 2017: transfer on luminance alone (the style's matched to the content's mean and variance),
+        // then the result's luminance with the content's chroma
+        let content_y = color::luminance(content);
+        let styles_y: Vec<Planar> = styles.iter().map(|s| color::matched_luminance(s, &content_y)).collect();
+        let mut source =
+            StyleImages { images: &styles_y, blend: opts.style_blend.clone(), style_scale: opts.style_scale };
+        let inner = StylizeOptions { luminance_only: false, original_colors: false, ..opts.clone() };
+        let mut out = stylize_with(model, &content_y, &mut source, &inner, hooks)?;
+        out.image = color::original_colors(&out.image, content);
+        return Ok(out);
+    }
     let mut source = StyleImages { images: styles, blend: opts.style_blend.clone(), style_scale: opts.style_scale };
     stylize_with(model, content, &mut source, opts, hooks)
 }
