@@ -42,9 +42,10 @@ fn the_image_stays_in_range_and_the_reported_loss_is_that_of_the_result() {
         let (lo, hi) = out.image.data.iter().fold((f32::MAX, f32::MIN), |(a, b), v| (a.min(*v), b.max(*v)));
         assert!(lo >= 0.0 && hi <= 1.0, "{optimizer:?}: values in [{lo}, {hi}]");
         assert!(lo == 0.0 || hi == 1.0, "{optimizer:?}: no value at a bound, the test does not exercise them");
-        // the deep histogram layer (relu4_1) is matched from the evaluation before, a step behind: L-BFGS's last
-        // accepted point is its last evaluation, Adam's best point may be some evaluations back
-        let tol = if matches!(optimizer, Optimizer::Lbfgs { .. }) { 0.01 } else { 0.02 };
+        // the reported loss is the optimiser's evaluation of exactly the returned image; the fresh one differs only
+        // in the deep histogram layer (relu4_1), which the optimiser matches from the evaluation before (a step
+        // behind, see hist_every): measured 0.5-1.5 % (L-BFGS) and 1-2 % (Adam) here
+        let tol = 0.03;
         for s in &out.scales {
             let (reported, exact) = (s.last.total, s.exact.unwrap().total);
             assert!(
@@ -152,6 +153,12 @@ fn layer_selection_and_weights() {
     assert!(e.contains("relu9_9") && e.contains("relu1_1, relu2_1"), "{e}");
     assert!(w.select_layers(m, LayerGroup::Content, "relu4_2:-1").is_err());
     assert!(w.select_layers(m, LayerGroup::Hist, "relu1_1:0").unwrap_err().to_string().contains("no hist layer"));
+    // the strength knob scales the style side only
+    let base = Weights::defaults(m).terms;
+    let mut s = Weights::defaults(m);
+    s.set_strength(2.0).unwrap();
+    assert_eq!(s.terms, [base[0], 2.0 * base[1], 2.0 * base[2], 2.0 * base[3], base[4]]);
+    assert!(s.set_strength(0.0).is_err() && s.set_strength(f32::NAN).is_err());
     // the CLI takes them
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.png");

@@ -75,6 +75,10 @@ pub struct TransferArgs {
     /// Total-variation weight.
     #[arg(long)]
     pub tv_weight: Option<f32>,
+    /// How strongly the style paints over the content: multiplies the style, long-range and histogram weights
+    /// (2: twice as stylised; 0.5: more of the photo).
+    #[arg(long, default_value_t = 1.0)]
+    pub strength: f32,
     /// Content layers and their weights, e.g. `relu4_2` or `relu3_2:0.3,relu4_2` (default: the model's).
     #[arg(long, value_name = "LAYER[:W],…")]
     pub content_layers: Option<String>,
@@ -128,6 +132,7 @@ impl TransferArgs {
         let mut w = if self.no_layer_norm { Weights::raw_defaults(manifest) } else { Weights::defaults(manifest) };
         let given = [self.content_weight, self.style_weight, self.shift_weight, self.hist_weight, self.tv_weight];
         w.set_terms(given, &|t| format!("--{t}-weight"))?;
+        w.set_strength(self.strength).context("--strength")?;
         for (g, spec, flag) in [
             (LayerGroup::Content, &self.content_layers, "--content-layers"),
             (LayerGroup::Style, &self.style_layers, "--style-layers"),

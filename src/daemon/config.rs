@@ -273,6 +273,9 @@ pub struct StyleConfig {
     pub shift_weight: Option<f32>,
     pub hist_weight: Option<f32>,
     pub tv_weight: Option<f32>,
+    /// How strongly the style paints over the content (multiplies the style-side term weights).
+    #[serde(default = "one")]
+    pub strength: f32,
     /// Layers and weights per group, as `--style-layers`: "relu1_1,relu2_1:0.5" (default: the model's).
     pub content_layers: Option<String>,
     pub style_layers: Option<String>,

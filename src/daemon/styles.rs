@@ -62,6 +62,7 @@ impl Style {
         let mut w = if s.layer_norm { Weights::defaults(manifest) } else { Weights::raw_defaults(manifest) };
         let given = [s.content_weight, s.style_weight, s.shift_weight, s.hist_weight, s.tv_weight];
         w.set_terms(given, &|t| format!("style {}: {t}_weight", self.name))?;
+        w.set_strength(s.strength).with_context(|| format!("style {}: strength", self.name))?;
         for (g, spec, key) in [
             (LayerGroup::Content, &s.content_layers, "content_layers"),
             (LayerGroup::Style, &s.style_layers, "style_layers"),

@@ -16,7 +16,7 @@ use crate::engine::{FeatureMap, Manifest, ObjectiveInputs, TERMS};
 
 /// Term weights ([content, style, shift, hist, tv]) with per-layer normalisation: chosen on the bundled pairs at
 /// 256 and 512 px (docs/quality.md).
-pub const NORMALIZED_TERM_WEIGHTS: [f32; 5] = [1.0, 1.0, 0.5, 0.5, 30.0];
+pub const NORMALIZED_TERM_WEIGHTS: [f32; 5] = [1.0, 2.5, 1.25, 1.25, 30.0];
 
 /// The layer groups of the objective.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +87,18 @@ impl Weights {
                 }
                 self.terms[i] = v;
             }
+        }
+        Ok(())
+    }
+
+    /// The one knob: multiply the style side (style, long-range and histogram terms) by `strength` against the
+    /// content — 2 paints twice as hard, 0.5 keeps more of the photo. Applied after any explicit term weights.
+    pub fn set_strength(&mut self, strength: f32) -> Result<()> {
+        if !(strength.is_finite() && strength > 0.0) {
+            bail!("the style strength must be a positive number, got {strength}");
+        }
+        for i in 1..4 {
+            self.terms[i] *= strength;
         }
         Ok(())
     }
