@@ -71,10 +71,18 @@ def test_one_graph_serves_several_sizes(export32, small_weights, small_cfg, shap
 
 
 def test_below_min_size_is_not_finite(export32):
-    """min_size in the manifest is tight: below it a long-range Gram has no pixel pairs. The runtime rejects such
-    images before running the graph (this shows why it must)."""
+    """min_size in the manifest is tight: at min_size every term is finite; one pixel below it a long-range Gram
+    has no pixel pairs (ONNX Runtime refuses the empty reshape, or the term is not finite). The runtime rejects
+    such images before running the graph (this shows why it must)."""
     out_dir, man = export32
     rng = np.random.default_rng(2)
+    x = rng.random((1, 3, man["min_size"], 40))
+    feats = {k[5:]: v for k, v in _run(_session(f"{out_dir}/features.onnx"), {"x": x.astype(np.float32)}).items()}
+    feed = make_feed(man, feats, rng, x)
+    for l in man["content_layers"]:
+        feed[f"content_{l}"] = feats[l]
+    res = _run(_session(f"{out_dir}/objective.onnx"), feed)
+    assert all(np.isfinite(res[f"loss_{t}"]) for t in TERMS), "not finite at min_size itself"
     x = rng.random((1, 3, man["min_size"] - 1, 40))
     feats = {k[5:]: v for k, v in _run(_session(f"{out_dir}/features.onnx"), {"x": x.astype(np.float32)}).items()}
     with np.errstate(all="ignore"):
