@@ -188,6 +188,23 @@ pub fn load_path(path: &Path, limits: &Limits) -> Result<Planar, ImageError> {
     decode(&bytes, limits)
 }
 
+/// The size limits (width, height, pixels) for a declared or decoded size.
+fn within_limits(w: u32, h: u32, limits: &Limits) -> Result<(), ImageError> {
+    if w > limits.max_width || h > limits.max_height || w as u64 * h as u64 > limits.max_pixels {
+        return Err(too_large(w as u64, h as u64, limits));
+    }
+    Ok(())
+}
+
+/// A decoder's size: within the limits and not empty.
+fn check_dimensions(w: u32, h: u32, limits: &Limits) -> Result<(), ImageError> {
+    within_limits(w, h, limits)?;
+    if w == 0 || h == 0 {
+        return Err(ImageError::Decode(format!("the image declares {w}x{h} pixels")));
+    }
+    Ok(())
+}
+
 fn too_large(w: u64, h: u64, limits: &Limits) -> ImageError {
     ImageError::TooLarge {
         width: w,
@@ -222,18 +239,11 @@ fn decode_rgb8(bytes: &[u8], limits: &Limits) -> Result<RgbImage, ImageError> {
         _ => return Err(ImageError::UnknownFormat),
     }
     if let Some((w, h)) = declared_dimensions(bytes) {
-        if w > limits.max_width || h > limits.max_height || w as u64 * h as u64 > limits.max_pixels {
-            return Err(too_large(w as u64, h as u64, limits));
-        }
+        within_limits(w, h, limits)?;
     }
     let mut decoder = reader.into_decoder().map_err(|e| map_decode_error(e, limits))?;
     let (w, h) = decoder.dimensions();
-    if w > limits.max_width || h > limits.max_height || w as u64 * h as u64 > limits.max_pixels {
-        return Err(too_large(w as u64, h as u64, limits));
-    }
-    if w == 0 || h == 0 {
-        return Err(ImageError::Decode(format!("the image declares {w}x{h} pixels")));
-    }
+    check_dimensions(w, h, limits)?;
     let mut il = image::Limits::default();
     il.max_image_width = Some(limits.max_width);
     il.max_image_height = Some(limits.max_height);
@@ -289,12 +299,7 @@ fn decode_jpeg_scaled(bytes: &[u8], limits: &Limits, longest: usize) -> Result<O
     }
     let Some(info) = d.info() else { return Ok(None) };
     let (w, h) = (info.width as u32, info.height as u32);
-    if w > limits.max_width || h > limits.max_height || w as u64 * h as u64 > limits.max_pixels {
-        return Err(too_large(w as u64, h as u64, limits));
-    }
-    if w == 0 || h == 0 {
-        return Err(ImageError::Decode(format!("the image declares {w}x{h} pixels")));
-    }
+    check_dimensions(w, h, limits)?;
     let (tw, th) = fit_size(w as usize, h as usize, longest.min(w.max(h) as usize));
     if d.scale(tw.max(1) as u16, th.max(1) as u16).is_err() {
         return Ok(None);

@@ -120,8 +120,7 @@ impl Shared {
     /// An error about a message that is not a frame (bad topic, bad control payload): counted apart from frames.
     pub fn control_error(&self, camera: &str, code: &str, message: &str) -> Vec<Outgoing> {
         Stats::inc(&self.stats.control_errors);
-        let body = serde_json::json!({"camera": camera, "code": code, "message": message, "seq": null});
-        vec![Outgoing::json(self.topics.error(camera), &body)]
+        self.error_outgoing(camera, code, message, None, None)
     }
 
     /// An error for a frame of a camera (and for the requester, if the frame asked for a reply).
@@ -134,6 +133,18 @@ impl Shared {
         reply: Option<&Reply>,
     ) -> Vec<Outgoing> {
         Stats::inc(&self.stats.errors);
+        self.error_outgoing(camera, code, message, seq, reply)
+    }
+
+    /// The error message on the camera's error topic (and the requester's response topic, if any).
+    fn error_outgoing(
+        &self,
+        camera: &str,
+        code: &str,
+        message: &str,
+        seq: Option<u64>,
+        reply: Option<&Reply>,
+    ) -> Vec<Outgoing> {
         let body = serde_json::json!({"camera": camera, "code": code, "message": message, "seq": seq});
         let mut v = vec![Outgoing::json(self.topics.error(camera), &body)];
         if let Some(r) = reply {
