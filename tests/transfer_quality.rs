@@ -30,7 +30,7 @@ fn the_image_stays_in_range_and_the_reported_loss_is_that_of_the_result() {
     let (content, style) = images();
     for optimizer in [Optimizer::Lbfgs { history: 10 }, Optimizer::Adam { learning_rate: 0.05 }] {
         let mut opts = StylizeOptions::new(Weights::defaults(&model.manifest));
-        opts.weights.terms = [0.05, 10.0, 5.0, 5.0, 0.0];
+        opts.weights.terms = [0.05, 10.0, 5.0, 5.0, 0.0, 0.0];
         opts.image_size = 64;
         opts.scales = vec![48, 64];
         opts.iterations = 25;
@@ -157,7 +157,7 @@ fn layer_selection_and_weights() {
     let base = Weights::defaults(m).terms;
     let mut s = Weights::defaults(m);
     s.set_strength(2.0).unwrap();
-    assert_eq!(s.terms, [base[0], 2.0 * base[1], 2.0 * base[2], 2.0 * base[3], base[4]]);
+    assert_eq!(s.terms, [base[0], 2.0 * base[1], 2.0 * base[2], 2.0 * base[3], base[4], base[5]]);
     assert!(s.set_strength(0.0).is_err() && s.set_strength(f32::NAN).is_err());
     // the CLI takes them
     let dir = tempfile::tempdir().unwrap();

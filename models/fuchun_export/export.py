@@ -32,7 +32,7 @@ from .weights import WeightsError, load_hed, load_keras_h5, load_npz, random_wei
 # internal scale) and the Gram adjoints stay below 65504 at 256-1024 px with the default weights.
 GRAD_SEED = 2.0 ** 8
 
-DEFAULT_TERM_WEIGHTS = {"content": 3.0, "style": 0.1, "shift": 0.05, "hist": 10.0, "tv": 30.0}
+DEFAULT_TERM_WEIGHTS = {"content": 3.0, "style": 0.1, "shift": 0.05, "hist": 10.0, "tv": 30.0, "temporal": 0.0}
 
 
 def default_layer_weights(weights, cfg):
@@ -182,6 +182,8 @@ def _meaning(name):
         "content_layer_weights": "per content layer weights", "style_layer_weights": "per style layer weights",
         "shift_layer_weights": "per long-range (shift) layer weights",
         "hist_layer_weights": "per histogram layer weights",
+        "temporal_prev": "temporal term: the previous stylised frame, RGB float in [0,1], [1,3,H,W] (zeros when unused)",
+        "temporal_weights": "temporal term: per-pixel weight, [1,1,H,W] (0 where the scene changed; zeros when unused)",
         "total": "sum over terms of term_weights[t] * loss_t",
         "grad": "d total / d x, [1,3,H,W]",
     }.get(name, "loss of the term " + name[5:] + " (layer-weighted, before its term weight)")
@@ -242,6 +244,8 @@ def manifest(weights, cfg, features, objective, files, prelude=None):
                     "runtime matches hist_exact_layers from prelude.onnx before each evaluation and the others "
                     "from the objective's feat_l outputs of the previous evaluation (see `hist_every`)",
             "tv": "mean((x[..., 1:] - x[..., :-1])^2) + mean((x[:, :, 1:] - x[:, :, :-1])^2)",
+            "temporal": "mean over [1,3,H,W] of m * (x - prev)^2, prev = temporal_prev (the previous stylised "
+                        "frame), m = temporal_weights [1,1,H,W] (0 where the scene changed), broadcast over channels",
             "total": "sum_t term_weights[t] * loss_t",
             "quantile": "q_k = sorted value at position p = (k + 0.5) n / K - 0.5 (clipped to [0, n-1]), linear "
                         "interpolation",

@@ -12,17 +12,17 @@ from .weights import Weights, conv_names
 
 # Opset 17: the newest TensorRT 8.6 (JetPack 6.0) parses; see gpu_support/.
 OPSET = 17
-TERMS = ("content", "style", "shift", "hist", "tv")
+TERMS = ("content", "style", "shift", "hist", "tv", "temporal")
 
 # Float16 safety (models/README.md, "Float16"). The Gram differences G - A of the style and shift terms reach ~1.4e4
 # with the hed weights, their squares 2e8, a layer's mean 4e5: each difference is scaled by 2^-3 / C (C^2 elements)
 # before squaring and summed, so those terms are computed as loss * 2^-6 inside the graph; the histogram term's
 # differences (up to ~180 at relu1_1) are halved before squaring (loss * 2^-2), the TV term's image differences
-# multiplied by 2^4 (loss * 2^8: most squared pixel differences are below 2^-14). The differentiated objective is
+# multiplied by 2^4 (loss * 2^8: most squared pixel differences are below 2^-14), and so are the temporal term's. The differentiated objective is
 # total * OBJECTIVE_SCALE (`total_scaled`), seeded with GRAD_SEED (export.py) so that fewer of the backward pass's
 # values fall below float16's normal range; the `total`, `loss_*` and `grad` outputs are unscaled by a few scalar
 # (and one [1,3,H,W]) operations named `fp32_*`, which must run in float32 (manifest: fp16.fp32_values).
-DIFF_SCALE = {"style": 2.0 ** -3, "shift": 2.0 ** -3, "hist": 2.0 ** -1, "tv": 2.0 ** 4}
+DIFF_SCALE = {"style": 2.0 ** -3, "shift": 2.0 ** -3, "hist": 2.0 ** -1, "tv": 2.0 ** 4, "temporal": 2.0 ** 4}
 OBJECTIVE_SCALE = 1.0
 
 
@@ -368,6 +368,19 @@ def build_loss(weights: Weights, cfg: LossConfig, dtype=np.float32):
     dy = b.declare(b.op("Sub", [bottom, top]), b.shapes[bottom])
     terms["tv"] = b.op("Add", [_mean_square(b, dx, DIFF_SCALE["tv"]), _mean_square(b, dy, DIFF_SCALE["tv"])], "tv")
 
+    # Short-term temporal consistency (Ruder, Dosovitskiy & Brox 2016): the previous stylised frame of a camera and a
+    # per-pixel weight map (0 where the scene changed), mean over [1,3,H,W] of m (x - prev)^2. For a single image
+    # the runtime feeds zeros and a term weight of 0.
+    prev = b.input("temporal_prev", [1, 3, "H", "W"])
+    m = b.input("temporal_weights", [1, 1, "H", "W"])
+    d = b.declare(b.op("Sub", [x, prev]), [1, 3, "H", "W"])
+    sd = b.declare(b.op("Mul", [d, b.const(DIFF_SCALE["temporal"], "diff_scale")], "scaled_diff"), [1, 3, "H", "W"])
+    v = b.declare(b.op("Mul", [b.declare(b.op("Mul", [sd, sd]), [1, 3, "H", "W"]), m], "weighted_sq"),
+                  [1, 3, "H", "W"])
+    for axis in (3, 2, 1, 0):
+        v = b.op("ReduceMean", [v], "temporal", axes=[axis], keepdims=0)
+    terms["temporal"] = v
+
     # terms[t] is loss_t * k_t, k_t = DIFF_SCALE[t]^2 (1 for the others).
     k = np.array([DIFF_SCALE.get(t, 1.0) ** 2 for t in TERMS])
     tw = b.input("term_weights", [len(TERMS)])
@@ -392,4 +405,4 @@ def build_loss(weights: Weights, cfg: LossConfig, dtype=np.float32):
         if layer not in exact:
             b.output(feats[layer], f"feat_{layer}", [1, info[layer][0], f"{layer}_h", f"{layer}_w"])
     return b.model("fuchun_loss", "style-transfer loss: content + style (Gram) + shift (Berger-Memisevic) "
-                                  "+ hist (Risser) + tv")
+                                  "+ hist (Risser) + tv + temporal (Ruder)")

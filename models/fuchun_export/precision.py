@@ -180,7 +180,16 @@ def real_feed(out_dir, content, style, size, seed=0):
         feed[f"hist_target_{l}"] = ref.matched(fx[f"feat_{l}"], table).astype(np.float32)
     for k, v in man["default_layer_weights"].items():
         feed[f"{k}_layer_weights"] = np.asarray(v, np.float32)
-    feed["term_weights"] = np.asarray([man["default_term_weights"][t] for t in man["terms"]], np.float32)
+    tw = dict(man["default_term_weights"])
+    if "temporal" in man["terms"]:
+        # a camera stream's frame: the previous result near x, held everywhere but a changed third of the frame,
+        # with the daemon's default temporal weight
+        prev = np.clip(x + np.float32(0.02) * rng.standard_normal(x.shape).astype(np.float32), 0, 1)
+        m = np.ones((1, 1) + x.shape[2:], np.float32)
+        m[..., : x.shape[2] // 3, :] = 0.0
+        feed["temporal_prev"], feed["temporal_weights"] = prev, m
+        tw["temporal"] = 200.0
+    feed["term_weights"] = np.asarray([tw[t] for t in man["terms"]], np.float32)
     return feed, man
 
 

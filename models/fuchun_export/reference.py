@@ -84,6 +84,8 @@ def terms(x, feats, targets, manifest, layer_weights):
                       for w, l in zip(lw["hist"], manifest["hist_layers"]))
     x = np.asarray(x, np.float64)
     out["tv"] = float(np.mean((x[..., 1:] - x[..., :-1]) ** 2) + np.mean((x[:, :, 1:] - x[:, :, :-1]) ** 2))
+    prev, m = targets.get("temporal_prev"), targets.get("temporal_weights")
+    out["temporal"] = 0.0 if prev is None else float(np.mean(np.broadcast_to(m, x.shape) * (x - prev) ** 2))
     return out
 
 

@@ -57,6 +57,12 @@ def make_feed(manifest, feats, rng, image, term_weights=None, dtype=np.float32, 
     for key, layers in (("content", manifest["content_layers"]), ("style", manifest["style_layers"]),
                         ("shift", manifest["shift_layers"]), ("hist", manifest["hist_layers"])):
         feed[f"{key}_layer_weights"] = (rng.random(len(layers)) + 0.5).astype(dtype)
+    # temporal: a previous frame near the image, a weight map with a zero (changed) region
+    h, w = image.shape[2:]
+    feed["temporal_prev"] = np.clip(image + 0.1 * rng.standard_normal(image.shape), 0, 1).astype(dtype)
+    m = rng.random((1, 1, h, w)) + 0.5
+    m[..., : h // 3, : w // 2] = 0.0
+    feed["temporal_weights"] = m.astype(dtype)
     tw = np.ones(len(TERMS)) if term_weights is None else np.asarray(term_weights)
     feed["term_weights"] = tw.astype(dtype)
     return feed

@@ -126,3 +126,16 @@ def test_conv_transpose_surgery_is_exact(graphs64, small_weights, small_cfg):
     a = _eval(evaluator(objective), feed)["grad"]
     b = _eval(evaluator(plain), feed)["grad"]
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max())
+
+
+def test_temporal_term_acts_only_where_its_weight_is_nonzero(setup):
+    """The temporal term pulls each pixel towards the previous frame by its weight: its gradient is exactly zero
+    where the weight map is 0 (the scene changed there) and 2 m (x - prev) / (3 H W) elsewhere."""
+    man, feats, image, obj, loss, own = setup
+    rng = np.random.default_rng(5)
+    tw = np.eye(len(TERMS))[TERMS.index("temporal")]
+    feed = make_feed(man, feats, rng, image, tw, dtype=np.float64, own=own)
+    grad = _eval(obj, feed)["grad"]
+    m = np.broadcast_to(feed["temporal_weights"], image.shape)
+    assert np.all(grad[m == 0] == 0) and np.all(grad[m > 0] != 0)
+    np.testing.assert_allclose(grad, 2 * m * (image - feed["temporal_prev"]) / image.size, rtol=1e-12)

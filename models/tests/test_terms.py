@@ -41,7 +41,7 @@ def test_each_term_matches_numpy(graphs64, small_weights, small_cfg):
     # content targets must have the image's own feature shape
     for l in man["content_layers"]:
         feed[f"content_{l}"] = own[l] * 0.5 + 0.3
-    feed["term_weights"] = np.array([0.5, 2.0, 3.0, 0.25, 7.0])
+    feed["term_weights"] = np.array([0.5, 2.0, 3.0, 0.25, 7.0, 40.0])
     res = dict(zip(evaluator(objective).output_names, evaluator(objective).run(None, feed)))
     lw = {k: list(feed[f"{k}_layer_weights"]) for k in ("content", "style", "shift", "hist")}
     want = ref.terms(x, own, feed, man, lw)

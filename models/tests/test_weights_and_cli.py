@@ -58,6 +58,8 @@ def test_real_hed_weights_export_and_give_finite_loss_and_gradient(tmp_path):
     for k, v in man["default_layer_weights"].items():
         feed[f"{k}_layer_weights"] = np.asarray(v, np.float32)
     feed["term_weights"] = np.asarray([man["default_term_weights"][t] for t in man["terms"]], np.float32)
+    feed["temporal_prev"] = content          # x is the content with noise: the temporal term is positive
+    feed["temporal_weights"] = np.ones((1, 1) + content.shape[2:], np.float32)
     obj = _session(str(tmp_path / "objective.onnx"))
     res = dict(zip([o.name for o in obj.get_outputs()], obj.run(None, feed)))
     assert np.isfinite(res["total"]) and res["total"] > 0

@@ -65,6 +65,18 @@ pub struct BenchArgs {
     /// Write the comparison's loss curves (hist_every_N.csv) to this directory.
     #[arg(long)]
     pub curves: Option<PathBuf>,
+    /// Size (longest side) of the camera-stream figure [5] (0 skips it).
+    #[arg(long, default_value_t = 256)]
+    pub stream_size: usize,
+    /// Frames of the synthetic clip of [5] (a new scene half-way).
+    #[arg(long, default_value_t = 24)]
+    pub stream_frames: usize,
+    /// The moving object of [5]'s clip (the background is --content).
+    #[arg(long, default_value = "examples/astronaut.jpg")]
+    pub stream_object: PathBuf,
+    /// Write a strip of consecutive frames of [5] (camera, cold runs, temporal) to this image.
+    #[arg(long)]
+    pub stream_strip: Option<PathBuf>,
     /// Print the figures as one JSON object as well.
     #[arg(long)]
     pub json: bool,
@@ -119,7 +131,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// A target line: the figure, the target and whether it is met.
-fn verdict(met: bool) -> &'static str {
+pub(crate) fn verdict(met: bool) -> &'static str {
     if met {
         "met"
     } else {
@@ -138,7 +150,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let sizes: Vec<[usize; 2]> = args
         .sizes
         .iter()
-        .chain([&args.schedule_size, &args.warm_size, &args.compare_size])
+        .chain([&args.schedule_size, &args.warm_size, &args.compare_size, &args.stream_size])
         .filter(|s| **s > 0)
         .map(|&s| [s, s])
         .collect();
@@ -174,7 +186,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let cf = model.features(&c.data, h, w)?;
         let sf = model.features(&style.resize(sw, sh).data, sh, sw)?;
         let st = StyleTargets::from_features(&m, &sf)?;
-        let mut inputs = objective_inputs(&m, &cf, &st, &weights, &cf)?;
+        let mut inputs = objective_inputs(&m, (w, h), &cf, &st, &weights, &cf)?;
         drop((cf, sf)); // as stylize does: only the targets stay while optimising
         let mut grad = vec![0.0f32; c.data.len()];
         let (mut graph, mut matching) = (Vec::new(), Vec::new());
@@ -326,6 +338,20 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             serde_json::json!({"size": args.warm_size, "cold_evaluations": a.evaluations(),
             "warm_evaluations": b.evaluations(), "ratio": ratio}),
         );
+    }
+
+    // [5] camera streams: partly changed frames, flicker, scene changes
+    if args.stream_size > 0 {
+        let mut opts = StylizeOptions::new(weights.clone());
+        opts.hist_every = args.hist_every;
+        let a = super::stream_bench::StreamArgs {
+            size: args.stream_size,
+            frames: args.stream_frames,
+            background: &args.content,
+            object: &args.stream_object,
+            strip: args.stream_strip.as_deref(),
+        };
+        figures.insert("stream".into(), super::stream_bench::figures(&mut model, &style, &opts, &a)?);
     }
 
     // optional: how often the histogram targets need re-matching (quality = exact final loss)

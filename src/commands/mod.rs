@@ -3,4 +3,6 @@
 pub mod bench;
 pub mod common;
 pub mod doctor;
+pub mod frames;
+pub mod stream_bench;
 pub mod stylize;

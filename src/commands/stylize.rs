@@ -11,17 +11,19 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::common::ModelArgs;
 use crate::engine::model::LAYER_GROUPS;
 use crate::imageio::{self, Limits, Planar};
+use crate::transfer::temporal;
 use crate::transfer::{stylize, EvalRecord, Hooks, Init, LayerGroup, Optimizer, StylizeOptions, Weights};
 
 #[derive(Debug, Clone, Args)]
 pub struct StylizeArgs {
-    /// Content image (JPEG, PNG or WebP).
+    /// Content image (JPEG, PNG or WebP), or a frame sequence: a directory or a pattern such as 'frames/*.jpg'
+    /// (then --output is a directory; see --temporal-weight).
     #[arg(long, short = 'c', value_name = "PATH")]
     pub content: PathBuf,
     /// Style image(s), comma-separated.
     #[arg(long, short = 's', value_name = "PATH[,PATH…]", value_delimiter = ',', required = true)]
     pub style: Vec<PathBuf>,
-    /// Output image (.png or .jpg).
+    /// Output image (.png or .jpg); for a frame sequence, a directory (one PNG per frame and frames.jsonl).
     #[arg(long, short = 'o', value_name = "PATH")]
     pub output: PathBuf,
     #[command(flatten)]
@@ -37,6 +39,45 @@ pub struct StylizeArgs {
     /// No progress bar.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Frame sequences (--content a directory or 'dir/*.jpg', --output a directory): weight of the temporal term
+    /// that holds the parts of a frame where the scene did not change to the previous result (0: none).
+    #[arg(long, default_value_t = temporal::DEFAULT_TEMPORAL_WEIGHT, value_name = "W")]
+    pub temporal_weight: f32,
+    /// Frame sequences: every frame a cold run (no warm start, no temporal term).
+    #[arg(long)]
+    pub no_temporal: bool,
+    /// Frame sequences: a pixel changed when its blurred luminance differs by more than this (0–1).
+    #[arg(long, value_name = "T")]
+    pub change_threshold: Option<f32>,
+    /// Frame sequences: above this changed fraction a frame is a new scene (cold run).
+    #[arg(long, value_name = "F")]
+    pub scene_change: Option<f32>,
+    /// Frame sequences: evaluation budget of a frame started from the previous one.
+    #[arg(long, default_value_t = temporal::DEFAULT_MAX_EVALUATIONS, value_name = "N")]
+    pub frame_evaluations: usize,
+}
+
+impl StylizeArgs {
+    /// The per-frame settings of a frame sequence.
+    pub fn stream_settings(&self) -> Result<temporal::StreamSettings> {
+        let mut s = temporal::StreamSettings::new(self.temporal_weight);
+        if !(self.temporal_weight.is_finite() && self.temporal_weight >= 0.0) {
+            bail!("--temporal-weight must be a non-negative number, got {}", self.temporal_weight);
+        }
+        if self.frame_evaluations == 0 {
+            bail!("--frame-evaluations must be at least 1");
+        }
+        s.enabled = !self.no_temporal;
+        s.max_evaluations = self.frame_evaluations;
+        if let Some(t) = self.change_threshold {
+            s.change.threshold = t;
+        }
+        if let Some(f) = self.scene_change {
+            s.change.scene_change = f;
+        }
+        s.change.validate().map_err(|e| anyhow::anyhow!("--change-threshold/--scene-change: {e}"))?;
+        Ok(s)
+    }
 }
 
 /// The transfer settings (shared by `stylize`, `bench` and the daemon's named styles).
@@ -130,7 +171,7 @@ pub struct TransferArgs {
 impl TransferArgs {
     pub fn options(&self, manifest: &crate::engine::Manifest, limits: &Limits) -> Result<StylizeOptions> {
         let mut w = if self.no_layer_norm { Weights::raw_defaults(manifest) } else { Weights::defaults(manifest) };
-        let given = [self.content_weight, self.style_weight, self.shift_weight, self.hist_weight, self.tv_weight];
+        let given = [self.content_weight, self.style_weight, self.shift_weight, self.hist_weight, self.tv_weight, None];
         w.set_terms(given, &|t| format!("--{t}-weight"))?;
         w.set_strength(self.strength).context("--strength")?;
         for (g, spec, flag) in [
@@ -196,7 +237,7 @@ impl Hooks for CliHooks {
             b.set_position(r.iteration as u64);
             b.set_message(format!(
                 "total {:.4e}  content {:.3e} style {:.3e} shift {:.3e} hist {:.3e} tv {:.3e}",
-                l.total, l.terms[0], l.terms[1], l.terms[2], l.terms[3], l.terms[4]
+                l.total, l.terms[0], l.terms[1], l.terms[2], l.terms[3], l.terms[4],
             ));
         }
         if let Some(t) = &mut self.trace {
@@ -207,7 +248,7 @@ impl Hooks for CliHooks {
             let line = serde_json::json!({
                 "scale": r.scale, "width": r.width, "height": r.height, "iteration": r.iteration,
                 "evaluation": r.evaluation, "total": l.total, "content": l.terms[0], "style": l.terms[1],
-                "shift": l.terms[2], "hist": l.terms[3], "tv": l.terms[4], "layers": layers,
+                "shift": l.terms[2], "hist": l.terms[3], "tv": l.terms[4], "temporal": l.terms[5], "layers": layers,
                 "elapsed_ms": r.elapsed_ms,
             });
             if let Err(e) = writeln!(t, "{line}") {
@@ -233,6 +274,9 @@ impl Hooks for CliHooks {
 }
 
 pub fn run(args: &StylizeArgs) -> Result<()> {
+    if super::frames::is_sequence(&args.content) {
+        return super::frames::run(args);
+    }
     let t0 = Instant::now();
     imageio::OutputFormat::from_path(&args.output)?;
     let limits = Limits::default();

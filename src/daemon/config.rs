@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::engine::runtime::{parse_shape, CudaOptions, ProfileSpec, Shape, TensorRtOptions};
 use crate::engine::RuntimeOptions;
+use crate::transfer::temporal::{ChangeParams, StreamSettings, DEFAULT_MAX_EVALUATIONS};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -175,9 +176,11 @@ pub struct DaemonConfig {
     pub default_retain: bool,
     pub home_assistant_discovery: bool,
     pub discovery_prefix: String,
-    /// Warm start when the new frame's thumbnail differs from the last one by less than this (mean absolute
-    /// difference of 32×32 grey thumbnails, 0–1).
-    pub warm_start_threshold: f32,
+    /// Replaced by the per-pixel comparison of [daemon.temporal]; accepted (with a warning) so that older
+    /// configuration files still load.
+    pub warm_start_threshold: Option<f32>,
+    /// Camera streams: how consecutive frames of a camera are compared and used (see `transfer::temporal`).
+    pub temporal: TemporalConfig,
     /// On SIGTERM/SIGINT: how long the current job may continue before it is abandoned.
     pub shutdown_grace_ms: u64,
     /// A job running longer than this stops the systemd watchdog pings (so systemd restarts a stuck worker).
@@ -225,7 +228,8 @@ impl Default for DaemonConfig {
             default_retain: false,
             home_assistant_discovery: false,
             discovery_prefix: "homeassistant".into(),
-            warm_start_threshold: 0.04,
+            warm_start_threshold: None,
+            temporal: TemporalConfig::default(),
             shutdown_grace_ms: 2000,
             max_job_seconds: 600,
             jpeg_quality: 90,
@@ -238,6 +242,60 @@ impl Default for DaemonConfig {
             warmup: None,
             frame_aspect: "16:9".into(),
             max_startup_seconds: 1800,
+        }
+    }
+}
+
+/// `[daemon.temporal]`: per camera, frames where nothing or part of the scene changed start from the previous result
+/// and are held to it where the scene did not change (the temporal term); new scenes are cold runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TemporalConfig {
+    /// false: every frame is a cold run.
+    pub enabled: bool,
+    /// A pixel changed when its blurred luminance differs from the previous frame's by more than this (0–1).
+    pub change_threshold: f32,
+    /// Radius of the box blur (applied twice) before comparing, in pixels of the result.
+    pub blur_px: usize,
+    /// Changed regions grow by this many pixels.
+    pub dilate_px: usize,
+    /// Width of the soft border between held and repainted parts, in pixels.
+    pub feather_px: usize,
+    /// Above this changed fraction a frame is a new scene (cold run).
+    pub scene_change: f32,
+    /// Evaluation budget of a frame that starts from the previous result.
+    pub max_evaluations: usize,
+}
+
+impl Default for TemporalConfig {
+    fn default() -> Self {
+        let c = ChangeParams::default();
+        TemporalConfig {
+            enabled: true,
+            change_threshold: c.threshold,
+            blur_px: c.blur_px,
+            dilate_px: c.dilate_px,
+            feather_px: c.feather_px,
+            scene_change: c.scene_change,
+            max_evaluations: DEFAULT_MAX_EVALUATIONS,
+        }
+    }
+}
+
+impl TemporalConfig {
+    /// The stream settings for a style with this temporal weight.
+    pub fn settings(&self, temporal_weight: f32) -> StreamSettings {
+        StreamSettings {
+            enabled: self.enabled,
+            change: ChangeParams {
+                threshold: self.change_threshold,
+                blur_px: self.blur_px,
+                dilate_px: self.dilate_px,
+                feather_px: self.feather_px,
+                scene_change: self.scene_change,
+            },
+            temporal_weight,
+            max_evaluations: self.max_evaluations,
         }
     }
 }
@@ -286,6 +344,14 @@ pub struct StyleConfig {
     pub layer_norm: bool,
     #[serde(default)]
     pub original_colors: bool,
+    /// Camera streams: weight of the temporal term holding a frame's unchanged parts to the previous result
+    /// (0: frames still start from the previous result, but nothing holds them to it).
+    #[serde(default = "default_temporal_weight")]
+    pub temporal_weight: f32,
+}
+
+fn default_temporal_weight() -> f32 {
+    crate::transfer::temporal::DEFAULT_TEMPORAL_WEIGHT
 }
 
 fn default_hist_every() -> usize {
@@ -360,6 +426,13 @@ impl Config {
         c.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         c.apply_env();
         c.validate().with_context(|| format!("invalid configuration {}", path.display()))?;
+        if c.daemon.warm_start_threshold.is_some() {
+            tracing::warn!(
+                "{}: daemon.warm_start_threshold is no longer used (frames are compared pixel by pixel): remove it, \
+                 and see [daemon.temporal] (change_threshold) instead",
+                path.display()
+            );
+        }
         Ok(c)
     }
 
@@ -400,6 +473,13 @@ impl Config {
         if self.daemon.workers == 0 {
             bail!("daemon.workers must be at least 1");
         }
+        let t = &self.daemon.temporal;
+        if let Err(e) = t.settings(0.0).change.validate() {
+            bail!("daemon.temporal: {e} (change_threshold, scene_change in 0–1; blur_px, dilate_px, feather_px pixels)");
+        }
+        if t.max_evaluations == 0 {
+            bail!("daemon.temporal.max_evaluations must be at least 1");
+        }
         if self.styles.is_empty() {
             bail!("no [styles.NAME] defined: add at least one style with its images");
         }
@@ -425,6 +505,9 @@ impl Config {
             }
             if s.image_size < 16 || s.iterations == 0 {
                 bail!("style {name}: image_size must be >= 16 and iterations >= 1");
+            }
+            if !(s.temporal_weight.is_finite() && s.temporal_weight >= 0.0) {
+                bail!("style {name}: temporal_weight must be a non-negative number, got {}", s.temporal_weight);
             }
         }
         let default = self.default_style_name();

@@ -39,6 +39,7 @@ const COUNTERS: &[(&str, &str)] = &[
     ("control_errors", "Messages that are not frames and could not be used (bad topics, bad control payloads)"),
     ("outbox_dropped", "Outgoing messages dropped because the outbox was full while the broker was unreachable"),
     ("warm_starts", "Jobs started from the previous result of the camera"),
+    ("partial_frames", "Jobs whose scene changed in part (started from the previous result where it did not)"),
 ];
 
 const GAUGES: &[(&str, &str)] = &[

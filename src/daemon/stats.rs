@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
+use crate::transfer::temporal::Start;
+
 /// Counters. Every received frame ends as exactly one of processed, dropped or errors (or is still waiting or
 /// being processed): received = processed + dropped + errors + queue_depth + in_progress.
 #[derive(Default)]
@@ -25,9 +27,13 @@ pub struct Stats {
     /// Outgoing messages dropped because the outbox was full while the broker was unreachable.
     pub outbox_dropped: AtomicU64,
     pub in_progress: AtomicU64,
+    /// Frames started from the camera's previous result (unchanged or partly changed scene).
     pub warm_starts: AtomicU64,
+    /// Of `warm_starts`: frames where part of the scene changed.
+    pub partial_frames: AtomicU64,
     durations: Mutex<VecDeque<f64>>,
-    evaluations: Mutex<VecDeque<u64>>,
+    /// Evaluations of the last jobs, with how each started.
+    evaluations: Mutex<VecDeque<(Start, u64)>>,
 }
 
 const WINDOW: usize = 1000;
@@ -46,10 +52,13 @@ pub struct Gauges<'a> {
 }
 
 impl Stats {
-    pub fn record_job(&self, ms: f64, evaluations: u64, warm: bool) {
+    pub fn record_job(&self, ms: f64, evaluations: u64, start: Start) {
         self.processed.fetch_add(1, Ordering::Relaxed);
-        if warm {
+        if start != Start::Cold {
             self.warm_starts.fetch_add(1, Ordering::Relaxed);
+        }
+        if start == Start::Partial {
+            self.partial_frames.fetch_add(1, Ordering::Relaxed);
         }
         let mut d = self.durations.lock().unwrap();
         if d.len() == WINDOW {
@@ -60,7 +69,7 @@ impl Stats {
         if e.len() == WINDOW {
             e.pop_front();
         }
-        e.push_back(evaluations);
+        e.push_back((start, evaluations));
     }
 
     pub fn inc(counter: &AtomicU64) {
@@ -81,8 +90,12 @@ impl Stats {
     pub fn snapshot(&self, g: &Gauges) -> serde_json::Value {
         let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let p = self.percentiles();
-        let evals: Vec<u64> = self.evaluations.lock().unwrap().iter().copied().collect();
-        let mean_evals = if evals.is_empty() { 0.0 } else { evals.iter().sum::<u64>() as f64 / evals.len() as f64 };
+        let evals: Vec<(Start, u64)> = self.evaluations.lock().unwrap().iter().copied().collect();
+        // mean evaluations of the last jobs, all and by how they started (null when there were none)
+        let mean = |which: Option<Start>| -> Option<f64> {
+            let v: Vec<u64> = evals.iter().filter(|(s, _)| which.is_none_or(|w| w == *s)).map(|(_, e)| *e).collect();
+            (!v.is_empty()).then(|| v.iter().sum::<u64>() as f64 / v.len() as f64)
+        };
         serde_json::json!({
             "daemon_id": g.daemon_id,
             "version": env!("CARGO_PKG_VERSION"),
@@ -101,7 +114,13 @@ impl Stats {
             "cameras": g.cameras,
             "connected": g.connected,
             "duration_ms": p.map(|p| serde_json::json!({"p50": p[0], "p90": p[1], "p99": p[2], "max": p[3]})),
-            "mean_evaluations": mean_evals,
+            "mean_evaluations": mean(None).unwrap_or(0.0),
+            "mean_evaluations_by_start": {
+                "cold": mean(Some(Start::Cold)),
+                "previous": mean(Some(Start::Previous)),
+                "partial": mean(Some(Start::Partial)),
+            },
+            "partial_frames": c(&self.partial_frames),
             "provider": g.provider,
             "provider_report": g.provider_report,
             "rss_bytes": crate::memory::current_rss(),
@@ -120,7 +139,8 @@ mod tests {
         let s = Stats::default();
         assert!(s.percentiles().is_none());
         for i in 1..=100 {
-            s.record_job(i as f64, 10, i % 2 == 0);
+            let start = [Start::Cold, Start::Previous, Start::Partial, Start::Partial][i % 4];
+            s.record_job(i as f64, [100, 5, 20, 30][i % 4], start);
         }
         let p = s.percentiles().unwrap();
         assert_eq!(p, [51.0, 90.0, 99.0, 100.0]);
@@ -137,7 +157,11 @@ mod tests {
         let snap = s.snapshot(&g);
         assert_eq!(snap["daemon_id"], "d1");
         assert_eq!(snap["processed"], 100);
-        assert_eq!(snap["warm_starts"], 50);
+        assert_eq!(snap["warm_starts"], 75);
+        assert_eq!(snap["partial_frames"], 50);
+        assert_eq!(snap["mean_evaluations_by_start"]["partial"], 25.0);
+        assert_eq!(snap["mean_evaluations_by_start"]["cold"], 100.0);
+        assert_eq!(snap["mean_evaluations"], 38.75);
         assert_eq!(snap["queue_depth"], 3);
         assert_eq!(snap["provider_report"]["nodes_outside"], 0);
     }

@@ -56,11 +56,16 @@ impl Style {
         })
     }
 
+    /// Identifies the style images, blend weights, style scale and the model's graphs.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
     /// The transfer options of this style for a result whose longest side is `size`.
     pub fn options(&self, manifest: &Manifest, size: usize) -> Result<StylizeOptions> {
         let s = &self.config;
         let mut w = if s.layer_norm { Weights::defaults(manifest) } else { Weights::raw_defaults(manifest) };
-        let given = [s.content_weight, s.style_weight, s.shift_weight, s.hist_weight, s.tv_weight];
+        let given = [s.content_weight, s.style_weight, s.shift_weight, s.hist_weight, s.tv_weight, None];
         w.set_terms(given, &|t| format!("style {}: {t}_weight", self.name))?;
         w.set_strength(s.strength).with_context(|| format!("style {}: strength", self.name))?;
         for (g, spec, key) in [

@@ -1,6 +1,6 @@
 //! Stylisation workers: plain threads, each with its own ONNX Runtime sessions, taking frames from the queue,
-//! stylising them (warm-started from the camera's previous result when the scene is unchanged) and handing the
-//! results to the MQTT task. The async reactor never runs a stylisation.
+//! stylising them (from the camera's previous result where the scene did not change: `transfer::temporal`) and
+//! handing the results to the MQTT task. The async reactor never runs a stylisation.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -21,9 +21,10 @@ use super::topics::Topics;
 use crate::engine::runtime::Shape;
 use crate::engine::{Model, Provider, ProviderReport, RuntimeOptions, TERMS};
 use crate::imageio::fit_size as fit;
-use crate::imageio::{self, Limits, OutputFormat, Planar};
+use crate::imageio::{self, Limits, OutputFormat};
 use crate::transfer::schedule::Cancelled;
-use crate::transfer::{stylize_with, EvalRecord, Hooks, Init};
+use crate::transfer::temporal::{self, Previous, Start};
+use crate::transfer::{EvalRecord, Hooks};
 
 /// Commands to the MQTT publisher task.
 #[derive(Debug)]
@@ -31,17 +32,6 @@ pub enum Command {
     Publish(Outgoing),
     /// Publish nothing more: disconnect cleanly (after everything queued before it).
     Disconnect,
-}
-
-/// The last result of a camera, for warm starts.
-struct Warm {
-    style: String,
-    width: usize,
-    height: usize,
-    thumb: Vec<f32>,
-    result: Planar,
-    /// Total loss the result reached; a warm start stops once the new frame is as good.
-    loss: f64,
 }
 
 pub struct Shared {
@@ -66,7 +56,8 @@ pub struct Shared {
     pub cameras: std::sync::atomic::AtomicUsize,
     /// The first worker's `ProviderReport` as JSON (for the stats).
     pub provider_report: Mutex<serde_json::Value>,
-    warm: Mutex<HashMap<String, Warm>>,
+    /// Per camera, the last frame and its result (`transfer::temporal`).
+    previous: Mutex<HashMap<String, Previous>>,
 }
 
 impl Shared {
@@ -86,7 +77,7 @@ impl Shared {
             provider: Mutex::new("unknown".into()),
             cameras: Default::default(),
             provider_report: Mutex::new(serde_json::Value::Null),
-            warm: Mutex::new(HashMap::new()),
+            previous: Mutex::new(HashMap::new()),
         }
     }
 
@@ -110,10 +101,10 @@ impl Shared {
         }
     }
 
-    /// Forget what is kept per camera (warm-start result, style choice): the camera is evicted by the bound on
-    /// cameras (`daemon.max_cameras`).
+    /// Forget what is kept per camera (previous frame and result, style choice): the camera is evicted by the
+    /// bound on cameras (`daemon.max_cameras`).
     pub fn forget_camera(&self, camera: &str) {
-        self.warm.lock().unwrap().remove(camera);
+        self.previous.lock().unwrap().remove(camera);
         self.camera_styles.lock().unwrap().remove(camera);
     }
 
@@ -166,13 +157,6 @@ impl Hooks for JobHooks<'_> {
     fn cancelled(&self) -> bool {
         self.shared.abandon.load(Ordering::Relaxed)
     }
-}
-
-/// 32×32 grey thumbnail for scene-change detection.
-fn thumbnail(img: &Planar) -> Vec<f32> {
-    let t = img.resize(32, 32);
-    let n = 32 * 32;
-    (0..n).map(|i| 0.299 * t.data[i] + 0.587 * t.data[n + i] + 0.114 * t.data[2 * n + i]).collect()
 }
 
 pub struct WorkerSetup {
@@ -297,42 +281,32 @@ fn process(
     if w < min || h < min {
         return Err(imageio::too_small(input_width, input_height, w, h, min).into());
     }
-    let mut opts = style.options(&model.manifest, size)?;
-    let thumb = thumbnail(&content);
-    let mut warm_start = false;
-    {
-        let warm = shared.warm.lock().unwrap();
-        if let Some(prev) = warm.get(cam) {
-            let diff = prev.thumb.iter().zip(&thumb).map(|(a, b)| (a - b).abs()).sum::<f32>() / thumb.len() as f32;
-            if prev.style == style_name && prev.width == w && prev.height == h && diff < cfg.daemon.warm_start_threshold
-            {
-                warm_start = true;
-                opts.init = Init::Image(prev.result.clone());
-                opts.scales = vec![size];
-                opts.target_loss = Some(prev.loss);
-            }
-        }
-    }
+    let opts = style.options(&model.manifest, size)?;
+    // the previous frame of this camera is used only with the same style (its settings included) and size
+    let key = format!("{style_name}/{}/{w}x{h}", style.key());
+    let content_s = content.resize(w, h);
+    let stream = cfg.daemon.temporal.settings(style.config.temporal_weight);
+    let prev = shared.previous.lock().unwrap().get(cam).cloned();
     let t1 = Instant::now();
-    let outcome = stylize_with(model, &content, style, &opts, &mut JobHooks { shared, worker })?;
+    let (outcome, plan, kept) = temporal::stylize_frame(
+        model,
+        prev.as_ref(),
+        &key,
+        &content_s,
+        &stream,
+        &opts,
+        style,
+        &mut JobHooks { shared, worker },
+    )?;
+    drop(prev);
     let stylize_ms = t1.elapsed().as_secs_f64() * 1e3;
     let t2 = Instant::now();
     let jpeg = imageio::encode(&outcome.image, OutputFormat::Jpeg { quality: cfg.daemon.jpeg_quality })?;
     let encode_ms = t2.elapsed().as_secs_f64() * 1e3;
-    shared.warm.lock().unwrap().insert(
-        cam.clone(),
-        Warm {
-            style: style_name.clone(),
-            width: w,
-            height: h,
-            thumb,
-            result: outcome.image.clone(),
-            loss: outcome.final_losses().total,
-        },
-    );
+    shared.previous.lock().unwrap().insert(cam.clone(), kept);
     let evaluations = outcome.evaluations();
     let total_ms = queued_ms + t0.elapsed().as_secs_f64() * 1e3;
-    shared.stats.record_job(total_ms, evaluations as u64, warm_start);
+    shared.stats.record_job(total_ms, evaluations as u64, plan.start);
     let l = outcome.final_losses();
     let mut losses = serde_json::Map::new();
     losses.insert("total".into(), l.total.into());
@@ -355,7 +329,9 @@ fn process(
             "stop": format!("{:?}", s.stop), "seconds": s.seconds,
         })).collect::<Vec<_>>(),
         "evaluations": evaluations,
-        "warm_start": warm_start,
+        "warm_start": plan.start != Start::Cold,
+        "start": plan.start.as_str(),
+        "changed_fraction": plan.changed_fraction,
         "losses": losses,
         "durations_ms": {"queue": queued_ms, "decode": decode_ms, "stylize": stylize_ms, "encode": encode_ms, "total": total_ms},
         "provider": model.provider.to_string(),
@@ -371,6 +347,7 @@ fn process(
     if let Some(r) = &frame.reply {
         out.push(Outgoing::new(r.topic.clone(), jpeg).content_type("image/jpeg").answering(r));
     }
-    tracing::info!(camera = %cam, seq = frame.seq, evaluations, warm_start, ms = total_ms as u64, "frame stylised");
+    tracing::info!(camera = %cam, seq = frame.seq, evaluations, start = plan.start.as_str(),
+        changed = plan.changed_fraction, ms = total_ms as u64, "frame stylised");
     Ok(out)
 }

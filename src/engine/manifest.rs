@@ -11,7 +11,7 @@ pub const FORMAT: &str = "fuchun-model";
 /// the histogram layers' activations (`feat_<layer>`); the runtime does the matching.
 pub const FORMAT_VERSION: u32 = 2;
 /// Order of the entries of the `term_weights` graph input.
-pub const TERMS: [&str; 5] = ["content", "style", "shift", "hist", "tv"];
+pub const TERMS: [&str; 6] = ["content", "style", "shift", "hist", "tv", "temporal"];
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Manifest {
@@ -186,7 +186,7 @@ impl Manifest {
     }
 
     /// The default term weights in graph order.
-    pub fn default_term_weights(&self) -> [f32; 5] {
+    pub fn default_term_weights(&self) -> [f32; 6] {
         TERMS.map(|t| self.default_term_weights[t])
     }
 }

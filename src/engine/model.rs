@@ -36,7 +36,7 @@ pub const MAX_GROUP_LAYERS: usize = 16;
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Losses {
     pub total: f64,
-    pub terms: [f64; 5],
+    pub terms: [f64; 6],
     /// Per group (LAYER_GROUPS), each layer's weighted loss (summing to the term), in the manifest's layer order;
     /// `layer_counts` says how many are set (0 for graphs exported without `layers_*` outputs).
     pub layers: [[f64; MAX_GROUP_LAYERS]; 4],

@@ -13,10 +13,15 @@ use anyhow::{bail, Result};
 
 use super::targets::StyleTargets;
 use crate::engine::{FeatureMap, Manifest, ObjectiveInputs, TERMS};
+use crate::imageio::Planar;
 
-/// Term weights ([content, style, shift, hist, tv]) with per-layer normalisation: chosen on the bundled pairs at
-/// 256 and 512 px (docs/quality.md).
-pub const NORMALIZED_TERM_WEIGHTS: [f32; 5] = [1.0, 2.5, 1.25, 1.25, 30.0];
+/// Term weights ([content, style, shift, hist, tv, temporal]) with per-layer normalisation: chosen on the bundled
+/// pairs at 256 and 512 px (docs/quality.md). The temporal term acts only on camera streams (`transfer::temporal`),
+/// which set its weight per frame.
+pub const NORMALIZED_TERM_WEIGHTS: [f32; 6] = [1.0, 2.5, 1.25, 1.25, 30.0, 0.0];
+
+/// Index of the temporal term in `Weights::terms` (and `TERMS`).
+pub const TEMPORAL: usize = 5;
 
 /// The layer groups of the objective.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,10 +53,10 @@ impl LayerGroup {
     }
 }
 
-/// Term weights ([content, style, shift, hist, tv]) and per-layer weights.
+/// Term weights ([content, style, shift, hist, tv, temporal]) and per-layer weights.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Weights {
-    pub terms: [f32; 5],
+    pub terms: [f32; 6],
     pub content_layers: Vec<f32>,
     pub style_layers: Vec<f32>,
     pub shift_layers: Vec<f32>,
@@ -79,7 +84,7 @@ impl Weights {
     }
 
     /// Term weights given by the user (None: keep). `what` names where they came from, for errors.
-    pub fn set_terms(&mut self, given: [Option<f32>; 5], what: &dyn Fn(&str) -> String) -> Result<()> {
+    pub fn set_terms(&mut self, given: [Option<f32>; 6], what: &dyn Fn(&str) -> String) -> Result<()> {
         for (i, v) in given.into_iter().enumerate() {
             if let Some(v) = v {
                 if !(v.is_finite() && v >= 0.0) {
@@ -185,16 +190,48 @@ pub fn layer_norms(
     Ok(out)
 }
 
-/// The objective's inputs (all but x) for one image size. `start` holds the activations of the image the
-/// optimisation starts from, whose histogram matching is the first histogram target.
+/// The temporal term's inputs for one frame of a camera stream (Ruder et al. 2016): the previous stylised frame and
+/// a weight per pixel (row-major `height × width`; 0 where the scene changed).
+#[derive(Debug, Clone)]
+pub struct TemporalInputs {
+    pub previous: Planar,
+    pub weights: Vec<f32>,
+}
+
+/// Set the temporal term's inputs for a `width × height` image: `t`'s, or zeros (the term then has neither value
+/// nor gradient).
+pub fn set_temporal(inp: &mut ObjectiveInputs, width: usize, height: usize, t: Option<&TemporalInputs>) -> Result<()> {
+    let (prev, weights) = match t {
+        Some(t) => {
+            if (t.previous.width, t.previous.height) != (width, height) || t.weights.len() != width * height {
+                bail!(
+                    "temporal inputs of {}x{} ({} weights) for a {width}x{height} image",
+                    t.previous.width,
+                    t.previous.height,
+                    t.weights.len()
+                );
+            }
+            (t.previous.data.clone(), t.weights.clone())
+        }
+        None => (vec![0.0; 3 * width * height], vec![0.0; width * height]),
+    };
+    inp.set("temporal_prev", &[1, 3, height, width], prev)?;
+    inp.set("temporal_weights", &[1, 1, height, width], weights)
+}
+
+/// The objective's inputs (all but x) for a `width × height` image. `start` holds the activations of the image the
+/// optimisation starts from, whose histogram matching is the first histogram target. The temporal term's inputs
+/// are zeros (`set_temporal` replaces them for a camera stream's frame).
 pub fn objective_inputs(
     m: &Manifest,
+    (width, height): (usize, usize),
     content: &BTreeMap<String, FeatureMap>,
     style: &StyleTargets,
     weights: &Weights,
     start: &BTreeMap<String, FeatureMap>,
 ) -> Result<ObjectiveInputs> {
     let mut inp = ObjectiveInputs::new();
+    set_temporal(&mut inp, width, height, None)?;
     for l in &m.content_layers {
         let f = content.get(l).ok_or_else(|| anyhow::anyhow!("content features of {l} missing"))?;
         inp.set(&format!("content_{l}"), &[1, f.channels, f.height, f.width], f.data.clone())?;
@@ -213,7 +250,8 @@ pub fn objective_inputs(
         inp.set(&format!("shift_v_{}", s.layer), &[c, c], v.clone())?;
     }
     super::histmatch::update_targets(m, start, style, &mut inp)?;
-    inp.set("term_weights", &[5], weights.terms.to_vec())?;
+    inp.set("term_weights", &[TERMS.len()], weights.terms.to_vec())?;
+
     let norms = if weights.normalize { Some(layer_norms(m, content, style)?) } else { None };
     for (group, name, v, n) in [
         ("content", "content_layer_weights", &weights.content_layers, m.content_layers.len()),

@@ -7,10 +7,11 @@ pub mod inputs;
 pub mod optim;
 pub mod schedule;
 pub mod targets;
+pub mod temporal;
 
 pub use inputs::{LayerGroup, Weights};
 pub use schedule::{
-    stylize, stylize_with, EvalRecord, Hooks, Init, NoHooks, Optimizer, Outcome, ScaleReport, StyleImages, StyleSource,
+    stylize, stylize_with, CachedTargets, EvalRecord, Hooks, Init, NoHooks, Optimizer, Outcome, ScaleReport, StyleImages, StyleSource,
     StylizeOptions,
 };
 pub use targets::StyleTargets;

@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 
 use super::color;
 use super::histmatch;
-use super::inputs::{objective_inputs, Weights};
+use super::inputs::{objective_inputs, set_temporal, TemporalInputs, Weights};
 use super::optim::{Adam, Bounds, Control, EarlyStop, IterInfo, Lbfgs, Objective, StopReason};
 use super::targets::StyleTargets;
 use crate::engine::{Losses, Model, ObjectiveInputs};
@@ -67,6 +67,9 @@ pub struct StylizeOptions {
     pub exact_losses: bool,
     /// Evaluation budget per scale (L-BFGS); default: 1.25 × iterations + 5.
     pub max_evaluations: Option<usize>,
+    /// The temporal term's inputs at the last scale (a camera stream's frame; `transfer::temporal`), whose weight
+    /// is `weights.terms[TEMPORAL]`. None: the term is zero.
+    pub temporal: Option<TemporalInputs>,
 }
 
 impl StylizeOptions {
@@ -90,6 +93,7 @@ impl StylizeOptions {
             hist_every: DEFAULT_HIST_EVERY,
             exact_losses: false,
             max_evaluations: None,
+            temporal: None,
         }
     }
 
@@ -251,6 +255,29 @@ impl StyleSource for StyleImages<'_> {
     }
 }
 
+/// Targets of any source, computed once per scale and kept (a sequence of frames with the same style).
+pub struct CachedTargets<S> {
+    pub inner: S,
+    memory: std::collections::HashMap<usize, StyleTargets>,
+}
+
+impl<S: StyleSource> CachedTargets<S> {
+    pub fn new(inner: S) -> Self {
+        CachedTargets { inner, memory: Default::default() }
+    }
+}
+
+impl<S: StyleSource> StyleSource for CachedTargets<S> {
+    fn targets(&mut self, model: &mut Model, longest: usize) -> Result<StyleTargets> {
+        if let Some(t) = self.memory.get(&longest) {
+            return Ok(t.clone());
+        }
+        let t = self.inner.targets(model, longest)?;
+        self.memory.insert(longest, t.clone());
+        Ok(t)
+    }
+}
+
 /// Observers of a run. Every method has a no-op default.
 pub trait Hooks {
     fn scale_start(&mut self, _scale: usize, _width: usize, _height: usize, _iterations: usize) {}
@@ -398,8 +425,12 @@ pub fn stylize_with(
         };
         // Inputs from the content's activations (the histogram targets too, for now); those activations (135 MB
         // at 512x512) are then dropped, before the starting image's are computed: only one set is alive at a time.
-        let mut inputs = objective_inputs(&model.manifest, &content_feats, &style, &opts.weights, &content_feats)?;
+        let mut inputs =
+            objective_inputs(&model.manifest, (w, h), &content_feats, &style, &opts.weights, &content_feats)?;
         drop(content_feats);
+        if si + 1 == scales.len() && opts.temporal.is_some() {
+            set_temporal(&mut inputs, w, h, opts.temporal.as_ref())?;
+        }
         // the first histogram targets: the starting image matched to the style
         let hist_used = !model.manifest.hist_layers.is_empty() && opts.weights.terms[3] != 0.0;
         if hist_used && img.data != content_s.data {

@@ -1,0 +1,205 @@
+//! `fuchun bench`, figure [5]: a camera stream (issue 12). A synthetic clip (`clip::synthetic`: the content image
+//! as a still background, an object crossing it, sensor noise, JPEG re-encoding, a new scene in the middle) is
+//! stylised twice frame by frame — every frame a cold run (the behaviour before temporal consistency) and with
+//! `transfer::temporal` — and compared: evaluations of partly changed frames against cold ones, flicker over the
+//! pixels that did not change, and the scene change.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::clip::{synthetic, Clip, ClipSpec};
+use crate::engine::Model;
+use crate::imageio::{self, fit_size, Limits, Planar};
+use crate::transfer::temporal::{self, masked_difference, Previous, Start, StreamSettings};
+use crate::transfer::{CachedTargets, NoHooks, StyleImages, StylizeOptions};
+
+/// One pass over the clip.
+pub struct Pass {
+    pub images: Vec<Planar>,
+    pub starts: Vec<Start>,
+    pub changed: Vec<Option<f64>>,
+    pub evaluations: Vec<usize>,
+    pub seconds: Vec<f64>,
+}
+
+/// The clip's frames, decoded.
+pub fn frames(clip: &Clip) -> Result<Vec<Planar>> {
+    clip.frames.iter().map(|f| imageio::decode(f, &Limits::default()).map_err(Into::into)).collect()
+}
+
+/// Stylise every frame of `frames` in order, as the daemon does for one camera.
+pub fn run_pass(
+    model: &mut Model,
+    frames: &[Planar],
+    style: &Planar,
+    opts: &StylizeOptions,
+    settings: &StreamSettings,
+) -> Result<Pass> {
+    let images = std::slice::from_ref(style);
+    let mut source =
+        CachedTargets::new(StyleImages { images, blend: Vec::new(), style_scale: opts.style_scale });
+    let mut prev: Option<Previous> = None;
+    let mut pass = Pass { images: vec![], starts: vec![], changed: vec![], evaluations: vec![], seconds: vec![] };
+    for f in frames {
+        let t = Instant::now();
+        let (w, h) = fit_size(f.width, f.height, opts.image_size);
+        let content = f.resize(w, h);
+        let (outcome, plan, kept) = temporal::stylize_frame(
+            model,
+            prev.as_ref(),
+            &format!("{w}x{h}"),
+            &content,
+            settings,
+            opts,
+            &mut source,
+            &mut NoHooks,
+        )?;
+        pass.evaluations.push(outcome.evaluations());
+        pass.images.push(outcome.image);
+        pass.starts.push(plan.start);
+        pass.changed.push(plan.changed_fraction);
+        pass.seconds.push(t.elapsed().as_secs_f64());
+        prev = Some(kept);
+    }
+    Ok(pass)
+}
+
+/// Mean flicker (mean absolute difference of consecutive results over the still pixels, 0–1) of a pass.
+pub fn flicker(clip: &Clip, images: &[Planar]) -> f64 {
+    let v: Vec<f64> = (1..images.len())
+        .filter_map(|i| clip.still_between(i).map(|still| masked_difference(&images[i], &images[i - 1], &still)))
+        .collect();
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+fn mean(v: impl Iterator<Item = f64>) -> f64 {
+    let (s, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    if n == 0 {
+        f64::NAN
+    } else {
+        s / n as f64
+    }
+}
+
+/// A strip of `count` consecutive frames from `first`: the camera frames, the cold results and the temporal ones,
+/// one row each.
+fn strip(rows: &[&[Planar]], first: usize, count: usize) -> Planar {
+    let (w, h) = (rows[0][0].width, rows[0][0].height);
+    let gap = 4;
+    let (sw, sh) = (count * w + (count - 1) * gap, rows.len() * h + (rows.len() - 1) * gap);
+    let mut out = Planar { width: sw, height: sh, data: vec![1.0; 3 * sw * sh] };
+    for (r, row) in rows.iter().enumerate() {
+        for k in 0..count {
+            let img = row[first + k].resize(w, h);
+            for c in 0..3 {
+                for y in 0..h {
+                    for x in 0..w {
+                        let (ox, oy) = (k * (w + gap) + x, r * (h + gap) + y);
+                        out.data[c * sw * sh + oy * sw + ox] = img.data[c * w * h + y * w + x];
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+pub struct StreamArgs<'a> {
+    pub size: usize,
+    pub frames: usize,
+    pub background: &'a Path,
+    pub object: &'a Path,
+    pub strip: Option<&'a Path>,
+}
+
+/// Figure [5]: prints the lines with their targets and returns them as JSON.
+pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &StreamArgs) -> Result<serde_json::Value> {
+    let limits = Limits::default();
+    let bg = imageio::load_path(a.background, &limits).with_context(|| format!("{}", a.background.display()))?;
+    let obj = imageio::load_path(a.object, &limits).with_context(|| format!("{}", a.object.display()))?;
+    let (w, h) = fit_size(bg.width, bg.height, a.size);
+    let spec = ClipSpec { frames: a.frames.max(4), scene_change: Some(a.frames.max(4) / 2), ..ClipSpec::default() };
+    let clip = synthetic(&bg.resize(w, h), &obj, &spec);
+    let frames = frames(&clip)?;
+    let mut opts = opts.clone();
+    opts.image_size = a.size;
+    let settings = StreamSettings::new(temporal::DEFAULT_TEMPORAL_WEIGHT);
+    let off = StreamSettings { enabled: false, ..settings };
+    let cold = run_pass(model, &frames, style, &opts, &off)?;
+    let warm = run_pass(model, &frames, style, &opts, &settings)?;
+    let cut = spec.scene_change.unwrap_or(0);
+
+    // [5a] evaluations: partly changed frames (≤ 20 % of the pixels truly changed) against cold frames
+    let small: Vec<usize> = (1..frames.len()).filter(|&i| clip.changed_fraction(i).is_some_and(|f| f <= 0.2)).collect();
+    let partial_evals = mean(small.iter().map(|&i| warm.evaluations[i] as f64));
+    let cold_evals = mean(cold.evaluations.iter().map(|&e| e as f64));
+    let eval_ratio = partial_evals / cold_evals;
+    let starts: Vec<&str> = warm.starts.iter().map(|s| s.as_str()).collect();
+    println!(
+        "[5] camera stream at {}x{} ({} frames: an object crossing a still scene, noise σ {:.1}/255, JPEG q{}, \
+         new scene at frame {cut}); starts with temporal consistency: {}",
+        w,
+        h,
+        frames.len(),
+        spec.noise * 255.0,
+        spec.jpeg_quality,
+        starts.join(" ")
+    );
+    println!(
+        "    evaluations: partly changed frames (≤ 20 % changed: {} frames, mean changed {:.1} %) {:.1} per frame, \
+         cold frames {:.1} = {:.2} of cold (target ≤ 0.33): {}",
+        small.len(),
+        100.0 * mean(small.iter().filter_map(|&i| clip.changed_fraction(i))),
+        partial_evals,
+        cold_evals,
+        eval_ratio,
+        super::bench::verdict(eval_ratio <= 1.0 / 3.0)
+    );
+    let secs = |p: &Pass, idx: &[usize]| mean(idx.iter().map(|&i| p.seconds[i]));
+    println!(
+        "    seconds per frame: partly changed {:.1} with temporal consistency, {:.1} as cold runs",
+        secs(&warm, &small),
+        secs(&cold, &small)
+    );
+    // [5b] flicker over the pixels that did not change
+    let (f_cold, f_warm) = (flicker(&clip, &cold.images), flicker(&clip, &warm.images));
+    let f_ratio = f_warm / f_cold;
+    println!(
+        "    flicker (mean |Δ| between consecutive results over unchanged pixels, 0–255): cold runs {:.2}, temporal \
+         {:.2} = {:.3} of cold (target ≤ 0.2): {}",
+        255.0 * f_cold,
+        255.0 * f_warm,
+        f_ratio,
+        super::bench::verdict(f_ratio <= 0.2)
+    );
+    // [5c] the new scene: detected (a cold run) and no ghost of the old one — the result is the fresh cold run's
+    let detected = warm.starts.get(cut) == Some(&Start::Cold);
+    let all = vec![true; w * h];
+    let ghost = masked_difference(&warm.images[cut], &cold.images[cut], &all);
+    let old_new = masked_difference(&cold.images[cut], &cold.images[cut - 1], &all);
+    println!(
+        "    new scene at frame {cut}: changed {:.0} %, {} ; its result differs from a fresh cold run's by {:.2}/255 \
+         (the old scene's result differs by {:.1}/255): {}",
+        100.0 * warm.changed[cut].unwrap_or(f64::NAN),
+        if detected { "cold run" } else { "NOT a cold run" },
+        255.0 * ghost,
+        255.0 * old_new,
+        super::bench::verdict(detected && ghost < 0.1 * old_new)
+    );
+    if let Some(path) = a.strip {
+        let first = small.first().copied().unwrap_or(1).max(1) + 1;
+        let count = 5.min(cut.saturating_sub(first)).max(1);
+        let s = strip(&[&frames, &cold.images, &warm.images], first, count);
+        imageio::save_path(&s, path).with_context(|| format!("writing the strip {}", path.display()))?;
+        println!("    strip of frames {first}–{} (camera, cold runs, temporal): {}", first + count - 1, path.display());
+    }
+    Ok(serde_json::json!({
+        "width": w, "height": h, "frames": frames.len(), "scene_change": cut, "starts": starts,
+        "changed": warm.changed, "evaluations_temporal": warm.evaluations, "evaluations_cold": cold.evaluations,
+        "partial_evaluations": partial_evals, "cold_evaluations": cold_evals, "evaluation_ratio": eval_ratio,
+        "flicker_cold": f_cold, "flicker_temporal": f_warm, "flicker_ratio": f_ratio,
+        "scene_change_detected": detected, "scene_change_vs_fresh_cold": ghost,
+    }))
+}

@@ -1,0 +1,388 @@
+//! Camera streams (Ruder, Dosovitskiy & Brox 2016, "Artistic style transfer for videos"): a per-pixel change mask
+//! between a camera's consecutive frames decides how each frame starts —
+//! - nothing changed: from the previous result, stopping as soon as it is as good;
+//! - part of the scene changed: from the previous result where it did not and the content where it did, with the
+//!   temporal term (the previous result as a target, weighted per pixel, 0 where the scene changed) holding the
+//!   still background in place, so that it does not repaint differently on every frame (flicker);
+//! - most of the scene changed (lights on, camera moved), or no usable previous frame: a cold run.
+//!
+//! The daemon's workers and `fuchun stylize` on a frame sequence use the same `Stream`.
+
+use serde::{Deserialize, Serialize};
+
+use super::inputs::{TemporalInputs, TEMPORAL};
+use anyhow::Result;
+
+use super::schedule::{stylize_with, Hooks, Init, Outcome, StyleSource, StylizeOptions};
+use crate::engine::Model;
+use crate::imageio::Planar;
+
+/// How consecutive frames are compared (at the result's size, on luminance in [0, 1]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChangeParams {
+    /// A pixel changed when its blurred luminance differs by more than this (0–1). Sensor noise and JPEG
+    /// re-compression stay well below it once blurred.
+    pub threshold: f32,
+    /// Radius (pixels) of the box blur applied twice to both frames before comparing.
+    pub blur_px: usize,
+    /// Changed regions grow by this many pixels (square), to cover the soft edges of a moving object.
+    pub dilate_px: usize,
+    /// Width (pixels) of the ramp of the temporal weight and of the blend of the starting image around changed
+    /// regions: no hard seam where the previous result meets the newly painted part.
+    pub feather_px: usize,
+    /// Above this changed fraction the frame is a new scene: a cold run.
+    pub scene_change: f32,
+}
+
+impl Default for ChangeParams {
+    fn default() -> Self {
+        ChangeParams { threshold: 0.06, blur_px: 2, dilate_px: 6, feather_px: 4, scene_change: 0.5 }
+    }
+}
+
+impl ChangeParams {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.threshold.is_finite() && self.threshold > 0.0 && self.threshold < 1.0) {
+            return Err(format!("threshold must be in (0, 1), got {}", self.threshold));
+        }
+        if !(self.scene_change.is_finite() && self.scene_change > 0.0 && self.scene_change <= 1.0) {
+            return Err(format!("scene_change must be in (0, 1], got {}", self.scene_change));
+        }
+        if self.blur_px > 64 || self.dilate_px > 256 || self.feather_px > 256 {
+            return Err("blur_px (≤ 64), dilate_px and feather_px (≤ 256) are pixel radii".into());
+        }
+        Ok(())
+    }
+}
+
+/// Which pixels changed between two frames of the same size.
+#[derive(Debug, Clone)]
+pub struct ChangeMask {
+    pub width: usize,
+    pub height: usize,
+    /// Row-major; true where the scene changed (after dilation).
+    pub changed: Vec<bool>,
+    /// Fraction of changed pixels.
+    pub fraction: f64,
+    /// Row-major, in [0, 1]: 1 far from any change, 0 on changed pixels, a ramp of `feather_px` between.
+    pub unchanged: Vec<f32>,
+}
+
+fn grey(img: &Planar) -> Vec<f32> {
+    let n = img.width * img.height;
+    (0..n).map(|i| 0.299 * img.data[i] + 0.587 * img.data[n + i] + 0.114 * img.data[2 * n + i]).collect()
+}
+
+/// Box filter of radius `r` (mean over the (2r+1)² window clipped to the image), separable, O(1) per pixel.
+fn box_blur(v: &[f32], w: usize, h: usize, r: usize) -> Vec<f32> {
+    if r == 0 {
+        return v.to_vec();
+    }
+    let pass = |src: &[f32], len: usize, lines: usize, at: &dyn Fn(usize, usize) -> usize| -> Vec<f32> {
+        let mut out = vec![0.0f32; src.len()];
+        let mut prefix = vec![0.0f64; len + 1];
+        for line in 0..lines {
+            for i in 0..len {
+                prefix[i + 1] = prefix[i] + src[at(line, i)] as f64;
+            }
+            for i in 0..len {
+                let (a, b) = (i.saturating_sub(r), (i + r + 1).min(len));
+                out[at(line, i)] = ((prefix[b] - prefix[a]) / (b - a) as f64) as f32;
+            }
+        }
+        out
+    };
+    let rows = pass(v, w, h, &|y, x| y * w + x);
+    pass(&rows, h, w, &|x, y| y * w + x)
+}
+
+/// Grow the true pixels by `r` (square window), separably.
+fn dilate(m: &[bool], w: usize, h: usize, r: usize) -> Vec<bool> {
+    if r == 0 {
+        return m.to_vec();
+    }
+    let pass = |src: &[bool], len: usize, lines: usize, at: &dyn Fn(usize, usize) -> usize| -> Vec<bool> {
+        let mut out = vec![false; src.len()];
+        for line in 0..lines {
+            // distance to the last true pixel seen, forwards then backwards
+            let mut last: Option<usize> = None;
+            for i in 0..len {
+                if src[at(line, i)] {
+                    last = Some(i);
+                }
+                out[at(line, i)] = last.is_some_and(|j| i - j <= r);
+            }
+            let mut next: Option<usize> = None;
+            for i in (0..len).rev() {
+                if src[at(line, i)] {
+                    next = Some(i);
+                }
+                if next.is_some_and(|j| j - i <= r) {
+                    out[at(line, i)] = true;
+                }
+            }
+        }
+        out
+    };
+    let rows = pass(m, w, h, &|y, x| y * w + x);
+    pass(&rows, h, w, &|x, y| y * w + x)
+}
+
+/// The change mask between `prev` and `cur` (same size): both blurred, compared on luminance, thresholded, dilated;
+/// the soft `unchanged` map ramps over `feather_px` pixels outside the changed region.
+pub fn change_mask(prev: &Planar, cur: &Planar, p: &ChangeParams) -> ChangeMask {
+    assert_eq!((prev.width, prev.height), (cur.width, cur.height), "frames of different sizes");
+    let (w, h) = (cur.width, cur.height);
+    let blur = |img: &Planar| box_blur(&box_blur(&grey(img), w, h, p.blur_px), w, h, p.blur_px);
+    let (a, b) = (blur(prev), blur(cur));
+    let raw: Vec<bool> = a.iter().zip(&b).map(|(x, y)| (x - y).abs() > p.threshold).collect();
+    let changed = dilate(&raw, w, h, p.dilate_px);
+    let fraction = changed.iter().filter(|c| **c).count() as f64 / (w * h).max(1) as f64;
+    // the ramp: unchanged pixels within feather_px of a change get a weight growing with the distance (from a box
+    // filter of the changed region grown by feather_px, so changed pixels themselves stay at exactly 0)
+    let unchanged = if p.feather_px == 0 {
+        changed.iter().map(|c| if *c { 0.0 } else { 1.0 }).collect()
+    } else {
+        let grown = dilate(&changed, w, h, p.feather_px);
+        let g: Vec<f32> = grown.iter().map(|c| if *c { 1.0 } else { 0.0 }).collect();
+        let soft = box_blur(&g, w, h, p.feather_px);
+        changed.iter().zip(&soft).map(|(c, s)| if *c { 0.0 } else { (1.0 - s).clamp(0.0, 1.0) }).collect()
+    };
+    ChangeMask { width: w, height: h, changed, fraction, unchanged }
+}
+
+/// How a frame was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// No usable previous frame, or a new scene: the full coarse-to-fine schedule from the content.
+    Cold,
+    /// Nothing changed: from the previous result.
+    Previous,
+    /// Part of the scene changed: the previous result where it did not, the content where it did.
+    Partial,
+}
+
+impl Start {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Start::Cold => "cold",
+            Start::Previous => "previous",
+            Start::Partial => "partial",
+        }
+    }
+}
+
+/// Settings of a stream (a camera, a clip).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StreamSettings {
+    /// Use the previous frame at all (false: every frame is a cold run).
+    pub enabled: bool,
+    pub change: ChangeParams,
+    /// Weight of the temporal term (0: frames start from the previous result but nothing holds them to it).
+    pub temporal_weight: f32,
+    /// Evaluation budget of a frame that starts from the previous result.
+    pub max_evaluations: usize,
+}
+
+impl StreamSettings {
+    pub fn new(temporal_weight: f32) -> StreamSettings {
+        StreamSettings {
+            enabled: true,
+            change: ChangeParams::default(),
+            temporal_weight,
+            max_evaluations: DEFAULT_MAX_EVALUATIONS,
+        }
+    }
+}
+
+/// Default evaluation budget of a frame started from the previous result (a cold 256 px frame takes 150–300).
+pub const DEFAULT_MAX_EVALUATIONS: usize = 60;
+
+/// Default weight of the temporal term (with the default, normalised term weights; docs/performance.md).
+pub const DEFAULT_TEMPORAL_WEIGHT: f32 = 200.0;
+
+/// What is kept of a stream's last frame.
+#[derive(Debug, Clone)]
+pub struct Previous {
+    /// What must match for the previous frame to be used (style and its settings).
+    pub key: String,
+    /// The content at the result's size.
+    pub content: Planar,
+    pub result: Planar,
+    /// The total loss the result reached, without the temporal term.
+    pub loss: f64,
+}
+
+/// The decision for one frame.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Plan {
+    pub start: Start,
+    /// Changed fraction against the previous frame (None: no usable previous frame).
+    pub changed_fraction: Option<f64>,
+}
+
+/// Below this changed fraction a frame counts as unchanged (isolated pixels that pass the threshold).
+const UNCHANGED: f64 = 0.002;
+
+/// Decide how the frame `content` (at the result's size) starts, and set `opts` (the cold run's options)
+/// accordingly.
+pub fn plan(
+    prev: Option<&Previous>,
+    key: &str,
+    content: &Planar,
+    settings: &StreamSettings,
+    opts: &mut StylizeOptions,
+) -> Plan {
+    let cold = Plan { start: Start::Cold, changed_fraction: None };
+    let Some(prev) = prev.filter(|p| {
+        settings.enabled
+            && p.key == key
+            && (p.content.width, p.content.height) == (content.width, content.height)
+            && (p.result.width, p.result.height) == (content.width, content.height)
+    }) else {
+        return cold;
+    };
+    let mask = change_mask(&prev.content, content, &settings.change);
+    if mask.fraction > settings.change.scene_change as f64 {
+        return Plan { changed_fraction: Some(mask.fraction), ..cold };
+    }
+    let start = if mask.fraction < UNCHANGED { Start::Previous } else { Start::Partial };
+    // the starting image: the previous result, blended into the content across the changed regions
+    let n = content.width * content.height;
+    let mut init = prev.result.clone();
+    if start == Start::Partial {
+        for c in 0..3 {
+            for (i, &u) in mask.unchanged.iter().enumerate() {
+                let j = c * n + i;
+                init.data[j] = u * prev.result.data[j] + (1.0 - u) * content.data[j];
+            }
+        }
+    }
+    opts.init = Init::Image(init);
+    opts.scales = vec![opts.image_size];
+    opts.max_evaluations = Some(settings.max_evaluations);
+    opts.iterations = opts.iterations.min(settings.max_evaluations);
+    // as good as the previous frame (its loss without the temporal term, which is 0 for an unchanged frame)
+    opts.target_loss = Some(prev.loss);
+    if settings.temporal_weight > 0.0 {
+        opts.weights.terms[TEMPORAL] = settings.temporal_weight;
+        opts.temporal = Some(TemporalInputs { previous: prev.result.clone(), weights: mask.unchanged.clone() });
+    }
+    Plan { start, changed_fraction: Some(mask.fraction) }
+}
+
+/// What to keep of a frame for the next one.
+fn remember(key: &str, content: &Planar, outcome: &Outcome, opts: &StylizeOptions) -> Previous {
+    let l = outcome.final_losses();
+    Previous {
+        key: key.to_string(),
+        content: content.clone(),
+        result: outcome.image.clone(),
+        loss: l.total - opts.weights.terms[TEMPORAL] as f64 * l.terms[TEMPORAL],
+    }
+}
+
+/// One frame of a stream, end to end: decide how it starts (`plan`), stylise it, and return what to keep for the
+/// next frame. `content` is the frame at the result's size; `opts` the cold run's options.
+#[allow(clippy::too_many_arguments)]
+pub fn stylize_frame(
+    model: &mut Model,
+    prev: Option<&Previous>,
+    key: &str,
+    content: &Planar,
+    settings: &StreamSettings,
+    opts: &StylizeOptions,
+    styles: &mut dyn StyleSource,
+    hooks: &mut dyn Hooks,
+) -> Result<(Outcome, Plan, Previous)> {
+    let mut opts = opts.clone();
+    let plan = plan(prev, key, content, settings, &mut opts);
+    let outcome = stylize_with(model, content, styles, &opts, hooks)?;
+    let kept = remember(key, content, &outcome, &opts);
+    Ok((outcome, plan, kept))
+}
+
+/// Mean absolute difference of two images over the pixels where `keep` is true (all channels), in [0, 1].
+pub fn masked_difference(a: &Planar, b: &Planar, keep: &[bool]) -> f64 {
+    let n = a.width * a.height;
+    let (mut sum, mut count) = (0.0f64, 0usize);
+    for (i, k) in keep.iter().enumerate().take(n) {
+        if *k {
+            for c in 0..3 {
+                sum += (a.data[c * n + i] - b.data[c * n + i]).abs() as f64;
+            }
+            count += 3;
+        }
+    }
+    if count == 0 {
+        0.0
+    } else {
+        sum / count as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flat(w: usize, h: usize, v: f32) -> Planar {
+        Planar { width: w, height: h, data: vec![v; 3 * w * h] }
+    }
+
+    #[test]
+    fn blur_keeps_a_constant_and_dilation_grows_by_the_radius() {
+        let v = vec![0.3f32; 20 * 10];
+        assert!(box_blur(&v, 20, 10, 3).iter().all(|x| (x - 0.3).abs() < 1e-6));
+        let mut m = vec![false; 20 * 10];
+        m[5 * 20 + 10] = true;
+        let d = dilate(&m, 20, 10, 2);
+        assert_eq!(d.iter().filter(|x| **x).count(), 25);
+        assert!(d[3 * 20 + 8] && d[7 * 20 + 12] && !d[2 * 20 + 10] && !d[5 * 20 + 13]);
+    }
+
+    #[test]
+    fn a_moving_square_is_found_and_noise_is_not() {
+        let (w, h) = (64, 48);
+        let a = flat(w, h, 0.5);
+        let mut b = a.clone();
+        let mut rng = 12345u64;
+        for v in b.data.iter_mut() {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            *v += ((rng >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.04; // ±0.02 noise
+        }
+        let p = ChangeParams::default();
+        let m = change_mask(&a, &b, &p);
+        assert_eq!(m.fraction, 0.0, "noise alone is not a change");
+        assert!(m.unchanged.iter().all(|u| *u == 1.0));
+        for y in 20..30 {
+            for x in 30..40 {
+                for c in 0..3 {
+                    b.data[c * w * h + y * w + x] = 0.9;
+                }
+            }
+        }
+        let m = change_mask(&a, &b, &p);
+        // the square (10×10) is inside the mask; the mask is no larger than the square grown by blur and dilation
+        for y in 20..30 {
+            for x in 30..40 {
+                assert!(m.changed[y * w + x] && m.unchanged[y * w + x] == 0.0);
+            }
+        }
+        let grown = 10 + 2 * (2 * p.blur_px + p.dilate_px);
+        assert!(m.fraction * (w * h) as f64 <= (grown * grown) as f64, "{}", m.fraction);
+        assert!(m.fraction > 100.0 / (w * h) as f64);
+        // the weight ramps: 0 at the border of the mask, 1 beyond feather_px, in between strictly between
+        assert_eq!(m.unchanged[5 * w + 5], 1.0);
+        let edge = (20..30).map(|y| (0..w).filter(|&x| m.changed[y * w + x]).min().unwrap()).min().unwrap();
+        assert!(m.unchanged[25 * w + edge - 1] > 0.0 && m.unchanged[25 * w + edge - 1] < 1.0);
+    }
+
+    #[test]
+    fn lights_on_is_a_new_scene() {
+        let a = flat(40, 30, 0.3);
+        let b = flat(40, 30, 0.6);
+        let m = change_mask(&a, &b, &ChangeParams::default());
+        assert_eq!(m.fraction, 1.0);
+    }
+}
