@@ -77,6 +77,10 @@ pub struct BenchArgs {
     /// Write a strip of consecutive frames of [5] (camera, cold runs, temporal) to this image.
     #[arg(long)]
     pub stream_strip: Option<PathBuf>,
+    /// Also write the frames of [5]'s clip (JPEG, as a camera sends them) to this directory, to run
+    /// `fuchun stylize --content 'DIR/*.jpg'` on them.
+    #[arg(long)]
+    pub stream_clip_dir: Option<PathBuf>,
     /// Print the figures as one JSON object as well.
     #[arg(long)]
     pub json: bool,
@@ -350,6 +354,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             background: &args.content,
             object: &args.stream_object,
             strip: args.stream_strip.as_deref(),
+            clip_dir: args.stream_clip_dir.as_deref(),
         };
         figures.insert("stream".into(), super::stream_bench::figures(&mut model, &style, &opts, &a)?);
     }

@@ -56,6 +56,15 @@ pub fn run_pass(
             &mut source,
             &mut NoHooks,
         )?;
+        tracing::info!(
+            frame = pass.images.len(),
+            start = plan.start.as_str(),
+            changed = plan.changed_fraction,
+            evaluations = outcome.evaluations(),
+            loss = outcome.final_losses().total,
+            seconds = t.elapsed().as_secs_f64(),
+            "stream frame"
+        );
         pass.evaluations.push(outcome.evaluations());
         pass.images.push(outcome.image);
         pass.starts.push(plan.start);
@@ -112,6 +121,7 @@ pub struct StreamArgs<'a> {
     pub background: &'a Path,
     pub object: &'a Path,
     pub strip: Option<&'a Path>,
+    pub clip_dir: Option<&'a Path>,
 }
 
 /// Figure [5]: prints the lines with their targets and returns them as JSON.
@@ -122,6 +132,13 @@ pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &Str
     let (w, h) = fit_size(bg.width, bg.height, a.size);
     let spec = ClipSpec { frames: a.frames.max(4), scene_change: Some(a.frames.max(4) / 2), ..ClipSpec::default() };
     let clip = synthetic(&bg.resize(w, h), &obj, &spec);
+    if let Some(dir) = a.clip_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (i, f) in clip.frames.iter().enumerate() {
+            let p = dir.join(format!("frame_{i:03}.jpg"));
+            std::fs::write(&p, f).with_context(|| format!("writing {}", p.display()))?;
+        }
+    }
     let frames = frames(&clip)?;
     let mut opts = opts.clone();
     opts.image_size = a.size;

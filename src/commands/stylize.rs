@@ -52,6 +52,10 @@ pub struct StylizeArgs {
     /// Frame sequences: above this changed fraction a frame is a new scene (cold run).
     #[arg(long, value_name = "F")]
     pub scene_change: Option<f32>,
+    /// Frame sequences: search radius (pixels) of the motion search that carries the previous result along with
+    /// what moved (0: none).
+    #[arg(long, default_value_t = temporal::DEFAULT_MOTION_PX, value_name = "PX")]
+    pub motion_px: usize,
     /// Frame sequences: evaluation budget of a frame started from the previous one.
     #[arg(long, default_value_t = temporal::DEFAULT_MAX_EVALUATIONS, value_name = "N")]
     pub frame_evaluations: usize,
@@ -69,6 +73,10 @@ impl StylizeArgs {
         }
         s.enabled = !self.no_temporal;
         s.max_evaluations = self.frame_evaluations;
+        if self.motion_px > 64 {
+            bail!("--motion-px must be at most 64, got {}", self.motion_px);
+        }
+        s.motion_px = self.motion_px;
         if let Some(t) = self.change_threshold {
             s.change.threshold = t;
         }

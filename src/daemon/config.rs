@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::engine::runtime::{parse_shape, CudaOptions, ProfileSpec, Shape, TensorRtOptions};
 use crate::engine::RuntimeOptions;
-use crate::transfer::temporal::{ChangeParams, StreamSettings, DEFAULT_MAX_EVALUATIONS};
+use crate::transfer::temporal::{ChangeParams, StreamSettings, DEFAULT_MAX_EVALUATIONS, DEFAULT_MOTION_PX};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -265,6 +265,9 @@ pub struct TemporalConfig {
     pub scene_change: f32,
     /// Evaluation budget of a frame that starts from the previous result.
     pub max_evaluations: usize,
+    /// Search radius (pixels) of the block-matching motion search that carries the previous result along with
+    /// what moved (0: none; what moved is repainted from the content).
+    pub motion_px: usize,
 }
 
 impl Default for TemporalConfig {
@@ -278,6 +281,7 @@ impl Default for TemporalConfig {
             feather_px: c.feather_px,
             scene_change: c.scene_change,
             max_evaluations: DEFAULT_MAX_EVALUATIONS,
+            motion_px: DEFAULT_MOTION_PX,
         }
     }
 }
@@ -296,6 +300,7 @@ impl TemporalConfig {
             },
             temporal_weight,
             max_evaluations: self.max_evaluations,
+            motion_px: self.motion_px,
         }
     }
 }
@@ -479,6 +484,9 @@ impl Config {
         }
         if t.max_evaluations == 0 {
             bail!("daemon.temporal.max_evaluations must be at least 1");
+        }
+        if t.motion_px > 64 {
+            bail!("daemon.temporal.motion_px must be at most 64 (pixels), got {}", t.motion_px);
         }
         if self.styles.is_empty() {
             bail!("no [styles.NAME] defined: add at least one style with its images");

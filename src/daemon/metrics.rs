@@ -342,7 +342,8 @@ mod tests {
     fn snapshot() -> Value {
         let s = crate::daemon::stats::Stats::default();
         for i in 1..=10 {
-            s.record_job(i as f64 * 100.0, 40, i % 2 == 0);
+            use crate::transfer::temporal::Start;
+            s.record_job(i as f64 * 100.0, 40, if i % 2 == 0 { Start::Partial } else { Start::Cold });
         }
         s.snapshot(&gauges(2))
     }

@@ -152,6 +152,82 @@ pub fn change_mask(prev: &Planar, cur: &Planar, p: &ChangeParams) -> ChangeMask 
     ChangeMask { width: w, height: h, changed, fraction, unchanged }
 }
 
+/// Blurred luminance, as the change mask compares it.
+fn blurred_grey(img: &Planar, p: &ChangeParams) -> Vec<f32> {
+    let (w, h) = (img.width, img.height);
+    box_blur(&box_blur(&grey(img), w, h, p.blur_px), w, h, p.blur_px)
+}
+
+/// Side of the blocks of the motion search, in pixels.
+const BLOCK: usize = 8;
+
+/// Block-matching motion of the changed region (a coarse dense optical flow): for each `BLOCK`² block holding a
+/// changed pixel, the displacement (dx, dy), |dx|, |dy| ≤ `radius`, such that `prev` at (x + dx, y + dy) best
+/// matches `cur` at (x, y) (mean absolute difference of the blurred luminances `a`, `b`). Returns, per pixel, the
+/// source position in `prev` when the match holds at that pixel (difference ≤ `threshold`), else None.
+fn motion(
+    a: &[f32],
+    b: &[f32],
+    w: usize,
+    h: usize,
+    changed: &[bool],
+    radius: usize,
+    threshold: f32,
+) -> Vec<Option<usize>> {
+    let mut src = vec![None; w * h];
+    let r = radius as isize;
+    for by in (0..h).step_by(BLOCK) {
+        for bx in (0..w).step_by(BLOCK) {
+            let (ye, xe) = ((by + BLOCK).min(h), (bx + BLOCK).min(w));
+            if !(by..ye).any(|y| (bx..xe).any(|x| changed[y * w + x])) {
+                continue;
+            }
+            let mut best = (f32::INFINITY, 0isize, 0isize);
+            for dy in -r..=r {
+                for dx in -r..=r {
+                    let (mut sum, mut count) = (0.0f32, 0usize);
+                    for y in by..ye {
+                        let sy = y as isize + dy;
+                        if sy < 0 || sy >= h as isize {
+                            continue;
+                        }
+                        for x in bx..xe {
+                            let sx = x as isize + dx;
+                            if sx < 0 || sx >= w as isize {
+                                continue;
+                            }
+                            sum += (b[y * w + x] - a[sy as usize * w + sx as usize]).abs();
+                            count += 1;
+                        }
+                    }
+                    // a displacement must see most of the block; ties go to the smaller displacement
+                    if count * 2 >= (ye - by) * (xe - bx) {
+                        let cost = sum / count as f32 + 1e-4 * (dx.abs() + dy.abs()) as f32;
+                        if cost < best.0 {
+                            best = (cost, dx, dy);
+                        }
+                    }
+                }
+            }
+            if !best.0.is_finite() {
+                continue;
+            }
+            for y in by..ye {
+                for x in bx..xe {
+                    let (sx, sy) = (x as isize + best.1, y as isize + best.2);
+                    if changed[y * w + x] && sx >= 0 && sy >= 0 && (sx as usize) < w && (sy as usize) < h {
+                        let j = sy as usize * w + sx as usize;
+                        if (b[y * w + x] - a[j]).abs() <= threshold {
+                            src[y * w + x] = Some(j);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    src
+}
+
 /// How a frame was started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
@@ -183,6 +259,9 @@ pub struct StreamSettings {
     pub temporal_weight: f32,
     /// Evaluation budget of a frame that starts from the previous result.
     pub max_evaluations: usize,
+    /// Search radius (pixels) of the motion search that carries the previous result along with what moved
+    /// (0: no motion search; what moved starts from the content).
+    pub motion_px: usize,
 }
 
 impl StreamSettings {
@@ -192,9 +271,13 @@ impl StreamSettings {
             change: ChangeParams::default(),
             temporal_weight,
             max_evaluations: DEFAULT_MAX_EVALUATIONS,
+            motion_px: DEFAULT_MOTION_PX,
         }
     }
 }
+
+/// Default search radius of the motion search (pixels of the result: 16 px between frames at 256 px).
+pub const DEFAULT_MOTION_PX: usize = 16;
 
 /// Default evaluation budget of a frame started from the previous result (a cold 256 px frame takes 150–300).
 pub const DEFAULT_MAX_EVALUATIONS: usize = 60;
@@ -212,6 +295,13 @@ pub struct Previous {
     pub result: Planar,
     /// The total loss the result reached, without the temporal term.
     pub loss: f64,
+    /// The loss of the last cold run of this stream: what a frame started from the previous one must come close to
+    /// (anchored there, so that small shortfalls do not add up from frame to frame).
+    pub reference: f64,
+    /// The background plate: per pixel, the result of the last frame in which the pixel's scene had not changed
+    /// since the frame before (so not covered by something moving), and that frame's content.
+    pub plate: Planar,
+    pub plate_content: Planar,
 }
 
 /// The decision for one frame.
@@ -222,18 +312,22 @@ pub struct Plan {
     pub changed_fraction: Option<f64>,
 }
 
+/// A frame started from the previous one stops once its loss is within this fraction of the last cold run's.
+pub const TARGET_SLACK: f64 = 0.05;
+
 /// Below this changed fraction a frame counts as unchanged (isolated pixels that pass the threshold).
 const UNCHANGED: f64 = 0.002;
 
 /// Decide how the frame `content` (at the result's size) starts, and set `opts` (the cold run's options)
-/// accordingly.
-pub fn plan(
+/// accordingly. Also returns, for a frame started from the previous one, the weight per pixel of "the scene did
+/// not change since the previous frame" (1: unchanged), from which the background plate is updated.
+fn plan(
     prev: Option<&Previous>,
     key: &str,
     content: &Planar,
     settings: &StreamSettings,
     opts: &mut StylizeOptions,
-) -> Plan {
+) -> (Plan, Option<Vec<f32>>) {
     let cold = Plan { start: Start::Cold, changed_fraction: None };
     let Some(prev) = prev.filter(|p| {
         settings.enabled
@@ -241,21 +335,44 @@ pub fn plan(
             && (p.content.width, p.content.height) == (content.width, content.height)
             && (p.result.width, p.result.height) == (content.width, content.height)
     }) else {
-        return cold;
+        return (cold, None);
     };
     let mask = change_mask(&prev.content, content, &settings.change);
     if mask.fraction > settings.change.scene_change as f64 {
-        return Plan { changed_fraction: Some(mask.fraction), ..cold };
+        return (Plan { changed_fraction: Some(mask.fraction), ..cold }, None);
     }
     let start = if mask.fraction < UNCHANGED { Start::Previous } else { Start::Partial };
-    // the starting image: the previous result, blended into the content across the changed regions
-    let n = content.width * content.height;
+    // Where the scene changed since the previous frame, the background plate (the stylised still scene, kept from
+    // earlier frames) serves where the frame shows that scene again — background uncovered by a moving object —
+    // and the content elsewhere. Held: the previous result (weight u) and, beyond it, the plate (weight p).
+    // What moved is carried along from the previous result (block-matching motion, checked per pixel); the rest of
+    // the changed region starts from the content.
+    let plate = change_mask(&prev.plate_content, content, &settings.change);
+    let (w, n) = (content.width, content.width * content.height);
+    let moved = if start == Start::Partial && settings.motion_px > 0 {
+        let (a, b) = (blurred_grey(&prev.content, &settings.change), blurred_grey(content, &settings.change));
+        motion(&a, &b, w, content.height, &mask.changed, settings.motion_px, settings.change.threshold)
+    } else {
+        vec![None; n]
+    };
     let mut init = prev.result.clone();
+    let mut target = prev.result.clone();
+    let mut weights = mask.unchanged.clone();
     if start == Start::Partial {
-        for c in 0..3 {
-            for (i, &u) in mask.unchanged.iter().enumerate() {
+        for i in 0..n {
+            let u = mask.unchanged[i];
+            // beyond the unchanged part: the moved previous result, else the plate where it shows this scene
+            let (p, other): (f32, &dyn Fn(usize) -> f32) = match moved[i] {
+                Some(j) => (1.0, &move |c: usize| prev.result.data[c * n + j]),
+                None => (plate.unchanged[i], &move |c: usize| prev.plate.data[c * n + i]),
+            };
+            let m = u + (1.0 - u) * p;
+            weights[i] = m;
+            for c in 0..3 {
                 let j = c * n + i;
-                init.data[j] = u * prev.result.data[j] + (1.0 - u) * content.data[j];
+                let held = if m > 0.0 { (u * prev.result.data[j] + (1.0 - u) * p * other(c)) / m } else { 0.0 };
+                target.data[j] = held;
+                init.data[j] = m * held + (1.0 - m) * content.data[j];
             }
         }
     }
@@ -263,28 +380,18 @@ pub fn plan(
     opts.scales = vec![opts.image_size];
     opts.max_evaluations = Some(settings.max_evaluations);
     opts.iterations = opts.iterations.min(settings.max_evaluations);
-    // as good as the previous frame (its loss without the temporal term, which is 0 for an unchanged frame)
-    opts.target_loss = Some(prev.loss);
+    // within TARGET_SLACK of the last cold run's loss (without the temporal term); besides, the early stop and the
+    // evaluation budget
+    opts.target_loss = Some(prev.reference * (1.0 + TARGET_SLACK));
     if settings.temporal_weight > 0.0 {
         opts.weights.terms[TEMPORAL] = settings.temporal_weight;
-        opts.temporal = Some(TemporalInputs { previous: prev.result.clone(), weights: mask.unchanged.clone() });
+        opts.temporal = Some(TemporalInputs { previous: target, weights });
     }
-    Plan { start, changed_fraction: Some(mask.fraction) }
+    (Plan { start, changed_fraction: Some(mask.fraction) }, Some(mask.unchanged))
 }
 
-/// What to keep of a frame for the next one.
-fn remember(key: &str, content: &Planar, outcome: &Outcome, opts: &StylizeOptions) -> Previous {
-    let l = outcome.final_losses();
-    Previous {
-        key: key.to_string(),
-        content: content.clone(),
-        result: outcome.image.clone(),
-        loss: l.total - opts.weights.terms[TEMPORAL] as f64 * l.terms[TEMPORAL],
-    }
-}
-
-/// One frame of a stream, end to end: decide how it starts (`plan`), stylise it, and return what to keep for the
-/// next frame. `content` is the frame at the result's size; `opts` the cold run's options.
+/// One frame of a stream, end to end: decide how it starts, stylise it, and return what to keep for the next
+/// frame. `content` is the frame at the result's size; `opts` the cold run's options.
 #[allow(clippy::too_many_arguments)]
 pub fn stylize_frame(
     model: &mut Model,
@@ -297,9 +404,43 @@ pub fn stylize_frame(
     hooks: &mut dyn Hooks,
 ) -> Result<(Outcome, Plan, Previous)> {
     let mut opts = opts.clone();
-    let plan = plan(prev, key, content, settings, &mut opts);
+    let (plan, held) = plan(prev, key, content, settings, &mut opts);
     let outcome = stylize_with(model, content, styles, &opts, hooks)?;
-    let kept = remember(key, content, &outcome, &opts);
+    let l = outcome.final_losses();
+    let loss = l.total - opts.weights.terms[TEMPORAL] as f64 * l.terms[TEMPORAL];
+    let kept = match (prev, held) {
+        // the plate takes the result where the scene did not change since the previous frame
+        (Some(p), Some(held)) => {
+            let (mut plate, mut plate_content) = (p.plate.clone(), p.plate_content.clone());
+            let n = content.width * content.height;
+            for (i, u) in held.iter().enumerate() {
+                if *u >= 1.0 {
+                    for c in 0..3 {
+                        plate.data[c * n + i] = outcome.image.data[c * n + i];
+                        plate_content.data[c * n + i] = content.data[c * n + i];
+                    }
+                }
+            }
+            Previous {
+                key: key.to_string(),
+                content: content.clone(),
+                result: outcome.image.clone(),
+                loss,
+                reference: p.reference,
+                plate,
+                plate_content,
+            }
+        }
+        _ => Previous {
+            key: key.to_string(),
+            content: content.clone(),
+            result: outcome.image.clone(),
+            loss,
+            reference: loss,
+            plate: outcome.image.clone(),
+            plate_content: content.clone(),
+        },
+    };
     Ok((outcome, plan, kept))
 }
 

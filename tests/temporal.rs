@@ -1,0 +1,178 @@
+//! Camera streams (issue 12): synthetic clips made here from the bundled images — a still background, an object
+//! crossing it, per-frame sensor noise and JPEG re-encoding, a new scene half-way — stylised frame by frame with
+//! `fuchun stylize --content 'dir/*.jpg'` and through the library, with and without temporal consistency.
+
+mod common;
+
+use std::path::Path;
+
+use fuchun::clip::{synthetic, Clip, ClipSpec};
+use fuchun::commands::stream_bench::{flicker, frames, run_pass};
+use fuchun::engine::{Model, RuntimeOptions};
+use fuchun::imageio::{self, fit_size, Limits, Planar};
+use fuchun::transfer::temporal::{Start, StreamSettings, DEFAULT_TEMPORAL_WEIGHT};
+use fuchun::transfer::{StylizeOptions, Weights};
+
+fn clip(longest: usize, frames: usize, object: usize) -> Clip {
+    let l = Limits::default();
+    let bg = imageio::load_path(&common::example("tubingen.jpg"), &l).unwrap();
+    let obj = imageio::load_path(&common::example("astronaut.jpg"), &l).unwrap();
+    let (w, h) = fit_size(bg.width, bg.height, longest);
+    let spec = ClipSpec { frames, scene_change: Some(frames / 2), object_size: object, ..ClipSpec::default() };
+    synthetic(&bg.resize(w, h), &obj, &spec)
+}
+
+fn write_frames(clip: &Clip, dir: &Path) {
+    for (i, f) in clip.frames.iter().enumerate() {
+        std::fs::write(dir.join(format!("frame_{i:03}.jpg")), f).unwrap();
+    }
+}
+
+fn read_log(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("frames.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn the_clip_has_noise_jpeg_a_moving_object_and_a_new_scene() {
+    let c = clip(96, 20, 24);
+    let f = frames(&c).unwrap();
+    assert_eq!(f.len(), 20);
+    // noise and re-encoding: two frames are never identical, even where the scene is still
+    let still = c.still_between(3).unwrap();
+    let d = fuchun::transfer::temporal::masked_difference(&f[3], &f[2], &still);
+    assert!(d > 0.002 && d < 0.03, "still pixels differ by {d}");
+    // the object moves: its masks differ from frame to frame and cover a few percent of the frame
+    assert_ne!(c.object[3], c.object[4]);
+    let fr = c.changed_fraction(4).unwrap();
+    assert!(fr > 0.03 && fr < 0.25, "{fr}");
+    // the new scene
+    assert!(c.still_between(10).is_none());
+    let all = vec![true; 96 * 72];
+    assert!(fuchun::transfer::temporal::masked_difference(&f[10], &f[9], &all) > 0.1);
+}
+
+fn run_sequence(extra: &[&str], content: &Path, out: &Path) -> Vec<serde_json::Value> {
+    let model = common::test_model();
+    let pattern = content.join("frame_*.jpg");
+    let mut args = vec![
+        "stylize",
+        "--model",
+        model.to_str().unwrap(),
+        "--content",
+        pattern.to_str().unwrap(),
+        "--style",
+        common::example("fuchun.jpg").to_str().unwrap().to_owned().leak(),
+        "-o",
+        out.to_str().unwrap(),
+        "--image-size",
+        "96",
+        "--iterations",
+        "60",
+        "--provider",
+        "cpu",
+    ];
+    args.extend_from_slice(extra);
+    let o = common::fuchun(&args);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("wrote 20 frames"), "{stdout}");
+    read_log(out)
+}
+
+#[test]
+fn frame_sequence_command_starts_partly_changed_frames_from_the_previous_result_and_holds_the_background() {
+    let c = clip(96, 20, 24);
+    let dir = tempfile::tempdir().unwrap();
+    write_frames(&c, dir.path());
+    // a file that is not a frame of the pattern is ignored
+    std::fs::write(dir.path().join("notes.txt"), "x").unwrap();
+    let (on, off) = (dir.path().join("on"), dir.path().join("off"));
+    let a = run_sequence(&[], dir.path(), &on);
+    let b = run_sequence(&["--no-temporal"], dir.path(), &off);
+    assert_eq!(a.len(), 20);
+    let start = |r: &serde_json::Value| r["start"].as_str().unwrap().to_string();
+    assert_eq!(start(&a[0]), "cold");
+    assert!(a[0]["changed_fraction"].is_null());
+    assert_eq!(start(&a[10]), "cold", "the new scene is a cold run");
+    assert!(a[10]["changed_fraction"].as_f64().unwrap() > 0.5);
+    for (i, r) in a.iter().enumerate().filter(|(i, _)| *i != 0 && *i != 10) {
+        assert_eq!(start(r), "partial", "frame {i}: {r}");
+        let f = r["changed_fraction"].as_f64().unwrap();
+        assert!(f > c.changed_fraction(i).unwrap() * 0.9 && f < 0.6, "frame {i}: changed {f}");
+    }
+    assert!(b.iter().all(|r| start(r) == "cold"));
+    let evals = |v: &[serde_json::Value], idx: &mut dyn Iterator<Item = usize>| -> f64 {
+        let e: Vec<f64> = idx.map(|i| v[i]["evaluations"].as_f64().unwrap()).collect();
+        e.iter().sum::<f64>() / e.len() as f64
+    };
+    let partial = evals(&a, &mut (1..20).filter(|i| *i != 10));
+    let cold = evals(&b, &mut (0..20));
+    assert!(partial * 2.0 <= cold, "partly changed frames took {partial} evaluations, cold ones {cold}");
+    // flicker over the still pixels: the outputs as written
+    let load = |d: &Path| -> Vec<Planar> {
+        (0..20).map(|i| imageio::load_path(&d.join(format!("frame_{i:03}.png")), &Limits::default()).unwrap()).collect()
+    };
+    let (fa, fb) = (flicker(&c, &load(&on)), flicker(&c, &load(&off)));
+    assert!(fa * 3.0 <= fb, "flicker with temporal consistency {fa}, cold runs {fb}");
+}
+
+#[test]
+fn frame_sequence_errors_name_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::test_model();
+    let style = common::example("fuchun.jpg");
+    let run = |content: &Path, out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "stylize",
+            "--model",
+            model.to_str().unwrap(),
+            "--content",
+            content.to_str().unwrap(),
+            "--style",
+            style.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--provider",
+            "cpu",
+        ];
+        args.extend_from_slice(extra);
+        let o = common::fuchun(&args);
+        assert!(!o.status.success());
+        common::stderr(&o)
+    };
+    let e = run(&dir.path().join("*.jpg"), &dir.path().join("out"), &[]);
+    assert!(e.contains("no JPEG, PNG or WebP frames"), "{e}");
+    std::fs::write(dir.path().join("a.jpg"), &clip(64, 4, 16).frames[0]).unwrap();
+    let e = run(&dir.path().join("*.jpg"), &dir.path().join("out.png"), &[]);
+    assert!(e.contains("give a directory"), "{e}");
+    let e = run(&dir.path().join("*.jpg"), &dir.path().join("out"), &["--change-threshold", "3"]);
+    assert!(e.contains("threshold must be in (0, 1)"), "{e}");
+    let e = run(&dir.path().join("*.jpg"), &dir.path().join("out"), &["--luminance-only"]);
+    assert!(e.contains("--original-colors"), "{e}");
+}
+
+/// On the real weights: what the bench measures, on a short clip at a small size.
+#[test]
+fn real_weights_partly_changed_frames_cost_a_third_and_flicker_a_fifth() {
+    let c = clip(128, 8, 32);
+    let f = frames(&c).unwrap();
+    let mut model = Model::load(&common::real_model(), &RuntimeOptions::default()).unwrap();
+    let style = imageio::load_path(&common::example("fuchun.jpg"), &Limits::default()).unwrap();
+    let mut opts = StylizeOptions::new(Weights::defaults(&model.manifest));
+    opts.image_size = 128;
+    let on = StreamSettings::new(DEFAULT_TEMPORAL_WEIGHT);
+    let off = StreamSettings { enabled: false, ..on };
+    let a = run_pass(&mut model, &f, &style, &opts, &on).unwrap();
+    let b = run_pass(&mut model, &f, &style, &opts, &off).unwrap();
+    assert_eq!(a.starts[0], Start::Cold);
+    assert_eq!(a.starts[4], Start::Cold, "new scene");
+    let partial: Vec<usize> = (1..8).filter(|i| *i != 4).collect();
+    assert!(partial.iter().all(|&i| a.starts[i] == Start::Partial), "{:?}", a.starts);
+    let pe = partial.iter().map(|&i| a.evaluations[i]).sum::<usize>() as f64 / partial.len() as f64;
+    let ce = b.evaluations.iter().sum::<usize>() as f64 / b.evaluations.len() as f64;
+    eprintln!("partial {pe:.1} evaluations, cold {ce:.1}; evaluations {:?} vs {:?}", a.evaluations, b.evaluations);
+    assert!(pe * 3.0 <= ce, "partial {pe} vs cold {ce}");
+    let (fa, fb) = (flicker(&c, &a.images), flicker(&c, &b.images));
+    eprintln!("flicker {fa:.4} vs {fb:.4}");
+    assert!(fa * 5.0 <= fb, "flicker {fa} vs cold {fb}");
+}
