@@ -109,3 +109,28 @@ fn password_comes_from_the_environment() {
     unsafe { std::env::remove_var("FUCHUN_MQTT_PASSWORD") };
     assert_eq!(c.mqtt.password.as_deref(), Some("s3cret"));
 }
+
+#[test]
+fn temporal_settings_load_and_bad_ones_are_explained() {
+    let style = format!("[styles.ink]\nimages = [\"{}\"]\n", common::example("fuchun.jpg").display());
+    let e = load(&format!("{style}[daemon.temporal]\nchange_threshold = 1.5\n"));
+    assert!(e.contains("daemon.temporal") && e.contains("threshold must be in (0, 1)"), "{e}");
+    assert!(load(&format!("{style}[daemon.temporal]\nscene_change = 0\n")).contains("scene_change"));
+    assert!(load(&format!("{style}[daemon.temporal]\nmax_evaluations = 0\n")).contains("max_evaluations"));
+    assert!(load(&format!("{style}[daemon.temporal]\nmotion_px = 500\n")).contains("motion_px"));
+    assert!(load(&format!("{style}[daemon.temporal]\nflow = true\n")).contains("unknown field"));
+    assert!(load(&format!("{style}temporal_weight = -1\n")).contains("temporal_weight"));
+    // the old key still loads (it is ignored with a warning), and the settings reach the stream
+    let _g = ENV.lock().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.toml");
+    std::fs::write(
+        &p,
+        format!("{style}temporal_weight = 50\n[daemon]\nwarm_start_threshold = 0.04\n[daemon.temporal]\nenabled = false\ndilate_px = 3\n"),
+    )
+    .unwrap();
+    let c = Config::load(&p).unwrap();
+    let s = c.daemon.temporal.settings(c.styles["ink"].temporal_weight);
+    assert!(!s.enabled);
+    assert_eq!((s.change.dilate_px, s.temporal_weight), (3, 50.0));
+}

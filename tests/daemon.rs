@@ -408,3 +408,56 @@ fn style_targets_are_cached_on_disk_across_restarts() {
     let files: Vec<_> = std::fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(files.iter().any(|f| f.to_string_lossy().starts_with("style-ink-")), "{files:?}");
 }
+
+#[test]
+fn camera_stream_starts_partly_changed_frames_from_the_previous_result_and_reports_it() {
+    let extra = format!(
+        "[daemon]\nstats_interval_s = 1\n[styles.ink]\nimage_size = 96\niterations = 60\n\
+         [styles.scream]\nimages = [\"{}\"]\nimage_size = 96\niterations = 60\n",
+        common::example("the_scream.jpg").display()
+    );
+    let (prefix, probe, _d) = start("stream", &extra);
+    let clip = common::example_clip(96, 20, 24);
+    let meta_topic = format!("{prefix}/cam/stylized/meta");
+    let mut metas = Vec::new();
+    for (i, f) in clip.frames.iter().enumerate() {
+        probe.publish(&format!("{prefix}/cam/frame"), f.clone());
+        metas.push(probe.wait_n(&meta_topic, i + 1, T).remove(i).json());
+    }
+    let start = |m: &serde_json::Value| m["start"].as_str().unwrap().to_string();
+    assert_eq!(start(&metas[0]), "cold");
+    assert!(metas[0]["changed_fraction"].is_null());
+    assert_eq!(start(&metas[10]), "cold", "the new scene is a cold run");
+    assert!(metas[10]["changed_fraction"].as_f64().unwrap() > 0.5);
+    assert_eq!(metas[10]["warm_start"], false);
+    let mut partial_evals = Vec::new();
+    for (i, m) in metas.iter().enumerate().filter(|(i, _)| *i != 0 && *i != 10) {
+        assert_eq!(start(m), "partial", "frame {i}: {m}");
+        assert_eq!(m["warm_start"], true);
+        let f = m["changed_fraction"].as_f64().unwrap();
+        assert!(f > 0.0 && f < 0.6, "frame {i}: changed {f}");
+        let e = m["evaluations"].as_u64().unwrap();
+        assert!(e <= 60, "frame {i}: {e} evaluations, over daemon.temporal.max_evaluations");
+        assert_eq!(m["scales"].as_array().unwrap().len(), 1, "one scale, the result's");
+        partial_evals.push(e as f64);
+    }
+    // the stats: 18 partly changed frames and their mean evaluations (as the metas say)
+    let mean = partial_evals.iter().sum::<f64>() / partial_evals.len() as f64;
+    let stats = probe.wait_for(&format!("{prefix}/stats"), |m| m.json()["processed"] == 20, T).json();
+    assert_eq!(stats["partial_frames"], 18);
+    assert_eq!(stats["warm_starts"], 18);
+    let got = stats["mean_evaluations_by_start"]["partial"].as_f64().unwrap();
+    assert!((got - mean).abs() < 1e-9, "stats {got} vs metas {mean}");
+    assert!(stats["mean_evaluations_by_start"]["cold"].as_f64().unwrap() > 0.0);
+    assert!(stats["mean_evaluations_by_start"]["previous"].is_null());
+    // the same frame again: nothing changed
+    probe.publish(&format!("{prefix}/cam/frame"), clip.frames[19].clone());
+    let again = probe.wait_n(&meta_topic, 21, T).remove(20).json();
+    assert_eq!((start(&again), again["changed_fraction"].as_f64()), ("previous".to_string(), Some(0.0)));
+    // another style: the camera's previous frame no longer counts
+    probe.publish(&format!("{prefix}/cam/style/set"), b"scream".to_vec());
+    probe.wait_for(&format!("{prefix}/cam/style/state"), |m| m.text() == "scream", T);
+    probe.publish(&format!("{prefix}/cam/frame"), clip.frames[19].clone());
+    let other = probe.wait_n(&meta_topic, 22, T).remove(21).json();
+    assert_eq!((other["style"].as_str(), start(&other).as_str()), (Some("scream"), "cold"));
+}

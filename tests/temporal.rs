@@ -6,20 +6,15 @@ mod common;
 
 use std::path::Path;
 
-use fuchun::clip::{synthetic, Clip, ClipSpec};
+use fuchun::clip::Clip;
 use fuchun::commands::stream_bench::{flicker, frames, run_pass};
 use fuchun::engine::{Model, RuntimeOptions};
-use fuchun::imageio::{self, fit_size, Limits, Planar};
+use fuchun::imageio::{self, Limits, Planar};
 use fuchun::transfer::temporal::{Start, StreamSettings, DEFAULT_TEMPORAL_WEIGHT};
 use fuchun::transfer::{StylizeOptions, Weights};
 
 fn clip(longest: usize, frames: usize, object: usize) -> Clip {
-    let l = Limits::default();
-    let bg = imageio::load_path(&common::example("tubingen.jpg"), &l).unwrap();
-    let obj = imageio::load_path(&common::example("astronaut.jpg"), &l).unwrap();
-    let (w, h) = fit_size(bg.width, bg.height, longest);
-    let spec = ClipSpec { frames, scene_change: Some(frames / 2), object_size: object, ..ClipSpec::default() };
-    synthetic(&bg.resize(w, h), &obj, &spec)
+    common::example_clip(longest, frames, object)
 }
 
 fn write_frames(clip: &Clip, dir: &Path) {
@@ -29,7 +24,11 @@ fn write_frames(clip: &Clip, dir: &Path) {
 }
 
 fn read_log(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("frames.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(dir.join("frames.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[test]

@@ -71,6 +71,10 @@ pub struct BenchArgs {
     /// Frames of the synthetic clip of [5] (a new scene half-way).
     #[arg(long, default_value_t = 24)]
     pub stream_frames: usize,
+    /// Frames of [5]'s clip stylised as cold runs for the comparison (from the first; a cold frame costs several
+    /// temporal ones).
+    #[arg(long, default_value_t = 6)]
+    pub stream_cold_frames: usize,
     /// The moving object of [5]'s clip (the background is --content).
     #[arg(long, default_value = "examples/astronaut.jpg")]
     pub stream_object: PathBuf,
@@ -355,6 +359,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             object: &args.stream_object,
             strip: args.stream_strip.as_deref(),
             clip_dir: args.stream_clip_dir.as_deref(),
+            cold_frames: args.stream_cold_frames,
         };
         figures.insert("stream".into(), super::stream_bench::figures(&mut model, &style, &opts, &a)?);
     }

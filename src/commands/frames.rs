@@ -11,8 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::stylize::StylizeArgs;
 use crate::imageio::{self, fit_size, Limits, Planar};
-use crate::transfer::temporal::{self, Previous};
 use crate::transfer::inputs::TEMPORAL;
+use crate::transfer::temporal::{self, Previous};
 use crate::transfer::{CachedTargets, NoHooks, StyleImages};
 
 /// Whether `--content` names a frame sequence: a directory, or a file name with `*` or `?`.
@@ -77,8 +77,7 @@ pub struct FrameRecord {
 
 pub fn run(args: &StylizeArgs) -> Result<()> {
     let t0 = Instant::now();
-    if args.output.extension().is_some_and(|e| imageio::OutputFormat::from_path(&args.output).is_ok() || e == "jpeg")
-    {
+    if args.output.extension().is_some_and(|e| imageio::OutputFormat::from_path(&args.output).is_ok() || e == "jpeg") {
         bail!(
             "--output {} looks like an image file; for a frame sequence (--content {}) give a directory",
             args.output.display(),
@@ -134,9 +133,17 @@ pub fn run(args: &StylizeArgs) -> Result<()> {
         let content_s: Planar = content.resize(w, h);
         // frames of another size than the previous one start cold (the key holds the size)
         let key = format!("{w}x{h}");
-        let (outcome, plan, kept) =
-            temporal::stylize_frame(&mut model, prev.as_ref(), &key, &content_s, &settings, &base, &mut source, &mut NoHooks)
-                .with_context(|| format!("frame {}", file.display()))?;
+        let (outcome, plan, kept) = temporal::stylize_frame(
+            &mut model,
+            prev.as_ref(),
+            &key,
+            &content_s,
+            &settings,
+            &base,
+            &mut source,
+            &mut NoHooks,
+        )
+        .with_context(|| format!("frame {}", file.display()))?;
         let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("frame");
         let out = args.output.join(format!("{stem}.png"));
         imageio::save_path(&outcome.image, &out).with_context(|| format!("saving {}", out.display()))?;

@@ -38,8 +38,7 @@ pub fn run_pass(
     settings: &StreamSettings,
 ) -> Result<Pass> {
     let images = std::slice::from_ref(style);
-    let mut source =
-        CachedTargets::new(StyleImages { images, blend: Vec::new(), style_scale: opts.style_scale });
+    let mut source = CachedTargets::new(StyleImages { images, blend: Vec::new(), style_scale: opts.style_scale });
     let mut prev: Option<Previous> = None;
     let mut pass = Pass { images: vec![], starts: vec![], changed: vec![], evaluations: vec![], seconds: vec![] };
     for f in frames {
@@ -122,6 +121,8 @@ pub struct StreamArgs<'a> {
     pub object: &'a Path,
     pub strip: Option<&'a Path>,
     pub clip_dir: Option<&'a Path>,
+    /// Frames of the all-cold pass (from the first).
+    pub cold_frames: usize,
 }
 
 /// Figure [5]: prints the lines with their targets and returns them as JSON.
@@ -144,13 +145,18 @@ pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &Str
     opts.image_size = a.size;
     let settings = StreamSettings::new(temporal::DEFAULT_TEMPORAL_WEIGHT);
     let off = StreamSettings { enabled: false, ..settings };
-    let cold = run_pass(model, &frames, style, &opts, &off)?;
-    let warm = run_pass(model, &frames, style, &opts, &settings)?;
     let cut = spec.scene_change.unwrap_or(0);
+    // every frame a cold run, on the first `cold_frames` (a cold frame costs several times a temporal one) and on
+    // the new scene's first frame (the reference for the scene change)
+    let k = a.cold_frames.clamp(2, cut);
+    let mut cold = run_pass(model, &frames[..k], style, &opts, &off)?;
+    let fresh = run_pass(model, &frames[cut..cut + 1], style, &opts, &off)?;
+    let warm = run_pass(model, &frames, style, &opts, &settings)?;
 
     // [5a] evaluations: partly changed frames (≤ 20 % of the pixels truly changed) against cold frames
     let small: Vec<usize> = (1..frames.len()).filter(|&i| clip.changed_fraction(i).is_some_and(|f| f <= 0.2)).collect();
     let partial_evals = mean(small.iter().map(|&i| warm.evaluations[i] as f64));
+    cold.evaluations.extend(&fresh.evaluations);
     let cold_evals = mean(cold.evaluations.iter().map(|&e| e as f64));
     let eval_ratio = partial_evals / cold_evals;
     let starts: Vec<&str> = warm.starts.iter().map(|s| s.as_str()).collect();
@@ -174,28 +180,31 @@ pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &Str
         eval_ratio,
         super::bench::verdict(eval_ratio <= 1.0 / 3.0)
     );
-    let secs = |p: &Pass, idx: &[usize]| mean(idx.iter().map(|&i| p.seconds[i]));
     println!(
-        "    seconds per frame: partly changed {:.1} with temporal consistency, {:.1} as cold runs",
-        secs(&warm, &small),
-        secs(&cold, &small)
+        "    seconds per frame: partly changed {:.1} with temporal consistency, cold {:.1}",
+        mean(small.iter().map(|&i| warm.seconds[i])),
+        mean(cold.seconds.iter().chain(&fresh.seconds).copied())
     );
-    // [5b] flicker over the pixels that did not change
-    let (f_cold, f_warm) = (flicker(&clip, &cold.images), flicker(&clip, &warm.images));
+    // [5b] flicker over the pixels that did not change, over the same frames 0..k
+    let (f_cold, f_warm) = (flicker(&clip, &cold.images), flicker(&clip, &warm.images[..k]));
     let f_ratio = f_warm / f_cold;
+    let f_all = flicker(&clip, &warm.images);
     println!(
-        "    flicker (mean |Δ| between consecutive results over unchanged pixels, 0–255): cold runs {:.2}, temporal \
-         {:.2} = {:.3} of cold (target ≤ 0.2): {}",
+        "    flicker (mean |Δ| between consecutive results over unchanged pixels, 0–255, frames 0–{}): cold runs \
+         {:.2}, temporal {:.2} = {:.3} of cold (target ≤ 0.2): {}; temporal over all {} frames {:.2}",
+        k - 1,
         255.0 * f_cold,
         255.0 * f_warm,
         f_ratio,
-        super::bench::verdict(f_ratio <= 0.2)
+        super::bench::verdict(f_ratio <= 0.2),
+        frames.len(),
+        255.0 * f_all
     );
     // [5c] the new scene: detected (a cold run) and no ghost of the old one — the result is the fresh cold run's
     let detected = warm.starts.get(cut) == Some(&Start::Cold);
     let all = vec![true; w * h];
-    let ghost = masked_difference(&warm.images[cut], &cold.images[cut], &all);
-    let old_new = masked_difference(&cold.images[cut], &cold.images[cut - 1], &all);
+    let ghost = masked_difference(&warm.images[cut], &fresh.images[0], &all);
+    let old_new = masked_difference(&warm.images[cut], &warm.images[cut - 1], &all);
     println!(
         "    new scene at frame {cut}: changed {:.0} %, {} ; its result differs from a fresh cold run's by {:.2}/255 \
          (the old scene's result differs by {:.1}/255): {}",
@@ -206,8 +215,8 @@ pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &Str
         super::bench::verdict(detected && ghost < 0.1 * old_new)
     );
     if let Some(path) = a.strip {
-        let first = small.first().copied().unwrap_or(1).max(1) + 1;
-        let count = 5.min(cut.saturating_sub(first)).max(1);
+        let first = 1;
+        let count = 5.min(k - first);
         let s = strip(&[&frames, &cold.images, &warm.images], first, count);
         imageio::save_path(&s, path).with_context(|| format!("writing the strip {}", path.display()))?;
         println!("    strip of frames {first}–{} (camera, cold runs, temporal): {}", first + count - 1, path.display());
@@ -215,6 +224,7 @@ pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &Str
     Ok(serde_json::json!({
         "width": w, "height": h, "frames": frames.len(), "scene_change": cut, "starts": starts,
         "changed": warm.changed, "evaluations_temporal": warm.evaluations, "evaluations_cold": cold.evaluations,
+        "cold_frames": k, "flicker_temporal_all_frames": f_all,
         "partial_evaluations": partial_evals, "cold_evaluations": cold_evals, "evaluation_ratio": eval_ratio,
         "flicker_cold": f_cold, "flicker_temporal": f_warm, "flicker_ratio": f_ratio,
         "scene_change_detected": detected, "scene_change_vs_fresh_cold": ghost,

@@ -480,7 +480,9 @@ impl Config {
         }
         let t = &self.daemon.temporal;
         if let Err(e) = t.settings(0.0).change.validate() {
-            bail!("daemon.temporal: {e} (change_threshold, scene_change in 0–1; blur_px, dilate_px, feather_px pixels)");
+            bail!(
+                "daemon.temporal: {e} (change_threshold, scene_change in 0–1; blur_px, dilate_px, feather_px pixels)"
+            );
         }
         if t.max_evaluations == 0 {
             bail!("daemon.temporal.max_evaluations must be at least 1");

@@ -107,3 +107,19 @@ pub fn png_header(w: u32, h: u32) -> Vec<u8> {
     png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
     png
 }
+
+/// A synthetic camera clip from the bundled images (`fuchun::clip`): Tübingen as the still scene, the astronaut
+/// crossing it (a disc of `object` pixels), sensor noise, JPEG q85, a new scene at frame `frames / 2`.
+pub fn example_clip(longest: usize, frames: usize, object: usize) -> fuchun::clip::Clip {
+    use fuchun::imageio::{fit_size, load_path, Limits};
+    let bg = load_path(&example("tubingen.jpg"), &Limits::default()).unwrap();
+    let obj = load_path(&example("astronaut.jpg"), &Limits::default()).unwrap();
+    let (w, h) = fit_size(bg.width, bg.height, longest);
+    let spec = fuchun::clip::ClipSpec {
+        frames,
+        scene_change: Some(frames / 2),
+        object_size: object,
+        ..fuchun::clip::ClipSpec::default()
+    };
+    fuchun::clip::synthetic(&bg.resize(w, h), &obj, &spec)
+}
