@@ -69,12 +69,15 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 256)]
     pub stream_size: usize,
     /// Frames of the synthetic clip of [5] (a new scene half-way).
-    #[arg(long, default_value_t = 24)]
+    #[arg(long, default_value_t = 20)]
     pub stream_frames: usize,
     /// Frames of [5]'s clip stylised as cold runs for the comparison (from the first; a cold frame costs several
     /// temporal ones).
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 5)]
     pub stream_cold_frames: usize,
+    /// Iterations per scale in [5] (the daemon's default for a style).
+    #[arg(long, default_value_t = 100)]
+    pub stream_iterations: usize,
     /// The moving object of [5]'s clip (the background is --content).
     #[arg(long, default_value = "examples/astronaut.jpg")]
     pub stream_object: PathBuf,
@@ -360,6 +363,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             strip: args.stream_strip.as_deref(),
             clip_dir: args.stream_clip_dir.as_deref(),
             cold_frames: args.stream_cold_frames,
+            iterations: args.stream_iterations,
         };
         figures.insert("stream".into(), super::stream_bench::figures(&mut model, &style, &opts, &a)?);
     }

@@ -123,6 +123,8 @@ pub struct StreamArgs<'a> {
     pub clip_dir: Option<&'a Path>,
     /// Frames of the all-cold pass (from the first).
     pub cold_frames: usize,
+    /// Iterations per scale of a cold frame.
+    pub iterations: usize,
 }
 
 /// Figure [5]: prints the lines with their targets and returns them as JSON.
@@ -143,6 +145,8 @@ pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &Str
     let frames = frames(&clip)?;
     let mut opts = opts.clone();
     opts.image_size = a.size;
+    // a daemon style's default iteration budget per scale (`[styles.NAME] iterations`)
+    opts.iterations = a.iterations;
     let settings = StreamSettings::new(temporal::DEFAULT_TEMPORAL_WEIGHT);
     let off = StreamSettings { enabled: false, ..settings };
     let cut = spec.scene_change.unwrap_or(0);
