@@ -78,6 +78,9 @@ pub struct BenchArgs {
     /// Iterations per scale in [5] (the daemon's default for a style).
     #[arg(long, default_value_t = 100)]
     pub stream_iterations: usize,
+    /// [5] also without the motion search (is it worth it?).
+    #[arg(long)]
+    pub stream_compare_motion: bool,
     /// The moving object of [5]'s clip (the background is --content).
     #[arg(long, default_value = "examples/astronaut.jpg")]
     pub stream_object: PathBuf,
@@ -364,6 +367,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             clip_dir: args.stream_clip_dir.as_deref(),
             cold_frames: args.stream_cold_frames,
             iterations: args.stream_iterations,
+            compare_motion: args.stream_compare_motion,
         };
         figures.insert("stream".into(), super::stream_bench::figures(&mut model, &style, &opts, &a)?);
     }
