@@ -133,10 +133,12 @@ fn dilate(m: &[bool], w: usize, h: usize, r: usize) -> Vec<bool> {
 /// the soft `unchanged` map ramps over `feather_px` pixels outside the changed region.
 pub fn change_mask(prev: &Planar, cur: &Planar, p: &ChangeParams) -> ChangeMask {
     assert_eq!((prev.width, prev.height), (cur.width, cur.height), "frames of different sizes");
-    let (w, h) = (cur.width, cur.height);
-    let blur = |img: &Planar| box_blur(&box_blur(&grey(img), w, h, p.blur_px), w, h, p.blur_px);
-    let (a, b) = (blur(prev), blur(cur));
-    let raw: Vec<bool> = a.iter().zip(&b).map(|(x, y)| (x - y).abs() > p.threshold).collect();
+    compare(&blurred_grey(prev, p), &blurred_grey(cur, p), cur.width, cur.height, p)
+}
+
+/// The change mask from the blurred luminances (`blurred_grey`) of two frames of `w × h`.
+fn compare(a: &[f32], b: &[f32], w: usize, h: usize, p: &ChangeParams) -> ChangeMask {
+    let raw: Vec<bool> = a.iter().zip(b).map(|(x, y)| (x - y).abs() > p.threshold).collect();
     let changed = dilate(&raw, w, h, p.dilate_px);
     let fraction = changed.iter().filter(|c| **c).count() as f64 / (w * h).max(1) as f64;
     // the ramp: unchanged pixels within feather_px of a change get a weight growing with the distance (from a box
@@ -152,7 +154,7 @@ pub fn change_mask(prev: &Planar, cur: &Planar, p: &ChangeParams) -> ChangeMask 
     ChangeMask { width: w, height: h, changed, fraction, unchanged }
 }
 
-/// Blurred luminance, as the change mask compares it.
+/// Blurred luminance, as the change mask compares it (row-major, one value per pixel).
 fn blurred_grey(img: &Planar, p: &ChangeParams) -> Vec<f32> {
     let (w, h) = (img.width, img.height);
     box_blur(&box_blur(&grey(img), w, h, p.blur_px), w, h, p.blur_px)
@@ -290,8 +292,10 @@ pub const DEFAULT_TEMPORAL_WEIGHT: f32 = 200.0;
 pub struct Previous {
     /// What must match for the previous frame to be used (style and its settings).
     pub key: String,
-    /// The content at the result's size.
-    pub content: Planar,
+    /// The content at the result's size, as compared: its blurred luminance (`width × height`).
+    pub content: Vec<f32>,
+    pub width: usize,
+    pub height: usize,
     pub result: Planar,
     /// The total loss the result reached, without the temporal term.
     pub loss: f64,
@@ -299,9 +303,9 @@ pub struct Previous {
     /// (anchored there, so that small shortfalls do not add up from frame to frame).
     pub reference: f64,
     /// The background plate: per pixel, the result of the last frame in which the pixel's scene had not changed
-    /// since the frame before (so not covered by something moving), and that frame's content.
+    /// since the frame before (so not covered by something moving), and that frame's content (blurred luminance).
     pub plate: Planar,
-    pub plate_content: Planar,
+    pub plate_content: Vec<f32>,
 }
 
 /// The decision for one frame.
@@ -325,6 +329,7 @@ fn plan(
     prev: Option<&Previous>,
     key: &str,
     content: &Planar,
+    cur: &[f32],
     settings: &StreamSettings,
     opts: &mut StylizeOptions,
 ) -> (Plan, Option<Vec<f32>>) {
@@ -332,12 +337,14 @@ fn plan(
     let Some(prev) = prev.filter(|p| {
         settings.enabled
             && p.key == key
-            && (p.content.width, p.content.height) == (content.width, content.height)
+            && (p.width, p.height) == (content.width, content.height)
             && (p.result.width, p.result.height) == (content.width, content.height)
+            && p.content.len() == cur.len()
     }) else {
         return (cold, None);
     };
-    let mask = change_mask(&prev.content, content, &settings.change);
+    let (w, h) = (content.width, content.height);
+    let mask = compare(&prev.content, cur, w, h, &settings.change);
     if mask.fraction > settings.change.scene_change as f64 {
         return (Plan { changed_fraction: Some(mask.fraction), ..cold }, None);
     }
@@ -347,11 +354,10 @@ fn plan(
     // and the content elsewhere. Held: the previous result (weight u) and, beyond it, the plate (weight p).
     // What moved is carried along from the previous result (block-matching motion, checked per pixel); the rest of
     // the changed region starts from the content.
-    let plate = change_mask(&prev.plate_content, content, &settings.change);
-    let (w, n) = (content.width, content.width * content.height);
+    let plate = compare(&prev.plate_content, cur, w, h, &settings.change);
+    let n = w * h;
     let moved = if start == Start::Partial && settings.motion_px > 0 {
-        let (a, b) = (blurred_grey(&prev.content, &settings.change), blurred_grey(content, &settings.change));
-        motion(&a, &b, w, content.height, &mask.changed, settings.motion_px, settings.change.threshold)
+        motion(&prev.content, cur, w, h, &mask.changed, settings.motion_px, settings.change.threshold)
     } else {
         vec![None; n]
     };
@@ -404,7 +410,8 @@ pub fn stylize_frame(
     hooks: &mut dyn Hooks,
 ) -> Result<(Outcome, Plan, Previous)> {
     let mut opts = opts.clone();
-    let (plan, held) = plan(prev, key, content, settings, &mut opts);
+    let cur = blurred_grey(content, &settings.change);
+    let (plan, held) = plan(prev, key, content, &cur, settings, &mut opts);
     let outcome = stylize_with(model, content, styles, &opts, hooks)?;
     let l = outcome.final_losses();
     let loss = l.total - opts.weights.terms[TEMPORAL] as f64 * l.terms[TEMPORAL];
@@ -415,30 +422,34 @@ pub fn stylize_frame(
             let n = content.width * content.height;
             for (i, u) in held.iter().enumerate() {
                 if *u >= 1.0 {
+                    plate_content[i] = cur[i];
                     for c in 0..3 {
                         plate.data[c * n + i] = outcome.image.data[c * n + i];
-                        plate_content.data[c * n + i] = content.data[c * n + i];
                     }
                 }
             }
             Previous {
                 key: key.to_string(),
-                content: content.clone(),
+                width: content.width,
+                height: content.height,
                 result: outcome.image.clone(),
                 loss,
                 reference: p.reference,
                 plate,
                 plate_content,
+                content: cur,
             }
         }
         _ => Previous {
             key: key.to_string(),
-            content: content.clone(),
+            width: content.width,
+            height: content.height,
             result: outcome.image.clone(),
             loss,
             reference: loss,
             plate: outcome.image.clone(),
-            plate_content: content.clone(),
+            plate_content: cur.clone(),
+            content: cur,
         },
     };
     Ok((outcome, plan, kept))
