@@ -3,4 +3,5 @@
 pub mod bench;
 pub mod common;
 pub mod doctor;
+pub mod peers;
 pub mod stylize;
