@@ -46,7 +46,7 @@ class Impl:
         self.a = a
         self.path = path or (a.fuchun if self.kind == "fuchun" else None)
         self.proc = None
-        self.times, self.match, self.totals, self.info = [], [], [], {}
+        self.times, self.match, self.totals, self.errors, self.info = [], [], [], [], {}
 
     def command(self, size):
         a, o = self.a, self.opts
@@ -73,7 +73,7 @@ class Impl:
         env.update({k[4:]: v for k, v in self.opts.items() if k.startswith("env.")})
         self.proc = subprocess.Popen(self.command(size), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True, cwd=common.HERE, env=env)
-        self.times, self.match, self.totals, self.rss = [], [], [], None
+        self.times, self.match, self.totals, self.errors, self.rss = [], [], [], [], None
 
     def ask(self, line):
         self.proc.stdin.write(line + "\n")
@@ -92,6 +92,8 @@ class Impl:
             self.times.append(r["seconds"])
             self.match.append(r.get("match_seconds", 0.0))
             self.totals.append(r["total"])
+            if r.get("grad_error") is not None:
+                self.errors.append(r["grad_error"])
         return r
 
     def stop(self):
@@ -157,7 +159,7 @@ def main():
         pixels = size * size
         print(f"\n{size}x{size}:")
         print(f"{'implementation':<34} {'median s':>9} {'min':>7} {'max':>7} {'match s':>8} {'GFLOP/s':>8} "
-              f"{'peak RSS MB':>11} {'/ torch':>8} {'total loss':>12}")
+              f"{'peak RSS MB':>11} {'/ torch':>8} {'total loss':>12} {'grad err':>9}")
         row = {"size": size, "impls": {}}
         ref_med = statistics.median(ref.times) if ref else None
         for i in impls:
@@ -166,9 +168,10 @@ def main():
             ratio = f"{med / ref_med:.2f}" if ref_med else "-"
             print(f"{i.name:<34} {med:>9.3f} {min(i.times):>7.3f} {max(i.times):>7.3f} "
                   f"{statistics.median(i.match):>8.3f} {gflops:>8.1f} {fmt_mb(i.rss):>11} {ratio:>8} "
-                  f"{statistics.median(i.totals):>12.6g}")
+                  f"{statistics.median(i.totals):>12.6g} {max(i.errors) if i.errors else float('nan'):>9.1e}")
             row["impls"][i.name] = {"spec": i.spec, "seconds": i.times, "median": med, "match_seconds": i.match,
-                                    "gflops": gflops, "peak_rss_bytes": i.rss, "totals": i.totals, "info": i.info}
+                                    "gflops": gflops, "peak_rss_bytes": i.rss, "totals": i.totals,
+                                    "grad_errors": i.errors, "info": i.info}
         report["sizes"].append(row)
         if ref_med:
             for i in impls:

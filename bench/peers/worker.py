@@ -47,6 +47,7 @@ class TorchPeer:
 
     def eval(self):
         total, _, _, grad = self.obj.evaluate(self.x, self.feed, self.tables)
+        self.last_grad = grad.numpy()
         return float(total), self.obj.match_seconds
 
 
@@ -60,7 +61,10 @@ class OrtPeer:
         so = common.session_options(ort, a.threads, {"on": True, "off": False}.get(a.spinning), True, a.affinities)
         path = f"{self.m['dir']}/{self.m['graphs']['objective']['file']}"
         if a.provider == "openvino":
-            providers = [("OpenVINOExecutionProvider", {"device_type": "CPU"}), "CPUExecutionProvider"]
+            # the onnxruntime-openvino build (its own venv: it replaces the onnxruntime package), FP32 asked for
+            # explicitly (OpenVINO's CPU plugin may default to bf16 on CPUs that have it)
+            providers = [("OpenVINOExecutionProvider", {"device_type": "CPU", "precision": "FP32"}),
+                         "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
         self.sess = ort.InferenceSession(path, so, providers=providers)
@@ -70,12 +74,10 @@ class OrtPeer:
         return {"onnxruntime": ort.__version__, "providers": self.sess.get_providers()}
 
     def eval(self):
-        out = self.sess.run(["total", "grad"], self.feed) if self.a.total_and_grad else self.sess.run(None, self.feed)
-        return float(out[0] if self.a.total_and_grad else out[self.names.index("total")]), 0.0
-
-    @property
-    def names(self):
-        return [o.name for o in self.sess.get_outputs()]
+        names = ["total", "grad"] if self.a.total_and_grad else [o.name for o in self.sess.get_outputs()]
+        out = dict(zip(names, self.sess.run(names, self.feed)))
+        self.last_grad = out["grad"]
+        return float(out["total"]), 0.0
 
 
 def main():
@@ -93,17 +95,22 @@ def main():
     a = p.parse_args()
     m = common.load_manifest(a.model)
     peer = TorchPeer(a, m) if a.kind == "torch" else OrtPeer(a, m)
+    ref = None
     for line in sys.stdin:
         cmd = line.split()
         if not cmd:
             continue
         if cmd[0] == "load":
-            feed, tables, _ = common.load_dump(cmd[1], m)
+            feed, tables, ref = common.load_dump(cmd[1], m)
             answer({"ok": True, **peer.load(feed, tables)})
         elif cmd[0] == "eval":
             t = time.perf_counter()
             total, match = peer.eval()
-            answer({"seconds": time.perf_counter() - t, "match_seconds": match, "total": total})
+            seconds = time.perf_counter() - t
+            # the gradient against the one the fuchun binary dumped for the same x (not timed)
+            g = peer.last_grad
+            err = float(np.abs(g - ref["grad"]).max() / np.abs(ref["grad"]).max()) if ref else None
+            answer({"seconds": seconds, "match_seconds": match, "total": total, "grad_error": err})
         elif cmd[0] == "quit":
             break
         else:
