@@ -59,6 +59,9 @@ class OrtPeer:
     def load(self, feed, tables):
         ort, a = self.ort, self.a
         so = common.session_options(ort, a.threads, {"on": True, "off": False}.get(a.spinning), True, a.affinities)
+        for entry in a.config:
+            key, _, value = entry.partition("=")
+            so.add_session_config_entry(key, value)
         path = f"{self.m['dir']}/{self.m['graphs']['objective']['file']}"
         if a.provider == "openvino":
             # the onnxruntime-openvino build (its own venv: it replaces the onnxruntime package), FP32 asked for
@@ -90,6 +93,8 @@ def main():
                    help="ort: session.intra_op.allow_spinning")
     p.add_argument("--affinities", default=None, help="ort: session.intra_op_thread_affinities")
     p.add_argument("--provider", choices=["cpu", "openvino"], default="cpu", help="ort: execution provider")
+    p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                   help="ort: a session configuration entry (e.g. session.set_denormal_as_zero=1)")
     p.add_argument("--total-and-grad", action="store_true",
                    help="ort: fetch only total and grad (default: every output, as the Rust runtime)")
     a = p.parse_args()
