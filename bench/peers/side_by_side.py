@@ -11,13 +11,14 @@ x, targets, weights and histogram tables. Each takes --warmup evaluations (2), t
 evaluation each, the order rotated every round. What one evaluation is:
   fuchun  prelude.onnx + relu1_1 matching (radix sort) + objective.onnx + relu4_1 matching from its outputs
   torch   forward, both histogram layers matched to the image's own activations (torch.argsort), loss, autograd
-  ort     objective.onnx alone, fed the dump (session options as the Rust runtime's)
+  ort     objective.onnx alone, fed the dump (session options as the Rust runtime's, spinning off)
 
 --impl adds or replaces implementations: KIND[@PATH][:key=value...], e.g. `fuchun@/tmp/old-fuchun`,
-`fuchun:threads=1`, `torch:threads=1`, `torch:match=off`, `ort:spinning=off`, `ort:provider=openvino:python=PATH`,
-`ort:threads=1`, `ort:affinities=2`, `ort:config.session.set_denormal_as_zero=1` (any session configuration entry), `torch:env.OMP_WAIT_POLICY=PASSIVE` (env.NAME=VALUE sets the worker's
-environment). A `name=` key labels it. The reference of the ratio column and of the targets is the torch
-implementation with the lowest median at that size.
+`fuchun:threads=1`, `torch:threads=1`, `torch:match=off`, `torch:env.OMP_WAIT_POLICY=PASSIVE` (env.NAME=VALUE
+sets the worker's environment), `ort:spinning=default` (ONNX Runtime's: on), `ort:threads=1`,
+`ort:affinities=2`, `ort:config.session.set_denormal_as_zero=1` (any session configuration entry),
+`ort:provider=openvino:python=PATH`. A `name=` key labels it. The reference of the ratio column and of the targets
+is the torch implementation with the lowest median at that size.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ import tempfile
 import common
 
 # PyTorch twice: its defaults, and with OpenMP's passive wait (its threads sleep instead of spinning when idle,
-# which was 1.4-2.7x faster on the project's shared 2-core machines); the ratio column and the targets take the
+# which was 1.2-2.7x faster on the project's shared 2-core machine); the ratio column and the targets take the
 # faster of the two.
 DEFAULT_IMPLS = ["fuchun", "torch", "torch:env.OMP_WAIT_POLICY=PASSIVE:name=torch (OMP passive wait)", "ort"]
 

@@ -89,8 +89,9 @@ def main():
     p.add_argument("--model", default=common.DEFAULT_MODEL)
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: the library's default)")
     p.add_argument("--no-match", action="store_true", help="torch: keep the dumped histogram targets")
-    p.add_argument("--spinning", choices=["default", "on", "off"], default="default",
-                   help="ort: session.intra_op.allow_spinning")
+    p.add_argument("--spinning", choices=["default", "on", "off"], default="off",
+                   help="ort: session.intra_op.allow_spinning (off, as the Rust runtime sets it; default: "
+                        "ONNX Runtime's, on)")
     p.add_argument("--affinities", default=None, help="ort: session.intra_op_thread_affinities")
     p.add_argument("--provider", choices=["cpu", "openvino"], default="cpu", help="ort: execution provider")
     p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
