@@ -10,7 +10,7 @@ TEST_MODEL := $(OUT)/test-random
 EXPORT := cd models && ../$(PY) -m fuchun_export
 CARGO ?= cargo
 
-.PHONY: all venv models test-models build demo test test-python test-rust lint soak bench gpu-check clean
+.PHONY: all venv models test-models build demo test test-python test-rust lint soak bench peers bench-peers gpu-check clean
 
 all: build models
 
@@ -69,6 +69,22 @@ soak: models test-models
 
 bench: models build
 	./target/release/fuchun bench
+
+# The PyTorch implementation of the same objective (bench/peers/, its own venv with torch, ~5 GB; not needed by
+# `make demo` or `make test`): installs it and runs its check of the exported loss and gradient against PyTorch.
+# `make bench-peers` then prints the side-by-side table (fuchun, PyTorch, the graph through Python ONNX Runtime).
+PEERS_VENV := bench/peers/.venv
+peers: $(PEERS_VENV)/.stamp models build
+	cd bench/peers && .venv/bin/python -m pytest -q test_check.py
+$(PEERS_VENV)/.stamp: bench/peers/requirements.txt models/requirements.txt models/requirements-nodeps.txt
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --disable-pip-version-check --no-cache-dir -q -r bench/peers/requirements.txt
+	$(PEERS_VENV)/bin/python -m pip install --disable-pip-version-check --no-cache-dir -q --no-deps \
+		-r models/requirements-nodeps.txt
+	touch $@
+
+bench-peers: peers
+	./target/release/fuchun bench --peers
 
 # On a Linux machine with an NVIDIA GPU and onnxruntime-gpu (not in CI): doctor, bench and stylize on CUDA and
 # TensorRT (FP32, FP16) against the CPU. GPU_CHECK_ARGS="--binary PATH --ort-library PATH" skips the build.

@@ -94,6 +94,8 @@ pub struct BenchArgs {
     /// Print the figures as one JSON object as well.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub peers: super::peers::PeerArgs,
 }
 
 /// FP32 matrix-multiply throughput of this machine: one large sgemm per core, all cores at once (GFLOP/s).
@@ -154,6 +156,9 @@ pub(crate) fn verdict(met: bool) -> &'static str {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if super::peers::dispatch(args)? {
+        return Ok(());
+    }
     let limits = Limits::default();
     let content = imageio::load_path(&args.content, &limits).with_context(|| format!("{}", args.content.display()))?;
     let style = imageio::load_path(&args.style, &limits).with_context(|| format!("{}", args.style.display()))?;

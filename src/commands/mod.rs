@@ -4,5 +4,6 @@ pub mod bench;
 pub mod common;
 pub mod doctor;
 pub mod frames;
+pub mod peers;
 pub mod stream_bench;
 pub mod stylize;

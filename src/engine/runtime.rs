@@ -582,6 +582,9 @@ pub fn session_builder(
     // it on the second, beside the arena chunks of the first run, which stay: at 512x384 that is +600 MB of peak
     // RSS for no measurable speed (docs/performance.md). The arena alone reuses its chunks from run to run.
     b = b.with_memory_pattern(false).map_err(|e| anyhow!("disabling the memory pattern: {e}"))?;
+    // Intra-op threads sleep when they run out of work instead of spinning: between the graph runs the runtime
+    // sorts (histogram matching) on every core, which spinning threads slowed down (docs/performance.md, levers).
+    b = b.with_config_entry("session.intra_op.allow_spinning", "0").map_err(|e| anyhow!("spinning off: {e}"))?;
     if opts.threads > 0 {
         b = b.with_intra_threads(opts.threads).map_err(|e| anyhow!("setting {} threads: {e}", opts.threads))?;
     }
