@@ -49,6 +49,9 @@ pub struct StylizeArgs {
     /// Frame sequences: a pixel changed when its blurred luminance differs by more than this (0–1).
     #[arg(long, value_name = "T")]
     pub change_threshold: Option<f32>,
+    /// Frame sequences: width (pixels) of the soft border between held and repainted parts.
+    #[arg(long, value_name = "PX")]
+    pub feather_px: Option<usize>,
     /// Frame sequences: above this changed fraction a frame is a new scene (cold run).
     #[arg(long, value_name = "F")]
     pub scene_change: Option<f32>,
@@ -83,7 +86,10 @@ impl StylizeArgs {
         if let Some(f) = self.scene_change {
             s.change.scene_change = f;
         }
-        s.change.validate().map_err(|e| anyhow::anyhow!("--change-threshold/--scene-change: {e}"))?;
+        if let Some(f) = self.feather_px {
+            s.change.feather_px = f;
+        }
+        s.change.validate().map_err(|e| anyhow::anyhow!("--change-threshold/--scene-change/--feather-px: {e}"))?;
         Ok(s)
     }
 }
