@@ -361,6 +361,11 @@ fn plan(
     } else {
         vec![None; n]
     };
+    // what is new starts from the frame in the painting's colours (an affine colour map from the frame to the
+    // previous result, fitted where nothing changed): from the photo's own colours the few evaluations of a partly
+    // changed frame leave it visibly unpainted, and the next frame would then hold it so
+    let fresh =
+        if start == Start::Partial { in_palette(content, &prev.result, &mask.unchanged) } else { content.clone() };
     let mut init = prev.result.clone();
     let mut target = prev.result.clone();
     let mut weights = mask.unchanged.clone();
@@ -378,7 +383,7 @@ fn plan(
                 let j = c * n + i;
                 let held = if m > 0.0 { (u * prev.result.data[j] + (1.0 - u) * p * other(c)) / m } else { 0.0 };
                 target.data[j] = held;
-                init.data[j] = m * held + (1.0 - m) * content.data[j];
+                init.data[j] = m * held + (1.0 - m) * fresh.data[j];
             }
         }
     }
@@ -394,6 +399,63 @@ fn plan(
         opts.temporal = Some(TemporalInputs { previous: target, weights });
     }
     (Plan { start, changed_fraction: Some(mask.fraction) }, Some(mask.unchanged))
+}
+
+/// `content` mapped by the affine colour transform (3×3 and an offset) that best takes it to `painted` over the
+/// pixels where `unchanged` is 1 (least squares), clamped to [0, 1]; `content` itself when too few pixels fit.
+fn in_palette(content: &Planar, painted: &Planar, unchanged: &[f32]) -> Planar {
+    let n = content.width * content.height;
+    let (mut xtx, mut xty) = ([[0.0f64; 4]; 4], [[0.0f64; 3]; 4]);
+    let mut count = 0usize;
+    for i in (0..n).step_by(3).filter(|&i| unchanged[i] >= 1.0) {
+        let x = [content.data[i] as f64, content.data[n + i] as f64, content.data[2 * n + i] as f64, 1.0];
+        for a in 0..4 {
+            for b in 0..4 {
+                xtx[a][b] += x[a] * x[b];
+            }
+            for c in 0..3 {
+                xty[a][c] += x[a] * painted.data[c * n + i] as f64;
+            }
+        }
+        count += 1;
+    }
+    if count < 64 {
+        return content.clone();
+    }
+    // ridge towards nothing, then Gauss-Jordan on the 4×4 system for the three right-hand sides
+    for (a, row) in xtx.iter_mut().enumerate() {
+        row[a] += 1e-3 * count as f64;
+    }
+    for col in 0..4 {
+        let piv = (col..4).max_by(|&a, &b| xtx[a][col].abs().total_cmp(&xtx[b][col].abs())).unwrap_or(col);
+        xtx.swap(col, piv);
+        xty.swap(col, piv);
+        let d = xtx[col][col];
+        if d.abs() < 1e-12 {
+            return content.clone();
+        }
+        for r in 0..4 {
+            if r != col {
+                let f = xtx[r][col] / d;
+                for k in 0..4 {
+                    xtx[r][k] -= f * xtx[col][k];
+                }
+                for k in 0..3 {
+                    xty[r][k] -= f * xty[col][k];
+                }
+            }
+        }
+    }
+    let coef: Vec<[f64; 3]> = (0..4).map(|r| [0, 1, 2].map(|k| xty[r][k] / xtx[r][r])).collect();
+    let mut out = content.clone();
+    for i in 0..n {
+        let x = [content.data[i] as f64, content.data[n + i] as f64, content.data[2 * n + i] as f64, 1.0];
+        for c in 0..3 {
+            let v: f64 = (0..4).map(|r| coef[r][c] * x[r]).sum();
+            out.data[c * n + i] = v.clamp(0.0, 1.0) as f32;
+        }
+    }
+    out
 }
 
 /// One frame of a stream, end to end: decide how it starts, stylise it, and return what to keep for the next
@@ -528,6 +590,28 @@ mod tests {
         assert_eq!(m.unchanged[5 * w + 5], 1.0);
         let edge = (20..30).map(|y| (0..w).filter(|&x| m.changed[y * w + x]).min().unwrap()).min().unwrap();
         assert!(m.unchanged[25 * w + edge - 1] > 0.0 && m.unchanged[25 * w + edge - 1] < 1.0);
+    }
+
+    #[test]
+    fn the_palette_map_recovers_an_affine_colour_transform() {
+        let (w, h) = (32, 24);
+        let n = w * h;
+        let mut c = Planar::new(w, h);
+        for i in 0..3 * n {
+            c.data[i] = ((i * 37 % 101) as f32) / 101.0;
+        }
+        let mut painted = c.clone();
+        for i in 0..n {
+            let (r, g, b) = (c.data[i], c.data[n + i], c.data[2 * n + i]);
+            painted.data[i] = 0.5 * r + 0.2 * g + 0.1;
+            painted.data[n + i] = 0.3 * b + 0.4;
+            painted.data[2 * n + i] = 0.6 * g + 0.1 * r;
+        }
+        let got = in_palette(&c, &painted, &vec![1.0; n]);
+        let err = got.data.iter().zip(&painted.data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(err < 0.01, "{err}");
+        // nothing unchanged to fit on: the content itself
+        assert_eq!(in_palette(&c, &painted, &vec![0.0; n]).data, c.data);
     }
 
     #[test]
