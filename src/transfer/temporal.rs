@@ -403,6 +403,7 @@ fn plan(
 
 /// `content` mapped by the affine colour transform (3×3 and an offset) that best takes it to `painted` over the
 /// pixels where `unchanged` is 1 (least squares), clamped to [0, 1]; `content` itself when too few pixels fit.
+#[allow(clippy::needless_range_loop)] // a 4×4 linear system: indices read as the algebra
 fn in_palette(content: &Planar, painted: &Planar, unchanged: &[f32]) -> Planar {
     let n = content.width * content.height;
     let (mut xtx, mut xty) = ([[0.0f64; 4]; 4], [[0.0f64; 3]; 4]);
