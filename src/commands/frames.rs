@@ -89,20 +89,9 @@ pub fn run(args: &StylizeArgs) -> Result<()> {
     }
     let files = frame_files(&args.content)?;
     let limits = Limits::default();
-    let mut styles = Vec::new();
-    for s in &args.style {
-        styles.push(imageio::load_path(s, &limits).with_context(|| format!("style image {}", s.display()))?);
-    }
     let first = imageio::load_path(&files[0], &limits).with_context(|| format!("frame {}", files[0].display()))?;
-    let scales = crate::transfer::schedule::scales_for(args.opts.image_size, &args.opts.scales)?;
-    let sizes = crate::transfer::schedule::expected_shapes(
-        &scales,
-        args.opts.style_scale,
-        (first.width, first.height),
-        &styles.iter().map(|s| (s.width, s.height)).collect::<Vec<_>>(),
-    );
+    let (styles, mut model) = super::stylize::load_styles_and_model(args, (first.width, first.height))?;
     drop(first);
-    let mut model = args.model.load(&sizes)?;
     let base = args.opts.options(&model.manifest, &limits)?;
     let settings = args.stream_settings()?;
     std::fs::create_dir_all(&args.output).with_context(|| format!("creating {}", args.output.display()))?;

@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::common::ModelArgs;
 use crate::engine::model::LAYER_GROUPS;
+use crate::engine::Model;
 use crate::imageio::{self, Limits, Planar};
 use crate::transfer::temporal;
 use crate::transfer::{stylize, EvalRecord, Hooks, Init, LayerGroup, Optimizer, StylizeOptions, Weights};
@@ -287,6 +288,25 @@ impl Hooks for CliHooks {
     }
 }
 
+/// The style images and the model, loaded for contents of `content` size (its width, height): the sizes the run
+/// will use are the TensorRT profile's and the warm-up's.
+pub fn load_styles_and_model(args: &StylizeArgs, content: (usize, usize)) -> Result<(Vec<Planar>, Model)> {
+    let limits = Limits::default();
+    let mut styles = Vec::new();
+    for s in &args.style {
+        styles.push(imageio::load_path(s, &limits).with_context(|| format!("style image {}", s.display()))?);
+    }
+    let scales = crate::transfer::schedule::scales_for(args.opts.image_size, &args.opts.scales)?;
+    let sizes = crate::transfer::schedule::expected_shapes(
+        &scales,
+        args.opts.style_scale,
+        content,
+        &styles.iter().map(|s| (s.width, s.height)).collect::<Vec<_>>(),
+    );
+    let model = args.model.load(&sizes)?;
+    Ok((styles, model))
+}
+
 pub fn run(args: &StylizeArgs) -> Result<()> {
     if super::frames::is_sequence(&args.content) {
         return super::frames::run(args);
@@ -296,18 +316,7 @@ pub fn run(args: &StylizeArgs) -> Result<()> {
     let limits = Limits::default();
     let content = imageio::load_path(&args.content, &limits)
         .with_context(|| format!("content image {}", args.content.display()))?;
-    let mut styles = Vec::new();
-    for s in &args.style {
-        styles.push(imageio::load_path(s, &limits).with_context(|| format!("style image {}", s.display()))?);
-    }
-    let scales = crate::transfer::schedule::scales_for(args.opts.image_size, &args.opts.scales)?;
-    let sizes = crate::transfer::schedule::expected_shapes(
-        &scales,
-        args.opts.style_scale,
-        (content.width, content.height),
-        &styles.iter().map(|s| (s.width, s.height)).collect::<Vec<_>>(),
-    );
-    let mut model = args.model.load(&sizes)?;
+    let (styles, mut model) = load_styles_and_model(args, (content.width, content.height))?;
     let opts = args.opts.options(&model.manifest, &limits)?;
     let show_bar = !args.quiet && std::io::stderr().is_terminal();
     let bar = show_bar.then(|| {

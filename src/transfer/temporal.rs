@@ -292,10 +292,8 @@ pub const DEFAULT_TEMPORAL_WEIGHT: f32 = 200.0;
 pub struct Previous {
     /// What must match for the previous frame to be used (style and its settings).
     pub key: String,
-    /// The content at the result's size, as compared: its blurred luminance (`width × height`).
+    /// The content at the result's size, as compared: its blurred luminance (one value per pixel of `result`).
     pub content: Vec<f32>,
-    pub width: usize,
-    pub height: usize,
     pub result: Planar,
     /// The total loss the result reached, without the temporal term.
     pub loss: f64,
@@ -337,7 +335,6 @@ fn plan(
     let Some(prev) = prev.filter(|p| {
         settings.enabled
             && p.key == key
-            && (p.width, p.height) == (content.width, content.height)
             && (p.result.width, p.result.height) == (content.width, content.height)
             && p.content.len() == cur.len()
     }) else {
@@ -493,8 +490,6 @@ pub fn stylize_frame(
             }
             Previous {
                 key: key.to_string(),
-                width: content.width,
-                height: content.height,
                 result: outcome.image.clone(),
                 loss,
                 reference: p.reference,
@@ -505,8 +500,6 @@ pub fn stylize_frame(
         }
         _ => Previous {
             key: key.to_string(),
-            width: content.width,
-            height: content.height,
             result: outcome.image.clone(),
             loss,
             reference: loss,
