@@ -38,6 +38,7 @@ const COUNTERS: &[(&str, &str)] = &[
     ("evicted_cameras", "Camera states forgotten to keep within daemon.max_cameras"),
     ("control_errors", "Messages that are not frames and could not be used (bad topics, bad control payloads)"),
     ("outbox_dropped", "Outgoing messages dropped because the outbox was full while the broker was unreachable"),
+    ("outbox_resent", "Unacknowledged outgoing messages sent again after the broker came back without the session"),
     ("warm_starts", "Jobs started from the previous result of the camera"),
     ("partial_frames", "Jobs whose scene changed in part (started from the previous result where it did not)"),
 ];

@@ -5,6 +5,7 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod mqtt;
+pub mod outbox;
 pub mod queue;
 pub mod stats;
 pub mod styles;
@@ -12,7 +13,7 @@ pub mod topics;
 pub mod view;
 pub mod worker;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -24,10 +25,11 @@ use tokio::sync::mpsc;
 
 use self::config::{valid_name, Config};
 use self::mqtt::{Event, Incoming, Outgoing};
+use self::outbox::Outbox;
 use self::queue::Frame;
 use self::stats::{Gauges, Stats};
 use self::topics::{Route, Topics};
-use self::worker::{Command, Shared, WorkerSetup};
+use self::worker::{Shared, WorkerSetup};
 use crate::commands::common::default_model_dir;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -405,84 +407,67 @@ fn watchdog_verdict(shared: &Shared, link: &Link, subscribe_timeout_s: f64) -> O
     None
 }
 
-/// Outgoing messages wait here while the broker is unreachable or the client's request queue is full: a bounded
-/// buffer (bytes), where a newer stats message or retained state replaces an older one on the same topic.
-struct Outbox {
-    items: VecDeque<Outgoing>,
-    bytes: usize,
-    max_bytes: usize,
-    coalesce: HashSet<String>,
-}
-
-impl Outbox {
-    fn push(&mut self, m: Outgoing, stats: &Stats) {
-        if m.retain || self.coalesce.contains(&m.topic) {
-            if let Some(i) = self.items.iter().position(|o| o.topic == m.topic && o.retain == m.retain) {
-                let old = self.items.remove(i).unwrap();
-                self.bytes -= old.payload.len();
-            }
-        }
-        self.bytes += m.payload.len();
-        self.items.push_back(m);
-        while self.bytes > self.max_bytes && self.items.len() > 1 {
-            let old = self.items.pop_front().unwrap();
-            self.bytes -= old.payload.len();
-            Stats::inc(&stats.outbox_dropped);
-        }
+/// A message from the daemon's channel into the outbox, with everything already waiting behind it (so that
+/// coalescing sees them all before any is handed over).
+fn take(outbox: &mut Outbox, rx: &mut mpsc::UnboundedReceiver<Outgoing>, first: Outgoing, stats: &Stats) {
+    outbox.push(first, stats);
+    while let Ok(m) = rx.try_recv() {
+        outbox.push(m, stats);
     }
 }
 
-/// The publisher: takes messages from the daemon's channel into the outbox and hands them to the MQTT client
-/// without ever waiting on it (a full client queue or a lost connection only leaves them in the outbox).
-async fn publisher(
-    mut rx: mpsc::UnboundedReceiver<Command>,
-    client: mqtt::Client,
-    qos: u8,
-    link: Arc<Link>,
-    shared: Arc<Shared>,
-) {
-    let mut outbox = Outbox {
-        items: VecDeque::new(),
-        bytes: 0,
-        max_bytes: shared.config.daemon.max_outbox_bytes as usize,
-        coalesce: [shared.topics.stats()].into_iter().collect(),
-    };
-    let mut closing = false;
-    loop {
-        if link.connected() {
-            while let Some(m) = outbox.items.front() {
-                match client.try_publish(m, qos) {
-                    Ok(()) => {}
-                    Err(mqtt::TryError::Full) => break,
-                    Err(mqtt::TryError::Invalid(e)) => tracing::warn!(error = %e, "message not publishable; dropped"),
-                }
-                let m = outbox.items.pop_front().unwrap();
-                outbox.bytes -= m.payload.len();
+/// The connection during shutdown: the event loop turned, outgoing messages handed over, incoming frames answered.
+struct Conn<'a> {
+    events: mqtt::EventLoop,
+    client: &'a mqtt::Client,
+    outbox: Outbox,
+    rx: mpsc::UnboundedReceiver<Outgoing>,
+    link: &'a Link,
+    stats: &'a Stats,
+}
+
+impl Conn<'_> {
+    /// Keep the connection serviced; returns when `done` says so or after `limit`.
+    async fn service(
+        &mut self,
+        router: &mut Router,
+        send: &dyn Fn(Outgoing),
+        limit: Duration,
+        mut done: impl FnMut(&Self) -> bool,
+    ) {
+        let end = tokio::time::Instant::now() + limit;
+        let mut check = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            while let Ok(m) = self.rx.try_recv() {
+                self.outbox.push(m, self.stats);
             }
-        }
-        if closing && (outbox.items.is_empty() || !link.connected()) {
-            if !outbox.items.is_empty() {
-                tracing::warn!(messages = outbox.items.len(), "stopping with messages the broker never received");
+            if self.link.connected() {
+                self.outbox.hand_over(self.client);
             }
-            let _ = client.try_disconnect();
-            return;
-        }
-        let wait = if outbox.items.is_empty() { Duration::from_secs(3600) } else { Duration::from_millis(10) };
-        tokio::select! {
-            cmd = rx.recv(), if !closing => match cmd {
-                Some(Command::Publish(m)) => {
-                    outbox.push(m, &shared.stats);
-                    // take everything already waiting before publishing, so coalescing sees it
-                    while let Ok(cmd) = rx.try_recv() {
-                        match cmd {
-                            Command::Publish(m) => outbox.push(m, &shared.stats),
-                            Command::Disconnect => closing = true,
-                        }
+            if done(self) || tokio::time::Instant::now() >= end {
+                return;
+            }
+            tokio::select! {
+                ev = self.events.poll() => match ev {
+                    Ok(Event::Message(m)) => router.handle(m).into_iter().for_each(send),
+                    Ok(Event::Sent { pkid }) => self.outbox.sent(pkid),
+                    Ok(Event::Acked { pkid }) => self.outbox.acked(pkid),
+                    Ok(Event::Connected { session }) => {
+                        self.link.set_connected(true);
+                        self.outbox.connected(session, self.stats);
                     }
-                }
-                Some(Command::Disconnect) | None => closing = true,
-            },
-            _ = tokio::time::sleep(wait) => {}
+                    Ok(Event::Disconnected) => {
+                        self.link.set_connected(false);
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        self.link.set_connected(false);
+                        tokio::time::sleep(Duration::from_millis(50)).await
+                    }
+                },
+                _ = check.tick() => {}
+            }
         }
     }
 }
@@ -512,10 +497,10 @@ async fn serve(cfg: Config) -> Result<()> {
     let (runtime, warmup_shapes) = cfg.serve_runtime()?;
     let topics = Topics { prefix: cfg.mqtt.prefix.clone(), mappings: cfg.inputs.clone() };
     let qos = cfg.mqtt.qos;
-    let (out_tx, out_rx) = mpsc::unbounded_channel::<Command>();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Outgoing>();
     let shared = Arc::new(Shared::new(cfg.clone(), topics.clone(), out_tx.clone()));
     let send = |m: Outgoing| {
-        let _ = out_tx.send(Command::Publish(m));
+        let _ = out_tx.send(m);
     };
 
     // workers: load the model first, so READY means "can stylise"
@@ -565,7 +550,7 @@ async fn serve(cfg: Config) -> Result<()> {
 
     let link = Arc::new(Link::default());
     link.beat();
-    let publisher = tokio::spawn(publisher(out_rx, client.clone(), qos, link.clone(), shared.clone()));
+    let mut outbox = Outbox::new(cfg.daemon.max_outbox_bytes as usize, qos, [topics.stats()]);
 
     if let Some(addr) = cfg.daemon.metrics_listen {
         let (s, l) = (shared.clone(), link.clone());
@@ -584,7 +569,7 @@ async fn serve(cfg: Config) -> Result<()> {
             loop {
                 tick.tick().await;
                 let body = stats_snapshot(&s, &l);
-                if tx.send(Command::Publish(Outgoing::json(s.topics.stats(), &body))).is_err() {
+                if tx.send(Outgoing::json(s.topics.stats(), &body)).is_err() {
                     break;
                 }
             }
@@ -640,16 +625,21 @@ async fn serve(cfg: Config) -> Result<()> {
         })
         .collect();
 
-    // The event loop. Nothing in it waits on the MQTT client or the publisher: requests go out through
-    // non-blocking calls or spawned tasks, so a request queue that filled during an outage can never stall it,
-    // and a signal is seen at once, also during a reconnect back-off.
+    // The event loop. Nothing in it waits on the MQTT client: requests go out through non-blocking calls or
+    // spawned tasks, so a request queue that filled during an outage can never stall it, and a signal is seen at
+    // once, also during a reconnect back-off. Outgoing messages are handed to the client here too, between polls
+    // (see outbox.rs).
     loop {
         link.beat();
+        if link.connected() {
+            outbox.hand_over(&client);
+        }
         tokio::select! {
             biased;
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = beat.tick() => {}
+            Some(m) = out_rx.recv() => take(&mut outbox, &mut out_rx, m, &shared.stats),
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
                 retry_at = None;
             }
@@ -657,7 +647,8 @@ async fn serve(cfg: Config) -> Result<()> {
                 Ok(Event::Connected { session }) => {
                     backoff = min_backoff;
                     link.set_connected(true);
-                    tracing::info!(host = %cfg.mqtt.host, port = cfg.mqtt.port, session, "connected to the broker");
+                    let resent = outbox.connected(session, &shared.stats);
+                    tracing::info!(host = %cfg.mqtt.host, port = cfg.mqtt.port, session, resent, "connected to the broker");
                     let (c, subs) = (client.clone(), subscriptions.clone());
                     tokio::spawn(async move {
                         if let Err(e) = c.subscribe_all(&subs, qos).await {
@@ -693,6 +684,8 @@ async fn serve(cfg: Config) -> Result<()> {
                     router.handle(m).into_iter().for_each(send);
                     shared.cameras.store(router.seen.len(), Ordering::Relaxed);
                 }
+                Ok(Event::Sent { pkid }) => outbox.sent(pkid),
+                Ok(Event::Acked { pkid }) => outbox.acked(pkid),
                 Ok(Event::Disconnected) => {
                     link.set_connected(false);
                     router.serving = false;
@@ -729,30 +722,9 @@ async fn serve(cfg: Config) -> Result<()> {
         tokio::spawn(async move { c.unsubscribe(&s).await });
     }
     let grace = Instant::now() + Duration::from_millis(cfg.daemon.shutdown_grace_ms);
-    // keep the connection serviced; returns when `done` says so or after `limit`
-    async fn service(
-        events: &mut mqtt::EventLoop,
-        router: &mut Router,
-        send: &dyn Fn(Outgoing),
-        limit: Duration,
-        mut done: impl FnMut() -> bool,
-    ) {
-        let end = tokio::time::Instant::now() + limit;
-        let mut check = tokio::time::interval(Duration::from_millis(20));
-        while !done() && tokio::time::Instant::now() < end {
-            tokio::select! {
-                ev = events.poll() => match ev {
-                    Ok(Event::Message(m)) => router.handle(m).into_iter().for_each(send),
-                    Ok(Event::Disconnected) => tokio::time::sleep(Duration::from_millis(20)).await,
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                },
-                _ = check.tick() => {}
-            }
-        }
-    }
+    let mut conn = Conn { events, client: &client, outbox, rx: out_rx, link: &link, stats: &shared.stats };
     let abandon_after = Duration::from_millis(cfg.daemon.shutdown_grace_ms) + Duration::from_secs(3);
-    service(&mut events, &mut router, &send, abandon_after, || {
+    conn.service(&mut router, &send, abandon_after, |_| {
         if Instant::now() >= grace {
             shared.abandon.store(true, Ordering::Relaxed);
         }
@@ -775,13 +747,15 @@ async fn serve(cfg: Config) -> Result<()> {
     if !router.others_online() {
         send(router.aggregate("stopped"));
     }
-    let _ = out_tx.send(Command::Disconnect);
-    drop(out_tx);
-    // flush: until the publisher has handed everything over and the disconnect went out (bounded)
-    service(&mut events, &mut router, &|_| {}, Duration::from_secs(2), || publisher.is_finished()).await;
+    // flush: until everything is handed to the client (or the broker is away), then disconnect after it (bounded)
+    conn.service(&mut router, &|_| {}, Duration::from_secs(2), |c| c.outbox.handed_all() || !c.link.connected()).await;
+    if !conn.outbox.handed_all() {
+        tracing::warn!(messages = conn.outbox.undelivered(), "stopping with messages the broker never received");
+    }
+    let _ = client.try_disconnect();
     let flush = async {
         loop {
-            match events.poll().await {
+            match conn.events.poll().await {
                 Ok(Event::Disconnected) | Err(_) => break,
                 Ok(_) => {}
             }

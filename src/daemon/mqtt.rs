@@ -79,6 +79,14 @@ pub enum Event {
         granted: bool,
     },
     Message(Incoming),
+    /// The client wrote a publish with this packet id (0: QoS 0), in the order it took them from its queue.
+    Sent {
+        pkid: u16,
+    },
+    /// The broker acknowledged the publish with this packet id (PUBACK; PUBREC for QoS 2).
+    Acked {
+        pkid: u16,
+    },
     /// The broker or we closed the connection.
     Disconnected,
     Other,
@@ -203,6 +211,9 @@ impl EventLoop {
                     Ok(Event::Message(Incoming { topic, payload: p.payload, retain: p.retain, reply, bad_reply }))
                 }
                 Ok(rumqttc::v5::Event::Incoming(p5::Packet::Disconnect(_))) => Ok(Event::Disconnected),
+                Ok(rumqttc::v5::Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => Ok(Event::Sent { pkid }),
+                Ok(rumqttc::v5::Event::Incoming(p5::Packet::PubAck(a))) => Ok(Event::Acked { pkid: a.pkid }),
+                Ok(rumqttc::v5::Event::Incoming(p5::Packet::PubRec(r))) => Ok(Event::Acked { pkid: r.pkid }),
                 Ok(_) => Ok(Event::Other),
                 Err(e) => Err(e.to_string()),
             },
@@ -222,6 +233,9 @@ impl EventLoop {
                 })),
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::Disconnect)) => Ok(Event::Disconnected),
                 Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => Ok(Event::Disconnected),
+                Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => Ok(Event::Sent { pkid }),
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(a))) => Ok(Event::Acked { pkid: a.pkid }),
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubRec(r))) => Ok(Event::Acked { pkid: r.pkid }),
                 Ok(_) => Ok(Event::Other),
                 Err(e) => Err(e.to_string()),
             },

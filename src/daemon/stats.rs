@@ -26,6 +26,9 @@ pub struct Stats {
     pub control_errors: AtomicU64,
     /// Outgoing messages dropped because the outbox was full while the broker was unreachable.
     pub outbox_dropped: AtomicU64,
+    /// Outgoing messages handed to the MQTT client again because the broker came back without the session that
+    /// held them (they had not been acknowledged).
+    pub outbox_resent: AtomicU64,
     pub in_progress: AtomicU64,
     /// Frames started from the camera's previous result (unchanged or partly changed scene).
     pub warm_starts: AtomicU64,
@@ -76,6 +79,10 @@ impl Stats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// p50/p90/p99/max of the last 1000 job durations (ms).
     pub fn percentiles(&self) -> Option<[f64; 4]> {
         let mut v: Vec<f64> = self.durations.lock().unwrap().iter().copied().collect();
@@ -107,6 +114,7 @@ impl Stats {
             "evicted_cameras": c(&self.evicted_cameras),
             "control_errors": c(&self.control_errors),
             "outbox_dropped": c(&self.outbox_dropped),
+            "outbox_resent": c(&self.outbox_resent),
             "in_progress": c(&self.in_progress),
             "warm_starts": c(&self.warm_starts),
             "queue_depth": g.queue_depth,

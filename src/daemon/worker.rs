@@ -26,22 +26,14 @@ use crate::transfer::schedule::Cancelled;
 use crate::transfer::temporal::{self, Previous, Start};
 use crate::transfer::{EvalRecord, Hooks};
 
-/// Commands to the MQTT publisher task.
-#[derive(Debug)]
-pub enum Command {
-    Publish(Outgoing),
-    /// Publish nothing more: disconnect cleanly (after everything queued before it).
-    Disconnect,
-}
-
 pub struct Shared {
     pub config: Config,
     pub topics: Topics,
     pub queue: FrameQueue,
     pub stats: Stats,
-    /// To the publisher task. Unbounded on purpose: nothing that sends may ever wait on the broker; the publisher
-    /// drains it at once into its own bounded outbox.
-    pub out: mpsc::UnboundedSender<Command>,
+    /// To the MQTT event loop. Unbounded on purpose: nothing that sends may ever wait on the broker; the event
+    /// loop drains it at once into its own bounded outbox (outbox.rs).
+    pub out: mpsc::UnboundedSender<Outgoing>,
     /// Names this daemon's availability topic and its stats.
     pub daemon_id: String,
     /// Styles chosen through `<camera>/style/set`.
@@ -61,7 +53,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config, topics: Topics, out: mpsc::UnboundedSender<Command>) -> Shared {
+    pub fn new(config: Config, topics: Topics, out: mpsc::UnboundedSender<Outgoing>) -> Shared {
         let workers = config.daemon.workers;
         Shared {
             daemon_id: config.mqtt.client_id.clone(),
@@ -96,8 +88,8 @@ impl Shared {
     }
 
     pub fn send(&self, m: Outgoing) {
-        if self.out.send(Command::Publish(m)).is_err() {
-            tracing::warn!("the MQTT publisher has stopped; dropping a message");
+        if self.out.send(m).is_err() {
+            tracing::warn!("the MQTT event loop has stopped; dropping a message");
         }
     }
 

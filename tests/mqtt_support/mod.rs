@@ -64,6 +64,14 @@ impl Broker {
         Broker::start_on(free_port())
     }
 
+    /// Freeze the broker (SIGSTOP): connections stay open, nothing is read, acknowledged or forwarded, as with a
+    /// broker host that hangs or a network path that silently drops everything.
+    pub fn freeze(&self) {
+        let pid = self.child.as_ref().expect("the broker is not running").id().to_string();
+        let ok = Command::new("kill").args(["-STOP", &pid]).status().map(|s| s.success()).unwrap_or(false);
+        assert!(ok, "could not stop mosquitto (pid {pid})");
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
