@@ -52,7 +52,7 @@ lint:
 test: models test-models lint
 	@set -o pipefail; rm -f .test-log; \
 	( cd models && ../$(PY) -m pytest -q tests ) 2>&1 | tee -a .test-log && \
-	$(CARGO) test --release --locked 2>&1 | tee -a .test-log; status=$$?; \
+	$(CARGO) test --release --locked --no-fail-fast 2>&1 | tee -a .test-log; status=$$?; \
 	awk '/^test result:/ || / (passed|failed).* in [0-9.]+s/ { for (i = 2; i <= NF; i++) { \
 	     if ($$i ~ /^passed/) p += $$(i-1); if ($$i ~ /^failed/) f += $$(i-1) } } \
 	     END { printf "tests: %d passed, %d failed\n", p, f }' .test-log; rm -f .test-log; exit $$status
