@@ -18,6 +18,8 @@ Two more adaptations make the gradient graph one TensorRT and ONNX Runtime's CUD
   (1 included), and a sum over it would be the identity. Anything else raises instead of guessing.
 * MaxPool without `Indices` and without ScatterND (see `_max_pool_reverse`).
 """
+import re
+
 import numpy as np
 from onnx import TensorProto, helper
 from onnx_ad import rules as _rules
@@ -56,7 +58,7 @@ _rules.REVERSE["Conv"] = _same_conv_reverse
 # ---- broadcast undo with constant axes ----------------------------------------------------------------------------
 
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Sum", "Max", "Min", "Mean", "Where", "PRelu"}
-_state = {"declared": None, "node": None}
+_state = {"declared": None, "node": None, "producers": None}
 _original_unbroadcast = _Context.unbroadcast
 
 
@@ -199,6 +201,107 @@ def _max_pool_reverse(ctx, node, grads):
 
 
 
+# ---- Gram matrices: the gradient from the unscaled features -----------------------------------------------------
+
+_original_matmul_reverse = _rules.REVERSE["MatMul"]
+
+
+def _gram_parts(node):
+    """For a Gram product built by graph._gram, MatMul(Mul(flat1, r), Transpose(Mul(flat2, r))), the names
+    (flat1, flat2, r); None for any other MatMul."""
+    producers = _state["producers"] or {}
+    if not re.fullmatch(r"gram_\d+", node.output[0]):
+        return None
+    left, right = producers.get(node.input[0]), producers.get(node.input[1])
+    if right is None or right.op_type != "Transpose" or list(_attr(right, "perm", [])) != [1, 0]:
+        return None
+    other = producers.get(right.input[0])
+    parts = []
+    for p in (left, other):
+        if p is None or p.op_type != "Mul" or not p.output[0].startswith("scaled_"):
+            return None
+        parts.append(p.input)
+    (flat1, r1), (flat2, r2) = parts
+    return (flat1, flat2, r1) if r1 == r2 else None
+
+
+def _gram_reverse(ctx, node, grads):
+    """G = (F1 r)(F2 r)^T with r = 1/sqrt(n) (graph._gram: the factors are scaled for float16's range). onnx_ad's
+    chain through MatMul, Transpose and Mul reads the scaled factors in the backward pass, which keeps both alive
+    from the forward pass (a copy of every style and shift layer's features) and moves [n, C] transposes around.
+    Here the contributions go to the unscaled F1 and F2 directly:
+        dF1 = ((r dG) F2) r,   dF2 = ((r dG)^T F1) r,   and for F1 = F2: dF = ((r (dG + dG^T)) F) r.
+    One r on the [C, C] side and one on the result keep every value where onnx_ad's graph has it ((r dG) F2 is its
+    dG (F2 r)); r^2 on the small matrix alone would put it below float16's normal range. Exact
+    (tests/test_gradients.py)."""
+    parts = _gram_parts(node)
+    if parts is None:
+        return _original_matmul_reverse(ctx, node, grads)
+    from onnx_ad._passes import Pairs
+    flat1, flat2, r = parts
+    b = ctx.b
+    front = _rules._seed_front(ctx, ctx.full(grads[0], node.output[0]), 2)          # [S, C, C]
+
+    def flipped(m):
+        return b.op("Transpose", [m], perm=[0, 2, 1], stem="gram_dgt")
+
+    def product(m, f):
+        scaled = b.op("MatMul", [b.op("Mul", [m, r], stem="gram_dg"), f], stem="gram_da")           # [S, C, n]
+        return _rules._seed_back(ctx, b.op("Mul", [scaled, r], stem="gram_df"), 2)
+
+    if flat1 == flat2:
+        return Pairs([(flat1, product(b.op("Add", [front, flipped(front)], stem="gram_sym"), flat1))])
+    return Pairs([(flat1, product(front, flat2)), (flat2, product(flipped(front), flat1))])
+
+
+# ---- mean squares: one pass ------------------------------------------------------------------------------------
+
+_original_reduce_mean_reverse = _rules.REVERSE["ReduceMean"]
+
+
+def _mean_square_parts(node):
+    """For mean(d^2) built by graph._mean_square (Mul(d, d), then ReduceMean one axis at a time, last axis first,
+    down to a scalar): (d, the means from the innermost out); None for any other ReduceMean."""
+    producers = _state["producers"] or {}
+    means = []
+    v = node
+    while v is not None and v.op_type == "ReduceMean" and v.output[0].startswith("mse_"):
+        axes = list(_attr(v, "axes", []))
+        if _attr(v, "keepdims", 1) != 0 or len(axes) != 1 or len(v.input) != 1:
+            return None
+        means.append(v)
+        v = producers.get(v.input[0])
+    if not means or v is None or v.op_type != "Mul" or v.input[0] != v.input[1]:
+        return None
+    # the axes, innermost mean first, must be rank-1, rank-2, ..., 0 of d: the whole tensor, down to a scalar
+    if [list(_attr(m, "axes"))[0] for m in reversed(means)] != list(range(len(means) - 1, -1, -1)):
+        return None
+    return v.input[0], list(reversed(means))
+
+
+def _mean_square_reverse(ctx, node, grads):
+    """mean(d^2), taken one axis at a time (graph._mean_square): onnx_ad expands the scalar adjoint back through
+    every ReduceMean (a full-size Expand and Div for the last one) and then through the square (two products, a
+    broadcast undo each, and their sum): five or more passes over a tensor as large as relu1_1. Its derivative is
+    2 d (g / n_0 / n_1 / ... ), one pass; the scalar is divided by one extent at a time, as onnx_ad's chain does,
+    so no intermediate leaves float16's range that the chain's did not. Exact (tests/test_gradients.py)."""
+    parts = _mean_square_parts(node)
+    if parts is None:
+        return _original_reduce_mean_reverse(ctx, node, grads)
+    from onnx_ad._passes import Pairs
+    d, means = parts
+    b = ctx.b
+    coef = ctx.full(grads[0], node.output[0])                                       # [S]
+    dtype = ctx.dtype(d)
+    shape = ctx.shape_of(d)
+    for m in reversed(means):                                                       # outermost (axis 0) first
+        axis = list(_attr(m, "axes"))[0]
+        extent = b.op("Cast", [ctx.slice(shape, [axis], [axis + 1], [0])], to=dtype, stem="ms_extent")
+        coef = b.op("Div", [coef, extent], stem="ms_coef")
+    coef = b.op("Mul", [coef, ctx.constant(2.0, dtype)], stem="ms_twice")
+    return Pairs([(d, b.op("Mul", [ctx.lift(d), coef], stem="ms_grad"))])
+
+
 def _tracking(rule):
     def tracked(ctx, node, grads):
         outer = _state["node"]
@@ -211,13 +314,18 @@ def _tracking(rule):
     return tracked
 
 
-def reverse(model, **kwargs):
-    """onnx_ad.reverse with the rules above; the model's declared symbolic shapes decide the broadcast axes."""
+def reverse(model, fused=True, **kwargs):
+    """onnx_ad.reverse with the rules above; the model's declared symbolic shapes decide the broadcast axes.
+    `fused=False` leaves the Gram products and mean squares to onnx_ad's op-by-op chain (tests compare the two)."""
     from onnx_ad import reverse as _reverse
     saved = dict(_rules.REVERSE)
     _state["declared"] = _declared_shapes(model)
     _Context.unbroadcast = _unbroadcast
     _rules.REVERSE["MaxPool"] = _max_pool_reverse
+    if fused:
+        _rules.REVERSE["MatMul"] = _gram_reverse
+        _rules.REVERSE["ReduceMean"] = _mean_square_reverse
+    _state["producers"] = {o: n for n in model.graph.node for o in n.output}
     for op, rule in dict(_rules.REVERSE).items():
         if not getattr(rule, "fuchun_tracked", False):
             _rules.REVERSE[op] = _tracking(rule)
@@ -228,3 +336,4 @@ def reverse(model, **kwargs):
         _rules.REVERSE.update(saved)
         _Context.unbroadcast = _original_unbroadcast
         _state["declared"] = None
+        _state["producers"] = None

@@ -45,12 +45,12 @@ def default_layer_weights(weights, cfg):
     }
 
 
-def objective_from_loss(loss_model, surgery=True):
+def objective_from_loss(loss_model, surgery=True, fused=True):
     """Reverse-mode gradient of `total_scaled` (= OBJECTIVE_SCALE * total, graph.py) w.r.t. `x` by onnx_ad; the seed is
     fixed to GRAD_SEED and the gradient divided back (float32 `fp32_*` operations) and reshaped to
     the image's shape, so the runtime feeds only x, targets and weights and gets d total / d x."""
     from .ad import reverse
-    model = reverse(loss_model, inputs=["x"], outputs=["total_scaled"], layout="onnx")
+    model = reverse(loss_model, inputs=["x"], outputs=["total_scaled"], layout="onnx", fused=fused)
     g = model.graph
     seed = [i for i in g.input if i.name.startswith("adj_")]
     grad = [o for o in g.output if o.name.startswith("adj_")]
@@ -130,11 +130,11 @@ def prune_initializers(model):
     g.initializer.extend(keep)
 
 
-def build_all(weights, cfg, dtype=np.float32, surgery=True):
+def build_all(weights, cfg, dtype=np.float32, surgery=True, fused=True):
     cfg.validate(weights.arch, weights)
     features = build_features(weights, cfg, dtype)
     loss = build_loss(weights, cfg, dtype)
-    objective = objective_from_loss(loss, surgery)
+    objective = objective_from_loss(loss, surgery, fused)
     return features, loss, objective
 
 
