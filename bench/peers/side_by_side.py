@@ -17,7 +17,8 @@ evaluation each, the order rotated every round. What one evaluation is:
 `fuchun:threads=1`, `torch:threads=1`, `torch:match=off`, `torch:env.OMP_WAIT_POLICY=PASSIVE` (env.NAME=VALUE
 sets the worker's environment), `ort:spinning=default` (ONNX Runtime's: on), `ort:threads=1`,
 `ort:affinities=2`, `ort:config.session.set_denormal_as_zero=1` (any session configuration entry),
-`ort:provider=openvino:python=PATH`. A `name=` key labels it. The reference of the ratio column and of the targets
+`ort:provider=openvino:python=PATH`, `fuchun:model=DIR` or `ort:model=DIR` (another export of the objective, with
+the same inputs: the exporter before a change). A `name=` key labels it. The reference of the ratio column and of the targets
 is the torch implementation with the lowest median at that size.
 """
 from __future__ import annotations
@@ -50,19 +51,21 @@ class Impl:
         self.name = self.opts.pop("name", spec)
         self.a = a
         self.path = path or (a.fuchun if self.kind == "fuchun" else None)
+        # another export of the same objective (e.g. the exporter before a change), same inputs
+        self.model = os.path.abspath(self.opts.pop("model", a.model))
         self.proc = None
         self.times, self.match, self.totals, self.errors, self.info = [], [], [], [], {}
 
     def command(self, size):
         a, o = self.a, self.opts
         if self.kind == "fuchun":
-            cmd = [self.path, "bench", "--peer-worker", "--sizes", str(size), "--model", a.model, "--content",
+            cmd = [self.path, "bench", "--peer-worker", "--sizes", str(size), "--model", self.model, "--content",
                    a.content, "--style", a.style, "--provider", "cpu", "--peer-noise", str(a.noise)]
             if "threads" in o:
                 cmd += ["--threads", o["threads"]]
             return cmd
         python = o.get("python", sys.executable)
-        cmd = [python, os.path.join(common.HERE, "worker.py"), self.kind, "--model", a.model]
+        cmd = [python, os.path.join(common.HERE, "worker.py"), self.kind, "--model", self.model]
         if "threads" in o:
             cmd += ["--threads", o["threads"]]
         if self.kind == "torch" and o.get("match") == "off":
