@@ -82,6 +82,9 @@ def objective_from_loss(loss_model, surgery=True, fused=True):
     _topological(model)
     prune_dead_nodes(model)
     prune_initializers(model)
+    if surgery:
+        from .surgery import align_broadcast_ranks
+        align_broadcast_ranks(model)
     return model
 
 

@@ -181,3 +181,25 @@ def test_temporal_term_acts_only_where_its_weight_is_nonzero(setup):
     m = np.broadcast_to(feed["temporal_weights"], image.shape)
     assert np.all(grad[m == 0] == 0) and np.all(grad[m > 0] != 0)
     np.testing.assert_allclose(grad, 2 * m * (image - feed["temporal_prev"]) / image.size, rtol=1e-12)
+
+
+def test_broadcasting_operands_have_equal_ranks(graphs64, small_weights, small_cfg):
+    """surgery.align_broadcast_ranks: no broadcasting operator of the objective mixes ranks (ONNX Runtime's slow
+    per-element path with the trailing seed axis); onnx_ad's own graph does."""
+    from onnx import shape_inference
+    from fuchun_export.export import build_all
+    from fuchun_export.surgery import BROADCASTING
+
+    def mixed(model):
+        inferred = shape_inference.infer_shapes(model, data_prop=True).graph
+        rank = {t.name: len(t.dims) for t in model.graph.initializer}
+        for v in list(inferred.input) + list(inferred.value_info) + list(inferred.output):
+            if v.type.tensor_type.HasField("shape"):
+                rank[v.name] = len(v.type.tensor_type.shape.dim)
+        return [n.output[0] for n in model.graph.node if n.op_type in BROADCASTING
+                and len({rank.get(i) for i in n.input if i}) > 1]
+
+    _, _, objective = graphs64
+    _, _, plain = build_all(small_weights, small_cfg, dtype=np.float64, surgery=False)
+    assert mixed(plain)
+    assert not mixed(objective), mixed(objective)[:5]
