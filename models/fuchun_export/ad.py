@@ -151,11 +151,14 @@ def _max_pool_reverse(ctx, node, grads):
     """2x2 max pooling, stride 2, floor mode (VGG's): the input gradient routes each window's output gradient to the
     element MaxPool's `Indices` would name, the first maximum of the window in row-major order (ONNX Runtime's
     kernels and onnx.reference both take a later element only if it is strictly greater). Without Indices: the
-    even-sized crop of x is viewed as [N, C, h, 2, w, 2] and compared with the pooled y; of the window's four
-    positions (0,0), (0,1), (1,0), (1,1) the first equal one gets the gradient:
+    even-sized crop of x is taken apart into its four window positions (0,0), (0,1), (1,0), (1,1) by SpaceToDepth
+    and Split, four [N, C, h, w] planes, each compared with the pooled y; the first equal one gets the gradient:
         m00 = e00, m01 = e01 (1 - e00), m10 = e10 (1 - e00)(1 - e01), m11 = e11 (1 - e00)(1 - e01)(1 - e10),
-    e = (x == y) as 0/1. The dropped last row/column of an odd size gets zero (Pad). Exact: the same element gets
-    the same gradient as onnx_ad's MaxPool(Indices) + ScatterND(add) (tests/test_gpu_graph.py, with ties)."""
+    e = (x == y) as 0/1; the four routed planes go back together by Concat and DepthToSpace (DCR: the inverse of
+    SpaceToDepth). Every operation is on operands of one shape: in the earlier [N, C, h, 2, w, 2] form the window
+    axes of extent 2 against 1 took ONNX Runtime's per-element broadcasting path (docs/performance.md). The dropped
+    last row/column of an odd size gets zero (Pad). Exact: the same element gets the same gradient as onnx_ad's
+    MaxPool(Indices) + ScatterND(add) (tests/test_gpu_graph.py, with ties)."""
     k = list(_attr(node, "kernel_shape", []))
     ok = (k == [2, 2] and list(_attr(node, "strides", [1, 1])) == [2, 2]
           and not any(_attr(node, "pads", [0, 0, 0, 0])) and list(_attr(node, "dilations", [1, 1])) == [1, 1]
@@ -168,37 +171,25 @@ def _max_pool_reverse(ctx, node, grads):
     x, y = node.input[0], node.output[0]
     dtype = ctx.dtype(x)
     ys = ctx.shape_of(y)                                                   # [N, C, h, w]
-    nc = ctx.slice(ys, [0], [2], [0])
-    h, w = ctx.slice(ys, [2], [3], [0]), ctx.slice(ys, [3], [4], [0])
-    two = b.ints([2])
-    crop = b.op("Slice", [x, b.ints([0, 0]), b.op("Mul", [ctx.slice(ys, [2], [4], [0]), two]), b.ints([2, 3])],
-                stem="mp_crop")
-    windows = b.op("Reshape", [crop, b.op("Concat", [nc, h, two, w, two], axis=0)], stem="mp_windows")
-    equal = b.op("Cast", [b.op("Equal", [windows, ctx.unsqueeze(y, [3, 5])])], to=dtype, stem="mp_eq")
-    one = ctx.constant(1.0, dtype)
-
-    def at(i, j):
-        return ctx.slice(equal, [i, j], [i + 1, j + 1], [3, 5], stem="mp_e")
-
-    e00, e01, e10, e11 = at(0, 0), at(0, 1), at(1, 0), at(1, 1)
-    free0 = b.op("Sub", [one, e00])
-    m01 = b.op("Mul", [e01, free0])
-    free1 = b.op("Mul", [free0, b.op("Sub", [one, e01])])
-    m10 = b.op("Mul", [e10, free1])
-    m11 = b.op("Mul", [e11, b.op("Mul", [free1, b.op("Sub", [one, e10])])])
-    mask = b.op("Concat", [b.op("Concat", [e00, m01], axis=5), b.op("Concat", [m10, m11], axis=5)], axis=3,
-                stem="mp_mask")                                            # [N, C, h, 2, w, 2]
-    g = ctx.full(grads[0], y)                                              # [N, C, h, w, S]
-    routed = b.op("Mul", [ctx.unsqueeze(g, [3, 5]), ctx.unsqueeze(mask, [6])], stem="mp_routed")
-    gs = b.op("Shape", [g])
-    flat = b.op("Reshape", [routed, b.op("Concat", [nc, b.op("Mul", [h, two]), b.op("Mul", [w, two]),
-                                                    ctx.slice(gs, [4], [5], [0])], axis=0)], stem="mp_flat")
+    crop = b.op("Slice", [x, b.ints([0, 0]), b.op("Mul", [ctx.slice(ys, [2], [4], [0]), b.ints([2])]),
+                          b.ints([2, 3])], stem="mp_crop")                  # [N, C, 2h, 2w]
+    planes = b.op("Split", [b.op("SpaceToDepth", [crop], blocksize=2, stem="mp_planes")], outputs=4, axis=1,
+                  stem="mp_plane")                                         # x[:, :, i::2, j::2], (i, j) row-major
+    e00, e01, e10, e11 = (b.op("Equal", [p, y], stem="mp_e") for p in planes)         # bool: a quarter of float's
+    free0 = b.op("Not", [e00])
+    free1 = b.op("And", [free0, b.op("Not", [e01])])
+    masks = [e00, b.op("And", [e01, free0]), b.op("And", [e10, free1]),
+             b.op("And", [e11, b.op("And", [free1, b.op("Not", [e10])])])]
+    masks = [b.op("Cast", [m], to=dtype, stem="mp_m") for m in masks]
+    front = _rules._seed_front(ctx, ctx.full(grads[0], y), 4)              # [S, N, C, h, w]
+    routed = b.op("Concat", [b.op("Mul", [front, m], stem="mp_routed") for m in masks], axis=2)   # [S, N, 4C, h, w]
+    spread = b.op("DepthToSpace", [_rules._merge_leading(ctx, routed)], blocksize=2, mode="DCR",
+                  stem="mp_spread")                                        # [S N, C, 2h, 2w]
+    flat = _rules._unfold_batch_into_seed(ctx, spread, crop, 4)            # [N, C, 2h, 2w, S]
     xs = ctx.shape_of(x)
-    rest = b.op("Sub", [ctx.slice(xs, [2], [4], [0]), b.op("Mul", [ctx.slice(ys, [2], [4], [0]), two])])
+    rest = b.op("Sub", [ctx.slice(xs, [2], [4], [0]), b.op("Mul", [ctx.slice(ys, [2], [4], [0]), b.ints([2])])])
     pads = b.op("Concat", [b.ints([0] * 5), b.ints([0, 0]), rest, b.ints([0])], axis=0, stem="mp_pads")
     return [b.op("Pad", [flat, pads], stem="a_maxpool")]
-
-
 
 
 # ---- Gram matrices: the gradient from the unscaled features -----------------------------------------------------
