@@ -407,15 +407,6 @@ fn watchdog_verdict(shared: &Shared, link: &Link, subscribe_timeout_s: f64) -> O
     None
 }
 
-/// A message from the daemon's channel into the outbox, with everything already waiting behind it (so that
-/// coalescing sees them all before any is handed over).
-fn take(outbox: &mut Outbox, rx: &mut mpsc::UnboundedReceiver<Outgoing>, first: Outgoing, stats: &Stats) {
-    outbox.push(first, stats);
-    while let Ok(m) = rx.try_recv() {
-        outbox.push(m, stats);
-    }
-}
-
 /// The connection during shutdown: the event loop turned, outgoing messages handed over, incoming frames answered.
 struct Conn<'a> {
     events: mqtt::EventLoop,
@@ -438,9 +429,7 @@ impl Conn<'_> {
         let end = tokio::time::Instant::now() + limit;
         let mut check = tokio::time::interval(Duration::from_millis(20));
         loop {
-            while let Ok(m) = self.rx.try_recv() {
-                self.outbox.push(m, self.stats);
-            }
+            self.outbox.take(&mut self.rx, self.stats);
             if self.link.connected() {
                 self.outbox.hand_over(self.client);
             }
@@ -639,7 +628,10 @@ async fn serve(cfg: Config) -> Result<()> {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = beat.tick() => {}
-            Some(m) = out_rx.recv() => take(&mut outbox, &mut out_rx, m, &shared.stats),
+            Some(m) = out_rx.recv() => {
+                outbox.push(m, &shared.stats);
+                outbox.take(&mut out_rx, &shared.stats);
+            }
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
                 retry_at = None;
             }

@@ -15,6 +15,8 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
+use tokio::sync::mpsc;
+
 use super::mqtt::{Client, Outgoing, TryError};
 use super::stats::Stats;
 
@@ -61,6 +63,14 @@ impl Outbox {
         self.bound(stats);
     }
 
+    /// Everything already in the daemon's channel, in order (all of it before any is handed over, so that
+    /// coalescing sees it).
+    pub fn take(&mut self, rx: &mut mpsc::UnboundedReceiver<Outgoing>, stats: &Stats) {
+        while let Ok(m) = rx.try_recv() {
+            self.push(m, stats);
+        }
+    }
+
     /// Drop the oldest waiting messages while over the byte bound (never the last one).
     fn bound(&mut self, stats: &Stats) {
         while self.bytes > self.max_bytes && self.waiting.len() > 1 {
@@ -72,8 +82,13 @@ impl Outbox {
 
     /// Hand waiting messages to the client until its request queue is full. Call only while connected.
     pub fn hand_over(&mut self, client: &Client) {
+        let qos = self.qos;
+        self.hand_over_to(|m| client.try_publish(m, qos));
+    }
+
+    fn hand_over_to(&mut self, mut publish: impl FnMut(&Outgoing) -> Result<(), TryError>) {
         while let Some(m) = self.waiting.front() {
-            match client.try_publish(m, self.qos) {
+            match publish(m) {
                 Ok(()) => {
                     let m = self.waiting.pop_front().unwrap();
                     self.bytes -= m.payload.len();
@@ -151,14 +166,17 @@ mod tests {
         o.waiting.iter().map(|m| format!("{}={}", m.topic, String::from_utf8_lossy(&m.payload))).collect()
     }
 
-    /// Simulate handing over without a client.
+    /// Hand `n` messages over to a client whose queue is then full.
     fn hand(o: &mut Outbox, n: usize) {
-        for _ in 0..n {
-            let m = o.waiting.pop_front().unwrap();
-            o.bytes -= m.payload.len();
-            o.handed.push_back((o.next_seq, m));
-            o.next_seq += 1;
-        }
+        let mut room = n;
+        o.hand_over_to(|_| match room {
+            0 => Err(TryError::Full),
+            _ => {
+                room -= 1;
+                Ok(())
+            }
+        });
+        assert_eq!(room, 0, "fewer than {n} messages were waiting");
     }
 
     #[test]
