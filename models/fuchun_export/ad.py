@@ -24,6 +24,7 @@ import numpy as np
 from onnx import TensorProto, helper
 from onnx_ad import rules as _rules
 from onnx_ad._build import Context as _Context, UnsupportedOperator
+from onnx_ad._passes import Pairs
 
 _original_conv_reverse = _rules.REVERSE["Conv"]
 
@@ -228,7 +229,6 @@ def _gram_reverse(ctx, node, grads):
     parts = _gram_parts(node)
     if parts is None:
         return _original_matmul_reverse(ctx, node, grads)
-    from onnx_ad._passes import Pairs
     flat1, flat2, r = parts
     b = ctx.b
     front = _rules._seed_front(ctx, ctx.full(grads[0], node.output[0]), 2)          # [S, C, C]
@@ -279,7 +279,6 @@ def _mean_square_reverse(ctx, node, grads):
     parts = _mean_square_parts(node)
     if parts is None:
         return _original_reduce_mean_reverse(ctx, node, grads)
-    from onnx_ad._passes import Pairs
     d, means = parts
     b = ctx.b
     coef = ctx.full(grads[0], node.output[0])                                       # [S]

@@ -18,6 +18,26 @@ def _attr(node, name, default=None):
     return default
 
 
+def _int64_initializer(g, cache, name, values):
+    """The name of an int64 initializer holding `values`, added to the graph once per `name`."""
+    if name not in cache:
+        g.initializer.append(numpy_helper.from_array(np.array(values, dtype=np.int64), name))
+        cache[name] = name
+    return name
+
+
+def static_ranks(model):
+    """value -> rank, from the initializers and ONNX shape inference (values of unknown rank are absent)."""
+    from onnx import shape_inference
+    inferred = shape_inference.infer_shapes(model, data_prop=True).graph
+    rank = {t.name: len(t.dims) for t in model.graph.initializer}
+    for v in list(inferred.input) + list(inferred.value_info) + list(inferred.output):
+        t = v.type.tensor_type
+        if t.HasField("shape"):
+            rank[v.name] = len(t.shape.dim)
+    return rank
+
+
 def conv_transpose_to_conv(model):
     g = model.graph
     inits = {t.name: t for t in g.initializer}
@@ -69,12 +89,7 @@ def seed_axis_transposes(model):
     axes = {}
 
     def const(vals):
-        key = tuple(vals)
-        if key not in axes:
-            name = f"seed_axes_{'_'.join(map(str, vals))}"
-            g.initializer.append(numpy_helper.from_array(np.array(vals, dtype=np.int64), name))
-            axes[key] = name
-        return axes[key]
+        return _int64_initializer(g, axes, f"seed_axes_{'_'.join(map(str, vals))}", vals)
 
     for node in g.node:
         perm = list(_attr(node, "perm", []) or []) if node.op_type == "Transpose" else []
@@ -136,22 +151,12 @@ def align_broadcast_ranks(model):
     or a `[1]` took 29 ms, times a `[1, 1, 1, 1, 1]` 2.7 ms (docs/performance.md). Numpy broadcasting prepends the
     same axes, so the values are the same bit for bit. Ranks from ONNX shape inference; an operand of unknown rank
     leaves its node alone."""
-    from onnx import shape_inference
     g = model.graph
-    inferred = shape_inference.infer_shapes(model, data_prop=True).graph
-    rank = {t.name: len(t.dims) for t in g.initializer}
-    for v in list(inferred.input) + list(inferred.value_info) + list(inferred.output):
-        t = v.type.tensor_type
-        if t.HasField("shape"):
-            rank[v.name] = len(t.shape.dim)
+    rank = static_ranks(model)
     axes, lifted, out, count = {}, {}, [], 0
 
     def const(k):
-        if k not in axes:
-            name = f"lead_axes_{k}"
-            g.initializer.append(numpy_helper.from_array(np.arange(k, dtype=np.int64), name))
-            axes[k] = name
-        return axes[k]
+        return _int64_initializer(g, axes, f"lead_axes_{k}", list(range(k)))
 
     for node in g.node:
         ins = [i for i in node.input if i]

@@ -186,16 +186,11 @@ def test_temporal_term_acts_only_where_its_weight_is_nonzero(setup):
 def test_broadcasting_operands_have_equal_ranks(graphs64, small_weights, small_cfg):
     """surgery.align_broadcast_ranks: no broadcasting operator of the objective mixes ranks (ONNX Runtime's slow
     per-element path with the trailing seed axis); onnx_ad's own graph does."""
-    from onnx import shape_inference
     from fuchun_export.export import build_all
-    from fuchun_export.surgery import BROADCASTING
+    from fuchun_export.surgery import BROADCASTING, static_ranks
 
     def mixed(model):
-        inferred = shape_inference.infer_shapes(model, data_prop=True).graph
-        rank = {t.name: len(t.dims) for t in model.graph.initializer}
-        for v in list(inferred.input) + list(inferred.value_info) + list(inferred.output):
-            if v.type.tensor_type.HasField("shape"):
-                rank[v.name] = len(v.type.tensor_type.shape.dim)
+        rank = static_ranks(model)
         return [n.output[0] for n in model.graph.node if n.op_type in BROADCASTING
                 and len({rank.get(i) for i in n.input if i}) > 1]
 
