@@ -155,7 +155,8 @@ def _max_pool_reverse(ctx, node, grads):
     even-sized crop of x is taken apart into its four window positions (0,0), (0,1), (1,0), (1,1) by SpaceToDepth
     and Split, four [N, C, h, w] planes, each compared with the pooled y; the first equal one gets the gradient:
         m00 = e00, m01 = e01 (1 - e00), m10 = e10 (1 - e00)(1 - e01), m11 = e11 (1 - e00)(1 - e01)(1 - e10),
-    e = (x == y) as 0/1; the four routed planes go back together by Concat and DepthToSpace (DCR: the inverse of
+    e = (x == y); each plane's gradient is Where(m, g, 0), so the masks stay boolean (a quarter of float's bytes)
+    from the forward pass, where they are made, to the backward pass; the four routed planes go back together by Concat and DepthToSpace (DCR: the inverse of
     SpaceToDepth). Every operation is on operands of one shape: in the earlier [N, C, h, 2, w, 2] form the window
     axes of extent 2 against 1 took ONNX Runtime's per-element broadcasting path (docs/performance.md). The dropped
     last row/column of an odd size gets zero (Pad). Exact: the same element gets the same gradient as onnx_ad's
@@ -181,9 +182,10 @@ def _max_pool_reverse(ctx, node, grads):
     free1 = b.op("And", [free0, b.op("Not", [e01])])
     masks = [e00, b.op("And", [e01, free0]), b.op("And", [e10, free1]),
              b.op("And", [e11, b.op("And", [free1, b.op("Not", [e10])])])]
-    masks = [b.op("Cast", [m], to=dtype, stem="mp_m") for m in masks]
     front = _rules._seed_front(ctx, ctx.full(grads[0], y), 4)              # [S, N, C, h, w]
-    routed = b.op("Concat", [b.op("Mul", [front, m], stem="mp_routed") for m in masks], axis=2)   # [S, N, 4C, h, w]
+    zero = ctx.constant(0.0, dtype)
+    routed = b.op("Concat", [b.op("Where", [m, front, zero], stem="mp_routed") for m in masks],
+                  axis=2)                                                  # [S, N, 4C, h, w]
     spread = b.op("DepthToSpace", [_rules._merge_leading(ctx, routed)], blocksize=2, mode="DCR",
                   stem="mp_spread")                                        # [S N, C, 2h, 2w]
     flat = _rules._unfold_batch_into_seed(ctx, spread, crop, 4)            # [N, C, 2h, 2w, S]
@@ -191,6 +193,19 @@ def _max_pool_reverse(ctx, node, grads):
     rest = b.op("Sub", [ctx.slice(xs, [2], [4], [0]), b.op("Mul", [ctx.slice(ys, [2], [4], [0]), b.ints([2])])])
     pads = b.op("Concat", [b.ints([0] * 5), b.ints([0, 0]), rest, b.ints([0])], axis=0, stem="mp_pads")
     return [b.op("Pad", [flat, pads], stem="a_maxpool")]
+
+
+# ---- Relu: the gradient through a boolean mask -----------------------------------------------------------------
+
+def _relu_reverse(ctx, node, grads):
+    """Where(x > 0, g, 0) instead of onnx_ad's g * Cast(x > 0): the same values (the sign of a zero aside: +0
+    where the product gave -0 for a negative g), one operation instead of two, and the mask that lives from the
+    forward pass to the backward pass is boolean: ONNX Runtime computes it as soon as x exists, and a float mask
+    held 4 bytes an element for every ReLU layer (256 MB at 512x512; docs/performance.md)."""
+    x = node.input[0]
+    dtype = ctx.dtype(x, node.output[0])
+    positive = ctx.b.op("Greater", [x, ctx.constant(0.0, dtype)])
+    return [ctx.b.op("Where", [ctx.lift(positive), grads[0], ctx.constant(0.0, dtype)], stem="a_" + x)]
 
 
 # ---- Gram matrices: the gradient from the unscaled features -----------------------------------------------------
@@ -242,7 +257,58 @@ def _gram_reverse(ctx, node, grads):
 
     if flat1 == flat2:
         return Pairs([(flat1, product(b.op("Add", [front, flipped(front)], stem="gram_sym"), flat1))])
+    head, tail = _shift_half(flat1), _shift_half(flat2)
+    if head and tail and head[:3] == tail[:3] and head[3] and not tail[3]:
+        return _shifted_gram_reverse(ctx, front, r, *head[:3], head[4])
     return Pairs([(flat1, product(front, flat2)), (flat2, product(flipped(front), flat1))])
+
+
+def _shift_half(flat):
+    """For a factor of a shifted Gram, `Reshape(half)` with `half` an output of one of graph._shifted_pair's Splits
+    (named `shift_a{axis}_d{d}_*`): (features, axis, d, is the head v[..., :-d], the Reshape's target); else None."""
+    producers = _state["producers"] or {}
+    reshape = producers.get(flat)
+    split = producers.get(reshape.input[0]) if reshape is not None and reshape.op_type == "Reshape" else None
+    if split is None or split.op_type != "Split" or len(split.output) != 2:
+        return None
+    m = re.fullmatch(r"shift_a(\d)_d(\d+)_\d+", split.output[0])
+    if m is None or _attr(split, "axis", 0) != int(m.group(1)):
+        return None
+    return split.input[0], int(m.group(1)), int(m.group(2)), reshape.input[0] == split.output[0], reshape.input[1]
+
+
+def _shifted_gram_reverse(ctx, front, r, v, axis, d, flat_shape):
+    """The shifted Gram G = (H r)(T r)^T of v's halves H = v[..., :-d] and T = v[..., d:] along `axis` (Berger &
+    Memisevic), with the derivative `_gram_reverse` gives: dH = ((r dG) T) r, dT = ((r dG^T) H) r. The halves the
+    forward pass made are not read here: each is taken from v again (Slice, in the backward pass) and the two
+    derivatives go to v itself, zero-padded on the side each half lacks. onnx_ad's way (the Split's outputs read
+    by the products and by the Reshape's and Split's reverses) kept four copies of every shift layer alive from the
+    forward pass to the backward pass: 217 MB at 512x512, at the peak (docs/performance.md). v is kept anyway (its
+    own Gram). Same values (tests/test_gradients.py)."""
+    b = ctx.b
+    big = np.iinfo(np.int64).max
+
+    def again(head):
+        starts, ends = ([0], [-d]) if head else ([d], [big])
+        half = b.op("Slice", [v, b.ints(starts), b.ints(ends), b.ints([axis])], stem="shift_again")
+        return b.op("Reshape", [half, flat_shape], stem="shift_again_flat")
+
+    def product(m, f):
+        scaled = b.op("MatMul", [b.op("Mul", [m, r], stem="gram_dg"), f], stem="gram_da")          # [S, C, n']
+        return b.op("Mul", [scaled, r], stem="gram_df")
+
+    # [S, C, n'] -> [S N, C, h', w'] (N = 1, as graph._gram's [C, -1] factors), then padded back to v's extent
+    less = b.op("Sub", [ctx.shape_of(v), b.ints([d if a == axis else 0 for a in range(4)])], stem="shift_less")
+    target = b.op("Concat", [b.ints([-1]), ctx.slice(less, [1], [4], [0])], axis=0, stem="shift_target")
+
+    def placed(m, pads):
+        return b.op("Pad", [b.op("Reshape", [m, target], stem="shift_grad"), b.ints(pads)], stem="shift_pad")
+
+    lacks = [d if a == axis else 0 for a in range(4)]
+    d_head = placed(product(front, again(False)), [0] * 4 + lacks)                  # the head lacks v's end
+    d_tail = placed(product(b.op("Transpose", [front], perm=[0, 2, 1], stem="gram_dgt"), again(True)), lacks + [0] * 4)
+    both = b.op("Add", [d_head, d_tail], stem="shift_dv")
+    return Pairs([(v, _rules._unfold_batch_into_seed(ctx, both, v, 4))])
 
 
 # ---- mean squares: one pass ------------------------------------------------------------------------------------
@@ -312,6 +378,7 @@ def reverse(model, fused=True, **kwargs):
     _state["declared"] = _declared_shapes(model)
     _Context.unbroadcast = _unbroadcast
     _rules.REVERSE["MaxPool"] = _max_pool_reverse
+    _rules.REVERSE["Relu"] = _relu_reverse
     if fused:
         _rules.REVERSE["MatMul"] = _gram_reverse
         _rules.REVERSE["ReduceMean"] = _mean_square_reverse
