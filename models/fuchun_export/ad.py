@@ -21,7 +21,7 @@ Two more adaptations make the gradient graph one TensorRT and ONNX Runtime's CUD
 import re
 
 import numpy as np
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 from onnx_ad import rules as _rules
 from onnx_ad._build import Context as _Context, UnsupportedOperator
 from onnx_ad._passes import Pairs
@@ -59,7 +59,7 @@ _rules.REVERSE["Conv"] = _same_conv_reverse
 # ---- broadcast undo with constant axes ----------------------------------------------------------------------------
 
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Sum", "Max", "Min", "Mean", "Where", "PRelu"}
-_state = {"declared": None, "node": None, "producers": None}
+_state = {"declared": None, "node": None, "producers": None, "constants": None, "inputs": None}
 _original_unbroadcast = _Context.unbroadcast
 
 
@@ -155,8 +155,7 @@ def _max_pool_reverse(ctx, node, grads):
     even-sized crop of x is taken apart into its four window positions (0,0), (0,1), (1,0), (1,1) by SpaceToDepth
     and Split, four [N, C, h, w] planes, each compared with the pooled y; the first equal one gets the gradient:
         m00 = e00, m01 = e01 (1 - e00), m10 = e10 (1 - e00)(1 - e01), m11 = e11 (1 - e00)(1 - e01)(1 - e10),
-    e = (x == y); each plane's gradient is Where(m, g, 0), so the masks stay boolean (a quarter of float's bytes)
-    from the forward pass, where they are made, to the backward pass; the four routed planes go back together by Concat and DepthToSpace (DCR: the inverse of
+    e = (x == y) as 0/1; the four routed planes go back together by Concat and DepthToSpace (DCR: the inverse of
     SpaceToDepth). Every operation is on operands of one shape: in the earlier [N, C, h, 2, w, 2] form the window
     axes of extent 2 against 1 took ONNX Runtime's per-element broadcasting path (docs/performance.md). The dropped
     last row/column of an odd size gets zero (Pad). Exact: the same element gets the same gradient as onnx_ad's
@@ -182,10 +181,9 @@ def _max_pool_reverse(ctx, node, grads):
     free1 = b.op("And", [free0, b.op("Not", [e01])])
     masks = [e00, b.op("And", [e01, free0]), b.op("And", [e10, free1]),
              b.op("And", [e11, b.op("And", [free1, b.op("Not", [e10])])])]
+    masks = [b.op("Cast", [m], to=dtype, stem="mp_m") for m in masks]
     front = _rules._seed_front(ctx, ctx.full(grads[0], y), 4)              # [S, N, C, h, w]
-    zero = ctx.constant(0.0, dtype)
-    routed = b.op("Concat", [b.op("Where", [m, front, zero], stem="mp_routed") for m in masks],
-                  axis=2)                                                  # [S, N, 4C, h, w]
+    routed = b.op("Concat", [b.op("Mul", [front, m], stem="mp_routed") for m in masks], axis=2)   # [S, N, 4C, h, w]
     spread = b.op("DepthToSpace", [_rules._merge_leading(ctx, routed)], blocksize=2, mode="DCR",
                   stem="mp_spread")                                        # [S N, C, 2h, 2w]
     flat = _rules._unfold_batch_into_seed(ctx, spread, crop, 4)            # [N, C, 2h, 2w, S]
@@ -193,19 +191,6 @@ def _max_pool_reverse(ctx, node, grads):
     rest = b.op("Sub", [ctx.slice(xs, [2], [4], [0]), b.op("Mul", [ctx.slice(ys, [2], [4], [0]), b.ints([2])])])
     pads = b.op("Concat", [b.ints([0] * 5), b.ints([0, 0]), rest, b.ints([0])], axis=0, stem="mp_pads")
     return [b.op("Pad", [flat, pads], stem="a_maxpool")]
-
-
-# ---- Relu: the gradient through a boolean mask -----------------------------------------------------------------
-
-def _relu_reverse(ctx, node, grads):
-    """Where(x > 0, g, 0) instead of onnx_ad's g * Cast(x > 0): the same values (the sign of a zero aside: +0
-    where the product gave -0 for a negative g), one operation instead of two, and the mask that lives from the
-    forward pass to the backward pass is boolean: ONNX Runtime computes it as soon as x exists, and a float mask
-    held 4 bytes an element for every ReLU layer (256 MB at 512x512; docs/performance.md)."""
-    x = node.input[0]
-    dtype = ctx.dtype(x, node.output[0])
-    positive = ctx.b.op("Greater", [x, ctx.constant(0.0, dtype)])
-    return [ctx.b.op("Where", [ctx.lift(positive), grads[0], ctx.constant(0.0, dtype)], stem="a_" + x)]
 
 
 # ---- Gram matrices: the gradient from the unscaled features -----------------------------------------------------
@@ -283,7 +268,7 @@ def _shifted_gram_reverse(ctx, front, r, v, axis, d, flat_shape):
     forward pass made are not read here: each is taken from v again (Slice, in the backward pass) and the two
     derivatives go to v itself, zero-padded on the side each half lacks. onnx_ad's way (the Split's outputs read
     by the products and by the Reshape's and Split's reverses) kept four copies of every shift layer alive from the
-    forward pass to the backward pass: 217 MB at 512x512, at the peak (docs/performance.md). v is kept anyway (its
+    forward pass to the backward pass: 218 MB at 512x512, live at the peak (docs/performance.md). v is kept anyway (its
     own Gram). Same values (tests/test_gradients.py)."""
     b = ctx.b
     big = np.iinfo(np.int64).max
@@ -309,6 +294,8 @@ def _shifted_gram_reverse(ctx, front, r, v, axis, d, flat_shape):
     d_tail = placed(product(b.op("Transpose", [front], perm=[0, 2, 1], stem="gram_dgt"), again(True)), lacks + [0] * 4)
     both = b.op("Add", [d_head, d_tail], stem="shift_dv")
     return Pairs([(v, _rules._unfold_batch_into_seed(ctx, both, v, 4))])
+
+
 
 
 # ---- mean squares: one pass ------------------------------------------------------------------------------------
@@ -349,13 +336,38 @@ def _mean_square_reverse(ctx, node, grads):
     b = ctx.b
     coef = ctx.full(grads[0], node.output[0])                                       # [S]
     dtype = ctx.dtype(d)
-    shape = ctx.shape_of(d)
+    again = _difference_again(ctx, d)
+    shape = ctx.shape_of(again[1] if again else d)
     for m in reversed(means):                                                       # outermost (axis 0) first
         axis = list(_attr(m, "axes"))[0]
         extent = b.op("Cast", [ctx.slice(shape, [axis], [axis + 1], [0])], to=dtype, stem="ms_extent")
         coef = b.op("Div", [coef, extent], stem="ms_coef")
     coef = b.op("Mul", [coef, ctx.constant(2.0, dtype)], stem="ms_twice")
-    return Pairs([(d, b.op("Mul", [ctx.lift(d), coef], stem="ms_grad"))])
+    return Pairs([(d, b.op("Mul", [ctx.lift(again[0] if again else d), coef], stem="ms_grad"))])
+
+
+def _difference_again(ctx, d):
+    """For d = (a - t) s or d = a - t with t a graph input (a layer's features against a target: the content and
+    histogram terms), the same values made again for the backward pass, and a: (t - a)(-s) is (a - t) s bit for
+    bit (negation is exact and rounding symmetric; only a zero's sign may differ). Read there instead of d, d dies
+    with the forward pass; a and t are kept anyway (a by its other terms, t is an input): 64 MB fewer at the peak
+    for the histogram term at relu1_1 at 512x512 (docs/performance.md). The operands are swapped, not repeated,
+    so ONNX Runtime's common-subexpression elimination cannot merge the two back into one. None otherwise."""
+    producers, consts = _state["producers"] or {}, _state["constants"] or {}
+    p = producers.get(d)
+    scale = 1.0
+    if p is not None and p.op_type == "Mul" and p.input[1] in consts and consts[p.input[1]].size == 1:
+        scale = float(consts[p.input[1]].reshape(()))
+        p = producers.get(p.input[0])
+    if p is None or p.op_type != "Sub" or p.input[1] not in _state["inputs"]:
+        return None
+    a, t = p.input
+    declared = _state["declared"] or {}
+    if declared.get(a) is None or declared.get(a) != declared.get(t):
+        return None
+    b = ctx.b
+    swapped = b.op("Sub", [t, a], stem="diff_again")
+    return b.op("Mul", [swapped, ctx.constant(-scale, ctx.dtype(d))], stem="diff_again"), a
 
 
 def _tracking(rule):
@@ -378,11 +390,12 @@ def reverse(model, fused=True, **kwargs):
     _state["declared"] = _declared_shapes(model)
     _Context.unbroadcast = _unbroadcast
     _rules.REVERSE["MaxPool"] = _max_pool_reverse
-    _rules.REVERSE["Relu"] = _relu_reverse
     if fused:
         _rules.REVERSE["MatMul"] = _gram_reverse
         _rules.REVERSE["ReduceMean"] = _mean_square_reverse
     _state["producers"] = {o: n for n in model.graph.node for o in n.output}
+    _state["constants"] = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if len(t.dims) <= 1}
+    _state["inputs"] = {i.name for i in model.graph.input}
     for op, rule in dict(_rules.REVERSE).items():
         if not getattr(rule, "fuchun_tracked", False):
             _rules.REVERSE[op] = _tracking(rule)
@@ -394,3 +407,5 @@ def reverse(model, fused=True, **kwargs):
         _Context.unbroadcast = _original_unbroadcast
         _state["declared"] = None
         _state["producers"] = None
+        _state["constants"] = None
+        _state["inputs"] = None
