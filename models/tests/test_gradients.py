@@ -131,9 +131,10 @@ def test_conv_transpose_surgery_is_exact(graphs64, small_weights, small_cfg):
 
 
 def test_fused_gram_and_mean_square_derivatives_are_exact(graphs64, small_weights, small_cfg):
-    """The Gram products' and mean squares' derivatives written whole (ad.py: from the unscaled features, one pass)
-    give onnx_ad's op-by-op gradient, in float64 at an odd size; the backward pass no longer reads the scaled Gram
-    factors (which kept a copy of every style and shift layer alive from the forward pass)."""
+    """The Gram products' and mean squares' derivatives written whole (ad.py: from the unscaled features, one pass;
+    the shifted Grams' halves and the feature-target differences taken again) give onnx_ad's op-by-op gradient, in
+    float64 at an odd size; the backward pass no longer reads the scaled Gram factors, the shifted halves or the
+    differences (which kept copies of the style, shift and histogram layers alive from the forward pass)."""
     from conftest import evaluator, make_feed
     from fuchun_export.export import build_all
     features, loss, objective = graphs64
@@ -155,6 +156,23 @@ def test_fused_gram_and_mean_square_derivatives_are_exact(graphs64, small_weight
     assert len(chains) >= len(small_cfg.content_layers) + len(small_cfg.hist_layers) + 2       # and tv's two
     assert len(fused_means) == len(chains)
     assert len(objective.graph.node) < len(chain.graph.node)
+    # the shifted Grams' halves of the features and the content and histogram differences (and their scaled
+    # copies) are read by the forward pass only, not even by a Shape: the backward pass takes them again from the
+    # features, so they die with the forward pass (onnx_ad's chain reads them in the backward pass)
+    made = {o for n in loss.graph.node for o in n.output}
+    inputs = {i.name for i in loss.graph.input}
+    halves = {o for n in loss.graph.node if n.op_type == "Split" and n.input[0].startswith("relu")
+              for o in n.output if o.startswith("shift_a")}
+    diffs = {n.output[0] for n in loss.graph.node
+             if n.op_type == "Sub" and n.input[0].startswith("relu") and n.input[1] in inputs}
+    diffs |= {n.output[0] for n in loss.graph.node if n.op_type == "Mul" and n.input[0] in diffs}
+    assert len(halves) == 8 * len(small_cfg.shift_layers)             # two Splits per axis, two outputs each
+    assert len(diffs) >= 2 * len(small_cfg.hist_layers) + len(small_cfg.content_layers)
+
+    def backward_readers(model, values):
+        return [n.op_type for n in model.graph.node if set(n.input) & values and not set(n.output) <= made]
+    assert backward_readers(objective, halves | diffs) == []
+    assert backward_readers(chain, halves) and backward_readers(chain, diffs)
     man = manifest(small_weights, small_cfg, features, objective, {"features": "f", "objective": "o"})
     rng = np.random.default_rng(5)
     image = rng.random((1, 3, 35, 29))
