@@ -56,7 +56,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<daemon::CannotStart>().is_some() {
+                ExitCode::from(daemon::EXIT_CANNOT_START)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -35,6 +35,7 @@ fn systemd_units_verify() {
         "Type=notify",
         "WatchdogSec=",
         "Restart=on-failure",
+        "RestartPreventExitStatus=78",
         "StateDirectory=fuchun",
         "CacheDirectory=fuchun",
         "ConfigurationDirectory=fuchun",

@@ -124,6 +124,28 @@ fn serve_with_an_unavailable_explicit_provider_exits_with_a_clear_error() {
     assert!(!o.status.success(), "{err}");
     assert!(err.contains("error:") && !err.contains("panicked"), "{err}");
     assert!(err.contains("execution provider tensorrt was requested but is unavailable"), "{err}");
+    // restarting cannot fix it: the exit status on which the systemd unit does not restart
+    assert_eq!(o.status.code(), Some(78), "{err}");
+    assert!(err.contains("cannot start (not restarted by systemd"), "{err}");
+}
+
+#[test]
+fn daemons_with_a_bad_configuration_exit_78_and_failures_of_other_commands_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[mqtt]\nport = \"x\"\n").unwrap();
+    for cmd in ["serve", "view"] {
+        let o = common::fuchun(&[cmd, "--config", cfg.to_str().unwrap()]);
+        let err = common::stderr(&o);
+        assert_eq!(o.status.code(), Some(78), "{cmd}: {err}");
+        assert!(err.contains("error:") && err.contains("port") && !err.contains("panicked"), "{cmd}: {err}");
+    }
+    let missing = dir.path().join("missing.toml");
+    let o = common::fuchun(&["serve", "--config", missing.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(78), "{}", common::stderr(&o));
+    // a one-shot command's failure keeps status 1
+    let o = common::fuchun(&["stylize", "--content", missing.to_str().unwrap(), "--style", "x.jpg", "-o", "o.png"]);
+    assert_eq!(o.status.code(), Some(1), "{}", common::stderr(&o));
 }
 
 #[test]

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
@@ -32,6 +32,29 @@ use self::topics::{Route, Topics};
 use self::worker::{Shared, WorkerSetup};
 use crate::commands::common::default_model_dir;
 
+/// Exit status of a daemon (`serve`, `view`) that cannot start with what it was given: the configuration, the model
+/// files, the ONNX Runtime library or an explicitly requested execution provider. EX_CONFIG of sysexits.h; the
+/// systemd units do not restart on it (`RestartPreventExitStatus=78`), so a wrong setting stops the unit with its
+/// error in the journal instead of a restart every few seconds. Failures once running (broker, watchdog) keep 1.
+pub const EXIT_CANNOT_START: u8 = 78;
+
+/// The context of an error that restarting cannot fix (see `EXIT_CANNOT_START`); `main` looks for it.
+#[derive(Debug)]
+pub struct CannotStart;
+
+impl std::fmt::Display for CannotStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot start (not restarted by systemd: fix this, then restart the service)")
+    }
+}
+
+impl std::error::Error for CannotStart {}
+
+/// `e` as a startup failure (`CannotStart`).
+pub fn cannot_start(e: anyhow::Error) -> anyhow::Error {
+    e.context(CannotStart)
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
     /// Configuration file (TOML); see deploy/fuchun.example.toml.
@@ -40,7 +63,7 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: &ServeArgs) -> Result<()> {
-    let cfg = Config::load(&args.config)?;
+    let cfg = Config::load(&args.config).map_err(cannot_start)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -481,9 +504,9 @@ async fn presence(mut events: mqtt::EventLoop, cfg: Config) {
 async fn serve(cfg: Config) -> Result<()> {
     let model_dir = match &cfg.model.dir {
         Some(d) => cfg.resolve(d),
-        None => default_model_dir("vgg16-max")?,
+        None => default_model_dir("vgg16-max").map_err(cannot_start)?,
     };
-    let (runtime, warmup_shapes) = cfg.serve_runtime()?;
+    let (runtime, warmup_shapes) = cfg.serve_runtime().map_err(cannot_start)?;
     let topics = Topics { prefix: cfg.mqtt.prefix.clone(), mappings: cfg.inputs.clone() };
     let qos = cfg.mqtt.qos;
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Outgoing>();
@@ -520,7 +543,7 @@ async fn serve(cfg: Config) -> Result<()> {
             Ok(p) => report = report.or(Some(p)),
             Err(e) => {
                 shared.queue.close();
-                bail!("loading the model from {}: {e}", model_dir.display());
+                return Err(cannot_start(anyhow::anyhow!("loading the model from {}: {e}", model_dir.display())));
             }
         }
     }

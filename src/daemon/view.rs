@@ -76,10 +76,10 @@ impl State {
 }
 
 pub fn run(args: &ViewArgs) -> Result<()> {
-    let cfg = Config::load(&args.config)?;
+    let cfg = Config::load(&args.config).map_err(super::cannot_start)?;
     if let Some(c) = &args.camera {
         if !valid_name(c) {
-            anyhow::bail!("--camera {c:?} must be letters, digits, '_' or '-'");
+            return Err(super::cannot_start(anyhow::anyhow!("--camera {c:?} must be letters, digits, '_' or '-'")));
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
