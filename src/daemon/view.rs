@@ -4,15 +4,15 @@
 //!
 //! Routes (GET only): `/` (camera list, or the page of `--camera`), `/camera/<name>` (the kiosk page),
 //! `/frame/<name>.jpg` (latest result), `/events/<name>` (SSE: one event per new result, keep-alive comments in
-//! between; at most `--max-event-streams` at once, 503 beyond), `/metrics` (the latest stats of each daemon_id),
-//! `/healthz`.
+//! between; at most `--max-event-streams` at once, 503 beyond), `/metrics` (the latest stats of each daemon_id;
+//! one silent for `--forget-after-s` is dropped), `/healthz`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use axum::extract::{Path, State as Extract};
@@ -49,6 +49,10 @@ pub struct ViewArgs {
     /// Keep-alive comment interval of idle event streams (milliseconds); a closed client is noticed at the next.
     #[arg(long, default_value_t = 15_000, hide = true)]
     pub keep_alive_ms: u64,
+    /// `/metrics` forgets a daemon that sent no stats for this long (seconds; default: three of the
+    /// configuration's `daemon.stats_interval_s`), so a daemon that was removed or died stops being reported.
+    #[arg(long)]
+    pub forget_after_s: Option<u64>,
 }
 
 /// Stats of this many daemons at most (a misbehaving publisher cannot grow the map without bound).
@@ -57,8 +61,15 @@ const MAX_DAEMONS: usize = 256;
 #[derive(Default)]
 struct Latest {
     frames: HashMap<String, (u64, Bytes)>,
-    /// The latest stats message of each daemon_id.
-    stats: BTreeMap<String, serde_json::Value>,
+    /// The latest stats message of each daemon_id, and when it came.
+    stats: BTreeMap<String, (Instant, serde_json::Value)>,
+}
+
+impl Latest {
+    /// Drops the daemons whose latest stats are older than `forget_after`.
+    fn forget_silent(&mut self, forget_after: Duration) {
+        self.stats.retain(|_, (at, _)| at.elapsed() <= forget_after);
+    }
 }
 
 struct State {
@@ -67,6 +78,7 @@ struct State {
     default_camera: Option<String>,
     streams: Arc<Semaphore>,
     keep_alive: Duration,
+    forget_after: Duration,
 }
 
 impl State {
@@ -106,6 +118,7 @@ async fn serve(cfg: Config, args: &ViewArgs) -> Result<()> {
         default_camera: args.camera.clone(),
         streams: Arc::new(Semaphore::new(args.max_event_streams)),
         keep_alive: Duration::from_millis(args.keep_alive_ms.max(10)),
+        forget_after: Duration::from_secs(args.forget_after_s.unwrap_or(3 * cfg.daemon.stats_interval_s.max(1))),
     });
     let listen = args.listen;
     let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
@@ -142,8 +155,9 @@ async fn serve(cfg: Config, args: &ViewArgs) -> Result<()> {
                         if let Some(id) = stats_id(&prefix, &m.topic, &body) {
                             body["daemon_id"] = id.clone().into();
                             let mut latest = st.latest.lock().unwrap();
+                            latest.forget_silent(st.forget_after);
                             if latest.stats.len() < MAX_DAEMONS || latest.stats.contains_key(&id) {
-                                latest.stats.insert(id, body);
+                                latest.stats.insert(id, (Instant::now(), body));
                             }
                         }
                     }
@@ -235,7 +249,11 @@ async fn frame(
 }
 
 async fn metrics(Extract(st): Extract<Arc<State>>) -> Response {
-    let snaps: Vec<serde_json::Value> = st.latest.lock().unwrap().stats.values().cloned().collect();
+    let snaps: Vec<serde_json::Value> = {
+        let mut latest = st.latest.lock().unwrap();
+        latest.forget_silent(st.forget_after);
+        latest.stats.values().map(|(_, body)| body.clone()).collect()
+    };
     super::metrics::response(&snaps)
 }
 
