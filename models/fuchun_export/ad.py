@@ -237,8 +237,7 @@ def _gram_reverse(ctx, node, grads):
         return b.op("Transpose", [m], perm=[0, 2, 1], stem="gram_dgt")
 
     def product(m, f):
-        scaled = b.op("MatMul", [b.op("Mul", [m, r], stem="gram_dg"), f], stem="gram_da")           # [S, C, n]
-        return _rules._seed_back(ctx, b.op("Mul", [scaled, r], stem="gram_df"), 2)
+        return _rules._seed_back(ctx, _gram_product(b, m, f, r), 2)                # [C, n, S]
 
     if flat1 == flat2:
         return Pairs([(flat1, product(b.op("Add", [front, flipped(front)], stem="gram_sym"), flat1))])
@@ -268,8 +267,8 @@ def _shifted_gram_reverse(ctx, front, r, v, axis, d, flat_shape):
     forward pass made are not read here: each is taken from v again (Slice, in the backward pass) and the two
     derivatives go to v itself, zero-padded on the side each half lacks. onnx_ad's way (the Split's outputs read
     by the products and by the Reshape's and Split's reverses) kept four copies of every shift layer alive from the
-    forward pass to the backward pass: 218 MB at 512x512, live at the peak (docs/performance.md). v is kept anyway (its
-    own Gram). Same values (tests/test_gradients.py)."""
+    forward pass to the backward pass: 218 MB at 512x512, live at the peak (docs/performance.md). v is kept anyway
+    (its own Gram). Same values (tests/test_gradients.py)."""
     b = ctx.b
     big = np.iinfo(np.int64).max
 
@@ -278,24 +277,25 @@ def _shifted_gram_reverse(ctx, front, r, v, axis, d, flat_shape):
         half = b.op("Slice", [v, b.ints(starts), b.ints(ends), b.ints([axis])], stem="shift_again")
         return b.op("Reshape", [half, flat_shape], stem="shift_again_flat")
 
-    def product(m, f):
-        scaled = b.op("MatMul", [b.op("Mul", [m, r], stem="gram_dg"), f], stem="gram_da")          # [S, C, n']
-        return b.op("Mul", [scaled, r], stem="gram_df")
-
     # [S, C, n'] -> [S N, C, h', w'] (N = 1, as graph._gram's [C, -1] factors), then padded back to v's extent
-    less = b.op("Sub", [ctx.shape_of(v), b.ints([d if a == axis else 0 for a in range(4)])], stem="shift_less")
+    lacks = [d if a == axis else 0 for a in range(4)]
+    less = b.op("Sub", [ctx.shape_of(v), b.ints(lacks)], stem="shift_less")
     target = b.op("Concat", [b.ints([-1]), ctx.slice(less, [1], [4], [0])], axis=0, stem="shift_target")
 
     def placed(m, pads):
         return b.op("Pad", [b.op("Reshape", [m, target], stem="shift_grad"), b.ints(pads)], stem="shift_pad")
 
-    lacks = [d if a == axis else 0 for a in range(4)]
-    d_head = placed(product(front, again(False)), [0] * 4 + lacks)                  # the head lacks v's end
-    d_tail = placed(product(b.op("Transpose", [front], perm=[0, 2, 1], stem="gram_dgt"), again(True)), lacks + [0] * 4)
+    d_head = placed(_gram_product(b, front, again(False), r), [0] * 4 + lacks)    # the head lacks v's end
+    flipped = b.op("Transpose", [front], perm=[0, 2, 1], stem="gram_dgt")
+    d_tail = placed(_gram_product(b, flipped, again(True), r), lacks + [0] * 4)   # the tail its start
     both = b.op("Add", [d_head, d_tail], stem="shift_dv")
     return Pairs([(v, _rules._unfold_batch_into_seed(ctx, both, v, 4))])
 
 
+def _gram_product(b, m, f, r):
+    """((r m) f) r: a Gram product's derivative [S, C, n] from the seed-first adjoint m [S, C, C], factor f [C, n]."""
+    scaled = b.op("MatMul", [b.op("Mul", [m, r], stem="gram_dg"), f], stem="gram_da")
+    return b.op("Mul", [scaled, r], stem="gram_df")
 
 
 # ---- mean squares: one pass ------------------------------------------------------------------------------------
