@@ -105,3 +105,39 @@ pub fn synthetic(background: &Planar, object: &Planar, spec: &ClipSpec) -> Clip 
     }
     Clip { width: w, height: h, frames, object: masks, scene_change: spec.scene_change }
 }
+
+/// A camera panning across `scene` (larger than the frame): frame i is the `w × h` window of `scene` at
+/// (i·step.0, i·step.1), with `spec`'s sensor noise and JPEG re-encoding (its object and scene change are not used).
+/// Frame i shows at (x, y) what frame i − 1 showed at (x + step.0, y + step.1). JPEG bytes per frame.
+pub fn panning(
+    scene: &Planar,
+    w: usize,
+    h: usize,
+    frames: usize,
+    step: (usize, usize),
+    spec: &ClipSpec,
+) -> Vec<Vec<u8>> {
+    assert!(
+        w + step.0 * frames.saturating_sub(1) <= scene.width && h + step.1 * frames.saturating_sub(1) <= scene.height,
+        "the scene is too small for this pan"
+    );
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(spec.seed);
+    let noise = Normal::new(0.0f32, spec.noise.max(0.0)).expect("finite noise");
+    let (sw, sn, n) = (scene.width, scene.width * scene.height, w * h);
+    (0..frames)
+        .map(|i| {
+            let (x0, y0) = (i * step.0, i * step.1);
+            let mut f = Planar::new(w, h);
+            for c in 0..3 {
+                for y in 0..h {
+                    for x in 0..w {
+                        let v = scene.data[c * sn + (y0 + y) * sw + x0 + x];
+                        f.data[c * n + y * w + x] =
+                            if spec.noise > 0.0 { (v + noise.sample(&mut rng)).clamp(0.0, 1.0) } else { v };
+                    }
+                }
+            }
+            imageio::encode(&f, OutputFormat::Jpeg { quality: spec.jpeg_quality }).expect("JPEG encoding")
+        })
+        .collect()
+}

@@ -51,6 +51,10 @@ fn the_clip_has_noise_jpeg_a_moving_object_and_a_new_scene() {
 }
 
 fn run_sequence(extra: &[&str], content: &Path, out: &Path) -> Vec<serde_json::Value> {
+    run_frames(extra, content, out, 20)
+}
+
+fn run_frames(extra: &[&str], content: &Path, out: &Path, count: usize) -> Vec<serde_json::Value> {
     let model = common::test_model();
     let pattern = content.join("frame_*.jpg");
     let mut args = vec![
@@ -74,8 +78,61 @@ fn run_sequence(extra: &[&str], content: &Path, out: &Path) -> Vec<serde_json::V
     let o = common::fuchun(&args);
     assert!(o.status.success(), "{}", common::stderr(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(stdout.contains("wrote 20 frames"), "{stdout}");
+    assert!(stdout.contains(&format!("wrote {count} frames")), "{stdout}");
     read_log(out)
+}
+
+#[test]
+fn a_panning_camera_starts_each_frame_from_the_previous_result_moved_along() {
+    // 12 frames of 96x72, the view moving 4 px right and 1 px down per frame, with noise and JPEG re-encoding
+    let scene = imageio::load_path(&common::example("tubingen.jpg"), &Limits::default()).unwrap().resize(160, 120);
+    let frames = fuchun::clip::panning(&scene, 96, 72, 12, (4, 1), &fuchun::clip::ClipSpec::default());
+    let dir = tempfile::tempdir().unwrap();
+    for (i, f) in frames.iter().enumerate() {
+        std::fs::write(dir.path().join(format!("frame_{i:03}.jpg")), f).unwrap();
+    }
+    let (on, off) = (dir.path().join("on"), dir.path().join("off"));
+    let a = run_frames(&[], dir.path(), &on, 12);
+    let b = run_frames(&["--no-temporal"], dir.path(), &off, 12);
+    assert_eq!(a[0]["start"], "cold");
+    for (i, r) in a.iter().enumerate().skip(1) {
+        assert_eq!(r["start"], "partial", "frame {i}: {r}");
+        assert_eq!(r["pan"], serde_json::json!([4, 1]), "frame {i}: {r}");
+        // what came into view (a 4 px column and a 1 px row, grown by the dilation) changed; the rest did not
+        let f = r["changed_fraction"].as_f64().unwrap();
+        assert!(f > 0.04 && f < 0.4, "frame {i}: changed {f}");
+    }
+    assert!(b.iter().all(|r| r["start"] == "cold" && r["pan"].is_null()));
+    let mean = |v: &[serde_json::Value], from: usize| -> f64 {
+        v[from..].iter().map(|r| r["evaluations"].as_f64().unwrap()).sum::<f64>() / (v.len() - from) as f64
+    };
+    let (panned, cold) = (mean(&a, 1), mean(&b, 0));
+    assert!(panned * 2.0 <= cold, "panned frames took {panned} evaluations, cold ones {cold}");
+    // flicker: consecutive results compared where they show the same place (frame i at (x, y), frame i - 1 at
+    // (x + 4, y + 1))
+    let load =
+        |d: &Path, i: usize| imageio::load_path(&d.join(format!("frame_{i:03}.png")), &Limits::default()).unwrap();
+    let flicker = |d: &Path| -> f64 {
+        let (w, h) = (96usize, 72usize);
+        let mut sum = 0.0;
+        for i in 1..12 {
+            let (cur, prev) = (load(d, i), load(d, i - 1));
+            let (mut s, mut n) = (0.0f64, 0usize);
+            for c in 0..3 {
+                for y in 0..h - 1 {
+                    for x in 0..w - 4 {
+                        s +=
+                            (cur.data[c * w * h + y * w + x] - prev.data[c * w * h + (y + 1) * w + x + 4]).abs() as f64;
+                        n += 1;
+                    }
+                }
+            }
+            sum += s / n as f64;
+        }
+        sum / 11.0
+    };
+    let (fa, fb) = (flicker(&on), flicker(&off));
+    assert!(fa * 3.0 <= fb, "flicker following the pan {fa}, cold runs {fb}");
 }
 
 #[test]

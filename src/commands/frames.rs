@@ -69,6 +69,8 @@ pub struct FrameRecord {
     pub output: String,
     pub start: &'static str,
     pub changed_fraction: Option<f64>,
+    /// The camera panned: [dx, dy] pixels (the previous frame moved by it is what this one started from).
+    pub pan: Option<[isize; 2]>,
     pub evaluations: usize,
     pub loss: f64,
     pub temporal_loss: f64,
@@ -142,6 +144,7 @@ pub fn run(args: &StylizeArgs) -> Result<()> {
             output: out.display().to_string(),
             start: plan.start.as_str(),
             changed_fraction: plan.changed_fraction,
+            pan: plan.pan.map(|(dx, dy)| [dx, dy]),
             evaluations: outcome.evaluations(),
             loss: l.total,
             temporal_loss: l.terms[TEMPORAL],

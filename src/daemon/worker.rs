@@ -324,6 +324,7 @@ fn process(
         "warm_start": plan.start != Start::Cold,
         "start": plan.start.as_str(),
         "changed_fraction": plan.changed_fraction,
+        "pan": plan.pan.map(|(dx, dy)| [dx, dy]),
         "losses": losses,
         "durations_ms": {"queue": queued_ms, "decode": decode_ms, "stylize": stylize_ms, "encode": encode_ms, "total": total_ms},
         "provider": model.provider.to_string(),
@@ -340,6 +341,6 @@ fn process(
         out.push(Outgoing::new(r.topic.clone(), jpeg).content_type("image/jpeg").answering(r));
     }
     tracing::info!(camera = %cam, seq = frame.seq, evaluations, start = plan.start.as_str(),
-        changed = plan.changed_fraction, ms = total_ms as u64, "frame stylised");
+        changed = plan.changed_fraction, pan = ?plan.pan, ms = total_ms as u64, "frame stylised");
     Ok(out)
 }

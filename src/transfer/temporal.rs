@@ -306,12 +306,120 @@ pub struct Previous {
     pub plate_content: Vec<f32>,
 }
 
+impl Previous {
+    /// The previous frame as seen after the camera moved by (dx, dy): every kept image `v` becomes
+    /// `v(x + dx, y + dy)`; what was outside the view is unknown (luminance +inf: changed whatever the frame shows;
+    /// images 0, never held since its weight is 0).
+    fn shifted(&self, w: usize, h: usize, dx: isize, dy: isize) -> Previous {
+        let planar = |p: &Planar| Planar {
+            width: w,
+            height: h,
+            data: p.data.chunks(w * h).flat_map(|c| shift_values(c, w, h, dx, dy, 0.0)).collect(),
+        };
+        Previous {
+            key: self.key.clone(),
+            content: shift_values(&self.content, w, h, dx, dy, f32::INFINITY),
+            result: planar(&self.result),
+            loss: self.loss,
+            reference: self.reference,
+            plate: planar(&self.plate),
+            plate_content: shift_values(&self.plate_content, w, h, dx, dy, f32::INFINITY),
+        }
+    }
+}
+
+/// `out(x, y) = v(x + dx, y + dy)` over a `w × h` image, `fill` where that falls outside.
+fn shift_values(v: &[f32], w: usize, h: usize, dx: isize, dy: isize, fill: f32) -> Vec<f32> {
+    let mut out = vec![fill; w * h];
+    for y in 0..h {
+        let sy = y as isize + dy;
+        if sy < 0 || sy >= h as isize {
+            continue;
+        }
+        for x in 0..w {
+            let sx = x as isize + dx;
+            if sx >= 0 && sx < w as isize {
+                out[y * w + x] = v[sy as usize * w + sx as usize];
+            }
+        }
+    }
+    out
+}
+
+/// The translation (dx, dy), |dx|, |dy| ≤ `radius`, that best maps `a` onto `b` — b(x, y) ≈ a(x + dx, y + dy):
+/// how far a panning camera turned between two frames. Mean absolute difference over every other pixel of the
+/// overlap, which must cover half the frame; ties go to the smaller shift.
+fn global_shift(a: &[f32], b: &[f32], w: usize, h: usize, radius: usize) -> (isize, isize) {
+    let r = radius as isize;
+    let (wi, hi) = (w as isize, h as isize);
+    let mut best = (f32::INFINITY, 0, 0);
+    for dy in -r..=r {
+        for dx in -r..=r {
+            let (x0, x1, y0, y1) = ((-dx).max(0), (wi - dx).min(wi), (-dy).max(0), (hi - dy).min(hi));
+            if x1 <= x0 || y1 <= y0 || ((x1 - x0) * (y1 - y0) * 2) < wi * hi {
+                continue;
+            }
+            let (mut sum, mut count) = (0.0f32, 0usize);
+            for y in (y0..y1).step_by(2) {
+                for x in (x0..x1).step_by(2) {
+                    sum += (b[(y * wi + x) as usize] - a[((y + dy) * wi + x + dx) as usize]).abs();
+                    count += 1;
+                }
+            }
+            let cost = sum / count as f32 + 1e-4 * (dx.abs() + dy.abs()) as f32;
+            if cost < best.0 {
+                best = (cost, dx, dy);
+            }
+        }
+    }
+    (best.1, best.2)
+}
+
+/// A frame against the previous one differs over more than this fraction before a camera pan is looked for.
+const PAN_FROM: f64 = 0.2;
+
+/// A camera that panned: the previous frame moved by the translation that best explains the new one (searched
+/// within `motion_px`), when the previous frame as it was differs from the new one over more than `PAN_FROM` of
+/// the pixels and the moved one over less than half as many. None otherwise, and when the previous frame cannot
+/// be used at all (`plan` says why).
+fn panned(
+    prev: &Previous,
+    key: &str,
+    cur: &[f32],
+    w: usize,
+    h: usize,
+    s: &StreamSettings,
+) -> Option<(Previous, (isize, isize))> {
+    if !s.enabled
+        || s.motion_px == 0
+        || prev.key != key
+        || (prev.result.width, prev.result.height) != (w, h)
+        || prev.content.len() != cur.len()
+    {
+        return None;
+    }
+    let still = compare(&prev.content, cur, w, h, &s.change).fraction;
+    if still <= PAN_FROM {
+        return None;
+    }
+    let (dx, dy) = global_shift(&prev.content, cur, w, h, s.motion_px);
+    if (dx, dy) == (0, 0) {
+        return None;
+    }
+    let moved = prev.shifted(w, h, dx, dy);
+    (compare(&moved.content, cur, w, h, &s.change).fraction < still / 2.0).then_some((moved, (dx, dy)))
+}
+
 /// The decision for one frame.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Plan {
     pub start: Start,
-    /// Changed fraction against the previous frame (None: no usable previous frame).
+    /// Changed fraction against the previous frame (None: no usable previous frame); after a camera pan, against
+    /// the previous frame moved by `pan`.
     pub changed_fraction: Option<f64>,
+    /// The camera panned: the previous frame, moved by (dx, dy) pixels of the result (the view now shows at (x, y)
+    /// what the previous frame showed at (x + dx, y + dy)), is what the frame started from.
+    pub pan: Option<(isize, isize)>,
 }
 
 /// A frame started from the previous one stops once its loss is within this fraction of the last cold run's.
@@ -331,7 +439,7 @@ fn plan(
     settings: &StreamSettings,
     opts: &mut StylizeOptions,
 ) -> (Plan, Option<Vec<f32>>) {
-    let cold = Plan { start: Start::Cold, changed_fraction: None };
+    let cold = Plan { start: Start::Cold, changed_fraction: None, pan: None };
     let Some(prev) = prev.filter(|p| {
         settings.enabled
             && p.key == key
@@ -395,7 +503,7 @@ fn plan(
         opts.weights.terms[TEMPORAL] = settings.temporal_weight;
         opts.temporal = Some(TemporalInputs { previous: target, weights });
     }
-    (Plan { start, changed_fraction: Some(mask.fraction) }, Some(mask.unchanged))
+    (Plan { start, changed_fraction: Some(mask.fraction), pan: None }, Some(mask.unchanged))
 }
 
 /// `content` mapped by the affine colour transform (3×3 and an offset) that best takes it to `painted` over the
@@ -471,7 +579,11 @@ pub fn stylize_frame(
 ) -> Result<(Outcome, Plan, Previous)> {
     let mut opts = opts.clone();
     let cur = blurred_grey(content, &settings.change);
-    let (plan, held) = plan(prev, key, content, &cur, settings, &mut opts);
+    let (w, h) = (content.width, content.height);
+    let panned = prev.and_then(|p| panned(p, key, &cur, w, h, settings));
+    let prev = panned.as_ref().map(|(p, _)| p).or(prev);
+    let (mut plan, held) = plan(prev, key, content, &cur, settings, &mut opts);
+    plan.pan = panned.as_ref().map(|(_, d)| *d).filter(|_| plan.start != Start::Cold);
     let outcome = stylize_with(model, content, styles, &opts, hooks)?;
     let l = outcome.final_losses();
     let loss = l.total - opts.weights.terms[TEMPORAL] as f64 * l.terms[TEMPORAL];
