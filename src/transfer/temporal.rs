@@ -379,27 +379,17 @@ fn global_shift(a: &[f32], b: &[f32], w: usize, h: usize, radius: usize) -> (isi
 const PAN_FROM: f64 = 0.2;
 
 /// A camera that panned: the previous frame moved by the translation that best explains the new one (searched
-/// within `motion_px`), when the previous frame as it was differs from the new one over more than `PAN_FROM` of
-/// the pixels and the moved one over less than half as many. None otherwise, and when the previous frame cannot
-/// be used at all (`plan` says why).
+/// within `motion_px`), with the change mask against it, when the previous frame as it was (`still`, its change
+/// mask) differs from the new one over more than `PAN_FROM` of the pixels and the moved one over less than half as
+/// many. None otherwise.
 fn panned(
     prev: &Previous,
-    key: &str,
+    still: &ChangeMask,
     cur: &[f32],
-    w: usize,
-    h: usize,
     s: &StreamSettings,
-) -> Option<(Previous, (isize, isize))> {
-    if !s.enabled
-        || s.motion_px == 0
-        || prev.key != key
-        || (prev.result.width, prev.result.height) != (w, h)
-        || prev.content.len() != cur.len()
-    {
-        return None;
-    }
-    let still = compare(&prev.content, cur, w, h, &s.change).fraction;
-    if still <= PAN_FROM {
+) -> Option<(Previous, ChangeMask, (isize, isize))> {
+    let (w, h) = (still.width, still.height);
+    if s.motion_px == 0 || still.fraction <= PAN_FROM {
         return None;
     }
     let (dx, dy) = global_shift(&prev.content, cur, w, h, s.motion_px);
@@ -407,7 +397,8 @@ fn panned(
         return None;
     }
     let moved = prev.shifted(w, h, dx, dy);
-    (compare(&moved.content, cur, w, h, &s.change).fraction < still / 2.0).then_some((moved, (dx, dy)))
+    let mask = compare(&moved.content, cur, w, h, &s.change);
+    (mask.fraction < still.fraction / 2.0).then_some((moved, mask, (dx, dy)))
 }
 
 /// The decision for one frame.
@@ -429,27 +420,21 @@ pub const TARGET_SLACK: f64 = 0.05;
 const UNCHANGED: f64 = 0.002;
 
 /// Decide how the frame `content` (at the result's size) starts, and set `opts` (the cold run's options)
-/// accordingly. Also returns, for a frame started from the previous one, the weight per pixel of "the scene did
-/// not change since the previous frame" (1: unchanged), from which the background plate is updated.
+/// accordingly. `prev`: the usable previous frame (if any) with the change mask of the frame against it. Also
+/// returns, for a frame started from the previous one, the weight per pixel of "the scene did not change since the
+/// previous frame" (1: unchanged), from which the background plate is updated.
 fn plan(
-    prev: Option<&Previous>,
-    key: &str,
+    prev: Option<(&Previous, ChangeMask)>,
     content: &Planar,
     cur: &[f32],
     settings: &StreamSettings,
     opts: &mut StylizeOptions,
 ) -> (Plan, Option<Vec<f32>>) {
     let cold = Plan { start: Start::Cold, changed_fraction: None, pan: None };
-    let Some(prev) = prev.filter(|p| {
-        settings.enabled
-            && p.key == key
-            && (p.result.width, p.result.height) == (content.width, content.height)
-            && p.content.len() == cur.len()
-    }) else {
+    let Some((prev, mask)) = prev else {
         return (cold, None);
     };
     let (w, h) = (content.width, content.height);
-    let mask = compare(&prev.content, cur, w, h, &settings.change);
     if mask.fraction > settings.change.scene_change as f64 {
         return (Plan { changed_fraction: Some(mask.fraction), ..cold }, None);
     }
@@ -580,10 +565,18 @@ pub fn stylize_frame(
     let mut opts = opts.clone();
     let cur = blurred_grey(content, &settings.change);
     let (w, h) = (content.width, content.height);
-    let panned = prev.and_then(|p| panned(p, key, &cur, w, h, settings));
-    let prev = panned.as_ref().map(|(p, _)| p).or(prev);
-    let (mut plan, held) = plan(prev, key, content, &cur, settings, &mut opts);
-    plan.pan = panned.as_ref().map(|(_, d)| *d).filter(|_| plan.start != Start::Cold);
+    // the previous frame is used for the same style and size; compared as it was, or moved along a camera pan
+    let usable = prev.filter(|p| {
+        settings.enabled && p.key == key && (p.result.width, p.result.height) == (w, h) && p.content.len() == cur.len()
+    });
+    let still = usable.map(|p| compare(&p.content, &cur, w, h, &settings.change));
+    let (moved, mask, pan) = match usable.zip(still.as_ref()).and_then(|(p, m)| panned(p, m, &cur, settings)) {
+        Some((p, m, d)) => (Some(p), Some(m), Some(d)),
+        None => (None, still, None),
+    };
+    let prev = moved.as_ref().or(usable);
+    let (mut plan, held) = plan(prev.zip(mask), content, &cur, settings, &mut opts);
+    plan.pan = pan.filter(|_| plan.start != Start::Cold);
     let outcome = stylize_with(model, content, styles, &opts, hooks)?;
     let l = outcome.final_losses();
     let loss = l.total - opts.weights.terms[TEMPORAL] as f64 * l.terms[TEMPORAL];
