@@ -69,7 +69,6 @@ pub fn synthetic(background: &Planar, object: &Planar, spec: &ClipSpec) -> Clip 
         }
     }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(spec.seed);
-    let noise = Normal::new(0.0f32, spec.noise.max(0.0)).expect("finite noise");
     let (mut frames, mut masks) = (Vec::new(), Vec::new());
     let travel = (w - s) as f64;
     for i in 0..spec.frames {
@@ -95,12 +94,7 @@ pub fn synthetic(background: &Planar, object: &Planar, spec: &ClipSpec) -> Clip 
                 }
             }
         }
-        if spec.noise > 0.0 {
-            for v in f.data.iter_mut() {
-                *v = (*v + noise.sample(&mut rng)).clamp(0.0, 1.0);
-            }
-        }
-        frames.push(imageio::encode(&f, OutputFormat::Jpeg { quality: spec.jpeg_quality }).expect("JPEG encoding"));
+        frames.push(camera_jpeg(f, &mut rng, spec));
         masks.push(mask);
     }
     Clip { width: w, height: h, frames, object: masks, scene_change: spec.scene_change }
@@ -122,7 +116,6 @@ pub fn panning(
         "the scene is too small for this pan"
     );
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(spec.seed);
-    let noise = Normal::new(0.0f32, spec.noise.max(0.0)).expect("finite noise");
     let (sw, sn, n) = (scene.width, scene.width * scene.height, w * h);
     (0..frames)
         .map(|i| {
@@ -130,14 +123,22 @@ pub fn panning(
             let mut f = Planar::new(w, h);
             for c in 0..3 {
                 for y in 0..h {
-                    for x in 0..w {
-                        let v = scene.data[c * sn + (y0 + y) * sw + x0 + x];
-                        f.data[c * n + y * w + x] =
-                            if spec.noise > 0.0 { (v + noise.sample(&mut rng)).clamp(0.0, 1.0) } else { v };
-                    }
+                    let row = c * sn + (y0 + y) * sw + x0;
+                    f.data[c * n + y * w..c * n + (y + 1) * w].copy_from_slice(&scene.data[row..row + w]);
                 }
             }
-            imageio::encode(&f, OutputFormat::Jpeg { quality: spec.jpeg_quality }).expect("JPEG encoding")
+            camera_jpeg(f, &mut rng, spec)
         })
         .collect()
+}
+
+/// What a camera sends of the view `f`: `spec`'s sensor noise added (drawn from `rng`), JPEG at its quality.
+fn camera_jpeg(mut f: Planar, rng: &mut rand_chacha::ChaCha8Rng, spec: &ClipSpec) -> Vec<u8> {
+    let noise = Normal::new(0.0f32, spec.noise.max(0.0)).expect("finite noise");
+    if spec.noise > 0.0 {
+        for v in f.data.iter_mut() {
+            *v = (*v + noise.sample(rng)).clamp(0.0, 1.0);
+        }
+    }
+    imageio::encode(&f, OutputFormat::Jpeg { quality: spec.jpeg_quality }).expect("JPEG encoding")
 }
