@@ -21,7 +21,7 @@ Two more adaptations make the gradient graph one TensorRT and ONNX Runtime's CUD
 import re
 
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 from onnx_ad import rules as _rules
 from onnx_ad._build import Context as _Context, UnsupportedOperator
 from onnx_ad._passes import Pairs
@@ -59,7 +59,7 @@ _rules.REVERSE["Conv"] = _same_conv_reverse
 # ---- broadcast undo with constant axes ----------------------------------------------------------------------------
 
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Sum", "Max", "Min", "Mean", "Where", "PRelu"}
-_state = {"declared": None, "node": None, "producers": None, "constants": None, "inputs": None}
+_state = {"declared": None, "node": None, "producers": None, "inputs": None}
 _original_unbroadcast = _Context.unbroadcast
 
 
@@ -353,7 +353,7 @@ def _difference_again(ctx, d):
     with the forward pass; a and t are kept anyway (a by its other terms, t is an input): 64 MB fewer at the peak
     for the histogram term at relu1_1 at 512x512 (docs/performance.md). The operands are swapped, not repeated,
     so ONNX Runtime's common-subexpression elimination cannot merge the two back into one. None otherwise."""
-    producers, consts = _state["producers"] or {}, _state["constants"] or {}
+    producers, consts = _state["producers"] or {}, ctx.values                   # constants: onnx_ad's table
     p = producers.get(d)
     scale = 1.0
     if p is not None and p.op_type == "Mul" and p.input[1] in consts and consts[p.input[1]].size == 1:
@@ -394,7 +394,6 @@ def reverse(model, fused=True, **kwargs):
         _rules.REVERSE["MatMul"] = _gram_reverse
         _rules.REVERSE["ReduceMean"] = _mean_square_reverse
     _state["producers"] = {o: n for n in model.graph.node for o in n.output}
-    _state["constants"] = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if len(t.dims) <= 1}
     _state["inputs"] = {i.name for i in model.graph.input}
     for op, rule in dict(_rules.REVERSE).items():
         if not getattr(rule, "fuchun_tracked", False):
@@ -407,5 +406,4 @@ def reverse(model, fused=True, **kwargs):
         _Context.unbroadcast = _original_unbroadcast
         _state["declared"] = None
         _state["producers"] = None
-        _state["constants"] = None
         _state["inputs"] = None
