@@ -5,5 +5,6 @@ pub mod commands;
 pub mod daemon;
 pub mod engine;
 pub mod imageio;
+pub mod lab;
 pub mod memory;
 pub mod transfer;

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use fuchun::commands::{bench, doctor, stylize};
+use fuchun::commands::{bench, doctor, quality, stylize};
 use fuchun::daemon;
 
 /// fuchun: neural style transfer (Gatys + long-range consistency + histogram loss) on ONNX Runtime.
@@ -24,6 +24,8 @@ enum Command {
     Doctor(doctor::DoctorArgs),
     /// Measure evaluation speed, FLOP/s against the CPU's peak, memory and coarse-to-fine gains.
     Bench(Box<bench::BenchArgs>),
+    /// Quality bench: stylise a fixed set of content/style pairs and measure palette, texture and structure.
+    Quality(Box<quality::QualityArgs>),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Stylize(a) => stylize::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Quality(a) => quality::run(a),
         Command::Serve(a) => daemon::run(a),
         Command::Doctor(a) => doctor::run(a),
         Command::View(a) => daemon::view::run(a),

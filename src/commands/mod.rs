@@ -5,5 +5,6 @@ pub mod common;
 pub mod doctor;
 pub mod frames;
 pub mod peers;
+pub mod quality;
 pub mod stream_bench;
 pub mod stylize;

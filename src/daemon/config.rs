@@ -371,8 +371,11 @@ fn one() -> f32 {
 fn default_size() -> usize {
     256
 }
+/// Iterations per scale of a configured style (the quality bench's daemon profile uses it too).
+pub const STYLE_ITERATIONS: usize = 100;
+
 fn default_iterations() -> usize {
-    100
+    STYLE_ITERATIONS
 }
 fn default_tol() -> f64 {
     1e-2
