@@ -40,6 +40,10 @@ pub struct QualityArgs {
     /// Also measure the image after every N iterations of the last scale (quality against evaluations; 0: off).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub every: usize,
+    /// Measure the results already in this directory (PAIR_SIZE.png, as the bench writes them) instead of
+    /// stylising: for comparing settings run apart, or measures changed since.
+    #[arg(long, value_name = "DIR")]
+    pub measure: Option<PathBuf>,
     /// Directory for the results, contact sheets and quality.json.
     #[arg(long, short = 'o', default_value = "out/quality")]
     pub out: PathBuf,
@@ -162,19 +166,29 @@ pub fn run(args: &QualityArgs) -> Result<()> {
                 snapshots: Vec::new(),
             };
             let t0 = Instant::now();
-            let outcome = stylize(&mut model, &content, std::slice::from_ref(&style), &opts, &mut probe)
-                .with_context(|| format!("pair {}", p.name))?;
+            let (img, evaluations, loss) = match &args.measure {
+                Some(dir) => {
+                    let path = dir.join(format!("{}_{size}.png", p.name));
+                    let img = imageio::load_path(&path, &limits).with_context(|| format!("--measure: {}", path.display()))?;
+                    (img, 0, f64::NAN)
+                }
+                None => {
+                    let outcome = stylize(&mut model, &content, std::slice::from_ref(&style), &opts, &mut probe)
+                        .with_context(|| format!("pair {}", p.name))?;
+                    let (loss, evaluations) = (outcome.final_losses().total, outcome.evaluations());
+                    (outcome.image, evaluations, loss)
+                }
+            };
             let seconds = t0.elapsed().as_secs_f64();
-            let img = outcome.image;
             let result = measure(&img, &content_s, &style);
             let row = Row {
                 pair: p.name.to_string(),
                 size,
                 width: img.width,
                 height: img.height,
-                evaluations: outcome.scales.iter().map(|s| s.evaluations).sum(),
+                evaluations,
                 seconds,
-                loss: outcome.scales.last().map(|s| s.last.total).unwrap_or(f64::NAN),
+                loss,
                 result,
                 content: measure(&content_s, &content_s, &style),
                 style: measure(&style.resize(img.width, img.height), &content_s, &style),

@@ -174,6 +174,10 @@ pub struct TransferArgs {
     /// Keep the content's colours: the stylised luminance with the content's chroma (YCbCr), after the transfer.
     #[arg(long)]
     pub original_colors: bool,
+    /// The content's colours during the transfer: style (carried into the painting's colours first, so that
+    /// the scene is kept in the painting's palette) or content (the photo's own; the style must repaint them).
+    #[arg(long, default_value = "style", value_name = "style|content")]
+    pub palette: crate::transfer::Palette,
     /// Luminance-only transfer (Gatys et al. 2017): the style's luminance, matched to the content's mean and
     /// variance, is transferred onto the content's luminance; the result keeps the content's colours.
     #[arg(long)]
@@ -221,6 +225,7 @@ impl TransferArgs {
             _ => Optimizer::Lbfgs { history: self.lbfgs_history },
         };
         o.original_colors = self.original_colors;
+        o.palette = self.palette;
         o.luminance_only = self.luminance_only;
         o.seed = self.seed;
         o.resolved_scales()?;

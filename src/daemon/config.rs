@@ -349,6 +349,9 @@ pub struct StyleConfig {
     pub layer_norm: bool,
     #[serde(default)]
     pub original_colors: bool,
+    /// The content's colours during the transfer: "style" (carried into the painting's first) or "content".
+    #[serde(default = "style_palette", deserialize_with = "palette")]
+    pub palette: crate::transfer::Palette,
     /// Camera streams: weight of the temporal term holding a frame's unchanged parts to the previous result
     /// (0: frames still start from the previous result, but nothing holds them to it).
     #[serde(default = "default_temporal_weight")]
@@ -361,6 +364,13 @@ fn default_temporal_weight() -> f32 {
 
 fn default_hist_every() -> usize {
     crate::transfer::schedule::DEFAULT_HIST_EVERY
+}
+fn style_palette() -> crate::transfer::Palette {
+    crate::transfer::Palette::Style
+}
+fn palette<'de, D: serde::Deserializer<'de>>(d: D) -> Result<crate::transfer::Palette, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
 }
 fn yes() -> bool {
     true

@@ -91,6 +91,7 @@ impl Style {
         o.style_blend = s.blend_weights.clone();
         o.style_scale = s.style_scale;
         o.original_colors = s.original_colors;
+        o.palette = s.palette;
         Ok(o)
     }
 
@@ -130,6 +131,10 @@ impl StyleSource for Style {
         }
         self.memory.insert(longest, t.clone());
         Ok(t)
+    }
+
+    fn colours(&self) -> Option<crate::transfer::color::ColourStats> {
+        crate::transfer::schedule::blended_colours(&self.images, &self.config.blend_weights)
     }
 }
 

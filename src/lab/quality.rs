@@ -312,3 +312,82 @@ pub fn rank_transfer(content: &Planar, style: &Planar) -> Planar {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::imageio::{load_path, Limits};
+
+    fn example(name: &str, side: usize) -> Planar {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name);
+        load_path(&p, &Limits::default()).expect("bundled example").fit_longest(side)
+    }
+
+    fn blurred(p: &Planar, passes: usize) -> Planar {
+        // repeated 3x3 box blur: a photo that lost its edges but kept its layout
+        let (w, h) = (p.width, p.height);
+        let mut out = p.clone();
+        for _ in 0..passes {
+            let src = out.clone();
+            for c in 0..3 {
+                for y in 0..h {
+                    for x in 0..w {
+                        let (mut s, mut k) = (0.0, 0.0);
+                        for yy in y.saturating_sub(1)..=(y + 1).min(h - 1) {
+                            for xx in x.saturating_sub(1)..=(x + 1).min(w - 1) {
+                                s += src.data[c * w * h + yy * w + xx];
+                                k += 1.0;
+                            }
+                        }
+                        out.data[c * w * h + y * w + x] = s / k;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn lab_of_known_colours() {
+        let white = rgb_to_lab(1.0, 1.0, 1.0);
+        assert!((white[0] - 100.0).abs() < 0.01 && white[1].abs() < 0.01 && white[2].abs() < 0.01, "{white:?}");
+        assert_eq!(rgb_to_lab(0.0, 0.0, 0.0), [0.0, 0.0, 0.0]);
+        // sRGB red: L 53.24, a 80.09, b 67.20 (CIE 1976, D65)
+        let red = rgb_to_lab(1.0, 0.0, 0.0);
+        assert!((red[0] - 53.24).abs() < 0.05 && (red[1] - 80.09).abs() < 0.1 && (red[2] - 67.20).abs() < 0.1, "{red:?}");
+    }
+
+    #[test]
+    fn sliced_distance_of_a_shift_is_the_shift_along_the_directions() {
+        // two point clouds a constant (3, 0, 0) apart: |<d, shift>| averaged over random unit directions in 3-D is
+        // 3/2 in expectation; equal clouds are 0 apart
+        let a: Vec<f32> = (0..3000).map(|i| ((i * 7919) % 1000) as f32 / 100.0).collect();
+        let b: Vec<f32> = a.chunks(3).flat_map(|p| [p[0] + 3.0, p[1], p[2]]).collect();
+        assert_eq!(sliced_w1(&a, &a, 3, 1), 0.0);
+        let d = sliced_w1(&a, &b, 3, 1);
+        assert!((d - 1.5).abs() < 0.25, "{d}");
+        assert!((sliced_w1(&b, &a, 3, 1) - d).abs() < 1e-9, "symmetric");
+    }
+
+    #[test]
+    fn known_answers_on_the_bundled_pair() {
+        let content = example("tubingen.jpg", 128);
+        let style = example("fuchun.jpg", 128);
+        // the photo: structure, texture and layout 1 by definition; far from the style's palette
+        let m = measure(&content, &content, &style);
+        assert!((m.structure - 1.0).abs() < 1e-9 && (m.texture - 1.0).abs() < 1e-9, "{m:?}");
+        assert!((m.layout - 1.0).abs() < 1e-6 && m.palette > 10.0, "{m:?}");
+        // the style: no structure of the photo, its own texture and palette
+        let s = measure(&style.resize(content.width, content.height), &content, &style);
+        assert!(s.structure.abs() < 1e-9 && s.texture < 0.35 && s.palette < 1.5, "{s:?}");
+
+        // a plain colour transfer: the style's palette and the photo's structure, not the painting's texture
+        let t = measure(&rank_transfer(&content, &style), &content, &style);
+        assert!(t.palette < 1.0 && t.structure > 0.7 && t.layout > 0.9, "{t:?}");
+        assert!(t.texture > 0.8, "a colour transfer must fail texture: {t:?}");
+        // a blurred photo keeps its layout and palette, loses the edges' detail and the photo's texture
+        let b = measure(&blurred(&content, 4), &content, &style);
+        assert!(b.layout > 0.97 && (b.palette - m.palette).abs() < 2.0, "{b:?}");
+        assert!(b.structure < m.structure && b.texture != 1.0, "{b:?}");
+    }
+}

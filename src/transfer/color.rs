@@ -1,5 +1,8 @@
 //! Colour handling: `--original-colors` keeps the content's chroma and takes only the luminance from the
-//! stylised image (BT.601 full-range YCbCr, as in Gatys et al.'s colour-preservation note).
+//! stylised image (BT.601 full-range YCbCr, as in Gatys et al.'s colour-preservation note); `--palette style`
+//! carries the content into the style's colours before the transfer (the linear Monge–Kantorovich map between the
+//! two RGB distributions' means and covariances), so that the content term no longer pulls the result back to the
+//! photo's colours and the optimisation starts with the painting's palette.
 
 use crate::imageio::Planar;
 
@@ -59,6 +62,118 @@ pub fn matched_luminance(style: &Planar, reference: &Planar) -> Planar {
     let (mr, sr) = stats(reference);
     for v in out.data.iter_mut() {
         *v = ((((*v as f64) - ms) / ss * sr + mr) as f32).clamp(0.0, 1.0);
+    }
+    out
+}
+
+/// Mean and covariance of an image's RGB pixels (or of a blend of style images).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ColourStats {
+    pub mean: [f64; 3],
+    pub cov: [[f64; 3]; 3],
+}
+
+impl ColourStats {
+    pub fn of(img: &Planar) -> ColourStats {
+        let n = img.width * img.height;
+        let px = |i: usize| [img.data[i] as f64, img.data[n + i] as f64, img.data[2 * n + i] as f64];
+        let mut mean = [0.0; 3];
+        for i in 0..n {
+            let p = px(i);
+            (0..3).for_each(|c| mean[c] += p[c] / n.max(1) as f64);
+        }
+        let mut cov = [[0.0; 3]; 3];
+        for i in 0..n {
+            let p = px(i);
+            for a in 0..3 {
+                for b in 0..3 {
+                    cov[a][b] += (p[a] - mean[a]) * (p[b] - mean[b]) / n.max(1) as f64;
+                }
+            }
+        }
+        ColourStats { mean, cov }
+    }
+
+    /// The statistics of a mixture: each part's pixels drawn with its weight (weights normalised).
+    pub fn mixture(parts: &[(ColourStats, f64)]) -> ColourStats {
+        let total: f64 = parts.iter().map(|p| p.1).sum::<f64>().max(1e-12);
+        let mut mean = [0.0; 3];
+        for (s, w) in parts {
+            (0..3).for_each(|c| mean[c] += w / total * s.mean[c]);
+        }
+        let mut cov = [[0.0; 3]; 3];
+        for (s, w) in parts {
+            for a in 0..3 {
+                for b in 0..3 {
+                    cov[a][b] += w / total * (s.cov[a][b] + (s.mean[a] - mean[a]) * (s.mean[b] - mean[b]));
+                }
+            }
+        }
+        ColourStats { mean, cov }
+    }
+}
+
+type M3 = [[f64; 3]; 3];
+
+fn mul(a: &M3, b: &M3) -> M3 {
+    std::array::from_fn(|i| std::array::from_fn(|j| (0..3).map(|k| a[i][k] * b[k][j]).sum()))
+}
+
+/// Eigen-decomposition of a symmetric 3×3 matrix (cyclic Jacobi): eigenvalues and eigenvectors as columns.
+fn eigh(m: &M3) -> ([f64; 3], M3) {
+    let mut a = *m;
+    let mut v: M3 = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
+    for _ in 0..50 {
+        let off = a[0][1].powi(2) + a[0][2].powi(2) + a[1][2].powi(2);
+        if off < 1e-30 {
+            break;
+        }
+        for (p, q) in [(0, 1), (0, 2), (1, 2)] {
+            if a[p][q].abs() < 1e-300 {
+                continue;
+            }
+            let theta = (a[q][q] - a[p][p]) / (2.0 * a[p][q]);
+            let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+            let t = if theta == 0.0 { 1.0 } else { t };
+            let (c, s) = (1.0 / (t * t + 1.0).sqrt(), t / (t * t + 1.0).sqrt());
+            let mut r: M3 = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
+            r[p][p] = c;
+            r[q][q] = c;
+            r[p][q] = s;
+            r[q][p] = -s;
+            let rt: M3 = std::array::from_fn(|i| std::array::from_fn(|j| r[j][i]));
+            a = mul(&mul(&rt, &a), &r);
+            v = mul(&v, &r);
+        }
+    }
+    ([a[0][0], a[1][1], a[2][2]], v)
+}
+
+/// f(M) for a symmetric positive semi-definite M, applying f to its eigenvalues (floored at `eps`).
+fn spectral(m: &M3, eps: f64, f: impl Fn(f64) -> f64) -> M3 {
+    let (l, v) = eigh(m);
+    std::array::from_fn(|i| std::array::from_fn(|j| (0..3).map(|k| v[i][k] * f(l[k].max(eps)) * v[j][k]).sum()))
+}
+
+/// The content carried into the colours `to`: x ↦ A (x − μc) + μs with A = Σc^−½ (Σc^½ Σs Σc^½)^½ Σc^−½, the
+/// linear map that moves the pixels least among those that give the content the target's mean and covariance
+/// (Pitié & Kokaram 2007). Clamped to [0, 1].
+pub fn carry(content: &Planar, to: &ColourStats) -> Planar {
+    let from = ColourStats::of(content);
+    // a flat content (one colour) has no covariance to map: the floor keeps A finite
+    let eps = 1e-6;
+    let c_half = spectral(&from.cov, eps, f64::sqrt);
+    let c_inv_half = spectral(&from.cov, eps, |x| 1.0 / x.sqrt());
+    let middle = spectral(&mul(&mul(&c_half, &to.cov), &c_half), 0.0, f64::sqrt);
+    let a = mul(&mul(&c_inv_half, &middle), &c_inv_half);
+    let n = content.width * content.height;
+    let mut out = Planar::new(content.width, content.height);
+    for i in 0..n {
+        let d = [0, 1, 2].map(|c| content.data[c * n + i] as f64 - from.mean[c]);
+        for r in 0..3 {
+            let v = to.mean[r] + (0..3).map(|k| a[r][k] * d[k]).sum::<f64>();
+            out.data[r * n + i] = (v as f32).clamp(0.0, 1.0);
+        }
     }
     out
 }
@@ -124,5 +239,40 @@ mod tests {
             let (_, cbc, crc) = rgb_to_ycbcr(c.data[i], c.data[n + i], c.data[2 * n + i]);
             assert!((y - ys).abs() < 1e-3 && (cb - cbc).abs() < 1e-3 && (cr - crc).abs() < 1e-3);
         }
+    }
+
+    #[test]
+    fn carried_content_takes_the_target_mean_and_covariance() {
+        // a content with correlated channels, a target with other correlations (both well inside [0, 1])
+        let (w, h) = (40, 30);
+        let n = w * h;
+        let mut c = Planar::new(w, h);
+        let mut t = Planar::new(w, h);
+        for i in 0..n {
+            let (u, v) = ((i % 13) as f32 / 13.0, (i % 7) as f32 / 7.0);
+            (c.data[i], c.data[n + i], c.data[2 * n + i]) = (0.3 + 0.3 * u, 0.3 + 0.2 * u + 0.1 * v, 0.4 + 0.2 * v);
+            (t.data[i], t.data[n + i], t.data[2 * n + i]) = (0.5 + 0.1 * v, 0.4 - 0.1 * u, 0.45 + 0.1 * u - 0.05 * v);
+        }
+        let target = ColourStats::of(&t);
+        let got = ColourStats::of(&carry(&c, &target));
+        for a in 0..3 {
+            assert!((got.mean[a] - target.mean[a]).abs() < 1e-4, "mean {a}: {got:?} vs {target:?}");
+            for b in 0..3 {
+                assert!((got.cov[a][b] - target.cov[a][b]).abs() < 1e-5, "cov {a}{b}: {got:?} vs {target:?}");
+            }
+        }
+        // carrying an image into its own colours changes nothing
+        let same = carry(&c, &ColourStats::of(&c));
+        assert!(same.data.iter().zip(&c.data).all(|(x, y)| (x - y).abs() < 1e-4));
+    }
+
+    #[test]
+    fn mixture_of_one_part_is_the_part() {
+        let mut p = Planar::new(8, 8);
+        p.data.iter_mut().enumerate().for_each(|(i, v)| *v = (i % 11) as f32 / 11.0);
+        let s = ColourStats::of(&p);
+        let m = ColourStats::mixture(&[(s, 2.0)]);
+        assert!((0..3).all(|a| (m.mean[a] - s.mean[a]).abs() < 1e-12));
+        assert!((0..3).all(|a| (0..3).all(|b| (m.cov[a][b] - s.cov[a][b]).abs() < 1e-12)));
     }
 }

@@ -11,7 +11,7 @@ pub mod temporal;
 
 pub use inputs::{LayerGroup, Weights};
 pub use schedule::{
-    stylize, stylize_with, CachedTargets, EvalRecord, Hooks, Init, NoHooks, Optimizer, Outcome, ScaleReport,
+    stylize, stylize_with, CachedTargets, EvalRecord, Hooks, Init, NoHooks, Optimizer, Outcome, Palette, ScaleReport,
     StyleImages, StyleSource, StylizeOptions,
 };
 pub use targets::StyleTargets;

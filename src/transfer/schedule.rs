@@ -25,6 +25,25 @@ pub enum Init {
     Image(Planar),
 }
 
+/// Which colours the content is taken in: its own, or carried into the style's first (`color::carry`): then the
+/// content term holds the scene's structure in the painting's colours instead of pulling it back to the photo's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Palette {
+    Content,
+    Style,
+}
+
+impl std::str::FromStr for Palette {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "style" => Ok(Palette::Style),
+            "content" | "photo" => Ok(Palette::Content),
+            _ => Err(format!("palette must be style or content, got {s:?}")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Optimizer {
     Lbfgs { history: usize },
@@ -49,6 +68,8 @@ pub struct StylizeOptions {
     pub init: Init,
     pub optimizer: Optimizer,
     pub original_colors: bool,
+    /// The content's colours for the transfer (ignored with `original_colors`, which keeps the content's).
+    pub palette: Palette,
     /// Luminance-only transfer (Gatys et al. 2017): style and content as luminance, the style's matched to the
     /// content's mean and variance; the result keeps the content's colours. Applies to `stylize` (style images).
     pub luminance_only: bool,
@@ -86,6 +107,7 @@ impl StylizeOptions {
             init: Init::Content,
             optimizer: Optimizer::Lbfgs { history: 10 },
             original_colors: false,
+            palette: Palette::Style,
             luminance_only: false,
             seed: 0,
             target_loss: None,
@@ -221,6 +243,27 @@ impl Outcome {
 pub trait StyleSource {
     /// Blended style targets for a scale whose output has longest side `longest`.
     fn targets(&mut self, model: &mut Model, longest: usize) -> Result<StyleTargets>;
+    /// The blended styles' colours (`Palette::Style`); None: the source cannot tell (the content keeps its own).
+    fn colours(&self) -> Option<color::ColourStats> {
+        None
+    }
+}
+
+/// The colours of style images blended with `blend` (empty: equal weights).
+pub fn blended_colours(images: &[Planar], blend: &[f32]) -> Option<color::ColourStats> {
+    if images.is_empty() {
+        return None;
+    }
+    // colour statistics need no detail: at most 256 px a side keeps this cheap for big paintings
+    let parts: Vec<_> = images
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let small = if s.width.max(s.height) > 256 { s.fit_longest(256) } else { s.clone() };
+            (color::ColourStats::of(&small), blend.get(i).copied().unwrap_or(1.0) as f64)
+        })
+        .collect();
+    Some(color::ColourStats::mixture(&parts))
 }
 
 /// Style images and their blend weights: targets computed from the images at every scale.
@@ -253,6 +296,10 @@ impl StyleSource for StyleImages<'_> {
         }
         StyleTargets::blend(&per_style, &blend)
     }
+
+    fn colours(&self) -> Option<color::ColourStats> {
+        blended_colours(self.images, &self.blend)
+    }
 }
 
 /// Targets of any source, computed once per scale and kept (a sequence of frames with the same style).
@@ -275,6 +322,10 @@ impl<S: StyleSource> StyleSource for CachedTargets<S> {
         let t = self.inner.targets(model, longest)?;
         self.memory.insert(longest, t.clone());
         Ok(t)
+    }
+
+    fn colours(&self) -> Option<color::ColourStats> {
+        self.inner.colours()
     }
 }
 
@@ -381,7 +432,8 @@ pub fn stylize(
         let styles_y: Vec<Planar> = styles.iter().map(|s| color::matched_luminance(s, &content_y)).collect();
         let mut source =
             StyleImages { images: &styles_y, blend: opts.style_blend.clone(), style_scale: opts.style_scale };
-        let inner = StylizeOptions { luminance_only: false, original_colors: false, ..opts.clone() };
+        let inner =
+            StylizeOptions { luminance_only: false, original_colors: false, palette: Palette::Content, ..opts.clone() };
         let mut out = stylize_with(model, &content_y, &mut source, &inner, hooks)?;
         out.image = color::original_colors(&out.image, content);
         return Ok(out);
@@ -400,6 +452,12 @@ pub fn stylize_with(
 ) -> Result<Outcome> {
     let scales = fit_scales(&opts.resolved_scales()?, content.width, content.height, model.manifest.min_size)?;
     let start = Instant::now();
+    let original = content;
+    let carried = match (opts.palette, opts.original_colors, styles.colours()) {
+        (Palette::Style, false, Some(c)) => Some(color::carry(content, &c)),
+        _ => None,
+    };
+    let content = carried.as_ref().unwrap_or(content);
     let mut reports = Vec::new();
     let mut x: Option<Planar> = None;
     for (si, &longest) in scales.iter().enumerate() {
@@ -540,7 +598,7 @@ pub fn stylize_with(
     }
     let mut image = x.expect("at least one scale");
     if opts.original_colors {
-        image = color::original_colors(&image, content);
+        image = color::original_colors(&image, original);
     }
     Ok(Outcome { image, scales: reports })
 }
