@@ -102,6 +102,8 @@ fn coarse_to_fine_starts_from_the_previous_scale() {
     opts.scales = vec![48, 64];
     opts.iterations = 30;
     opts.tol = 0.0;
+    // from the photo's own colours, so that the first scale's starting style loss is the photo's
+    opts.palette = fuchun::transfer::Palette::Content;
     let rec = Rec::default();
     let out = stylize(&mut model, &content, std::slice::from_ref(&style), &opts, &mut &rec).unwrap();
     let (s0, s1) = (&out.scales[0], &out.scales[1]);
@@ -204,6 +206,8 @@ fn every_layer_counts_at_the_start_with_the_normalisation() {
             opts.image_size = 128;
             opts.iterations = 1;
             opts.tol = 0.0;
+            // the balance at the photo itself (the premise of the table in docs/quality.md)
+            opts.palette = fuchun::transfer::Palette::Content;
             let out = stylize(&mut model, &content, std::slice::from_ref(&style), &opts, &mut NoHooks).unwrap();
             let start = out.scales[0].first;
             let shares = |g: &str| start.layer_shares(g);
@@ -257,4 +261,56 @@ fn luminance_only_keeps_the_content_chroma_and_changes_the_luminance() {
     let (chroma, luma) = (chroma / n as f32, luma / n as f32);
     assert!(chroma < 0.02, "chroma moved by {chroma}");
     assert!(luma > 0.01, "luminance unchanged ({luma}): no transfer happened");
+}
+
+/// `--taper`: each finer scale gets the taper times the previous scale's iterations (the coarse scales do the
+/// work, the fine ones refine).
+#[test]
+fn the_taper_gives_finer_scales_fewer_iterations() {
+    let mut model = Model::load(&common::test_model(), &RuntimeOptions::default()).unwrap();
+    let (content, style) = images();
+    let mut opts = StylizeOptions::new(Weights::defaults(&model.manifest));
+    opts.image_size = 64;
+    opts.scales = vec![32, 48, 64];
+    opts.iterations = 16;
+    opts.taper = 0.5;
+    opts.tol = 0.0;
+    assert_eq!((0..3).map(|i| opts.iterations_at(i)).collect::<Vec<_>>(), vec![16, 8, 4]);
+    let out = stylize(&mut model, &content, std::slice::from_ref(&style), &opts, &mut NoHooks).unwrap();
+    let its: Vec<usize> = out.scales.iter().map(|s| s.iterations).collect();
+    assert!(its[0] > 8 && its[0] <= 16 && its[1] <= 8 && its[2] <= 4 && its[2] >= 1, "{its:?}");
+}
+
+/// `--palette style` (the default): the content is carried into the style's colours before the transfer — the
+/// content term's target and the starting image — so the result starts in the painting's palette; with
+/// `--palette content` it starts in the photo's. Either way the first evaluation has no content loss.
+#[test]
+fn the_palette_carries_the_content_into_the_style_colours() {
+    use fuchun::transfer::Palette;
+    let mut model = Model::load(&common::test_model(), &RuntimeOptions::default()).unwrap();
+    let (content, style) = images();
+    let mean = |p: &Planar| -> [f64; 3] {
+        let n = p.width * p.height;
+        std::array::from_fn(|c| p.data[c * n..(c + 1) * n].iter().map(|v| *v as f64).sum::<f64>() / n as f64)
+    };
+    let dist = |a: [f64; 3], b: [f64; 3]| (0..3).map(|c| (a[c] - b[c]).powi(2)).sum::<f64>().sqrt();
+    let target = mean(&style);
+    let mut got = Vec::new();
+    for palette in [Palette::Style, Palette::Content] {
+        let mut opts = StylizeOptions::new(Weights::defaults(&model.manifest));
+        opts.image_size = 64;
+        opts.scales = vec![64];
+        opts.iterations = 1;
+        opts.palette = palette;
+        let out = stylize(&mut model, &content, std::slice::from_ref(&style), &opts, &mut NoHooks).unwrap();
+        assert!(out.scales[0].first.term("content") < 1e-9, "{palette:?}: the start is the content term's target");
+        got.push(dist(mean(&out.image), target));
+    }
+    let photo = dist(mean(&content), target);
+    assert!(
+        got[0] < 0.02 && got[0] < 0.2 * photo,
+        "style palette: {} from the style's mean colour (photo {photo})",
+        got[0]
+    );
+    assert!(got[1] > 0.5 * photo, "content palette: {} from the style's mean colour (photo {photo})", got[1]);
 }

@@ -13,6 +13,8 @@ use super::stylize::TransferArgs;
 use crate::imageio::{self, Limits, Planar};
 use crate::lab::pairs::{Pair, PAIRS};
 use crate::lab::quality::{measure, rank_transfer, Measures};
+use crate::transfer::color::{self, ColourSample};
+use crate::transfer::schedule::PALETTE_SIDE;
 use crate::transfer::{stylize, EvalRecord, Hooks};
 
 /// Targets of the quality bench (docs/quality.md): the painting's palette and texture, and enough of the scene's
@@ -73,6 +75,8 @@ struct Row {
     content: Measures,
     style: Measures,
     colour_transfer: Measures,
+    /// The content carried into the style's colours (`--palette style`'s starting point).
+    carried: Measures,
     meets: bool,
     snapshots: Vec<Snapshot>,
 }
@@ -115,7 +119,11 @@ fn meets(m: &Measures) -> bool {
 }
 
 fn selected(args: &QualityArgs) -> Vec<Pair> {
-    PAIRS.iter().filter(|p| args.pairs.is_empty() || args.pairs.iter().any(|f| p.name.contains(f.as_str()))).copied().collect()
+    PAIRS
+        .iter()
+        .filter(|p| args.pairs.is_empty() || args.pairs.iter().any(|f| p.name.contains(f.as_str())))
+        .copied()
+        .collect()
 }
 
 fn load(path: &str, limits: &Limits) -> Result<Planar> {
@@ -140,8 +148,8 @@ pub fn run(args: &QualityArgs) -> Result<()> {
     let mut model = args.model.load(&[])?;
     let mut rows = Vec::new();
     println!(
-        "{:<20} {:>5} {:>6} {:>7} | {:>7} {:>7} {:>9} {:>6} | photo: {:>5} {:>5} | colour transfer: {:>5} {:>5}",
-        "pair", "size", "evals", "time s", "palette", "texture", "structure", "layout", "pal", "tex", "tex", "struct"
+        "{:<20} {:>5} {:>6} {:>7} | {:>7} {:>7} {:>9} {:>6} | photo: {:>5} | carried: {:>5} {:>5} {:>5}",
+        "pair", "size", "evals", "time s", "palette", "texture", "structure", "layout", "pal", "pal", "tex", "str"
     );
     for &size in &args.sizes {
         let mut sheet = Vec::new();
@@ -169,7 +177,8 @@ pub fn run(args: &QualityArgs) -> Result<()> {
             let (img, evaluations, loss) = match &args.measure {
                 Some(dir) => {
                     let path = dir.join(format!("{}_{size}.png", p.name));
-                    let img = imageio::load_path(&path, &limits).with_context(|| format!("--measure: {}", path.display()))?;
+                    let img =
+                        imageio::load_path(&path, &limits).with_context(|| format!("--measure: {}", path.display()))?;
                     (img, 0, f64::NAN)
                 }
                 None => {
@@ -193,12 +202,17 @@ pub fn run(args: &QualityArgs) -> Result<()> {
                 content: measure(&content_s, &content_s, &style),
                 style: measure(&style.resize(img.width, img.height), &content_s, &style),
                 colour_transfer: measure(&rank_transfer(&content_s, &style), &content_s, &style),
+                carried: {
+                    let sample = ColourSample::of(std::slice::from_ref(&style), &[], PALETTE_SIDE);
+                    let carried = sample.map(|s| color::carry(&content_s, &s)).unwrap_or_else(|| content_s.clone());
+                    measure(&carried, &content_s, &style)
+                },
                 meets: meets(&result),
                 snapshots: probe.snapshots,
             };
             println!(
-                "{:<20} {:>5} {:>6} {:>7.1} | {:>7.2} {:>7.3} {:>9.3} {:>6.3} | photo: {:>5.2} {:>5.2} | colour \
-                 transfer: {:>5.2} {:>5.2}{}",
+                "{:<20} {:>5} {:>6} {:>7.1} | {:>7.2} {:>7.3} {:>9.3} {:>6.3} | photo: {:>5.2} | carried: {:>5.2} \
+                 {:>5.2} {:>5.2}{}",
                 row.pair,
                 size,
                 row.evaluations,
@@ -208,9 +222,9 @@ pub fn run(args: &QualityArgs) -> Result<()> {
                 result.structure,
                 result.layout,
                 row.content.palette,
-                row.content.texture,
-                row.colour_transfer.texture,
-                row.colour_transfer.structure,
+                row.carried.palette,
+                row.carried.texture,
+                row.carried.structure,
                 if row.meets { "" } else { "  (misses)" }
             );
             let path = args.out.join(format!("{}_{size}.png", p.name));

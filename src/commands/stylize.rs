@@ -104,9 +104,12 @@ pub struct TransferArgs {
     /// Coarse-to-fine scales (longest side), e.g. 128,256,512; default: 128 doubling up to --image-size.
     #[arg(long, value_delimiter = ',')]
     pub scales: Vec<usize>,
-    /// Iterations per scale.
+    /// Iterations at the coarsest scale (each finer scale: --taper times the previous one's).
     #[arg(long, default_value_t = 200)]
     pub iterations: usize,
+    /// Iterations of each scale over the next coarser one's (1: every scale --iterations).
+    #[arg(long, default_value_t = 1.0)]
+    pub taper: f32,
     /// Early stop: relative loss decrease over --tol-window iterations below this (0 disables).
     #[arg(long, default_value_t = 1e-2)]
     pub tol: f64,
@@ -207,6 +210,7 @@ impl TransferArgs {
         o.image_size = self.image_size;
         o.scales = self.scales.clone();
         o.iterations = self.iterations;
+        o.taper = crate::transfer::schedule::check_taper(self.taper).context("--taper")?;
         o.tol = self.tol;
         o.tol_window = self.tol_window;
         o.hist_every = self.hist_every;

@@ -320,9 +320,12 @@ pub struct StyleConfig {
     /// Coarse-to-fine scales; default 128 doubling to image_size.
     #[serde(default)]
     pub scales: Vec<usize>,
-    /// Iteration budget per scale.
+    /// Iteration budget of the coarsest scale.
     #[serde(default = "default_iterations")]
     pub iterations: usize,
+    /// Iterations of each scale over the next coarser one's (1: every scale `iterations`).
+    #[serde(default = "default_taper")]
+    pub taper: f32,
     #[serde(default = "default_tol")]
     pub tol: f64,
     #[serde(default = "default_window")]
@@ -386,6 +389,9 @@ pub const STYLE_ITERATIONS: usize = 100;
 
 fn default_iterations() -> usize {
     STYLE_ITERATIONS
+}
+fn default_taper() -> f32 {
+    1.0
 }
 fn default_tol() -> f64 {
     1e-2
@@ -529,6 +535,7 @@ impl Config {
             if s.image_size < 16 || s.iterations == 0 {
                 bail!("style {name}: image_size must be >= 16 and iterations >= 1");
             }
+            crate::transfer::schedule::check_taper(s.taper).with_context(|| format!("style {name}: taper"))?;
             if !(s.temporal_weight.is_finite() && s.temporal_weight >= 0.0) {
                 bail!("style {name}: temporal_weight must be a non-negative number, got {}", s.temporal_weight);
             }

@@ -85,6 +85,8 @@ impl Style {
             o.scales = s.scales.iter().copied().filter(|v| *v < size).chain(std::iter::once(size)).collect();
         }
         o.iterations = s.iterations;
+        o.taper =
+            crate::transfer::schedule::check_taper(s.taper).with_context(|| format!("style {}: taper", self.name))?;
         o.tol = s.tol;
         o.tol_window = s.tol_window;
         o.hist_every = s.hist_every;
@@ -133,8 +135,12 @@ impl StyleSource for Style {
         Ok(t)
     }
 
-    fn colours(&self) -> Option<crate::transfer::color::ColourStats> {
-        crate::transfer::schedule::blended_colours(&self.images, &self.config.blend_weights)
+    fn colours(&self) -> Option<crate::transfer::color::ColourSample> {
+        crate::transfer::color::ColourSample::of(
+            &self.images,
+            &self.config.blend_weights,
+            crate::transfer::schedule::PALETTE_SIDE,
+        )
     }
 }
 

@@ -205,7 +205,9 @@ fn luminance_at(img: &Planar, side: usize) -> (usize, usize, Vec<f32>) {
 
 /// Gradient magnitude (Sobel) of a plane after a 3×3 binomial blur; borders replicate.
 fn gradient(w: usize, h: usize, v: &[f32]) -> Vec<f32> {
-    let at = |p: &[f32], x: isize, y: isize| p[(y.clamp(0, h as isize - 1) as usize) * w + x.clamp(0, w as isize - 1) as usize];
+    let at = |p: &[f32], x: isize, y: isize| {
+        p[(y.clamp(0, h as isize - 1) as usize) * w + x.clamp(0, w as isize - 1) as usize]
+    };
     let mut b = vec![0.0f32; w * h];
     for y in 0..h as isize {
         for x in 0..w as isize {
@@ -354,7 +356,10 @@ mod tests {
         assert_eq!(rgb_to_lab(0.0, 0.0, 0.0), [0.0, 0.0, 0.0]);
         // sRGB red: L 53.24, a 80.09, b 67.20 (CIE 1976, D65)
         let red = rgb_to_lab(1.0, 0.0, 0.0);
-        assert!((red[0] - 53.24).abs() < 0.05 && (red[1] - 80.09).abs() < 0.1 && (red[2] - 67.20).abs() < 0.1, "{red:?}");
+        assert!(
+            (red[0] - 53.24).abs() < 0.05 && (red[1] - 80.09).abs() < 0.1 && (red[2] - 67.20).abs() < 0.1,
+            "{red:?}"
+        );
     }
 
     #[test]

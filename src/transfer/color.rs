@@ -1,8 +1,9 @@
 //! Colour handling: `--original-colors` keeps the content's chroma and takes only the luminance from the
 //! stylised image (BT.601 full-range YCbCr, as in Gatys et al.'s colour-preservation note); `--palette style`
-//! carries the content into the style's colours before the transfer (the linear Monge–Kantorovich map between the
-//! two RGB distributions' means and covariances), so that the content term no longer pulls the result back to the
-//! photo's colours and the optimisation starts with the painting's palette.
+//! carries the content into the style's colours before the transfer — the linear Monge–Kantorovich map between the
+//! two RGB distributions' means and covariances, then iterative distribution transfer (Pitié et al. 2005: 1-D
+//! quantile maps along rotated axes) for the rest of the distribution — so that the content term no longer pulls
+//! the result back to the photo's colours and the optimisation starts with the painting's palette.
 
 use crate::imageio::Planar;
 
@@ -155,10 +156,121 @@ fn spectral(m: &M3, eps: f64, f: impl Fn(f64) -> f64) -> M3 {
     std::array::from_fn(|i| std::array::from_fn(|j| (0..3).map(|k| v[i][k] * f(l[k].max(eps)) * v[j][k]).sum()))
 }
 
-/// The content carried into the colours `to`: x ↦ A (x − μc) + μs with A = Σc^−½ (Σc^½ Σs Σc^½)^½ Σc^−½, the
-/// linear map that moves the pixels least among those that give the content the target's mean and covariance
-/// (Pitié & Kokaram 2007). Clamped to [0, 1].
-pub fn carry(content: &Planar, to: &ColourStats) -> Planar {
+/// A sample of a palette's colours (RGB in [0, 1]): the pixels of the style images, blended by their weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColourSample {
+    pub pixels: Vec<[f32; 3]>,
+}
+
+impl ColourSample {
+    /// The pixels of `images` (each at most `side` px a side), image i drawn with weight `blend[i]` (empty: equal):
+    /// every image contributes the same number of samples times its weight.
+    pub fn of(images: &[Planar], blend: &[f32], side: usize) -> Option<ColourSample> {
+        let smalls: Vec<Planar> =
+            images.iter().map(|s| if s.width.max(s.height) > side { s.fit_longest(side) } else { s.clone() }).collect();
+        let per = smalls.iter().map(|s| s.width * s.height).min()?;
+        let total: f32 = (0..smalls.len()).map(|i| blend.get(i).copied().unwrap_or(1.0)).sum::<f32>().max(1e-12);
+        let mut pixels = Vec::new();
+        for (i, s) in smalls.iter().enumerate() {
+            let n = s.width * s.height;
+            let take = ((blend.get(i).copied().unwrap_or(1.0) / total) * (per * smalls.len()) as f32).round() as usize;
+            for k in 0..take {
+                // an even stride over the image's pixels
+                let j = (k * n / take.max(1)).min(n - 1);
+                pixels.push([s.data[j], s.data[n + j], s.data[2 * n + j]]);
+            }
+        }
+        (!pixels.is_empty()).then_some(ColourSample { pixels })
+    }
+
+    pub fn stats(&self) -> ColourStats {
+        let mut p = Planar::new(self.pixels.len(), 1);
+        let n = self.pixels.len();
+        for (i, v) in self.pixels.iter().enumerate() {
+            (0..3).for_each(|c| p.data[c * n + i] = v[c]);
+        }
+        ColourStats::of(&p)
+    }
+}
+
+/// Rounds of the iterative distribution transfer after the linear map.
+const IDT_ROUNDS: usize = 10;
+/// Quantiles of the 1-D maps (piecewise linear between them: a smooth, monotone map of each axis, so that equal
+/// colours stay equal and no grain appears).
+const IDT_QUANTILES: usize = 64;
+
+/// The content carried into the colours of `to`: first the linear map x ↦ A (x − μc) + μs with
+/// A = Σc^−½ (Σc^½ Σs Σc^½)^½ Σc^−½, which moves the pixels least among those that give the content the target's
+/// mean and covariance (Pitié & Kokaram 2007); then `IDT_ROUNDS` rounds of iterative distribution transfer (Pitié
+/// et al. 2005): along three rotated orthonormal axes, each coordinate mapped through the monotone map that gives
+/// it the target's 1-D distribution. A colour map: equal colours stay equal. Clamped to [0, 1].
+pub fn carry(content: &Planar, to: &ColourSample) -> Planar {
+    let mut out = carry_linear(content, &to.stats());
+    let n = out.width * out.height;
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(17);
+    for _ in 0..IDT_ROUNDS {
+        let r = random_rotation(&mut rng);
+        for axis in 0..3 {
+            let proj = |p: [f32; 3]| (0..3).map(|k| r[axis][k] * p[k] as f64).sum::<f64>();
+            let mut src: Vec<f64> = (0..n).map(|i| proj([out.data[i], out.data[n + i], out.data[2 * n + i]])).collect();
+            let mut dst: Vec<f64> = to.pixels.iter().map(|p| proj(*p)).collect();
+            let values = src.clone();
+            src.sort_unstable_by(f64::total_cmp);
+            dst.sort_unstable_by(f64::total_cmp);
+            let q = |s: &[f64], t: f64| s[((t * (s.len() - 1) as f64).round() as usize).min(s.len() - 1)];
+            let knots: Vec<(f64, f64)> = (0..=IDT_QUANTILES)
+                .map(|k| {
+                    let t = k as f64 / IDT_QUANTILES as f64;
+                    (q(&src, t), q(&dst, t))
+                })
+                .collect();
+            for (i, v) in values.iter().enumerate() {
+                let moved = piecewise(&knots, *v) - v;
+                for c in 0..3 {
+                    out.data[c * n + i] = (out.data[c * n + i] as f64 + moved * r[axis][c]).clamp(0.0, 1.0) as f32;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The piecewise-linear map through `knots` (x increasing; flat runs of x take the middle of their y).
+fn piecewise(knots: &[(f64, f64)], x: f64) -> f64 {
+    let i = knots.partition_point(|k| k.0 < x);
+    if i == 0 {
+        return knots[0].1 + (x - knots[0].0);
+    }
+    if i == knots.len() {
+        let l = knots[knots.len() - 1];
+        return l.1 + (x - l.0);
+    }
+    let (a, b) = (knots[i - 1], knots[i]);
+    if b.0 - a.0 < 1e-12 {
+        return 0.5 * (a.1 + b.1);
+    }
+    a.1 + (b.1 - a.1) * (x - a.0) / (b.0 - a.0)
+}
+
+/// A random rotation of RGB space (rows orthonormal): Gram–Schmidt on Gaussian vectors.
+fn random_rotation(rng: &mut rand_chacha::ChaCha8Rng) -> M3 {
+    use rand::Rng;
+    let mut m: M3 = std::array::from_fn(|_| std::array::from_fn(|_| rng.sample::<f64, _>(rand_distr::StandardNormal)));
+    for i in 0..3 {
+        for j in 0..i {
+            let d: f64 = (0..3).map(|k| m[i][k] * m[j][k]).sum();
+            for k in 0..3 {
+                m[i][k] -= d * m[j][k];
+            }
+        }
+        let norm = (0..3).map(|k| m[i][k] * m[i][k]).sum::<f64>().sqrt().max(1e-12);
+        (0..3).for_each(|k| m[i][k] /= norm);
+    }
+    m
+}
+
+/// The linear part of `carry`: the content given the mean and covariance `to`.
+pub fn carry_linear(content: &Planar, to: &ColourStats) -> Planar {
     let from = ColourStats::of(content);
     // a flat content (one colour) has no covariance to map: the floor keeps A finite
     let eps = 1e-6;
@@ -254,7 +366,7 @@ mod tests {
             (t.data[i], t.data[n + i], t.data[2 * n + i]) = (0.5 + 0.1 * v, 0.4 - 0.1 * u, 0.45 + 0.1 * u - 0.05 * v);
         }
         let target = ColourStats::of(&t);
-        let got = ColourStats::of(&carry(&c, &target));
+        let got = ColourStats::of(&carry_linear(&c, &target));
         for a in 0..3 {
             assert!((got.mean[a] - target.mean[a]).abs() < 1e-4, "mean {a}: {got:?} vs {target:?}");
             for b in 0..3 {
@@ -262,7 +374,7 @@ mod tests {
             }
         }
         // carrying an image into its own colours changes nothing
-        let same = carry(&c, &ColourStats::of(&c));
+        let same = carry_linear(&c, &ColourStats::of(&c));
         assert!(same.data.iter().zip(&c.data).all(|(x, y)| (x - y).abs() < 1e-4));
     }
 

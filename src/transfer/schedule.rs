@@ -56,8 +56,12 @@ pub struct StylizeOptions {
     pub image_size: usize,
     /// Longest side at each scale, increasing, the last = image_size. Empty: automatic (128, 256, … doubling).
     pub scales: Vec<usize>,
-    /// Iterations per scale (the last scale may use `final_iterations` if set).
+    /// Iterations at the coarsest scale; each finer scale gets `taper` times the previous one's.
     pub iterations: usize,
+    /// Iterations of a scale over those of the next coarser one (1: every scale the same). Below 1 the work goes
+    /// where it is cheap: the coarse scales form the picture, the fine ones only refine it (published large-image
+    /// schedules run ≈ 600/200/66/30 from coarse to fine, a taper of 1/3).
+    pub taper: f32,
     /// Early stop when the loss fell by less than `tol` (relative) over `tol_window` iterations; 0 disables.
     pub tol: f64,
     pub tol_window: usize,
@@ -99,6 +103,7 @@ impl StylizeOptions {
             image_size: 512,
             scales: Vec::new(),
             iterations: 200,
+            taper: 1.0,
             tol: 1e-2,
             tol_window: 10,
             weights,
@@ -119,10 +124,23 @@ impl StylizeOptions {
         }
     }
 
+    /// Iterations of the `index`-th scale actually run (0: the coarsest); at least 1.
+    pub fn iterations_at(&self, index: usize) -> usize {
+        ((self.iterations as f64 * (self.taper as f64).powi(index as i32)).round() as usize).max(1)
+    }
+
     /// The scales actually used: explicit ones, or 128 doubling up to image_size (one scale when image_size ≤ 128).
     pub fn resolved_scales(&self) -> Result<Vec<usize>> {
         scales_for(self.image_size, &self.scales)
     }
+}
+
+/// A taper as given (CLI or configuration): positive and at most 4.
+pub fn check_taper(t: f32) -> Result<f32> {
+    if !(t.is_finite() && t > 0.0 && t <= 4.0) {
+        bail!("the taper must be a number in (0, 4], got {t}");
+    }
+    Ok(t)
 }
 
 /// The scales for a `width`×`height` content, so that no scale's short side falls below the model's `min`: coarse
@@ -244,27 +262,13 @@ pub trait StyleSource {
     /// Blended style targets for a scale whose output has longest side `longest`.
     fn targets(&mut self, model: &mut Model, longest: usize) -> Result<StyleTargets>;
     /// The blended styles' colours (`Palette::Style`); None: the source cannot tell (the content keeps its own).
-    fn colours(&self) -> Option<color::ColourStats> {
+    fn colours(&self) -> Option<color::ColourSample> {
         None
     }
 }
 
-/// The colours of style images blended with `blend` (empty: equal weights).
-pub fn blended_colours(images: &[Planar], blend: &[f32]) -> Option<color::ColourStats> {
-    if images.is_empty() {
-        return None;
-    }
-    // colour statistics need no detail: at most 256 px a side keeps this cheap for big paintings
-    let parts: Vec<_> = images
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let small = if s.width.max(s.height) > 256 { s.fit_longest(256) } else { s.clone() };
-            (color::ColourStats::of(&small), blend.get(i).copied().unwrap_or(1.0) as f64)
-        })
-        .collect();
-    Some(color::ColourStats::mixture(&parts))
-}
+/// Side (px) of the style images whose pixels sample their palette: colours need no detail.
+pub const PALETTE_SIDE: usize = 128;
 
 /// Style images and their blend weights: targets computed from the images at every scale.
 pub struct StyleImages<'a> {
@@ -297,8 +301,8 @@ impl StyleSource for StyleImages<'_> {
         StyleTargets::blend(&per_style, &blend)
     }
 
-    fn colours(&self) -> Option<color::ColourStats> {
-        blended_colours(self.images, &self.blend)
+    fn colours(&self) -> Option<color::ColourSample> {
+        color::ColourSample::of(self.images, &self.blend, PALETTE_SIDE)
     }
 }
 
@@ -324,7 +328,7 @@ impl<S: StyleSource> StyleSource for CachedTargets<S> {
         Ok(t)
     }
 
-    fn colours(&self) -> Option<color::ColourStats> {
+    fn colours(&self) -> Option<color::ColourSample> {
         self.inner.colours()
     }
 }
@@ -495,7 +499,8 @@ pub fn stylize_with(
             let start_feats = model.features(&img.data, h, w)?;
             histmatch::update_targets(&model.manifest, &start_feats, &style, &mut inputs)?;
         }
-        hooks.scale_start(si, w, h, opts.iterations);
+        let iterations = opts.iterations_at(si);
+        hooks.scale_start(si, w, h, iterations);
         let mut early = EarlyStop::new(opts.tol_window.max(1), opts.tol);
         let use_early = opts.tol > 0.0;
         let is_last = si + 1 == scales.len();
@@ -546,8 +551,8 @@ pub fn stylize_with(
         let summary = match opts.optimizer {
             Optimizer::Lbfgs { history } => Lbfgs {
                 history: history.max(1),
-                max_iterations: opts.iterations,
-                max_evaluations: opts.max_evaluations.unwrap_or(opts.iterations + opts.iterations / 4 + 5),
+                max_iterations: iterations,
+                max_evaluations: opts.max_evaluations.unwrap_or(iterations + iterations / 4 + 5),
                 bounds: Some(Bounds::UNIT),
             }
             .minimize(&mut img.data, &mut eval, &mut on_iter)?,
@@ -556,7 +561,7 @@ pub fn stylize_with(
                 beta1: 0.9,
                 beta2: 0.999,
                 epsilon: 1e-8,
-                max_iterations: opts.iterations,
+                max_iterations: iterations,
                 bounds: Some(Bounds::UNIT),
             }
             .minimize(&mut img.data, &mut eval, &mut on_iter)?,
