@@ -132,7 +132,7 @@ fn load(path: &str, limits: &Limits) -> Result<Planar> {
         .map(|r| r.join(path))
         .find(|p| p.is_file())
         .with_context(|| format!("bench image {path} not found (run from the project's directory)"))?;
-    Ok(imageio::load_path(&p, limits).with_context(|| format!("loading {}", p.display()))?)
+    imageio::load_path(&p, limits).with_context(|| format!("loading {}", p.display()))
 }
 
 pub fn run(args: &QualityArgs) -> Result<()> {

@@ -87,8 +87,8 @@ fn lab(img: &Planar) -> Lab {
     let mut p = [vec![0.0; n], vec![0.0; n], vec![0.0; n]];
     for i in 0..n {
         let v = rgb_to_lab(img.data[i], img.data[n + i], img.data[2 * n + i]);
-        for c in 0..3 {
-            p[c][i] = v[c];
+        for (plane, value) in p.iter_mut().zip(v) {
+            plane[i] = value;
         }
     }
     Lab { w: img.width, h: img.height, p }

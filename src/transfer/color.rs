@@ -210,8 +210,8 @@ pub fn carry(content: &Planar, to: &ColourSample) -> Planar {
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(17);
     for _ in 0..IDT_ROUNDS {
         let r = random_rotation(&mut rng);
-        for axis in 0..3 {
-            let proj = |p: [f32; 3]| (0..3).map(|k| r[axis][k] * p[k] as f64).sum::<f64>();
+        for axis in &r {
+            let proj = |p: [f32; 3]| (0..3).map(|k| axis[k] * p[k] as f64).sum::<f64>();
             let mut src: Vec<f64> = (0..n).map(|i| proj([out.data[i], out.data[n + i], out.data[2 * n + i]])).collect();
             let mut dst: Vec<f64> = to.pixels.iter().map(|p| proj(*p)).collect();
             let values = src.clone();
@@ -226,8 +226,8 @@ pub fn carry(content: &Planar, to: &ColourSample) -> Planar {
                 .collect();
             for (i, v) in values.iter().enumerate() {
                 let moved = piecewise(&knots, *v) - v;
-                for c in 0..3 {
-                    out.data[c * n + i] = (out.data[c * n + i] as f64 + moved * r[axis][c]).clamp(0.0, 1.0) as f32;
+                for (c, a) in axis.iter().enumerate() {
+                    out.data[c * n + i] = (out.data[c * n + i] as f64 + moved * a).clamp(0.0, 1.0) as f32;
                 }
             }
         }
