@@ -253,6 +253,7 @@ fn piecewise(knots: &[(f64, f64)], x: f64) -> f64 {
 }
 
 /// A random rotation of RGB space (rows orthonormal): Gram–Schmidt on Gaussian vectors.
+#[allow(clippy::needless_range_loop)] // 3×3 algebra reads as index loops
 fn random_rotation(rng: &mut rand_chacha::ChaCha8Rng) -> M3 {
     use rand::Rng;
     let mut m: M3 = std::array::from_fn(|_| std::array::from_fn(|_| rng.sample::<f64, _>(rand_distr::StandardNormal)));
@@ -270,6 +271,7 @@ fn random_rotation(rng: &mut rand_chacha::ChaCha8Rng) -> M3 {
 }
 
 /// The linear part of `carry`: the content given the mean and covariance `to`.
+#[allow(clippy::needless_range_loop)] // 3×3 algebra reads as index loops
 pub fn carry_linear(content: &Planar, to: &ColourStats) -> Planar {
     let from = ColourStats::of(content);
     // a flat content (one colour) has no covariance to map: the floor keeps A finite
