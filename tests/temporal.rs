@@ -217,6 +217,8 @@ fn real_weights_partly_changed_frames_cost_less_and_flicker_less() {
     let mut opts = StylizeOptions::new(Weights::defaults(&model.manifest));
     opts.image_size = 96;
     opts.iterations = 100;
+    // what the daemon and frame sequences use
+    opts.palette = fuchun::transfer::temporal::STREAM_PALETTE;
     let on = StreamSettings::new(DEFAULT_TEMPORAL_WEIGHT);
     let off = StreamSettings { enabled: false, ..on };
     let a = run_pass(&mut model, &f, &style, &opts, &on).unwrap();

@@ -36,9 +36,11 @@ DEFAULT_TERM_WEIGHTS = {"content": 3.0, "style": 0.1, "shift": 0.05, "hist": 10.
 
 
 def default_layer_weights(weights, cfg):
-    """Per-layer weights: each term is the plain average over its layers (1/L each), content layers 1 each."""
+    """Per-layer weights: each term is the plain average over its layers (1/L each); the content layers' as configured,
+    normalised to sum 1."""
+    total = float(sum(cfg.content_weights))
     return {
-        "content": [1.0] * len(cfg.content_layers),
+        "content": [float(w) / total for w in cfg.content_weights],
         "style": [1.0 / len(cfg.style_layers)] * len(cfg.style_layers),
         "shift": [1.0 / max(1, len(cfg.shift_layers))] * len(cfg.shift_layers),
         "hist": [1.0 / max(1, len(cfg.hist_layers))] * len(cfg.hist_layers),
@@ -309,6 +311,19 @@ def parse_layers(text):
     return [s.strip() for s in text.split(",") if s.strip()]
 
 
+def parse_weighted(text, what):
+    """LAYER[:W],… -> (names, weights); a layer without a weight gets 1."""
+    names, weights = [], []
+    for item in parse_layers(text):
+        name, _, w = item.partition(":")
+        try:
+            weights.append(float(w) if w else 1.0)
+        except ValueError:
+            raise ConfigError(f"--{what}: weight {w!r} of {name} is not a number") from None
+        names.append(name.strip())
+    return names, weights
+
+
 def parse_shift(text):
     out = {}
     for item in parse_layers(text):
@@ -332,7 +347,8 @@ def main(argv=None):
     p.add_argument("--width-divisor", type=int, default=1, help="shrink channels for --weights random (tests)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--pooling", default="max", choices=["max", "avg"])
-    p.add_argument("--content-layers", default="relu4_2")
+    p.add_argument("--content-layers", default="relu2_1:0.3,relu3_1,relu4_2",
+                   help="LAYER[:WEIGHT] list; the weights (default 1) are the model's default content layer weights")
     p.add_argument("--style-layers", default="relu1_1,relu2_1,relu3_1,relu4_1,relu5_1")
     p.add_argument("--shift-layers", default="relu2_1:8,relu3_1:4,relu4_1:2",
                    help="LAYER:DELTA list for the long-range term (delta in feature pixels); '' disables it")
@@ -353,8 +369,9 @@ def main(argv=None):
             w = random_weights(a.arch, a.seed, a.width_divisor)
         else:
             raise WeightsError(f"unknown weight source {kind!r}: use hed, keras-h5 PATH, npz PATH or random")
-        cfg = LossConfig(parse_layers(a.content_layers), parse_layers(a.style_layers), parse_shift(a.shift_layers),
-                         parse_layers(a.hist_layers), a.quantiles, a.pooling)
+        content, content_weights = parse_weighted(a.content_layers, "content-layers")
+        cfg = LossConfig(content, parse_layers(a.style_layers), parse_shift(a.shift_layers),
+                         parse_layers(a.hist_layers), a.quantiles, a.pooling, content_weights=content_weights)
         export(w, cfg, a.out, surgery=not a.keep_conv_transpose)
     except (WeightsError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)

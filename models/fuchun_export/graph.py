@@ -53,21 +53,40 @@ def layer_info(arch, weights: Weights, name):
     return weights.kernels["conv" + name[4:]].shape[0], 2 ** (b - 1)
 
 
+DEFAULT_CONTENT_LAYERS = ["relu2_1", "relu3_1", "relu4_2"]
+DEFAULT_CONTENT_WEIGHTS = [0.3, 1.0, 1.0]
+
+
 @dataclass
 class LossConfig:
-    content_layers: list = field(default_factory=lambda: ["relu4_2"])
+    # Content layers and their default weights (normalised to sum 1 in the manifest). The shallow layers hold the
+    # scene's structures (edges, windows, a face's features) that relu4_2 alone lets the style paint over; relu2_1
+    # at a lower weight, so that the strokes of the painting still replace the photo's fine texture
+    # (docs/quality.md, the front of settings tried).
+    content_layers: list = field(default_factory=lambda: list(DEFAULT_CONTENT_LAYERS))
     style_layers: list = field(default_factory=lambda: ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"])
     # Long-range consistency: layer -> shift in feature pixels. Default: 16 image pixels at every layer.
     shift_layers: dict = field(default_factory=lambda: {"relu2_1": 8, "relu3_1": 4, "relu4_1": 2})
     hist_layers: list = field(default_factory=lambda: ["relu1_1", "relu4_1"])
     quantiles: int = 256
     pooling: str = "max"
+    # None: DEFAULT_CONTENT_WEIGHTS for the default layers, 1 each for layers given without weights
+    content_weights: list = None
+
+    def __post_init__(self):
+        if self.content_weights is None:
+            default = list(self.content_layers) == DEFAULT_CONTENT_LAYERS
+            self.content_weights = list(DEFAULT_CONTENT_WEIGHTS) if default else [1.0] * len(self.content_layers)
 
     def validate(self, arch, weights):
         if self.pooling not in ("max", "avg"):
             raise ConfigError(f"unknown pooling {self.pooling!r}: use max or avg")
         if not self.content_layers or not self.style_layers:
             raise ConfigError("at least one content layer and one style layer are needed")
+        if len(self.content_weights) != len(self.content_layers) or not all(w >= 0 for w in self.content_weights) \
+                or sum(self.content_weights) <= 0:
+            raise ConfigError(f"content layer weights {self.content_weights} must be one non-negative number per "
+                              f"content layer {self.content_layers}, not all 0")
         for name in self.all_layers():
             layer_info(arch, weights, name)
         for name, d in self.shift_layers.items():

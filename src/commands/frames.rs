@@ -94,7 +94,8 @@ pub fn run(args: &StylizeArgs) -> Result<()> {
     let first = imageio::load_path(&files[0], &limits).with_context(|| format!("frame {}", files[0].display()))?;
     let (styles, mut model) = super::stylize::load_styles_and_model(args, (first.width, first.height))?;
     drop(first);
-    let base = args.opts.options(&model.manifest, &limits)?;
+    let mut base = args.opts.options(&model.manifest, &limits)?;
+    base.palette = args.opts.palette.unwrap_or(crate::transfer::temporal::STREAM_PALETTE);
     let settings = args.stream_settings()?;
     std::fs::create_dir_all(&args.output).with_context(|| format!("creating {}", args.output.display()))?;
     let log_path = args.output.join("frames.jsonl");

@@ -160,6 +160,7 @@ pub fn run(args: &QualityArgs) -> Result<()> {
             opts.image_size = size;
             if args.profile == "daemon" {
                 opts.iterations = crate::daemon::config::STYLE_ITERATIONS;
+                opts.palette = args.opts.palette.unwrap_or(crate::transfer::temporal::STREAM_PALETTE);
             }
             let last_scale = opts.resolved_scales()?.len() - 1;
             let content_s = content.fit_longest(size);

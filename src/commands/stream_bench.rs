@@ -149,6 +149,7 @@ pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &Str
     opts.image_size = a.size;
     // a daemon style's default iteration budget per scale (`[styles.NAME] iterations`)
     opts.iterations = a.iterations;
+    opts.palette = temporal::STREAM_PALETTE;
     let settings = StreamSettings::new(temporal::DEFAULT_TEMPORAL_WEIGHT);
     let off = StreamSettings { enabled: false, ..settings };
     let cut = spec.scene_change.unwrap_or(0);

@@ -179,8 +179,9 @@ pub struct TransferArgs {
     pub original_colors: bool,
     /// The content's colours during the transfer: style (carried into the painting's colours first, so that
     /// the scene is kept in the painting's palette) or content (the photo's own; the style must repaint them).
-    #[arg(long, default_value = "style", value_name = "style|content")]
-    pub palette: crate::transfer::Palette,
+    /// Default: style for a single image, content for a frame sequence (see `temporal::STREAM_PALETTE`).
+    #[arg(long, value_name = "style|content")]
+    pub palette: Option<crate::transfer::Palette>,
     /// Luminance-only transfer (Gatys et al. 2017): the style's luminance, matched to the content's mean and
     /// variance, is transferred onto the content's luminance; the result keeps the content's colours.
     #[arg(long)]
@@ -229,7 +230,7 @@ impl TransferArgs {
             _ => Optimizer::Lbfgs { history: self.lbfgs_history },
         };
         o.original_colors = self.original_colors;
-        o.palette = self.palette;
+        o.palette = self.palette.unwrap_or(crate::transfer::Palette::Style);
         o.luminance_only = self.luminance_only;
         o.seed = self.seed;
         o.resolved_scales()?;

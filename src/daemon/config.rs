@@ -352,9 +352,10 @@ pub struct StyleConfig {
     pub layer_norm: bool,
     #[serde(default)]
     pub original_colors: bool,
-    /// The content's colours during the transfer: "style" (carried into the painting's first) or "content".
-    #[serde(default = "style_palette", deserialize_with = "palette")]
-    pub palette: crate::transfer::Palette,
+    /// The content's colours during the transfer: "style" (carried into the painting's first) or "content"
+    /// (default for camera frames: `transfer::temporal::STREAM_PALETTE`).
+    #[serde(default, deserialize_with = "palette")]
+    pub palette: Option<crate::transfer::Palette>,
     /// Camera streams: weight of the temporal term holding a frame's unchanged parts to the previous result
     /// (0: frames still start from the previous result, but nothing holds them to it).
     #[serde(default = "default_temporal_weight")]
@@ -368,12 +369,9 @@ fn default_temporal_weight() -> f32 {
 fn default_hist_every() -> usize {
     crate::transfer::schedule::DEFAULT_HIST_EVERY
 }
-fn style_palette() -> crate::transfer::Palette {
-    crate::transfer::Palette::Style
-}
-fn palette<'de, D: serde::Deserializer<'de>>(d: D) -> Result<crate::transfer::Palette, D::Error> {
+fn palette<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<crate::transfer::Palette>, D::Error> {
     let s = String::deserialize(d)?;
-    s.parse().map_err(serde::de::Error::custom)
+    s.parse().map(Some).map_err(serde::de::Error::custom)
 }
 fn yes() -> bool {
     true

@@ -93,7 +93,7 @@ impl Style {
         o.style_blend = s.blend_weights.clone();
         o.style_scale = s.style_scale;
         o.original_colors = s.original_colors;
-        o.palette = s.palette;
+        o.palette = s.palette.unwrap_or(crate::transfer::temporal::STREAM_PALETTE);
         Ok(o)
     }
 

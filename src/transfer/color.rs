@@ -199,40 +199,95 @@ const IDT_ROUNDS: usize = 10;
 /// colours stay equal and no grain appears).
 const IDT_QUANTILES: usize = 64;
 
-/// The content carried into the colours of `to`: first the linear map x ↦ A (x − μc) + μs with
-/// A = Σc^−½ (Σc^½ Σs Σc^½)^½ Σc^−½, which moves the pixels least among those that give the content the target's
-/// mean and covariance (Pitié & Kokaram 2007); then `IDT_ROUNDS` rounds of iterative distribution transfer (Pitié
-/// et al. 2005): along three rotated orthonormal axes, each coordinate mapped through the monotone map that gives
-/// it the target's 1-D distribution. A colour map: equal colours stay equal. Clamped to [0, 1].
-pub fn carry(content: &Planar, to: &ColourSample) -> Planar {
-    let mut out = carry_linear(content, &to.stats());
+/// A colour map fitted once and applied to any image: the content carried into a palette (`ColourMap::fit`).
+/// Camera streams keep their cold frame's map for the frames after it, so that every frame is carried alike and
+/// what did not change stays the same colour.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColourMap {
+    /// x ↦ a (x − from) + to
+    a: M3,
+    from: [f64; 3],
+    to: [f64; 3],
+    /// Each round of the distribution transfer: a rotation (rows: axes) and the 1-D map along each axis.
+    rounds: Vec<(M3, [Vec<(f64, f64)>; 3])>,
+}
+
+impl ColourMap {
+    /// The map that carries `content` into the colours of `to`: first the linear map x ↦ A (x − μc) + μs with
+    /// A = Σc^−½ (Σc^½ Σs Σc^½)^½ Σc^−½, which moves the pixels least among those that give the content the
+    /// target's mean and covariance (Pitié & Kokaram 2007); then `IDT_ROUNDS` rounds of iterative distribution
+    /// transfer (Pitié et al. 2005): along three rotated orthonormal axes, each coordinate mapped through the
+    /// monotone map that gives it the target's 1-D distribution. Returns the map and `content` carried by it.
+    pub fn fit(content: &Planar, to: &ColourSample) -> (ColourMap, Planar) {
+        let (a, from, target) = linear_map(&ColourStats::of(content), &to.stats());
+        let mut map = ColourMap { a, from, to: target, rounds: Vec::with_capacity(IDT_ROUNDS) };
+        let mut out = map.apply_linear(content);
+        let n = out.width * out.height;
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(17);
+        for _ in 0..IDT_ROUNDS {
+            let r = random_rotation(&mut rng);
+            let knots: [Vec<(f64, f64)>; 3] = std::array::from_fn(|axis| {
+                let proj = |p: [f32; 3]| (0..3).map(|k| r[axis][k] * p[k] as f64).sum::<f64>();
+                let mut src: Vec<f64> =
+                    (0..n).map(|i| proj([out.data[i], out.data[n + i], out.data[2 * n + i]])).collect();
+                let mut dst: Vec<f64> = to.pixels.iter().map(|p| proj(*p)).collect();
+                src.sort_unstable_by(f64::total_cmp);
+                dst.sort_unstable_by(f64::total_cmp);
+                let q = |s: &[f64], t: f64| s[((t * (s.len() - 1) as f64).round() as usize).min(s.len() - 1)];
+                (0..=IDT_QUANTILES)
+                    .map(|k| {
+                        let t = k as f64 / IDT_QUANTILES as f64;
+                        (q(&src, t), q(&dst, t))
+                    })
+                    .collect()
+            });
+            apply_round(&mut out, &r, &knots);
+            map.rounds.push((r, knots));
+        }
+        (map, out)
+    }
+
+    /// `img` carried by the map (clamped to [0, 1]).
+    pub fn apply(&self, img: &Planar) -> Planar {
+        let mut out = self.apply_linear(img);
+        for (r, knots) in &self.rounds {
+            apply_round(&mut out, r, knots);
+        }
+        out
+    }
+
+    #[allow(clippy::needless_range_loop)] // 3×3 algebra reads as index loops
+    fn apply_linear(&self, img: &Planar) -> Planar {
+        let n = img.width * img.height;
+        let mut out = Planar::new(img.width, img.height);
+        for i in 0..n {
+            let d = [0, 1, 2].map(|c| img.data[c * n + i] as f64 - self.from[c]);
+            for r in 0..3 {
+                let v = self.to[r] + (0..3).map(|k| self.a[r][k] * d[k]).sum::<f64>();
+                out.data[r * n + i] = (v as f32).clamp(0.0, 1.0);
+            }
+        }
+        out
+    }
+}
+
+/// One round of the distribution transfer: each pixel moved along each rotated axis by its 1-D map.
+fn apply_round(out: &mut Planar, r: &M3, knots: &[Vec<(f64, f64)>; 3]) {
     let n = out.width * out.height;
-    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(17);
-    for _ in 0..IDT_ROUNDS {
-        let r = random_rotation(&mut rng);
-        for axis in &r {
-            let proj = |p: [f32; 3]| (0..3).map(|k| axis[k] * p[k] as f64).sum::<f64>();
-            let mut src: Vec<f64> = (0..n).map(|i| proj([out.data[i], out.data[n + i], out.data[2 * n + i]])).collect();
-            let mut dst: Vec<f64> = to.pixels.iter().map(|p| proj(*p)).collect();
-            let values = src.clone();
-            src.sort_unstable_by(f64::total_cmp);
-            dst.sort_unstable_by(f64::total_cmp);
-            let q = |s: &[f64], t: f64| s[((t * (s.len() - 1) as f64).round() as usize).min(s.len() - 1)];
-            let knots: Vec<(f64, f64)> = (0..=IDT_QUANTILES)
-                .map(|k| {
-                    let t = k as f64 / IDT_QUANTILES as f64;
-                    (q(&src, t), q(&dst, t))
-                })
-                .collect();
-            for (i, v) in values.iter().enumerate() {
-                let moved = piecewise(&knots, *v) - v;
-                for (c, a) in axis.iter().enumerate() {
-                    out.data[c * n + i] = (out.data[c * n + i] as f64 + moved * a).clamp(0.0, 1.0) as f32;
-                }
+    for (axis, k) in r.iter().zip(knots) {
+        for i in 0..n {
+            let v: f64 = (0..3).map(|c| axis[c] * out.data[c * n + i] as f64).sum();
+            let moved = piecewise(k, v) - v;
+            for (c, a) in axis.iter().enumerate() {
+                out.data[c * n + i] = (out.data[c * n + i] as f64 + moved * a).clamp(0.0, 1.0) as f32;
             }
         }
     }
-    out
+}
+
+/// The content carried into the colours of `to` (`ColourMap::fit`). A colour map: equal colours stay equal.
+pub fn carry(content: &Planar, to: &ColourSample) -> Planar {
+    ColourMap::fit(content, to).1
 }
 
 /// The piecewise-linear map through `knots` (x increasing; flat runs of x take the middle of their y).
@@ -270,26 +325,20 @@ fn random_rotation(rng: &mut rand_chacha::ChaCha8Rng) -> M3 {
     m
 }
 
-/// The linear part of `carry`: the content given the mean and covariance `to`.
-#[allow(clippy::needless_range_loop)] // 3×3 algebra reads as index loops
-pub fn carry_linear(content: &Planar, to: &ColourStats) -> Planar {
-    let from = ColourStats::of(content);
+/// The linear part of the colour map from `from` to `to`: (A, μ_from, μ_to).
+fn linear_map(from: &ColourStats, to: &ColourStats) -> (M3, [f64; 3], [f64; 3]) {
     // a flat content (one colour) has no covariance to map: the floor keeps A finite
     let eps = 1e-6;
     let c_half = spectral(&from.cov, eps, f64::sqrt);
     let c_inv_half = spectral(&from.cov, eps, |x| 1.0 / x.sqrt());
     let middle = spectral(&mul(&mul(&c_half, &to.cov), &c_half), 0.0, f64::sqrt);
-    let a = mul(&mul(&c_inv_half, &middle), &c_inv_half);
-    let n = content.width * content.height;
-    let mut out = Planar::new(content.width, content.height);
-    for i in 0..n {
-        let d = [0, 1, 2].map(|c| content.data[c * n + i] as f64 - from.mean[c]);
-        for r in 0..3 {
-            let v = to.mean[r] + (0..3).map(|k| a[r][k] * d[k]).sum::<f64>();
-            out.data[r * n + i] = (v as f32).clamp(0.0, 1.0);
-        }
-    }
-    out
+    (mul(&mul(&c_inv_half, &middle), &c_inv_half), from.mean, to.mean)
+}
+
+/// The content given the mean and covariance `to` by the linear part of the colour map alone.
+pub fn carry_linear(content: &Planar, to: &ColourStats) -> Planar {
+    let (a, from, to) = linear_map(&ColourStats::of(content), to);
+    ColourMap { a, from, to, rounds: Vec::new() }.apply_linear(content)
 }
 
 #[cfg(test)]

@@ -74,6 +74,9 @@ pub struct StylizeOptions {
     pub original_colors: bool,
     /// The content's colours for the transfer (ignored with `original_colors`, which keeps the content's).
     pub palette: Palette,
+    /// With `Palette::Style`: a colour map fitted before, used instead of fitting one to this content (a camera
+    /// stream's frames are carried by their cold frame's map, so that what did not change keeps its colour).
+    pub colour_map: Option<color::ColourMap>,
     /// Luminance-only transfer (Gatys et al. 2017): style and content as luminance, the style's matched to the
     /// content's mean and variance; the result keeps the content's colours. Applies to `stylize` (style images).
     pub luminance_only: bool,
@@ -113,6 +116,7 @@ impl StylizeOptions {
             optimizer: Optimizer::Lbfgs { history: 10 },
             original_colors: false,
             palette: Palette::Style,
+            colour_map: None,
             luminance_only: false,
             seed: 0,
             target_loss: None,
@@ -246,6 +250,8 @@ pub struct ScaleReport {
 pub struct Outcome {
     pub image: Planar,
     pub scales: Vec<ScaleReport>,
+    /// The colour map that carried the content into the style's colours (`Palette::Style`).
+    pub colour_map: Option<color::ColourMap>,
 }
 
 impl Outcome {
@@ -457,9 +463,16 @@ pub fn stylize_with(
     let scales = fit_scales(&opts.resolved_scales()?, content.width, content.height, model.manifest.min_size)?;
     let start = Instant::now();
     let original = content;
-    let carried = match (opts.palette, opts.original_colors, styles.colours()) {
-        (Palette::Style, false, Some(c)) => Some(color::carry(content, &c)),
-        _ => None,
+    let (colour_map, carried) = match (opts.palette, opts.original_colors, &opts.colour_map) {
+        (Palette::Style, false, Some(m)) => (Some(m.clone()), Some(m.apply(content))),
+        (Palette::Style, false, None) => match styles.colours() {
+            Some(sample) => {
+                let (m, c) = color::ColourMap::fit(content, &sample);
+                (Some(m), Some(c))
+            }
+            None => (None, None),
+        },
+        _ => (None, None),
     };
     let content = carried.as_ref().unwrap_or(content);
     let mut reports = Vec::new();
@@ -605,5 +618,5 @@ pub fn stylize_with(
     if opts.original_colors {
         image = color::original_colors(&image, original);
     }
-    Ok(Outcome { image, scales: reports })
+    Ok(Outcome { image, scales: reports, colour_map })
 }

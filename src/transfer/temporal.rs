@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::inputs::{TemporalInputs, TEMPORAL};
 use anyhow::Result;
 
-use super::schedule::{stylize_with, Hooks, Init, Outcome, StyleSource, StylizeOptions};
+use super::schedule::{stylize_with, Hooks, Init, Outcome, Palette, StyleSource, StylizeOptions};
 use crate::engine::Model;
 use crate::imageio::Planar;
 
@@ -284,6 +284,13 @@ pub const DEFAULT_MOTION_PX: usize = 16;
 /// Default evaluation budget of a frame started from the previous result (a cold 256 px frame takes 150–300).
 pub const DEFAULT_MAX_EVALUATIONS: usize = 60;
 
+/// The palette of camera streams and frame sequences unless one is given: the photo's own. Carried into the
+/// painting's colours, the frames' sensor noise is carried too (the colour map steepens where the painting's
+/// palette is spread wider than the frame's), so the content target of the unchanged pixels moves from frame to
+/// frame and a partly changed frame took 35–55 evaluations instead of 8–15 to come back to the cold run's loss
+/// (random-weight clip at 96 px, docs/quality.md); single images use `Palette::Style`.
+pub const STREAM_PALETTE: Palette = Palette::Content;
+
 /// Default weight of the temporal term (with the default, normalised term weights; docs/performance.md).
 pub const DEFAULT_TEMPORAL_WEIGHT: f32 = 200.0;
 
@@ -304,6 +311,8 @@ pub struct Previous {
     /// since the frame before (so not covered by something moving), and that frame's content (blurred luminance).
     pub plate: Planar,
     pub plate_content: Vec<f32>,
+    /// The colour map of the last cold run (`Palette::Style`): the frames after it are carried by it.
+    pub colour_map: Option<crate::transfer::color::ColourMap>,
 }
 
 impl Previous {
@@ -324,6 +333,7 @@ impl Previous {
             reference: self.reference,
             plate: planar(&self.plate),
             plate_content: shift_values(&self.plate_content, w, h, dx, dy, f32::INFINITY),
+            colour_map: self.colour_map.clone(),
         }
     }
 }
@@ -577,6 +587,9 @@ pub fn stylize_frame(
     let prev = moved.as_ref().or(usable);
     let (mut plan, held) = plan(prev.zip(mask), content, &cur, settings, &mut opts);
     plan.pan = pan.filter(|_| plan.start != Start::Cold);
+    if plan.start != Start::Cold {
+        opts.colour_map = prev.and_then(|p| p.colour_map.clone());
+    }
     let outcome = stylize_with(model, content, styles, &opts, hooks)?;
     let l = outcome.final_losses();
     let loss = l.total - opts.weights.terms[TEMPORAL] as f64 * l.terms[TEMPORAL];
@@ -601,6 +614,7 @@ pub fn stylize_frame(
                 plate,
                 plate_content,
                 content: cur,
+                colour_map: p.colour_map.clone(),
             }
         }
         _ => Previous {
@@ -611,6 +625,7 @@ pub fn stylize_frame(
             plate: outcome.image.clone(),
             plate_content: cur.clone(),
             content: cur,
+            colour_map: outcome.colour_map.clone(),
         },
     };
     Ok((outcome, plan, kept))
