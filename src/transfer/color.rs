@@ -199,6 +199,9 @@ const IDT_ROUNDS: usize = 10;
 /// colours stay equal and no grain appears).
 const IDT_QUANTILES: usize = 64;
 
+/// The 1-D maps of one round of the distribution transfer, one per rotated axis: knots (x, y), x increasing.
+type AxisMaps = [Vec<(f64, f64)>; 3];
+
 /// A colour map fitted once and applied to any image: the content carried into a palette (`ColourMap::fit`).
 /// Camera streams keep their cold frame's map for the frames after it, so that every frame is carried alike and
 /// what did not change stays the same colour.
@@ -209,7 +212,7 @@ pub struct ColourMap {
     from: [f64; 3],
     to: [f64; 3],
     /// Each round of the distribution transfer: a rotation (rows: axes) and the 1-D map along each axis.
-    rounds: Vec<(M3, [Vec<(f64, f64)>; 3])>,
+    rounds: Vec<(M3, AxisMaps)>,
 }
 
 impl ColourMap {
@@ -226,7 +229,7 @@ impl ColourMap {
         let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(17);
         for _ in 0..IDT_ROUNDS {
             let r = random_rotation(&mut rng);
-            let knots: [Vec<(f64, f64)>; 3] = std::array::from_fn(|axis| {
+            let knots: AxisMaps = std::array::from_fn(|axis| {
                 let proj = |p: [f32; 3]| (0..3).map(|k| r[axis][k] * p[k] as f64).sum::<f64>();
                 let mut src: Vec<f64> =
                     (0..n).map(|i| proj([out.data[i], out.data[n + i], out.data[2 * n + i]])).collect();
@@ -272,7 +275,7 @@ impl ColourMap {
 }
 
 /// One round of the distribution transfer: each pixel moved along each rotated axis by its 1-D map.
-fn apply_round(out: &mut Planar, r: &M3, knots: &[Vec<(f64, f64)>; 3]) {
+fn apply_round(out: &mut Planar, r: &M3, knots: &AxisMaps) {
     let n = out.width * out.height;
     for (axis, k) in r.iter().zip(knots) {
         for i in 0..n {
