@@ -17,12 +17,13 @@ TERMS = ("content", "style", "shift", "hist", "tv", "temporal")
 # Float16 safety (models/README.md, "Float16"). The Gram differences G - A of the style and shift terms reach ~1.4e4
 # with the hed weights, their squares 2e8, a layer's mean 4e5: each difference is scaled by 2^-3 / C (C^2 elements)
 # before squaring and summed, so those terms are computed as loss * 2^-6 inside the graph; the histogram term's
-# differences (up to ~180 at relu1_1) are halved before squaring (loss * 2^-2), the TV term's image differences
+# differences (up to ~180 at relu1_1) and the content term's (up to ~225 at relu2_1) are halved before squaring
+# (loss * 2^-2), the TV term's image differences
 # multiplied by 2^4 (loss * 2^8: most squared pixel differences are below 2^-14), and so are the temporal term's. The differentiated objective is
 # total * OBJECTIVE_SCALE (`total_scaled`), seeded with GRAD_SEED (export.py) so that fewer of the backward pass's
 # values fall below float16's normal range; the `total`, `loss_*` and `grad` outputs are unscaled by a few scalar
 # (and one [1,3,H,W]) operations named `fp32_*`, which must run in float32 (manifest: fp16.fp32_values).
-DIFF_SCALE = {"style": 2.0 ** -3, "shift": 2.0 ** -3, "hist": 2.0 ** -1, "tv": 2.0 ** 4, "temporal": 2.0 ** 4}
+DIFF_SCALE = {"content": 2.0 ** -1, "style": 2.0 ** -3, "shift": 2.0 ** -3, "hist": 2.0 ** -1, "tv": 2.0 ** 4, "temporal": 2.0 ** 4}
 OBJECTIVE_SCALE = 1.0
 
 
@@ -342,7 +343,7 @@ def build_loss(weights: Weights, cfg: LossConfig, dtype=np.float32):
     for layer in cfg.content_layers:
         c = info[layer][0]
         t = b.input(f"content_{layer}", [1, c, f"{layer}_h", f"{layer}_w"])
-        losses.append(_mse(b, feats[layer], t))
+        losses.append(_mse(b, feats[layer], t, DIFF_SCALE["content"]))
     w_content = b.input("content_layer_weights", [len(cfg.content_layers)])
     terms["content"] = _weighted_sum(b, losses, w_content, per_layer, "content")
 
