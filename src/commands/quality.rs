@@ -12,9 +12,7 @@ use super::common::ModelArgs;
 use super::stylize::TransferArgs;
 use crate::imageio::{self, Limits, Planar};
 use crate::lab::pairs::{Pair, PAIRS};
-use crate::lab::quality::{measure, rank_transfer, Measures};
-use crate::transfer::color::{self, ColourSample};
-use crate::transfer::schedule::PALETTE_SIDE;
+use crate::lab::quality::{colour_transfer, measure, Measures};
 use crate::transfer::{stylize, EvalRecord, Hooks};
 
 /// Targets of the quality bench (docs/quality.md): the painting's palette and texture, and enough of the scene's
@@ -70,13 +68,12 @@ struct Row {
     seconds: f64,
     loss: f64,
     result: Measures,
-    /// The same measures of the references: the content itself, the style, and the content carried into the
-    /// style's colours by rank (a plain colour transfer).
+    /// The same measures of the references: the content itself, the style (reshaped to the result's frame), and
+    /// the content carried into the style's colours by a colour map (a plain colour transfer; `--palette style`'s
+    /// starting point).
     content: Measures,
     style: Measures,
     colour_transfer: Measures,
-    /// The content carried into the style's colours (`--palette style`'s starting point).
-    carried: Measures,
     meets: bool,
     snapshots: Vec<Snapshot>,
 }
@@ -148,7 +145,7 @@ pub fn run(args: &QualityArgs) -> Result<()> {
     let mut model = args.model.load(&[])?;
     let mut rows = Vec::new();
     println!(
-        "{:<20} {:>5} {:>6} {:>7} | {:>7} {:>7} {:>9} {:>6} | photo: {:>5} | carried: {:>5} {:>5} {:>5}",
+        "{:<20} {:>5} {:>6} {:>7} | {:>7} {:>7} {:>9} {:>6} | photo: {:>5} | colour transfer: {:>5} {:>5} {:>5}",
         "pair", "size", "evals", "time s", "palette", "texture", "structure", "layout", "pal", "pal", "tex", "str"
     );
     for &size in &args.sizes {
@@ -202,17 +199,12 @@ pub fn run(args: &QualityArgs) -> Result<()> {
                 result,
                 content: measure(&content_s, &content_s, &style),
                 style: measure(&style.resize(img.width, img.height), &content_s, &style),
-                colour_transfer: measure(&rank_transfer(&content_s, &style), &content_s, &style),
-                carried: {
-                    let sample = ColourSample::of(std::slice::from_ref(&style), &[], PALETTE_SIDE);
-                    let carried = sample.map(|s| color::carry(&content_s, &s)).unwrap_or_else(|| content_s.clone());
-                    measure(&carried, &content_s, &style)
-                },
+                colour_transfer: measure(&colour_transfer(&content_s, &style), &content_s, &style),
                 meets: meets(&result),
                 snapshots: probe.snapshots,
             };
             println!(
-                "{:<20} {:>5} {:>6} {:>7.1} | {:>7.2} {:>7.3} {:>9.3} {:>6.3} | photo: {:>5.2} | carried: {:>5.2} \
+                "{:<20} {:>5} {:>6} {:>7.1} | {:>7.2} {:>7.3} {:>9.3} {:>6.3} | photo: {:>5.2} | colour transfer: {:>5.2} \
                  {:>5.2} {:>5.2}{}",
                 row.pair,
                 size,
@@ -223,9 +215,9 @@ pub fn run(args: &QualityArgs) -> Result<()> {
                 result.structure,
                 result.layout,
                 row.content.palette,
-                row.carried.palette,
-                row.carried.texture,
-                row.carried.structure,
+                row.colour_transfer.palette,
+                row.colour_transfer.texture,
+                row.colour_transfer.structure,
                 if row.meets { "" } else { "  (misses)" }
             );
             let path = args.out.join(format!("{}_{size}.png", p.name));

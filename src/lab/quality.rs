@@ -24,6 +24,8 @@ const TEXTURE_SCALES: [usize; 3] = [1, 2, 4];
 const DIRECTIONS: usize = 64;
 const QUANTILES: usize = 256;
 const MAX_PATCHES: usize = 6000;
+/// Patch contrast (RMS, Lab / 100) below which a patch counts as flat: its shape is not normalised up from noise.
+const CONTRAST_FLOOR: f32 = 0.02;
 
 /// The measures of one result against its content and style.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -31,7 +33,8 @@ pub struct Measures {
     /// Sliced Wasserstein-1 distance between the CIELAB pixel distributions of result and style (Lab units; 0: the
     /// style's palette).
     pub palette: f64,
-    /// Multi-scale 5×5-patch sliced Wasserstein distance to the style, relative to the content's own (1: not
+    /// Multi-scale 5×5-patch sliced Wasserstein distance to the style (patches contrast-normalised: their shape, which
+    /// a colour map keeps), relative to the content's own (1: not
     /// stylised; 0: the style's texture).
     pub texture: f64,
     /// Recall of the content's strong edges at the scene's scale, relative to the photo (1) and the style (0).
@@ -178,12 +181,17 @@ fn patches(l: &Lab, f: usize) -> Vec<f32> {
     for k in 0..take {
         let i = if take == positions { k } else { rng.random_range(0..positions) };
         let (x0, y0) = (i % (d.w - PATCH + 1), i / (d.w - PATCH + 1));
+        let start = out.len();
         for c in 0..3 {
             let vals: Vec<f32> =
                 (0..PATCH * PATCH).map(|j| d.p[c][(y0 + j / PATCH) * d.w + x0 + j % PATCH] / 100.0).collect();
             let mean = vals.iter().sum::<f32>() / vals.len() as f32;
             out.extend(vals.iter().map(|v| v - mean));
         }
+        // contrast-normalised: the patch's shape, not its amplitude, which a colour map changes
+        let p = &mut out[start..];
+        let rms = (p.iter().map(|v| v * v).sum::<f32>() / p.len() as f32).sqrt();
+        p.iter_mut().for_each(|v| *v /= rms + CONTRAST_FLOOR);
     }
     out
 }
@@ -274,6 +282,17 @@ fn structure(result: &Planar, content: &Planar, style: &Planar) -> f64 {
     (edge_recall(result, content) - chance) / (1.0 - chance).max(1e-9)
 }
 
+/// The content carried into the style's colours by a colour map alone (`transfer::color::carry`): the "plain colour
+/// transfer" that the bench and the measures' tests use as a known answer (the style's palette, the photo's
+/// structure, none of the painting's texture).
+pub fn colour_transfer(content: &Planar, style: &Planar) -> Planar {
+    use crate::transfer::color::{carry, ColourSample};
+    match ColourSample::of(std::slice::from_ref(style), &[], crate::transfer::schedule::PALETTE_SIDE) {
+        Some(sample) => carry(content, &sample),
+        None => content.clone(),
+    }
+}
+
 /// Pearson correlation of the luminance of `result` and `content` at 32 px (longest side).
 fn layout(result: &Planar, content: &Planar) -> f64 {
     let (_, _, a) = luminance_at(result, 32);
@@ -292,27 +311,6 @@ fn layout(result: &Planar, content: &Planar) -> f64 {
 
 fn result_shaped(content: &Planar, result: &Planar) -> Planar {
     content.resize(result.width, result.height)
-}
-
-/// The content carried into the style's colours by rank: the style's pixels (resized to the content's count) given
-/// to the content's pixels in the order of their luminance — exactly the style's palette, the content's light/dark
-/// order, none of the style's texture. The "plain colour transfer" that the measures' tests use as a known answer.
-pub fn rank_transfer(content: &Planar, style: &Planar) -> Planar {
-    let (w, h) = (content.width, content.height);
-    let n = w * h;
-    let s = style.resize(w, h);
-    let y = |p: &Planar, i: usize| 0.299 * p.data[i] + 0.587 * p.data[n + i] + 0.114 * p.data[2 * n + i];
-    let mut ci: Vec<usize> = (0..n).collect();
-    let mut si: Vec<usize> = (0..n).collect();
-    ci.sort_by(|&a, &b| y(content, a).total_cmp(&y(content, b)));
-    si.sort_by(|&a, &b| y(&s, a).total_cmp(&y(&s, b)));
-    let mut out = Planar::new(w, h);
-    for (&c, &t) in ci.iter().zip(&si) {
-        for k in 0..3 {
-            out.data[k * n + c] = s.data[k * n + t];
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -387,7 +385,7 @@ mod tests {
         assert!(s.structure.abs() < 1e-9 && s.texture < 0.35 && s.palette < 1.5, "{s:?}");
 
         // a plain colour transfer: the style's palette and the photo's structure, not the painting's texture
-        let t = measure(&rank_transfer(&content, &style), &content, &style);
+        let t = measure(&colour_transfer(&content, &style), &content, &style);
         assert!(t.palette < 1.0 && t.structure > 0.7 && t.layout > 0.9, "{t:?}");
         assert!(t.texture > 0.8, "a colour transfer must fail texture: {t:?}");
         // a blurred photo keeps its layout and palette, loses the edges' detail and the photo's texture
