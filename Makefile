@@ -10,7 +10,7 @@ TEST_MODEL := $(OUT)/test-random
 EXPORT := cd models && ../$(PY) -m fuchun_export
 CARGO ?= cargo
 
-.PHONY: all venv models test-models build demo test test-python test-rust lint soak bench peers bench-peers gpu-check clean
+.PHONY: all venv models test-models build demo test test-python test-rust lint soak bench bench-quality peers bench-peers gpu-check clean
 
 all: build models
 
@@ -69,6 +69,12 @@ soak: models test-models
 
 bench: models build
 	./target/release/fuchun bench
+
+# Quality bench: the 12 content/style pairs of src/lab/pairs.rs at 256 and 512 px with the CLI defaults, measured by
+# palette, texture and structure (docs/quality.md); results, contact sheets and quality.json in out/quality.
+# ≈ 1 hour on 2 cores; QUALITY_ARGS="--sizes 256 --profile daemon" for the daemon's per-style defaults.
+bench-quality: models build
+	./target/release/fuchun quality -o out/quality $(QUALITY_ARGS)
 
 # The PyTorch implementation of the same objective (bench/peers/, its own venv with torch, ~5 GB; not needed by
 # `make demo` or `make test`): installs it and runs its check of the exported loss and gradient against PyTorch.
