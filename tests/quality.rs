@@ -41,8 +41,9 @@ fn the_defaults_keep_the_painting_and_the_scene_on_the_readme_pair() {
     let row = &v["rows"][0];
     assert!(row["evaluations"].as_u64().unwrap() > 0, "{row}");
     let (palette, texture, structure) = (figure(&v, "palette"), figure(&v, "texture"), figure(&v, "structure"));
-    // bounds set with margin from the defaults' own figures at 128 px (docs/quality.md); the earlier defaults
-    // (--palette content) scored palette 5.3 and texture 0.80 here
+    // bounds set with margin from the defaults' own figures at 128 px (palette 0.92, texture 0.54, structure 0.84;
+    // docs/quality.md); the earlier defaults (relu4_2 alone, style side 1/3 of today's, the photo's palette) scored
+    // palette 6.24, texture 0.73 and structure 0.69 here, today's weights with the photo's palette 4.46 and 0.70
     assert!(palette <= PALETTE_BOUND, "the defaults lost the scroll's palette: {palette} (bound {PALETTE_BOUND})");
     assert!(texture <= TEXTURE_BOUND, "the defaults lost the scroll's texture: {texture} (bound {TEXTURE_BOUND})");
     assert!(structure >= STRUCTURE_BOUND, "the defaults lost the town: {structure} (bound {STRUCTURE_BOUND})");
@@ -57,9 +58,9 @@ fn the_defaults_keep_the_painting_and_the_scene_on_the_readme_pair() {
     assert!((figure(&m, "palette") - palette).abs() < 0.05 && (figure(&m, "texture") - texture).abs() < 0.02);
 }
 
-const PALETTE_BOUND: f64 = 2.5;
-const TEXTURE_BOUND: f64 = 0.6;
-const STRUCTURE_BOUND: f64 = 0.5;
+const PALETTE_BOUND: f64 = 2.0;
+const TEXTURE_BOUND: f64 = 0.62;
+const STRUCTURE_BOUND: f64 = 0.6;
 
 #[test]
 fn bad_bench_arguments_are_named() {
