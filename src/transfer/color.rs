@@ -409,15 +409,18 @@ mod tests {
 
     #[test]
     fn carried_content_takes_the_target_mean_and_covariance() {
-        // a content with correlated channels, a target with other correlations (both well inside [0, 1])
+        // a content with correlated channels, a target with other correlations (both well inside [0, 1], both of
+        // full rank: three independent components)
         let (w, h) = (40, 30);
         let n = w * h;
         let mut c = Planar::new(w, h);
         let mut t = Planar::new(w, h);
         for i in 0..n {
-            let (u, v) = ((i % 13) as f32 / 13.0, (i % 7) as f32 / 7.0);
-            (c.data[i], c.data[n + i], c.data[2 * n + i]) = (0.3 + 0.3 * u, 0.3 + 0.2 * u + 0.1 * v, 0.4 + 0.2 * v);
-            (t.data[i], t.data[n + i], t.data[2 * n + i]) = (0.5 + 0.1 * v, 0.4 - 0.1 * u, 0.45 + 0.1 * u - 0.05 * v);
+            let (u, v, z) = ((i % 13) as f32 / 13.0, (i % 7) as f32 / 7.0, (i % 5) as f32 / 5.0);
+            (c.data[i], c.data[n + i], c.data[2 * n + i]) =
+                (0.3 + 0.3 * u, 0.3 + 0.2 * u + 0.1 * v, 0.4 + 0.2 * v + 0.1 * z);
+            (t.data[i], t.data[n + i], t.data[2 * n + i]) =
+                (0.5 + 0.1 * v + 0.05 * z, 0.4 - 0.1 * u, 0.45 + 0.1 * u - 0.05 * v);
         }
         let target = ColourStats::of(&t);
         let got = ColourStats::of(&carry_linear(&c, &target));
@@ -440,5 +443,44 @@ mod tests {
         let m = ColourStats::mixture(&[(s, 2.0)]);
         assert!((0..3).all(|a| (m.mean[a] - s.mean[a]).abs() < 1e-12));
         assert!((0..3).all(|a| (0..3).all(|b| (m.cov[a][b] - s.cov[a][b]).abs() < 1e-12)));
+    }
+
+    #[test]
+    fn the_distribution_transfer_takes_the_target_colours_and_the_map_can_be_reused() {
+        // a bimodal target (two colours) that no linear map reaches from a smooth ramp
+        let (w, h) = (64, 32);
+        let n = w * h;
+        let mut c = Planar::new(w, h);
+        let mut t = Planar::new(w, h);
+        for i in 0..n {
+            let u = (i % w) as f32 / w as f32;
+            (c.data[i], c.data[n + i], c.data[2 * n + i]) = (0.2 + 0.6 * u, 0.3 + 0.4 * u, 0.5);
+            let (r, g, b) = if (i / w) % 2 == 0 { (0.9, 0.8, 0.2) } else { (0.1, 0.2, 0.6) };
+            (t.data[i], t.data[n + i], t.data[2 * n + i]) = (r, g, b);
+        }
+        let sample = ColourSample::of(std::slice::from_ref(&t), &[], 256).unwrap();
+        let (map, carried) = ColourMap::fit(&c, &sample);
+        // the share of pixels within 0.1 of one of the two target colours: the linear map spreads them along a
+        // line between the two, the distribution transfer gathers them
+        let near = |p: &Planar| {
+            (0..n)
+                .filter(|&i| {
+                    let px = [p.data[i], p.data[n + i], p.data[2 * n + i]];
+                    [[0.9, 0.8, 0.2], [0.1, 0.2, 0.6]]
+                        .iter()
+                        .any(|q: &[f32; 3]| (0..3).map(|k| (px[k] - q[k]).powi(2)).sum::<f32>().sqrt() < 0.1)
+                })
+                .count() as f64
+                / n as f64
+        };
+        let linear = carry_linear(&c, &sample.stats());
+        assert!(
+            near(&carried) > 0.8 && near(&carried) > near(&linear) + 0.3,
+            "{} vs {}",
+            near(&carried),
+            near(&linear)
+        );
+        // the fitted map applied again gives the same image: a stream's frames can share it
+        assert_eq!(map.apply(&c).data, carried.data);
     }
 }
