@@ -16,10 +16,11 @@ use crate::lab::quality::{colour_transfer, measure, Measures};
 use crate::transfer::{stylize, EvalRecord, Hooks};
 
 /// Targets of the quality bench (docs/quality.md): the painting's palette and texture, and enough of the scene's
-/// structure to recognise it.
+/// structure to recognise it (0.6: the lowest of the bench pairs in which the scene is recognisable by eye at 256 px,
+/// Chelsea + Starry Night, 0.65).
 pub const PALETTE_TARGET: f64 = 1.5;
 pub const TEXTURE_TARGET: f64 = 0.2;
-pub const STRUCTURE_TARGET: f64 = 0.3;
+pub const STRUCTURE_TARGET: f64 = 0.6;
 
 #[derive(Debug, Clone, Args)]
 pub struct QualityArgs {
