@@ -293,10 +293,10 @@ pub fn colour_transfer(content: &Planar, style: &Planar) -> Planar {
     }
 }
 
-/// Pearson correlation of the luminance of `result` and `content` at 32 px (longest side).
+/// Pearson correlation of the luminance of `result` and `content` (of the same shape) at 32 px (longest side).
 fn layout(result: &Planar, content: &Planar) -> f64 {
     let (_, _, a) = luminance_at(result, 32);
-    let (_, _, b) = luminance_at(&result_shaped(content, result), 32);
+    let (_, _, b) = luminance_at(content, 32);
     let n = a.len().min(b.len()) as f64;
     let (ma, mb) = (a.iter().sum::<f32>() as f64 / n, b.iter().sum::<f32>() as f64 / n);
     let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
@@ -307,10 +307,6 @@ fn layout(result: &Planar, content: &Planar) -> f64 {
         sbb += dy * dy;
     }
     sab / (saa * sbb).sqrt().max(1e-12)
-}
-
-fn result_shaped(content: &Planar, result: &Planar) -> Planar {
-    content.resize(result.width, result.height)
 }
 
 #[cfg(test)]

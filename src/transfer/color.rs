@@ -94,24 +94,6 @@ impl ColourStats {
         }
         ColourStats { mean, cov }
     }
-
-    /// The statistics of a mixture: each part's pixels drawn with its weight (weights normalised).
-    pub fn mixture(parts: &[(ColourStats, f64)]) -> ColourStats {
-        let total: f64 = parts.iter().map(|p| p.1).sum::<f64>().max(1e-12);
-        let mut mean = [0.0; 3];
-        for (s, w) in parts {
-            (0..3).for_each(|c| mean[c] += w / total * s.mean[c]);
-        }
-        let mut cov = [[0.0; 3]; 3];
-        for (s, w) in parts {
-            for a in 0..3 {
-                for b in 0..3 {
-                    cov[a][b] += w / total * (s.cov[a][b] + (s.mean[a] - mean[a]) * (s.mean[b] - mean[b]));
-                }
-            }
-        }
-        ColourStats { mean, cov }
-    }
 }
 
 type M3 = [[f64; 3]; 3];
@@ -433,16 +415,6 @@ mod tests {
         // carrying an image into its own colours changes nothing
         let same = carry_linear(&c, &ColourStats::of(&c));
         assert!(same.data.iter().zip(&c.data).all(|(x, y)| (x - y).abs() < 1e-4));
-    }
-
-    #[test]
-    fn mixture_of_one_part_is_the_part() {
-        let mut p = Planar::new(8, 8);
-        p.data.iter_mut().enumerate().for_each(|(i, v)| *v = (i % 11) as f32 / 11.0);
-        let s = ColourStats::of(&p);
-        let m = ColourStats::mixture(&[(s, 2.0)]);
-        assert!((0..3).all(|a| (m.mean[a] - s.mean[a]).abs() < 1e-12));
-        assert!((0..3).all(|a| (0..3).all(|b| (m.cov[a][b] - s.cov[a][b]).abs() < 1e-12)));
     }
 
     #[test]
