@@ -7,4 +7,5 @@ pub mod engine;
 pub mod imageio;
 pub mod lab;
 pub mod memory;
+pub mod settings;
 pub mod transfer;

@@ -57,7 +57,7 @@ fn bad_provider_options_are_explained() {
     let style = format!("[styles.ink]\nimages = [\"{}\"]\n", common::example("fuchun.jpg").display());
     let m = |body: &str| load(&format!("{style}[model]\n{body}\n"));
     let e = m("provider = \"gpu\"");
-    assert!(e.contains("[model]") && e.contains("provider") && e.contains("auto, tensorrt, cuda or cpu"), "{e}");
+    assert!(e.contains("provider = \"gpu\"") && e.contains("auto, tensorrt, cuda or cpu"), "{e}");
     let e = m("cudnn_conv_algo_search = \"fast\"");
     assert!(e.contains("cudnn_conv_algo_search") && e.contains("heuristic, exhaustive or default"), "{e}");
     let e = m("cuda_arena_extend_strategy = \"double\"");
@@ -116,7 +116,10 @@ fn temporal_settings_load_and_bad_ones_are_explained() {
     let e = load(&format!("{style}[daemon.temporal]\nchange_threshold = 1.5\n"));
     assert!(e.contains("daemon.temporal") && e.contains("threshold must be in (0, 1)"), "{e}");
     assert!(load(&format!("{style}[daemon.temporal]\nscene_change = 0\n")).contains("scene_change"));
-    assert!(load(&format!("{style}[daemon.temporal]\nmax_evaluations = 0\n")).contains("max_evaluations"));
+    let e = load(&format!("{style}[daemon.temporal]\nframe_evaluations = 0\n"));
+    assert!(e.contains("daemon.temporal.frame_evaluations must be at least 1"), "{e}");
+    // the deprecated spelling is still read
+    assert!(load(&format!("{style}[daemon.temporal]\nmax_evaluations = 0\n")).contains("frame_evaluations"));
     assert!(load(&format!("{style}[daemon.temporal]\nmotion_px = 500\n")).contains("motion_px"));
     assert!(load(&format!("{style}[daemon.temporal]\nflow = true\n")).contains("unknown field"));
     assert!(load(&format!("{style}temporal_weight = -1\n")).contains("temporal_weight"));
@@ -130,7 +133,8 @@ fn temporal_settings_load_and_bad_ones_are_explained() {
     )
     .unwrap();
     let c = Config::load(&p).unwrap();
-    let s = c.daemon.temporal.settings(c.styles["ink"].temporal_weight);
+    let door = fuchun::settings::Door::Toml("daemon.temporal".into());
+    let s = c.daemon.temporal.settings(c.styles["ink"].transfer.temporal_weight(), &door).unwrap();
     assert!(!s.enabled);
     assert_eq!((s.change.dilate_px, s.temporal_weight), (3, 50.0));
 }

@@ -10,10 +10,10 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::common::ModelArgs;
 use crate::imageio::fit_size as fit;
 use crate::imageio::{self, Limits};
 use crate::memory::{current_rss, peak_rss};
+use crate::settings::Runtime;
 use crate::transfer::histmatch;
 use crate::transfer::inputs::{objective_inputs, Weights};
 use crate::transfer::schedule::DEFAULT_HIST_EVERY;
@@ -23,7 +23,7 @@ use crate::transfer::{stylize, EvalRecord, Hooks, Init, NoHooks, StylizeOptions}
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: Runtime,
     /// Sizes to time one evaluation at: squares of this side (as the table: 256 = 256²), or the content's
     /// aspect with this longest side under --content-aspect. The memory run uses the largest.
     #[arg(long, value_delimiter = ',', default_values_t = [128usize, 256, 512])]
@@ -163,7 +163,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let content = imageio::load_path(&args.content, &limits).with_context(|| format!("{}", args.content.display()))?;
     let style = imageio::load_path(&args.style, &limits).with_context(|| format!("{}", args.style.display()))?;
     let rust_peak = sgemm_peak_gflops();
-    let ort_peak = crate::engine::peak::onnxruntime_matmul_gflops(&args.model.runtime()?, 2048, 5)?;
+    let ort_peak = crate::engine::peak::onnxruntime_matmul_gflops(&args.model.cli_options()?, 2048, 5)?;
     let peak = rust_peak.max(ort_peak);
     // every run of the bench fits in a square of its largest size (the TensorRT profile's max)
     let sizes: Vec<[usize; 2]> = args
@@ -447,7 +447,7 @@ fn child_stylize_peak_rss(args: &BenchArgs, content: &crate::imageio::Planar, si
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("stylize")
         .arg("--model")
-        .arg(args.model.model_dir()?)
+        .arg(args.model.cli_model_dir()?)
         .arg("--content")
         .arg(&input)
         .arg("--style")

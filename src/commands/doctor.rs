@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use clap::Args;
 
-use super::common::default_model_dir;
 use crate::daemon::config::Config;
 use crate::daemon::mqtt::{self, Event, Outgoing};
+use crate::engine::default_model_dir;
 use crate::engine::{runtime, Manifest, Model, Provider, RuntimeOptions};
 
 #[derive(Debug, Clone, Args)]
@@ -131,7 +131,7 @@ pub fn run(args: &DoctorArgs) -> Result<()> {
     let model_dir = args
         .model
         .clone()
-        .or_else(|| cfg.as_ref().and_then(|c| c.model.dir.as_ref().map(|p| c.resolve(p))))
+        .or_else(|| cfg.as_ref().and_then(|c| c.model.model.as_ref().map(|p| c.resolve(p))))
         .map(Ok)
         .unwrap_or_else(|| default_model_dir("vgg16-max"));
     let mut base = match &cfg {

@@ -86,16 +86,13 @@ pub fn run(args: &StylizeArgs) -> Result<()> {
             args.content.display()
         );
     }
-    if args.opts.luminance_only {
-        bail!("--luminance-only is not available for frame sequences (its style targets follow each frame): use --original-colors");
-    }
+    args.opts.validate_stream(&crate::settings::Door::Cli)?;
     let files = frame_files(&args.content)?;
     let limits = Limits::default();
     let first = imageio::load_path(&files[0], &limits).with_context(|| format!("frame {}", files[0].display()))?;
     let (styles, mut model) = super::stylize::load_styles_and_model(args, (first.width, first.height))?;
     drop(first);
-    let mut base = args.opts.options(&model.manifest, &limits)?;
-    base.palette = args.opts.palette.unwrap_or(crate::transfer::temporal::STREAM_PALETTE);
+    let base = args.options(&model.manifest, &limits)?;
     let settings = args.stream_settings()?;
     std::fs::create_dir_all(&args.output).with_context(|| format!("creating {}", args.output.display()))?;
     let log_path = args.output.join("frames.jsonl");

@@ -1,7 +1,6 @@
 //! Command-line commands (argument structs and their implementations); `main.rs` only wires them to clap.
 
 pub mod bench;
-pub mod common;
 pub mod doctor;
 pub mod frames;
 pub mod peers;

@@ -76,7 +76,7 @@ fn side_by_side(args: &BenchArgs) -> Result<()> {
         .arg("--fuchun")
         .arg(&exe)
         .arg("--model")
-        .arg(args.model.model_dir()?)
+        .arg(args.model.cli_model_dir()?)
         .arg("--content")
         .arg(&args.content)
         .arg("--style")

@@ -8,11 +8,12 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use super::common::ModelArgs;
-use super::stylize::TransferArgs;
 use crate::imageio::{self, Limits, Planar};
 use crate::lab::pairs::{Pair, PAIRS};
 use crate::lab::quality::{colour_transfer, measure, Measures};
+use crate::settings::transfer::{CAMERA, SINGLE_IMAGE};
+use crate::settings::Runtime;
+use crate::settings::{Door, Transfer};
 use crate::transfer::{stylize, EvalRecord, Hooks};
 
 /// Targets of the quality bench (docs/quality.md): the painting's palette and texture, and enough of the scene's
@@ -25,9 +26,9 @@ pub const STRUCTURE_TARGET: f64 = 0.6;
 #[derive(Debug, Clone, Args)]
 pub struct QualityArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: Runtime,
     #[command(flatten)]
-    pub opts: TransferArgs,
+    pub opts: Transfer,
     /// Output sizes (longest side) to run every pair at (replaces --image-size).
     #[arg(long, value_delimiter = ',', default_values_t = [256usize, 512])]
     pub sizes: Vec<usize>,
@@ -154,12 +155,8 @@ pub fn run(args: &QualityArgs) -> Result<()> {
         for p in &pairs {
             let content = load(p.content, &limits)?;
             let style = load(p.style, &limits)?;
-            let mut opts = args.opts.options(&model.manifest, &limits)?;
-            opts.image_size = size;
-            if args.profile == "daemon" {
-                opts.iterations = crate::daemon::config::STYLE_ITERATIONS;
-                opts.palette = args.opts.palette.unwrap_or(crate::transfer::temporal::STREAM_PALETTE);
-            }
+            let profile = if args.profile == "daemon" { &CAMERA } else { &SINGLE_IMAGE };
+            let opts = args.opts.options_at(&model.manifest, profile, size, &limits, &Door::Cli)?;
             let last_scale = opts.resolved_scales()?.len() - 1;
             let content_s = content.fit_longest(size);
             let mut probe = Probe {

@@ -7,17 +7,19 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use crate::engine::runtime::{parse_shape, CudaOptions, ProfileSpec, Shape, TensorRtOptions};
+use crate::engine::runtime::Shape;
 use crate::engine::RuntimeOptions;
-use crate::transfer::temporal::{ChangeParams, StreamSettings, DEFAULT_MAX_EVALUATIONS, DEFAULT_MOTION_PX};
+use crate::settings::transfer::CAMERA;
+use crate::settings::{Door, Runtime, Stream, Transfer};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
     pub mqtt: MqttConfig,
+    /// `[model]`: the runtime settings, as the commands' flags (`settings::Runtime`).
     #[serde(default)]
-    pub model: ModelConfig,
+    pub model: Runtime,
     #[serde(default)]
     pub daemon: DaemonConfig,
     /// Named styles.
@@ -108,56 +110,6 @@ pub struct TlsConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ModelConfig {
-    /// Model directory; default: models/out/vgg16-max found from the working directory or beside the binary.
-    pub dir: Option<PathBuf>,
-    pub ort_library: Option<PathBuf>,
-    pub provider: String,
-    pub threads: usize,
-    /// CUDA/TensorRT device number.
-    pub device_id: i32,
-    /// FP16 TensorRT engines (off: the graphs' FP16 behaviour is not verified yet).
-    pub tensorrt_fp16: bool,
-    /// Engine cache (keyed by the graphs' sha256, precision and profile) and timing cache directory.
-    pub tensorrt_cache: Option<PathBuf>,
-    pub tensorrt_timing_cache: bool,
-    /// Optimisation profile overrides, WIDTHxHEIGHT; unset: derived from the styles, cameras and frame_aspect.
-    pub tensorrt_profile_min: Option<String>,
-    pub tensorrt_profile_opt: Option<String>,
-    pub tensorrt_profile_max: Option<String>,
-    pub tensorrt_max_workspace_mb: Option<u64>,
-    /// heuristic (default), exhaustive or default.
-    pub cudnn_conv_algo_search: String,
-    /// same_as_requested (default) or next_power_of_two.
-    pub cuda_arena_extend_strategy: String,
-    /// CUDA arena limit in MiB; unset: no limit.
-    pub gpu_mem_limit_mb: Option<u64>,
-}
-
-impl Default for ModelConfig {
-    fn default() -> Self {
-        ModelConfig {
-            dir: None,
-            ort_library: None,
-            provider: "auto".into(),
-            threads: 0,
-            device_id: 0,
-            tensorrt_fp16: false,
-            tensorrt_cache: None,
-            tensorrt_timing_cache: true,
-            tensorrt_profile_min: None,
-            tensorrt_profile_opt: None,
-            tensorrt_profile_max: None,
-            tensorrt_max_workspace_mb: None,
-            cudnn_conv_algo_search: "heuristic".into(),
-            cuda_arena_extend_strategy: "same_as_requested".into(),
-            gpu_mem_limit_mb: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
 pub struct DaemonConfig {
     /// Stylisation workers (each holds its own model sessions). 1 per accelerator.
     pub workers: usize,
@@ -180,7 +132,8 @@ pub struct DaemonConfig {
     /// configuration files still load.
     pub warm_start_threshold: Option<f32>,
     /// Camera streams: how consecutive frames of a camera are compared and used (see `transfer::temporal`).
-    pub temporal: TemporalConfig,
+    /// (`settings::Stream`, as `fuchun stylize`'s frame-sequence flags.)
+    pub temporal: Stream,
     /// On SIGTERM/SIGINT: how long the current job may continue before it is abandoned.
     pub shutdown_grace_ms: u64,
     /// A job running longer than this stops the systemd watchdog pings (so systemd restarts a stuck worker).
@@ -229,7 +182,7 @@ impl Default for DaemonConfig {
             home_assistant_discovery: false,
             discovery_prefix: "homeassistant".into(),
             warm_start_threshold: None,
-            temporal: TemporalConfig::default(),
+            temporal: Stream::default(),
             shutdown_grace_ms: 2000,
             max_job_seconds: 600,
             jpeg_quality: 90,
@@ -246,156 +199,26 @@ impl Default for DaemonConfig {
     }
 }
 
-/// `[daemon.temporal]`: per camera, frames where nothing or part of the scene changed start from the previous result
-/// and are held to it where the scene did not change (the temporal term); new scenes are cold runs.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TemporalConfig {
-    /// false: every frame is a cold run.
-    pub enabled: bool,
-    /// A pixel changed when its blurred luminance differs from the previous frame's by more than this (0–1).
-    pub change_threshold: f32,
-    /// Radius of the box blur (applied twice) before comparing, in pixels of the result.
-    pub blur_px: usize,
-    /// Changed regions grow by this many pixels.
-    pub dilate_px: usize,
-    /// Width of the soft border between held and repainted parts, in pixels.
-    pub feather_px: usize,
-    /// Above this changed fraction a frame is a new scene (cold run).
-    pub scene_change: f32,
-    /// Evaluation budget of a frame that starts from the previous result.
-    pub max_evaluations: usize,
-    /// Search radius (pixels) of the block-matching motion search that carries the previous result along with
-    /// what moved (0: none; what moved is repainted from the content).
-    pub motion_px: usize,
-}
-
-impl Default for TemporalConfig {
-    fn default() -> Self {
-        let c = ChangeParams::default();
-        TemporalConfig {
-            enabled: true,
-            change_threshold: c.threshold,
-            blur_px: c.blur_px,
-            dilate_px: c.dilate_px,
-            feather_px: c.feather_px,
-            scene_change: c.scene_change,
-            max_evaluations: DEFAULT_MAX_EVALUATIONS,
-            motion_px: DEFAULT_MOTION_PX,
-        }
-    }
-}
-
-impl TemporalConfig {
-    /// The stream settings for a style with this temporal weight.
-    pub fn settings(&self, temporal_weight: f32) -> StreamSettings {
-        StreamSettings {
-            enabled: self.enabled,
-            change: ChangeParams {
-                threshold: self.change_threshold,
-                blur_px: self.blur_px,
-                dilate_px: self.dilate_px,
-                feather_px: self.feather_px,
-                scene_change: self.scene_change,
-            },
-            temporal_weight,
-            max_evaluations: self.max_evaluations,
-            motion_px: self.motion_px,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `[styles.NAME]`: the style images and the transfer settings, as `fuchun stylize`'s flags (`settings::Transfer`;
+/// defaults: `settings::transfer::CAMERA`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct StyleConfig {
     /// Style image paths (relative to the config file).
     pub images: Vec<PathBuf>,
-    #[serde(default)]
-    pub blend_weights: Vec<f32>,
-    #[serde(default = "one")]
-    pub style_scale: f32,
-    /// Longest side of results.
-    #[serde(default = "default_size")]
-    pub image_size: usize,
-    /// Coarse-to-fine scales; default 128 doubling to image_size.
-    #[serde(default)]
-    pub scales: Vec<usize>,
-    /// Iteration budget of the coarsest scale.
-    #[serde(default = "default_iterations")]
-    pub iterations: usize,
-    /// Iterations of each scale over the next coarser one's (1: every scale `iterations`).
-    #[serde(default = "default_taper")]
-    pub taper: f32,
-    #[serde(default = "default_tol")]
-    pub tol: f64,
-    #[serde(default = "default_window")]
-    pub tol_window: usize,
-    /// Re-match the histogram targets every N evaluations (0: once per scale).
-    #[serde(default = "default_hist_every")]
-    pub hist_every: usize,
-    /// Term weights; unset: the model's defaults.
-    pub content_weight: Option<f32>,
-    pub style_weight: Option<f32>,
-    pub shift_weight: Option<f32>,
-    pub hist_weight: Option<f32>,
-    pub tv_weight: Option<f32>,
-    /// How strongly the style paints over the content (multiplies the style-side term weights).
-    #[serde(default = "one")]
-    pub strength: f32,
-    /// Layers and weights per group, as `--style-layers`: "relu1_1,relu2_1:0.5" (default: the model's).
-    pub content_layers: Option<String>,
-    pub style_layers: Option<String>,
-    pub shift_layers: Option<String>,
-    pub hist_layers: Option<String>,
-    /// Each layer's loss divided by its target's mean square (false: raw activations, the model's old weights).
-    #[serde(default = "yes")]
-    pub layer_norm: bool,
-    #[serde(default)]
-    pub original_colors: bool,
-    /// The content's colours during the transfer: "style" (carried into the painting's first) or "content"
-    /// (default for camera frames: `transfer::temporal::STREAM_PALETTE`).
-    #[serde(default, deserialize_with = "palette")]
-    pub palette: Option<crate::transfer::Palette>,
-    /// Camera streams: weight of the temporal term holding a frame's unchanged parts to the previous result
-    /// (0: frames still start from the previous result, but nothing holds them to it).
-    #[serde(default = "default_temporal_weight")]
-    pub temporal_weight: f32,
+    pub transfer: Transfer,
 }
 
-fn default_temporal_weight() -> f32 {
-    crate::transfer::temporal::DEFAULT_TEMPORAL_WEIGHT
-}
-
-fn default_hist_every() -> usize {
-    crate::transfer::schedule::DEFAULT_HIST_EVERY
-}
-fn palette<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<crate::transfer::Palette>, D::Error> {
-    let s = String::deserialize(d)?;
-    s.parse().map(Some).map_err(serde::de::Error::custom)
-}
-fn yes() -> bool {
-    true
-}
-fn one() -> f32 {
-    1.0
-}
-fn default_size() -> usize {
-    256
-}
-/// Iterations per scale of a configured style (the quality bench's daemon profile uses it too).
-pub const STYLE_ITERATIONS: usize = 100;
-
-fn default_iterations() -> usize {
-    STYLE_ITERATIONS
-}
-fn default_taper() -> f32 {
-    1.0
-}
-fn default_tol() -> f64 {
-    1e-2
-}
-fn default_window() -> usize {
-    10
+impl<'de> Deserialize<'de> for StyleConfig {
+    /// `images` beside the transfer settings in one table; the rest must be transfer settings (unknown keys are
+    /// refused by `Transfer`, which serde's `flatten` would not do).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut t = toml::Table::deserialize(d)?;
+        let images = t.remove("images").ok_or_else(|| D::Error::missing_field("images"))?;
+        let images: Vec<PathBuf> = images.try_into().map_err(|e: toml::de::Error| D::Error::custom(e.message()))?;
+        let transfer = toml::Value::Table(t).try_into().map_err(|e: toml::de::Error| D::Error::custom(e.message()))?;
+        Ok(StyleConfig { images, transfer })
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -495,18 +318,7 @@ impl Config {
         if self.daemon.workers == 0 {
             bail!("daemon.workers must be at least 1");
         }
-        let t = &self.daemon.temporal;
-        if let Err(e) = t.settings(0.0).change.validate() {
-            bail!(
-                "daemon.temporal: {e} (change_threshold, scene_change in 0–1; blur_px, dilate_px, feather_px pixels)"
-            );
-        }
-        if t.max_evaluations == 0 {
-            bail!("daemon.temporal.max_evaluations must be at least 1");
-        }
-        if t.motion_px > 64 {
-            bail!("daemon.temporal.motion_px must be at most 64 (pixels), got {}", t.motion_px);
-        }
+        self.daemon.temporal.validate(&Door::Toml("daemon.temporal".into()))?;
         if self.styles.is_empty() {
             bail!("no [styles.NAME] defined: add at least one style with its images");
         }
@@ -527,15 +339,11 @@ impl Config {
                     bail!("style {name}: {} is not a usable style image: {e}", p.display());
                 }
             }
-            if !s.blend_weights.is_empty() && s.blend_weights.len() != s.images.len() {
-                bail!("style {name}: {} blend_weights for {} images", s.blend_weights.len(), s.images.len());
-            }
-            if s.image_size < 16 || s.iterations == 0 {
-                bail!("style {name}: image_size must be >= 16 and iterations >= 1");
-            }
-            crate::transfer::schedule::check_taper(s.taper).with_context(|| format!("style {name}: taper"))?;
-            if !(s.temporal_weight.is_finite() && s.temporal_weight >= 0.0) {
-                bail!("style {name}: temporal_weight must be a non-negative number, got {}", s.temporal_weight);
+            let door = Door::Toml(format!("styles.{name}"));
+            s.transfer.validate_stream(&door)?;
+            let blend = &s.transfer.style_blend_weights;
+            if !blend.is_empty() && blend.len() != s.images.len() {
+                bail!("{}: {} weights for {} images", door.name("style_blend_weights"), blend.len(), s.images.len());
             }
         }
         let default = self.default_style_name();
@@ -573,35 +381,7 @@ impl Config {
 
     /// The runtime settings of [model] (without the sizes, see `expected_shapes`), validated.
     pub fn runtime(&self) -> Result<RuntimeOptions> {
-        let m = &self.model;
-        let shape = |key: &str, v: &Option<String>| -> Result<Option<Shape>> {
-            v.as_deref().map(|s| parse_shape(s).with_context(|| key.to_string())).transpose()
-        };
-        let o = RuntimeOptions {
-            library: m.ort_library.as_ref().map(|p| self.resolve(p)),
-            provider: m.provider.parse().context("provider")?,
-            threads: m.threads,
-            cuda: CudaOptions {
-                device_id: m.device_id,
-                conv_search: m.cudnn_conv_algo_search.parse().context("cudnn_conv_algo_search")?,
-                arena_extend: m.cuda_arena_extend_strategy.parse().context("cuda_arena_extend_strategy")?,
-                mem_limit_mb: m.gpu_mem_limit_mb,
-            },
-            tensorrt: TensorRtOptions {
-                fp16: m.tensorrt_fp16,
-                cache: m.tensorrt_cache.as_ref().map(|p| self.resolve(p)),
-                timing_cache: m.tensorrt_timing_cache,
-                max_workspace_mb: m.tensorrt_max_workspace_mb,
-                profile: ProfileSpec {
-                    min: shape("tensorrt_profile_min", &m.tensorrt_profile_min)?,
-                    opt: shape("tensorrt_profile_opt", &m.tensorrt_profile_opt)?,
-                    max: shape("tensorrt_profile_max", &m.tensorrt_profile_max)?,
-                },
-            },
-            sizes: Vec::new(),
-        };
-        o.validate()?;
-        Ok(o)
+        self.model.options(&Door::Toml("model".into()), &|p| self.resolve(p))
     }
 
     /// `daemon.frame_aspect` as (width, height).
@@ -624,13 +404,11 @@ impl Config {
         let mut caps: Vec<Option<usize>> = vec![self.daemon.default_max_size];
         caps.extend(self.cameras.values().map(|c| c.max_size.or(self.daemon.default_max_size)));
         let (mut frames, mut profile) = (Vec::new(), Vec::new());
-        for s in self.styles.values() {
+        for s in self.styles.values().map(|s| &s.transfer) {
             for cap in &caps {
-                let size = cap.map_or(s.image_size, |c| c.min(s.image_size));
-                let explicit: Vec<usize> = s.scales.iter().copied().filter(|&v| v < size).chain([size]).collect();
+                let size = cap.map_or(s.image_size(&CAMERA), |c| c.min(s.image_size(&CAMERA)));
                 let scales =
-                    crate::transfer::schedule::scales_for(size, if s.scales.is_empty() { &[] } else { &explicit })
-                        .unwrap_or_else(|_| vec![size]);
+                    crate::transfer::schedule::scales_for(size, &s.scales_at(size)).unwrap_or_else(|_| vec![size]);
                 for sc in scales {
                     let (w, h) = crate::imageio::fit_size(aw, ah, sc);
                     frames.push([h, w]);

@@ -30,7 +30,6 @@ use self::queue::Frame;
 use self::stats::{Gauges, Stats};
 use self::topics::{Route, Topics};
 use self::worker::{Shared, WorkerSetup};
-use crate::commands::common::default_model_dir;
 
 /// Exit status of a daemon (`serve`, `view`) that cannot start with what it was given: the configuration, the model
 /// files, the ONNX Runtime library or an explicitly requested execution provider. EX_CONFIG of sysexits.h; the
@@ -502,10 +501,7 @@ async fn presence(mut events: mqtt::EventLoop, cfg: Config) {
 }
 
 async fn serve(cfg: Config) -> Result<()> {
-    let model_dir = match &cfg.model.dir {
-        Some(d) => cfg.resolve(d),
-        None => default_model_dir("vgg16-max").map_err(cannot_start)?,
-    };
+    let model_dir = cfg.model.model_dir(&|p| cfg.resolve(p)).map_err(cannot_start)?;
     let (runtime, warmup_shapes) = cfg.serve_runtime().map_err(cannot_start)?;
     let topics = Topics { prefix: cfg.mqtt.prefix.clone(), mappings: cfg.inputs.clone() };
     let qos = cfg.mqtt.qos;

@@ -11,7 +11,9 @@ use sha2::{Digest, Sha256};
 use super::config::{Config, StyleConfig};
 use crate::engine::{Manifest, Model};
 use crate::imageio::{self, Limits, Planar};
-use crate::transfer::{LayerGroup, StyleImages, StyleSource, StyleTargets, StylizeOptions, Weights};
+use crate::settings::transfer::CAMERA;
+use crate::settings::Door;
+use crate::transfer::{StyleImages, StyleSource, StyleTargets, StylizeOptions};
 
 pub struct Style {
     pub name: String,
@@ -38,10 +40,10 @@ impl Style {
                     .with_context(|| format!("style {name}: {}", path.display()))?,
             );
         }
-        for w in &sc.blend_weights {
+        for w in &sc.transfer.style_blend_weights {
             h.update(w.to_le_bytes());
         }
-        h.update(sc.style_scale.to_le_bytes());
+        h.update(sc.transfer.style_scale.to_le_bytes());
         h.update(manifest.graphs.features.sha256.as_bytes());
         h.update(manifest.graphs.objective.sha256.as_bytes());
         let key: String = h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect();
@@ -63,38 +65,8 @@ impl Style {
 
     /// The transfer options of this style for a result whose longest side is `size`.
     pub fn options(&self, manifest: &Manifest, size: usize) -> Result<StylizeOptions> {
-        let s = &self.config;
-        let mut w = if s.layer_norm { Weights::defaults(manifest) } else { Weights::raw_defaults(manifest) };
-        let given = [s.content_weight, s.style_weight, s.shift_weight, s.hist_weight, s.tv_weight, None];
-        w.set_terms(given, &|t| format!("style {}: {t}_weight", self.name))?;
-        w.set_strength(s.strength).with_context(|| format!("style {}: strength", self.name))?;
-        for (g, spec, key) in [
-            (LayerGroup::Content, &s.content_layers, "content_layers"),
-            (LayerGroup::Style, &s.style_layers, "style_layers"),
-            (LayerGroup::Shift, &s.shift_layers, "shift_layers"),
-            (LayerGroup::Hist, &s.hist_layers, "hist_layers"),
-        ] {
-            if let Some(spec) = spec {
-                w.select_layers(manifest, g, spec).with_context(|| format!("style {}: {key}", self.name))?;
-            }
-        }
-        let mut o = StylizeOptions::new(w);
-        o.image_size = size;
-        // configured scales below the result size, then the size itself; none configured: the automatic schedule
-        if !s.scales.is_empty() {
-            o.scales = s.scales.iter().copied().filter(|v| *v < size).chain(std::iter::once(size)).collect();
-        }
-        o.iterations = s.iterations;
-        o.taper =
-            crate::transfer::schedule::check_taper(s.taper).with_context(|| format!("style {}: taper", self.name))?;
-        o.tol = s.tol;
-        o.tol_window = s.tol_window;
-        o.hist_every = s.hist_every;
-        o.style_blend = s.blend_weights.clone();
-        o.style_scale = s.style_scale;
-        o.original_colors = s.original_colors;
-        o.palette = s.palette.unwrap_or(crate::transfer::temporal::STREAM_PALETTE);
-        Ok(o)
+        let door = Door::Toml(format!("styles.{}", self.name));
+        self.config.transfer.options_at(manifest, &CAMERA, size, &Limits::default(), &door)
     }
 
     fn disk_path(&self, longest: usize) -> Option<PathBuf> {
@@ -121,8 +93,8 @@ impl StyleSource for Style {
         }
         let t = StyleImages {
             images: &self.images,
-            blend: self.config.blend_weights.clone(),
-            style_scale: self.config.style_scale,
+            blend: self.config.transfer.style_blend_weights.clone(),
+            style_scale: self.config.transfer.style_scale,
         }
         .targets(model, longest)?;
         self.last_source = "computed";
@@ -138,7 +110,7 @@ impl StyleSource for Style {
     fn colours(&self) -> Option<crate::transfer::color::ColourSample> {
         crate::transfer::color::ColourSample::of(
             &self.images,
-            &self.config.blend_weights,
+            &self.config.transfer.style_blend_weights,
             crate::transfer::schedule::PALETTE_SIDE,
         )
     }

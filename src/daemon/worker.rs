@@ -253,7 +253,8 @@ fn process(
     };
     // decoded no larger than this camera's results can be (JPEG: DCT-domain scaling), so a huge frame never
     // exists at full size in memory
-    let want = cfg.styles.get(&style_name).map_or(usize::MAX, |s| s.image_size);
+    let want =
+        cfg.styles.get(&style_name).map_or(usize::MAX, |s| s.transfer.image_size(&crate::settings::transfer::CAMERA));
     let want = settings.max_size.map_or(want, |m| want.min(m));
     let fitted = imageio::decode_fitted(&frame.payload, &limits, want)?;
     let (input_width, input_height) = (fitted.width, fitted.height);
@@ -264,7 +265,8 @@ fn process(
     }
     let style = styles.get_mut(&style_name).unwrap();
     // output size: the style's size, capped by the camera's and by the frame itself (no upscaling)
-    let mut size = style.config.image_size.min(content.width.max(content.height));
+    let mut size =
+        style.config.transfer.image_size(&crate::settings::transfer::CAMERA).min(content.width.max(content.height));
     if let Some(m) = settings.max_size {
         size = size.min(m);
     }
@@ -277,7 +279,10 @@ fn process(
     // the previous frame of this camera is used only with the same style (its settings included) and size
     let key = format!("{style_name}/{}/{w}x{h}", style.key());
     let content_s = content.resize(w, h);
-    let stream = cfg.daemon.temporal.settings(style.config.temporal_weight);
+    let stream = cfg
+        .daemon
+        .temporal
+        .settings(style.config.transfer.temporal_weight(), &crate::settings::Door::Toml("daemon.temporal".into()))?;
     let prev = shared.previous.lock().unwrap().get(cam).cloned();
     let t1 = Instant::now();
     let (outcome, plan, kept) = temporal::stylize_frame(

@@ -190,3 +190,15 @@ impl Manifest {
         TERMS.map(|t| self.default_term_weights[t])
     }
 }
+
+/// models/out/NAME searched from the current directory upwards, beside the executable, and in the source tree.
+pub fn default_model_dir(name: &str) -> Result<PathBuf> {
+    for r in &super::runtime::search_roots() {
+        for candidate in [r.join("models/out").join(name), r.join("models").join(name)] {
+            if candidate.join("manifest.json").is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    bail!("no exported model models/out/{name} found: run `make models` (or pass --model DIR)")
+}

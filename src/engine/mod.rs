@@ -5,6 +5,6 @@ pub mod model;
 pub mod peak;
 pub mod runtime;
 
-pub use manifest::{Manifest, TERMS};
+pub use manifest::{default_model_dir, Manifest, TERMS};
 pub use model::{FeatureMap, Losses, Model, ObjectiveInputs, OnHist, ProviderReport};
 pub use runtime::{Provider, RuntimeOptions};

@@ -97,6 +97,18 @@ impl Weights {
         Ok(())
     }
 
+    /// Set the weight of the term `name` (one of the manifest's terms).
+    pub fn set_term(&mut self, name: &str, v: f32) -> Result<()> {
+        if !(v.is_finite() && v >= 0.0) {
+            bail!("the weight of the {name} term must be a non-negative number, got {v}");
+        }
+        let Some(i) = TERMS.iter().position(|t| *t == name) else {
+            bail!("{name} is not a term of this model (it has {})", TERMS.join(", "));
+        };
+        self.terms[i] = v;
+        Ok(())
+    }
+
     /// The one knob: multiply the style side (style, long-range and histogram terms) by `strength` against the
     /// content — 2 paints twice as hard, 0.5 keeps more of the photo. Applied after any explicit term weights.
     pub fn set_strength(&mut self, strength: f32) -> Result<()> {

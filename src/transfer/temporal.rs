@@ -37,11 +37,14 @@ pub struct ChangeParams {
 
 impl Default for ChangeParams {
     fn default() -> Self {
-        ChangeParams { threshold: 0.06, blur_px: 2, dilate_px: 6, feather_px: 4, scene_change: 0.5 }
+        ChangeParams::DEFAULT
     }
 }
 
 impl ChangeParams {
+    pub const DEFAULT: ChangeParams =
+        ChangeParams { threshold: 0.06, blur_px: 2, dilate_px: 6, feather_px: 4, scene_change: 0.5 };
+
     pub fn validate(&self) -> Result<(), String> {
         if !(self.threshold.is_finite() && self.threshold > 0.0 && self.threshold < 1.0) {
             return Err(format!("threshold must be in (0, 1), got {}", self.threshold));
