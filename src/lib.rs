@@ -1,6 +1,5 @@
 //! fuchun: optimisation-based neural style transfer (Gatys + Berger-Memisevic + Risser) on ONNX Runtime.
 
-pub mod clip;
 pub mod commands;
 pub mod daemon;
 pub mod engine;

@@ -1,7 +1,8 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use fuchun::commands::{bench, doctor, quality, stylize};
+use fuchun::commands::{doctor, stylize};
+use fuchun::lab::{bench, quality_bench as quality};
 use fuchun::daemon;
 
 /// fuchun: neural style transfer (Gatys + long-range consistency + histogram loss) on ONNX Runtime.

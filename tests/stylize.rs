@@ -227,7 +227,7 @@ fn content_only_and_style_only_reconstructions_from_noise() {
     let content = imageio::load_path(&common::example("tubingen.jpg"), &limits).unwrap();
     let style = imageio::load_path(&common::example("starry_night.jpg"), &limits).unwrap();
     let mut w = Weights::defaults(&model.manifest);
-    w.terms = [1.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+    w.only(&[("content", 1.0)]).unwrap();
     let mut opts = StylizeOptions::new(w);
     opts.image_size = 48;
     opts.iterations = 60;
@@ -241,7 +241,7 @@ fn content_only_and_style_only_reconstructions_from_noise() {
         r.first.term("content"),
         r.last.term("content")
     );
-    opts.weights.terms = [0.0, 1.0, 0.0, 0.0, 0.0, 0.0];
+    opts.weights.only(&[("style", 1.0)]).unwrap();
     let s = stylize(&mut model, &content, std::slice::from_ref(&style), &opts, &mut NoHooks).unwrap();
     let r = &s.scales[0];
     assert!(

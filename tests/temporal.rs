@@ -6,8 +6,8 @@ mod common;
 
 use std::path::Path;
 
-use fuchun::clip::Clip;
-use fuchun::commands::stream_bench::{flicker, frames, run_pass};
+use fuchun::lab::clip::Clip;
+use fuchun::lab::stream_bench::{flicker, frames, run_pass};
 use fuchun::engine::{Model, RuntimeOptions};
 use fuchun::imageio::{self, Limits, Planar};
 use fuchun::transfer::temporal::{Start, StreamSettings, DEFAULT_TEMPORAL_WEIGHT};
@@ -86,7 +86,7 @@ fn run_frames(extra: &[&str], content: &Path, out: &Path, count: usize) -> Vec<s
 fn a_panning_camera_starts_each_frame_from_the_previous_result_moved_along() {
     // 12 frames of 96x72, the view moving 4 px right and 1 px down per frame, with noise and JPEG re-encoding
     let scene = imageio::load_path(&common::example("tubingen.jpg"), &Limits::default()).unwrap().resize(160, 120);
-    let frames = fuchun::clip::panning(&scene, 96, 72, 12, (4, 1), &fuchun::clip::ClipSpec::default());
+    let frames = fuchun::lab::clip::panning(&scene, 96, 72, 12, (4, 1), &fuchun::lab::clip::ClipSpec::default());
     let dir = tempfile::tempdir().unwrap();
     for (i, f) in frames.iter().enumerate() {
         std::fs::write(dir.path().join(format!("frame_{i:03}.jpg")), f).unwrap();

@@ -33,6 +33,14 @@ from .weights import WeightsError, load_hed, load_keras_h5, load_npz, random_wei
 GRAD_SEED = 2.0 ** 8
 
 DEFAULT_TERM_WEIGHTS = {"content": 3.0, "style": 0.1, "shift": 0.05, "hist": 10.0, "tv": 30.0, "temporal": 0.0}
+# The term weights the runtime uses by default, with each layer's loss divided by its target's mean square (the
+# runtime's layer normalisation, src/transfer/inputs.rs): chosen by the quality bench (docs/quality.md) — with the
+# content carried into the painting's colours and held at relu2_1/relu3_1/relu4_2, the style side at 3x the earlier
+# 2.5 / 1.25 / 1.25 paints the strokes without losing the scene. The temporal term acts only on camera streams, which
+# set its weight per frame.
+NORMALIZED_TERM_WEIGHTS = {"content": 1.0, "style": 7.5, "shift": 3.75, "hist": 3.75, "tv": 30.0, "temporal": 0.0}
+# The terms the runtime's one knob `strength` multiplies: the painting's side against the content.
+STYLE_SIDE_TERMS = ["style", "shift", "hist"]
 
 
 def default_layer_weights(weights, cfg):
@@ -206,7 +214,7 @@ def manifest(weights, cfg, features, objective, files, prelude=None):
     import onnx_ad
     return {
         "format": "fuchun-model",
-        "format_version": 2,
+        "format_version": 3,
         "exporter": {"name": "fuchun_export", "version": __version__},
         "versions": {"onnx": onnx.__version__, "onnx_ad": getattr(onnx_ad, "__version__", "unknown"),
                      "numpy": np.__version__, "python": sys.version.split()[0]},
@@ -226,6 +234,12 @@ def manifest(weights, cfg, features, objective, files, prelude=None):
         "quantiles": cfg.quantiles,
         "min_size": int(min_size),
         "default_term_weights": DEFAULT_TERM_WEIGHTS,
+        "normalized_term_weights": NORMALIZED_TERM_WEIGHTS,
+        "style_side_terms": STYLE_SIDE_TERMS,
+        "layer_groups": [{"term": "content", "layers": list(cfg.content_layers)},
+                         {"term": "style", "layers": list(cfg.style_layers)},
+                         {"term": "shift", "layers": list(cfg.shift_layers)},
+                         {"term": "hist", "layers": list(cfg.hist_layers)}],
         "default_layer_weights": default_layer_weights(weights, cfg),
         "fp16": {
             "fp32_values": sorted(fp32_values(objective)),

@@ -1,9 +1,5 @@
-//! Command-line commands (argument structs and their implementations); `main.rs` only wires them to clap.
+//! The product's command-line commands (argument structs and their implementations); `main.rs` only wires them to
+//! clap, and the lab's commands (`bench`, `quality`) live in `crate::lab`.
 
-pub mod bench;
 pub mod doctor;
-pub mod frames;
-pub mod peers;
-pub mod quality;
-pub mod stream_bench;
 pub mod stylize;

@@ -19,7 +19,7 @@ use super::stats::Stats;
 use super::styles::Style;
 use super::topics::Topics;
 use crate::engine::runtime::Shape;
-use crate::engine::{Model, Provider, ProviderReport, RuntimeOptions, TERMS};
+use crate::engine::{Model, Provider, ProviderReport, RuntimeOptions};
 use crate::imageio::fit_size as fit;
 use crate::imageio::{self, Limits, OutputFormat};
 use crate::transfer::schedule::Cancelled;
@@ -307,8 +307,8 @@ fn process(
     let l = outcome.final_losses();
     let mut losses = serde_json::Map::new();
     losses.insert("total".into(), l.total.into());
-    for (i, t) in TERMS.iter().enumerate() {
-        losses.insert((*t).into(), l.terms[i].into());
+    for (t, v) in &l.terms {
+        losses.insert(t.clone(), (*v).into());
     }
     let meta = serde_json::json!({
         "camera": cam,

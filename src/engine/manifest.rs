@@ -8,10 +8,10 @@ use serde::Deserialize;
 
 pub const FORMAT: &str = "fuchun-model";
 /// 2: the histogram term takes its matched target as an input (`hist_target_<layer>`) and the objective returns
-/// the histogram layers' activations (`feat_<layer>`); the runtime does the matching.
-pub const FORMAT_VERSION: u32 = 2;
-/// Order of the entries of the `term_weights` graph input.
-pub const TERMS: [&str; 6] = ["content", "style", "shift", "hist", "tv", "temporal"];
+/// the histogram layers' activations (`feat_<layer>`); the runtime does the matching. 3: the terms are described as
+/// data — their default weights with the layer normalisation, the style side that `strength` scales, the layer
+/// groups — so that the runtime mirrors no list of terms.
+pub const FORMAT_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Manifest {
@@ -22,7 +22,12 @@ pub struct Manifest {
     pub architecture: String,
     pub pooling: String,
     pub layers: Vec<LayerInfo>,
+    /// The objective's terms, in the order of the `term_weights` input; each has a `loss_<term>` output.
     pub terms: Vec<String>,
+    /// The terms with per-layer weights (`<term>_layer_weights` input, `layers_<term>` output) and their layers.
+    pub layer_groups: Vec<LayerGroup>,
+    /// The terms the one knob `strength` multiplies (the painting's side against the content).
+    pub style_side_terms: Vec<String>,
     pub content_layers: Vec<String>,
     pub style_layers: Vec<String>,
     pub shift_layers: Vec<ShiftLayer>,
@@ -33,7 +38,10 @@ pub struct Manifest {
     pub hist_exact_layers: Vec<String>,
     pub quantiles: usize,
     pub min_size: usize,
+    /// Term weights on raw activations (`layer_norm` off).
     pub default_term_weights: BTreeMap<String, f32>,
+    /// Term weights with each layer's loss divided by its target's mean square (the default).
+    pub normalized_term_weights: BTreeMap<String, f32>,
     pub default_layer_weights: BTreeMap<String, Vec<f32>>,
     pub forward_flops_per_pixel: f64,
     pub objective_flops_per_pixel: f64,
@@ -55,6 +63,12 @@ pub struct LayerInfo {
     pub name: String,
     pub channels: usize,
     pub stride: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LayerGroup {
+    pub term: String,
+    pub layers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -133,29 +147,38 @@ impl Manifest {
                 self.format_version
             );
         }
-        if self.terms != TERMS {
-            bail!("terms {:?} differ from {:?}: re-export with `make models`", self.terms, TERMS);
+        if self.terms.is_empty() {
+            bail!("no terms");
         }
         for l in self.all_term_layers() {
             if self.layer(l).is_none() {
                 bail!("layer {l} is used by a term but missing from `layers`");
             }
         }
-        for (key, n) in [
-            ("content", self.content_layers.len()),
-            ("style", self.style_layers.len()),
-            ("shift", self.shift_layers.len()),
-            ("hist", self.hist_layers.len()),
-        ] {
-            let got = self.default_layer_weights.get(key).map(|v| v.len()).unwrap_or(0);
-            if got != n {
-                bail!("default_layer_weights.{key} has {got} entries for {n} layers");
+        for g in &self.layer_groups {
+            if !self.terms.contains(&g.term) {
+                bail!("layer group {} is not a term", g.term);
+            }
+            if let Some(l) = g.layers.iter().find(|l| self.layer(l).is_none()) {
+                bail!("layer {l} of the {} term is missing from `layers`", g.term);
+            }
+            let got = self.default_layer_weights.get(&g.term).map(|v| v.len()).unwrap_or(0);
+            if got != g.layers.len() {
+                bail!("default_layer_weights.{} has {got} entries for {} layers", g.term, g.layers.len());
             }
         }
-        for t in TERMS {
-            if !self.default_term_weights.contains_key(t) {
-                bail!("default_term_weights lacks {t}");
+        for t in &self.terms {
+            for (what, w) in [
+                ("default_term_weights", &self.default_term_weights),
+                ("normalized_term_weights", &self.normalized_term_weights),
+            ] {
+                if !w.contains_key(t) {
+                    bail!("{what} lacks {t}");
+                }
             }
+        }
+        if let Some(t) = self.style_side_terms.iter().find(|t| !self.terms.contains(t)) {
+            bail!("style_side_terms names {t}, which is not a term");
         }
         if let Some(l) = self.hist_exact_layers.iter().find(|l| !self.hist_layers.contains(l)) {
             bail!("hist_exact_layers names {l}, which is not a histogram layer");
@@ -185,9 +208,9 @@ impl Manifest {
         self.dir.join(&g.file)
     }
 
-    /// The default term weights in graph order.
-    pub fn default_term_weights(&self) -> [f32; 6] {
-        TERMS.map(|t| self.default_term_weights[t])
+    /// The layers of a term with per-layer weights (None: the term has none).
+    pub fn group_layers(&self, term: &str) -> Option<&[String]> {
+        self.layer_groups.iter().find(|g| g.term == term).map(|g| g.layers.as_slice())
     }
 }
 

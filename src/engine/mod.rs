@@ -2,9 +2,8 @@
 
 pub mod manifest;
 pub mod model;
-pub mod peak;
 pub mod runtime;
 
-pub use manifest::{default_model_dir, Manifest, TERMS};
+pub use manifest::{default_model_dir, Manifest};
 pub use model::{FeatureMap, Losses, Model, ObjectiveInputs, OnHist, ProviderReport};
 pub use runtime::{Provider, RuntimeOptions};

@@ -9,7 +9,7 @@ use ort::session::{OutputSelector, RunOptions, Session};
 use ort::value::{DynValue, Tensor, TensorRef};
 use sha2::{Digest, Sha256};
 
-use super::manifest::{GraphInfo, Manifest, TensorInfo, TERMS};
+use super::manifest::{GraphInfo, Manifest, TensorInfo};
 use super::runtime::{self, Candidate, GraphTensorRt, PlacementLog, Provider, RuntimeOptions, SessionUse, Shape};
 
 /// Activations of one layer, `[C, h, w]` row-major.
@@ -27,33 +27,31 @@ impl FeatureMap {
     }
 }
 
-/// The layer groups with per-layer losses, in the order of `Losses::layers`.
-pub const LAYER_GROUPS: [&str; 4] = ["content", "style", "shift", "hist"];
-/// Layers per group that `Losses` keeps.
-pub const MAX_GROUP_LAYERS: usize = 16;
-
-/// Losses of one evaluation (each term layer-weighted, before its term weight).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// Losses of one evaluation (each term layer-weighted, before its term weight), by the manifest's term names.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Losses {
     pub total: f64,
-    pub terms: [f64; 6],
-    /// Per group (LAYER_GROUPS), each layer's weighted loss (summing to the term), in the manifest's layer order;
-    /// `layer_counts` says how many are set (0 for graphs exported without `layers_*` outputs).
-    pub layers: [[f64; MAX_GROUP_LAYERS]; 4],
-    pub layer_counts: [u8; 4],
+    /// Each term's loss, in the manifest's term order.
+    pub terms: Vec<(String, f64)>,
+    /// Per layer group (the manifest's `layer_groups`), each layer's weighted loss (summing to the term), in the
+    /// group's layer order; absent for graphs exported without `layers_*` outputs.
+    pub layers: Vec<(String, Vec<f64>)>,
 }
 
 impl Losses {
+    /// The loss of the term `name` (NaN for a term the model does not have).
     pub fn term(&self, name: &str) -> f64 {
-        TERMS.iter().position(|t| *t == name).map(|i| self.terms[i]).unwrap_or(f64::NAN)
+        self.terms.iter().find(|(t, _)| t == name).map(|(_, v)| *v).unwrap_or(f64::NAN)
     }
 
     /// Each layer's weighted loss of a group ("content", "style", "shift", "hist").
     pub fn layer_losses(&self, group: &str) -> &[f64] {
-        match LAYER_GROUPS.iter().position(|g| *g == group) {
-            Some(i) => &self.layers[i][..self.layer_counts[i] as usize],
-            None => &[],
-        }
+        self.layers.iter().find(|(g, _)| g == group).map(|(_, v)| v.as_slice()).unwrap_or(&[])
+    }
+
+    /// The terms as `name: value` pairs for a log line or a progress bar.
+    pub fn summary(&self) -> String {
+        self.terms.iter().map(|(t, v)| format!("{t} {v:.3e}")).collect::<Vec<_>>().join(", ")
     }
 
     /// Each layer's share of its term (sums to 1; empty when the term is 0 or unknown).
@@ -600,17 +598,14 @@ impl Model {
             d.first().map(|v| *v as f64).ok_or_else(|| anyhow!("output {name} is empty"))
         };
         let mut losses = Losses { total: scalar("total")?, ..Losses::default() };
-        for (i, t) in TERMS.iter().enumerate() {
-            losses.terms[i] = scalar(&format!("loss_{t}"))?;
+        for t in &self.manifest.terms {
+            losses.terms.push((t.clone(), scalar(&format!("loss_{t}"))?));
         }
-        for (i, g) in LAYER_GROUPS.iter().enumerate() {
-            if let Some(v) = outputs.get(format!("layers_{g}")) {
-                let (_, d) = v.try_extract_tensor::<f32>().map_err(|e| anyhow!("output layers_{g}: {e}"))?;
-                let n = d.len().min(MAX_GROUP_LAYERS);
-                for (dst, src) in losses.layers[i].iter_mut().zip(&d[..n]) {
-                    *dst = *src as f64;
-                }
-                losses.layer_counts[i] = n as u8;
+        for g in &self.manifest.layer_groups {
+            let name = format!("layers_{}", g.term);
+            if let Some(v) = outputs.get(name.as_str()) {
+                let (_, d) = v.try_extract_tensor::<f32>().map_err(|e| anyhow!("output {name}: {e}"))?;
+                losses.layers.push((g.term.clone(), d.iter().map(|x| *x as f64).collect()));
             }
         }
         let (_, g) = outputs["grad"].try_extract_tensor::<f32>().map_err(|e| anyhow!("output grad: {e}"))?;

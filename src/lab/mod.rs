@@ -1,5 +1,14 @@
-//! The measuring lab's picture-quality side: measures computed outside the optimiser's network and the fixed set
-//! of content/style pairs the quality bench runs (`fuchun quality`). Nothing in the product depends on it.
+//! The measuring lab, apart from the product: the performance bench (`fuchun bench`: evaluation speed, memory, the
+//! schedule, warm starts, camera streams; the side-by-side run against PyTorch), the quality bench (`fuchun
+//! quality`: measures computed outside the optimiser's network on a fixed set of content/style pairs), the CPU's
+//! measured peak and the synthetic clips. Nothing in the product (engine, transfer, daemon, stylize) depends on it.
 
+pub mod bench;
+pub mod clip;
 pub mod pairs;
+pub mod peak;
+pub mod peers;
 pub mod quality;
+pub mod quality_bench;
+mod report;
+pub mod stream_bench;

@@ -12,7 +12,7 @@ use crate::engine::Manifest;
 use crate::imageio::{self, Limits};
 use crate::transfer::schedule::{check_taper, DEFAULT_HIST_EVERY};
 use crate::transfer::temporal::{DEFAULT_TEMPORAL_WEIGHT, STREAM_PALETTE};
-use crate::transfer::{Init, LayerGroup, Optimizer, Palette, StylizeOptions, Weights};
+use crate::transfer::{Init, Optimizer, Palette, StylizeOptions, Weights};
 
 /// The defaults that differ between uses, as data: a kiosk camera's frames are smaller and get fewer iterations than
 /// a single image, and streams keep the photo's palette (`temporal::STREAM_PALETTE`).
@@ -274,7 +274,7 @@ impl Transfer {
         let mut w = if layer_norm { Weights::defaults(manifest) } else { Weights::raw_defaults(manifest) };
         for (t, v) in NAMED_TERMS.iter().zip(self.named_weights()) {
             // the stream's temporal weight is set per frame (`temporal::frame_options`), not as a default
-            if let (Some(v), false) = (v, *t == "temporal") {
+            if let (Some(v), false) = (v, *t == crate::transfer::temporal::TEMPORAL_TERM) {
                 w.set_term(t, v).with_context(|| n(&format!("{t}_weight")))?;
             }
         }
@@ -283,10 +283,10 @@ impl Transfer {
         }
         w.set_strength(self.strength).with_context(|| n("strength"))?;
         for (g, spec, key) in [
-            (LayerGroup::Content, &self.content_layers, "content_layers"),
-            (LayerGroup::Style, &self.style_layers, "style_layers"),
-            (LayerGroup::Shift, &self.shift_layers, "shift_layers"),
-            (LayerGroup::Hist, &self.hist_layers, "hist_layers"),
+            ("content", &self.content_layers, "content_layers"),
+            ("style", &self.style_layers, "style_layers"),
+            ("shift", &self.shift_layers, "shift_layers"),
+            ("hist", &self.hist_layers, "hist_layers"),
         ] {
             if let Some(spec) = spec {
                 w.select_layers(manifest, g, spec).with_context(|| n(key))?;

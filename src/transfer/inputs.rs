@@ -12,89 +12,44 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Result};
 
 use super::targets::StyleTargets;
-use crate::engine::{FeatureMap, Manifest, ObjectiveInputs, TERMS};
+use crate::engine::{FeatureMap, Manifest, ObjectiveInputs};
 use crate::imageio::Planar;
 
-/// Term weights ([content, style, shift, hist, tv, temporal]) with per-layer normalisation, chosen by the quality
-/// bench (docs/quality.md): with the content carried into the painting's colours and held at relu2_1/relu3_1/relu4_2,
-/// the style side at 3× the earlier 2.5 / 1.25 / 1.25 paints the strokes without losing the scene. The temporal term
-/// acts only on camera streams (`transfer::temporal`), which set its weight per frame.
-pub const NORMALIZED_TERM_WEIGHTS: [f32; 6] = [1.0, 7.5, 3.75, 3.75, 30.0, 0.0];
-
-/// Index of the temporal term in `Weights::terms` (and `TERMS`).
-pub const TEMPORAL: usize = 5;
-
-/// The layer groups of the objective.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LayerGroup {
-    Content,
-    Style,
-    Shift,
-    Hist,
-}
-
-impl LayerGroup {
-    fn name(self) -> &'static str {
-        match self {
-            LayerGroup::Content => "content",
-            LayerGroup::Style => "style",
-            LayerGroup::Shift => "shift",
-            LayerGroup::Hist => "hist",
-        }
-    }
-
-    /// The layers this model's objective has for the group.
-    pub fn layers(self, m: &Manifest) -> Vec<String> {
-        match self {
-            LayerGroup::Content => m.content_layers.clone(),
-            LayerGroup::Style => m.style_layers.clone(),
-            LayerGroup::Shift => m.shift_layers.iter().map(|s| s.layer.clone()).collect(),
-            LayerGroup::Hist => m.hist_layers.clone(),
-        }
-    }
-}
-
-/// Term weights ([content, style, shift, hist, tv, temporal]) and per-layer weights.
+/// Term weights and per-layer weights, by the manifest's term names (its `terms` and `layer_groups`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Weights {
-    pub terms: [f32; 6],
-    pub content_layers: Vec<f32>,
-    pub style_layers: Vec<f32>,
-    pub shift_layers: Vec<f32>,
-    pub hist_layers: Vec<f32>,
+    /// Each term's weight, in the manifest's term order (the `term_weights` input).
+    pub terms: Vec<(String, f32)>,
+    /// Each layer group's per-layer weights (the `<term>_layer_weights` inputs), in the group's layer order.
+    pub layers: Vec<(String, Vec<f32>)>,
+    /// The terms `set_strength` multiplies (the manifest's `style_side_terms`).
+    pub style_side: Vec<String>,
     /// Divide each layer's loss by the mean square of its target (see the module's documentation).
     pub normalize: bool,
 }
 
 impl Weights {
-    /// The defaults: per-layer normalisation with `NORMALIZED_TERM_WEIGHTS`, the model's layer weights.
+    /// The defaults: per-layer normalisation with the model's `normalized_term_weights` and layer weights.
     pub fn defaults(m: &Manifest) -> Weights {
-        Weights { terms: NORMALIZED_TERM_WEIGHTS, normalize: true, ..Weights::raw_defaults(m) }
+        let mut w = Weights::raw_defaults(m);
+        w.terms = m.terms.iter().map(|t| (t.clone(), m.normalized_term_weights[t])).collect();
+        w.normalize = true;
+        w
     }
 
-    /// Raw activations, as before the normalisation: the model's own default term weights.
+    /// Raw activations, as before the normalisation: the model's `default_term_weights`.
     pub fn raw_defaults(m: &Manifest) -> Weights {
         Weights {
-            terms: m.default_term_weights(),
-            content_layers: m.default_layer_weights["content"].clone(),
-            style_layers: m.default_layer_weights["style"].clone(),
-            shift_layers: m.default_layer_weights["shift"].clone(),
-            hist_layers: m.default_layer_weights["hist"].clone(),
+            terms: m.terms.iter().map(|t| (t.clone(), m.default_term_weights[t])).collect(),
+            layers: m.layer_groups.iter().map(|g| (g.term.clone(), m.default_layer_weights[&g.term].clone())).collect(),
+            style_side: m.style_side_terms.clone(),
             normalize: false,
         }
     }
 
-    /// Term weights given by the user (None: keep). `what` names where they came from, for errors.
-    pub fn set_terms(&mut self, given: [Option<f32>; 6], what: &dyn Fn(&str) -> String) -> Result<()> {
-        for (i, v) in given.into_iter().enumerate() {
-            if let Some(v) = v {
-                if !(v.is_finite() && v >= 0.0) {
-                    bail!("{} must be a non-negative number, got {v}", what(TERMS[i]));
-                }
-                self.terms[i] = v;
-            }
-        }
-        Ok(())
+    /// The weight of the term `name` (0 for a term the model does not have).
+    pub fn term(&self, name: &str) -> f32 {
+        self.terms.iter().find(|(t, _)| t == name).map(|(_, v)| *v).unwrap_or(0.0)
     }
 
     /// Set the weight of the term `name` (one of the manifest's terms).
@@ -102,53 +57,60 @@ impl Weights {
         if !(v.is_finite() && v >= 0.0) {
             bail!("the weight of the {name} term must be a non-negative number, got {v}");
         }
-        let Some(i) = TERMS.iter().position(|t| *t == name) else {
-            bail!("{name} is not a term of this model (it has {})", TERMS.join(", "));
+        let names: Vec<String> = self.terms.iter().map(|(t, _)| t.clone()).collect();
+        let Some((_, w)) = self.terms.iter_mut().find(|(t, _)| t == name) else {
+            bail!("{name} is not a term of this model (it has {})", names.join(", "));
         };
-        self.terms[i] = v;
+        *w = v;
         Ok(())
     }
 
-    /// The one knob: multiply the style side (style, long-range and histogram terms) by `strength` against the
-    /// content — 2 paints twice as hard, 0.5 keeps more of the photo. Applied after any explicit term weights.
+    /// Only the `given` terms, at the given weights; every other term off (experiments and tests of one term).
+    pub fn only(&mut self, given: &[(&str, f32)]) -> Result<()> {
+        self.terms.iter_mut().for_each(|(_, w)| *w = 0.0);
+        given.iter().try_for_each(|(t, v)| self.set_term(t, *v))
+    }
+
+    /// The one knob: multiply the style side (by default the style, long-range and histogram terms) by `strength`
+    /// against the content — 2 paints twice as hard, 0.5 keeps more of the photo. Applied after any explicit term
+    /// weights.
     pub fn set_strength(&mut self, strength: f32) -> Result<()> {
         if !(strength.is_finite() && strength > 0.0) {
             bail!("the style strength must be a positive number, got {strength}");
         }
-        for i in 1..4 {
-            self.terms[i] *= strength;
+        for (t, w) in &mut self.terms {
+            if self.style_side.contains(t) {
+                *w *= strength;
+            }
         }
         Ok(())
     }
 
-    pub fn layers_mut(&mut self, g: LayerGroup) -> &mut Vec<f32> {
-        match g {
-            LayerGroup::Content => &mut self.content_layers,
-            LayerGroup::Style => &mut self.style_layers,
-            LayerGroup::Shift => &mut self.shift_layers,
-            LayerGroup::Hist => &mut self.hist_layers,
-        }
+    /// The per-layer weights of the group `term` (empty for a term without layers).
+    pub fn layers(&self, term: &str) -> &[f32] {
+        self.layers.iter().find(|(t, _)| t == term).map(|(_, v)| v.as_slice()).unwrap_or(&[])
     }
 
     /// Select the layers of a group and their weights, as neural-style's `-style_layers`: `relu1_1,relu2_1:0.5`
     /// (a layer without a weight gets 1; the weights are normalised to sum 1; layers not named get 0).
-    pub fn select_layers(&mut self, m: &Manifest, g: LayerGroup, spec: &str) -> Result<()> {
-        let available = g.layers(m);
+    pub fn select_layers(&mut self, m: &Manifest, group: &str, spec: &str) -> Result<()> {
+        let Some(available) = m.group_layers(group) else {
+            bail!("the model has no {group} term with layers");
+        };
         let mut w = vec![0.0f32; available.len()];
         let mut any = false;
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let (name, weight) = match item.split_once(':') {
                 Some((n, v)) => match v.trim().parse::<f32>() {
                     Ok(x) if x.is_finite() && x >= 0.0 => (n.trim(), x),
-                    _ => bail!("{} layer weight {v:?} in {item:?} must be a non-negative number", g.name()),
+                    _ => bail!("{group} layer weight {v:?} in {item:?} must be a non-negative number"),
                 },
                 None => (item, 1.0),
             };
             let Some(i) = available.iter().position(|l| l == name) else {
                 bail!(
-                    "{name} is not a {} layer of this model (it has {}): choose among them, or export a model with \
-                     other layers (models/README.md)",
-                    g.name(),
+                    "{name} is not a {group} layer of this model (it has {}): choose among them, or export a model \
+                     with other layers (models/README.md)",
                     available.join(", ")
                 );
             };
@@ -156,11 +118,14 @@ impl Weights {
             any |= weight > 0.0;
         }
         if !any {
-            bail!("no {} layer selected in {spec:?}: name at least one of {}", g.name(), available.join(", "));
+            bail!("no {group} layer selected in {spec:?}: name at least one of {}", available.join(", "));
         }
         let sum: f32 = w.iter().sum();
         w.iter_mut().for_each(|v| *v /= sum);
-        *self.layers_mut(g) = w;
+        match self.layers.iter_mut().find(|(t, _)| t == group) {
+            Some((_, v)) => *v = w,
+            None => self.layers.push((group.to_string(), w)),
+        }
         Ok(())
     }
 }
@@ -263,26 +228,23 @@ pub fn objective_inputs(
         inp.set(&format!("shift_v_{}", s.layer), &[c, c], v.clone())?;
     }
     super::histmatch::update_targets(m, start, style, &mut inp)?;
-    inp.set("term_weights", &[TERMS.len()], weights.terms.to_vec())?;
+    if weights.terms.iter().map(|(t, _)| t).ne(m.terms.iter()) {
+        bail!("the term weights name {:?}, the model's terms are {:?}", weights.terms, m.terms);
+    }
+    inp.set("term_weights", &[m.terms.len()], weights.terms.iter().map(|(_, v)| *v).collect())?;
 
     let norms = if weights.normalize { Some(layer_norms(m, content, style)?) } else { None };
-    for (group, name, v, n) in [
-        ("content", "content_layer_weights", &weights.content_layers, m.content_layers.len()),
-        ("style", "style_layer_weights", &weights.style_layers, m.style_layers.len()),
-        ("shift", "shift_layer_weights", &weights.shift_layers, m.shift_layers.len()),
-        ("hist", "hist_layer_weights", &weights.hist_layers, m.hist_layers.len()),
-    ] {
-        if n == 0 {
-            continue;
-        }
+    for g in m.layer_groups.iter().filter(|g| !g.layers.is_empty()) {
+        let (name, n, v) = (format!("{}_layer_weights", g.term), g.layers.len(), weights.layers(&g.term));
         if v.len() != n {
             bail!("{name} has {} values for {n} layers", v.len());
         }
-        let effective: Vec<f32> = match &norms {
-            Some(f) => v.iter().zip(&f[group]).map(|(w, k)| w * k).collect(),
-            None => v.clone(),
+        // a group without a normalisation (a term whose targets have none) keeps its weights as given
+        let effective: Vec<f32> = match norms.as_ref().and_then(|f| f.get(g.term.as_str())) {
+            Some(f) => v.iter().zip(f).map(|(w, k)| w * k).collect(),
+            None => v.to_vec(),
         };
-        inp.set(name, &[n], effective)?;
+        inp.set(&name, &[n], effective)?;
     }
     Ok(inp)
 }

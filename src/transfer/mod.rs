@@ -9,7 +9,7 @@ pub mod schedule;
 pub mod targets;
 pub mod temporal;
 
-pub use inputs::{LayerGroup, Weights};
+pub use inputs::Weights;
 pub use schedule::{
     stylize, stylize_with, CachedTargets, EvalRecord, Hooks, Init, NoHooks, Optimizer, Outcome, Palette, ScaleReport,
     StyleImages, StyleSource, StylizeOptions,

@@ -96,7 +96,7 @@ pub struct StylizeOptions {
     /// Evaluation budget per scale (L-BFGS); default: 1.25 × iterations + 5.
     pub max_evaluations: Option<usize>,
     /// The temporal term's inputs at the last scale (a camera stream's frame; `transfer::temporal`), whose weight
-    /// is `weights.terms[TEMPORAL]`. None: the term is zero.
+    /// is the `temporal` term's weight. None: the term is zero.
     pub temporal: Option<TemporalInputs>,
 }
 
@@ -216,7 +216,7 @@ pub fn expected_shapes(
 }
 
 /// One evaluation, for traces and progress.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct EvalRecord {
     pub scale: usize,
     pub width: usize,
@@ -259,7 +259,7 @@ impl Outcome {
         self.scales.iter().map(|s| s.evaluations).sum()
     }
     pub fn final_losses(&self) -> Losses {
-        self.scales.last().map(|s| s.last).unwrap_or_default()
+        self.scales.last().map(|s| s.last.clone()).unwrap_or_default()
     }
 }
 
@@ -375,7 +375,7 @@ struct Eval<'a, 'b> {
     evaluations: usize,
     first: Option<Losses>,
     /// The losses of the latest evaluation (read by the iteration callback: the point L-BFGS just accepted).
-    latest: &'a Cell<Losses>,
+    latest: &'a RefCell<Losses>,
     /// The lowest evaluated (Adam returns that point).
     best: Option<Losses>,
     start: Instant,
@@ -394,10 +394,10 @@ impl Objective for Eval<'_, '_> {
         self.evaluations += 1;
         self.match_seconds += matching;
         self.eval_seconds += t.elapsed().as_secs_f64();
-        self.first.get_or_insert(losses);
-        self.latest.set(losses);
-        if losses.total.is_finite() && self.best.is_none_or(|b| losses.total < b.total) {
-            self.best = Some(losses);
+        let total = losses.total;
+        self.first.get_or_insert_with(|| losses.clone());
+        if total.is_finite() && self.best.as_ref().is_none_or(|b| total < b.total) {
+            self.best = Some(losses.clone());
         }
         self.hooks.borrow_mut().evaluation(&EvalRecord {
             scale: self.scale,
@@ -405,10 +405,11 @@ impl Objective for Eval<'_, '_> {
             height: self.height,
             iteration: self.iteration.get(),
             evaluation: self.evaluations,
-            losses,
+            losses: losses.clone(),
             elapsed_ms: self.start.elapsed().as_secs_f64() * 1e3,
         });
-        Ok(losses.total)
+        *self.latest.borrow_mut() = losses;
+        Ok(total)
     }
 }
 
@@ -507,7 +508,7 @@ pub fn stylize_with(
             set_temporal(&mut inputs, w, h, opts.temporal.as_ref())?;
         }
         // the first histogram targets: the starting image matched to the style
-        let hist_used = !model.manifest.hist_layers.is_empty() && opts.weights.terms[3] != 0.0;
+        let hist_used = !model.manifest.hist_layers.is_empty() && opts.weights.term("hist") != 0.0;
         if hist_used && img.data != content_s.data {
             let start_feats = model.features(&img.data, h, w)?;
             histmatch::update_targets(&model.manifest, &start_feats, &style, &mut inputs)?;
@@ -520,8 +521,8 @@ pub fn stylize_with(
         let early_here = use_early && (!is_last || opts.last_scale_early_stop);
         let shared: RefCell<&mut dyn Hooks> = RefCell::new(&mut *hooks);
         let iteration = Cell::new(0usize);
-        let latest = Cell::new(Losses::default());
-        let accepted: Cell<Option<Losses>> = Cell::new(None);
+        let latest = RefCell::new(Losses::default());
+        let accepted: RefCell<Option<Losses>> = RefCell::new(None);
         let mut eval = Eval {
             model: &mut *model,
             inputs: &mut inputs,
@@ -543,7 +544,7 @@ pub fn stylize_with(
         let mut iter_error: Option<anyhow::Error> = None;
         let mut on_iter = |info: &IterInfo, xs: &[f32]| -> Control {
             iteration.set(info.iteration);
-            accepted.set(Some(latest.get()));
+            *accepted.borrow_mut() = Some(latest.borrow().clone());
             let mut hooks = shared.borrow_mut();
             if hooks.wants_image(si, info.iteration) {
                 let p = Planar { width: w, height: h, data: xs.to_vec() };
@@ -587,8 +588,8 @@ pub fn stylize_with(
         // count), Adam's best evaluated point; the starting point when no step was taken
         let first = eval.first.unwrap_or_default();
         let last = match opts.optimizer {
-            Optimizer::Lbfgs { .. } => accepted.get().unwrap_or(first),
-            Optimizer::Adam { .. } => eval.best.unwrap_or(first),
+            Optimizer::Lbfgs { .. } => accepted.into_inner().unwrap_or_else(|| first.clone()),
+            Optimizer::Adam { .. } => eval.best.unwrap_or_else(|| first.clone()),
         };
         let evaluations = eval.evaluations;
         let (eval_seconds, match_seconds) = (eval.eval_seconds, eval.match_seconds);

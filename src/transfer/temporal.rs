@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::inputs::{TemporalInputs, TEMPORAL};
+use super::inputs::TemporalInputs;
 use anyhow::Result;
 
 use super::schedule::{stylize_with, Hooks, Init, Outcome, Palette, StyleSource, StylizeOptions};
@@ -297,6 +297,9 @@ pub const STREAM_PALETTE: Palette = Palette::Content;
 /// Default weight of the temporal term (with the default, normalised term weights; docs/performance.md).
 pub const DEFAULT_TEMPORAL_WEIGHT: f32 = 200.0;
 
+/// The objective's term that holds a frame to the previous result (its inputs: `inputs::set_temporal`).
+pub const TEMPORAL_TERM: &str = "temporal";
+
 /// What is kept of a stream's last frame.
 #[derive(Debug, Clone)]
 pub struct Previous {
@@ -498,8 +501,10 @@ fn plan(
     // evaluation budget
     opts.target_loss = Some(prev.reference * (1.0 + TARGET_SLACK));
     if settings.temporal_weight > 0.0 {
-        opts.weights.terms[TEMPORAL] = settings.temporal_weight;
-        opts.temporal = Some(TemporalInputs { previous: target, weights });
+        // every exported objective has the term (manifest.json); a model without it paints frames unheld
+        if opts.weights.set_term(TEMPORAL_TERM, settings.temporal_weight).is_ok() {
+            opts.temporal = Some(TemporalInputs { previous: target, weights });
+        }
     }
     (Plan { start, changed_fraction: Some(mask.fraction), pan: None }, Some(mask.unchanged))
 }
@@ -595,7 +600,7 @@ pub fn stylize_frame(
     }
     let outcome = stylize_with(model, content, styles, &opts, hooks)?;
     let l = outcome.final_losses();
-    let loss = l.total - opts.weights.terms[TEMPORAL] as f64 * l.terms[TEMPORAL];
+    let loss = l.total - opts.weights.term(TEMPORAL_TERM) as f64 * l.term(TEMPORAL_TERM);
     let kept = match (prev, held) {
         // the plate takes the result where the scene did not change since the previous frame
         (Some(p), Some(held)) => {

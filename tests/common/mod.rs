@@ -108,18 +108,18 @@ pub fn png_header(w: u32, h: u32) -> Vec<u8> {
     png
 }
 
-/// A synthetic camera clip from the bundled images (`fuchun::clip`): Tübingen as the still scene, the astronaut
+/// A synthetic camera clip from the bundled images (`fuchun::lab::clip`): Tübingen as the still scene, the astronaut
 /// crossing it (a disc of `object` pixels), sensor noise, JPEG q85, a new scene at frame `frames / 2`.
-pub fn example_clip(longest: usize, frames: usize, object: usize) -> fuchun::clip::Clip {
+pub fn example_clip(longest: usize, frames: usize, object: usize) -> fuchun::lab::clip::Clip {
     use fuchun::imageio::{fit_size, load_path, Limits};
     let bg = load_path(&example("tubingen.jpg"), &Limits::default()).unwrap();
     let obj = load_path(&example("astronaut.jpg"), &Limits::default()).unwrap();
     let (w, h) = fit_size(bg.width, bg.height, longest);
-    let spec = fuchun::clip::ClipSpec {
+    let spec = fuchun::lab::clip::ClipSpec {
         frames,
         scene_change: Some(frames / 2),
         object_size: object,
-        ..fuchun::clip::ClipSpec::default()
+        ..fuchun::lab::clip::ClipSpec::default()
     };
-    fuchun::clip::synthetic(&bg.resize(w, h), &obj, &spec)
+    fuchun::lab::clip::synthetic(&bg.resize(w, h), &obj, &spec)
 }

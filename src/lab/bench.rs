@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 
+use super::report::verdict;
 use crate::imageio::fit_size as fit;
 use crate::imageio::{self, Limits};
 use crate::memory::{current_rss, peak_rss};
@@ -147,23 +148,23 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// A target line: the figure, the target and whether it is met.
-pub(crate) fn verdict(met: bool) -> &'static str {
-    if met {
-        "met"
-    } else {
-        "NOT met"
-    }
-}
-
 pub fn run(args: &BenchArgs) -> Result<()> {
-    if super::peers::dispatch(args)? {
+    let peers = super::peers::PeerRun {
+        peers: &args.peers,
+        model: &args.model,
+        sizes: &args.sizes,
+        repeats: args.repeats,
+        content: &args.content,
+        style: &args.style,
+    };
+    if super::peers::dispatch(&peers)? {
         return Ok(());
     }
     let limits = Limits::default();
     let content = imageio::load_path(&args.content, &limits).with_context(|| format!("{}", args.content.display()))?;
     let style = imageio::load_path(&args.style, &limits).with_context(|| format!("{}", args.style.display()))?;
     let rust_peak = sgemm_peak_gflops();
-    let ort_peak = crate::engine::peak::onnxruntime_matmul_gflops(&args.model.cli_options()?, 2048, 5)?;
+    let ort_peak = super::peak::onnxruntime_matmul_gflops(&args.model.cli_options()?, 2048, 5)?;
     let peak = rust_peak.max(ort_peak);
     // every run of the bench fits in a square of its largest size (the TensorRT profile's max)
     let sizes: Vec<[usize; 2]> = args
@@ -311,8 +312,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let b = stylize(&mut model, &content, std::slice::from_ref(&style), &c2f, &mut NoHooks)?;
         let t_c2f = t.elapsed().as_secs_f64();
         let reached = b.final_losses().total <= target;
-        let exact =
-            |o: &crate::transfer::Outcome| o.scales.last().and_then(|s| s.exact).map(|l| l.total).unwrap_or(f64::NAN);
+        let exact = |o: &crate::transfer::Outcome| {
+            o.scales.last().and_then(|s| s.exact.as_ref()).map(|l| l.total).unwrap_or(f64::NAN)
+        };
         println!(
             "[3] schedule at {} px: classic (single scale, {} L-BFGS iterations) loss {:.4e} (exact {:.4e}) in {:.1} s, \
              {} evaluations; default {:?} {} it: loss {:.4e} (exact {:.4e}) in {:.1} s, {} evaluations: {:.2}x faster \
@@ -401,7 +403,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             let r = stylize(&mut model, &content, std::slice::from_ref(&style), &o, &mut curve)?;
             let secs = t.elapsed().as_secs_f64();
             let sc = &r.scales[0];
-            let exact = sc.exact.map(|l| l.total).unwrap_or(f64::NAN);
+            let exact = sc.exact.as_ref().map(|l| l.total).unwrap_or(f64::NAN);
             println!(
                 "{:>10} {:>8} {:>12.1} {:>12.3} {:>12.4e} {:>10.4e}",
                 k,

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{anyhow, Result};
 use ort::value::Tensor;
 
-use super::runtime::{self, RuntimeOptions};
+use crate::engine::runtime::{self, RuntimeOptions};
 
 /// Minimal protobuf writer for the few ONNX messages a one-node model needs.
 struct Pb(Vec<u8>);

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use crate::clip::{synthetic, Clip, ClipSpec};
+use super::clip::{synthetic, Clip, ClipSpec};
 use crate::engine::Model;
 use crate::imageio::{self, fit_size, Limits, Planar};
 use crate::transfer::temporal::{self, masked_difference, Previous, Start, StreamSettings};
@@ -185,7 +185,7 @@ pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &Str
         partial_evals,
         cold_evals,
         eval_ratio,
-        super::bench::verdict(eval_ratio <= 1.0 / 3.0)
+        super::report::verdict(eval_ratio <= 1.0 / 3.0)
     );
     println!(
         "    seconds per frame: partly changed {:.1} with temporal consistency, cold {:.1}",
@@ -203,7 +203,7 @@ pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &Str
         255.0 * f_cold,
         255.0 * f_warm,
         f_ratio,
-        super::bench::verdict(f_ratio <= 0.2),
+        super::report::verdict(f_ratio <= 0.2),
         frames.len(),
         255.0 * f_all
     );
@@ -219,7 +219,7 @@ pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &Str
         if detected { "cold run" } else { "NOT a cold run" },
         255.0 * ghost,
         255.0 * old_new,
-        super::bench::verdict(detected && ghost < 0.1 * old_new)
+        super::report::verdict(detected && ghost < 0.1 * old_new)
     );
     // is the motion search worth it? the same clip with it off
     let mut no_motion = serde_json::Value::Null;

@@ -9,16 +9,11 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::stylize::StylizeArgs;
+use super::args::StylizeArgs;
 use crate::imageio::{self, fit_size, Limits, Planar};
-use crate::transfer::inputs::TEMPORAL;
+use crate::transfer::temporal::TEMPORAL_TERM;
 use crate::transfer::temporal::{self, Previous};
 use crate::transfer::{CachedTargets, NoHooks, StyleImages};
-
-/// Whether `--content` names a frame sequence: a directory, or a file name with `*` or `?`.
-pub fn is_sequence(content: &Path) -> bool {
-    content.is_dir() || content.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(['*', '?']))
-}
 
 /// `*` (any run of characters) and `?` (one character) against a whole file name.
 fn wildcard(pattern: &[char], name: &[char]) -> bool {
@@ -90,7 +85,7 @@ pub fn run(args: &StylizeArgs) -> Result<()> {
     let files = frame_files(&args.content)?;
     let limits = Limits::default();
     let first = imageio::load_path(&files[0], &limits).with_context(|| format!("frame {}", files[0].display()))?;
-    let (styles, mut model) = super::stylize::load_styles_and_model(args, (first.width, first.height))?;
+    let (styles, mut model) = super::args::load_styles_and_model(args, (first.width, first.height))?;
     drop(first);
     let base = args.options(&model.manifest, &limits)?;
     let settings = args.stream_settings()?;
@@ -145,7 +140,7 @@ pub fn run(args: &StylizeArgs) -> Result<()> {
             pan: plan.pan.map(|(dx, dy)| [dx, dy]),
             evaluations: outcome.evaluations(),
             loss: l.total,
-            temporal_loss: l.terms[TEMPORAL],
+            temporal_loss: l.term(TEMPORAL_TERM),
             seconds: t.elapsed().as_secs_f64(),
         };
         writeln!(log, "{}", serde_json::to_string(&rec)?).context("writing frames.jsonl")?;

@@ -20,8 +20,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use rand::{Rng, SeedableRng};
 
-use super::bench::BenchArgs;
-use crate::engine::{Losses, ObjectiveInputs, TERMS};
+use crate::settings::Runtime;
+use crate::engine::{Losses, ObjectiveInputs};
 use crate::imageio::{self, fit_size, Limits};
 use crate::transfer::histmatch;
 use crate::transfer::inputs::{objective_inputs, Weights};
@@ -44,8 +44,18 @@ pub struct PeerArgs {
     pub peer_noise: f32,
 }
 
+/// What the side-by-side bench and its worker take from `fuchun bench`'s arguments.
+pub struct PeerRun<'a> {
+    pub peers: &'a PeerArgs,
+    pub model: &'a Runtime,
+    pub sizes: &'a [usize],
+    pub repeats: usize,
+    pub content: &'a Path,
+    pub style: &'a Path,
+}
+
 /// Handle `--peers` / `--peer-worker`; false when neither is given.
-pub fn dispatch(args: &BenchArgs) -> Result<bool> {
+pub fn dispatch(args: &PeerRun) -> Result<bool> {
     if args.peers.peer_worker {
         worker(args)?;
         Ok(true)
@@ -57,7 +67,7 @@ pub fn dispatch(args: &BenchArgs) -> Result<bool> {
     }
 }
 
-fn side_by_side(args: &BenchArgs) -> Result<()> {
+fn side_by_side(args: &PeerRun) -> Result<()> {
     let roots = crate::engine::runtime::search_roots();
     let script = roots
         .iter()
@@ -78,9 +88,9 @@ fn side_by_side(args: &BenchArgs) -> Result<()> {
         .arg("--model")
         .arg(args.model.cli_model_dir()?)
         .arg("--content")
-        .arg(&args.content)
+        .arg(args.content)
         .arg("--style")
-        .arg(&args.style)
+        .arg(args.style)
         .args(["--sizes", &sizes.join(","), "--rounds", &args.repeats.to_string()]);
     if let Some(extra) = &args.peers.peers_args {
         cmd.args(extra.split_whitespace());
@@ -92,11 +102,11 @@ fn side_by_side(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn worker(args: &BenchArgs) -> Result<()> {
-    let &[size] = args.sizes.as_slice() else { bail!("--peer-worker takes one size (--sizes N)") };
+fn worker(args: &PeerRun) -> Result<()> {
+    let &[size] = args.sizes else { bail!("--peer-worker takes one size (--sizes N)") };
     let limits = Limits::default();
-    let content = imageio::load_path(&args.content, &limits).with_context(|| format!("{}", args.content.display()))?;
-    let style = imageio::load_path(&args.style, &limits).with_context(|| format!("{}", args.style.display()))?;
+    let content = imageio::load_path(args.content, &limits).with_context(|| format!("{}", args.content.display()))?;
+    let style = imageio::load_path(args.style, &limits).with_context(|| format!("{}", args.style.display()))?;
     let mut model = args.model.load(&[[size, size]])?;
     let m = model.manifest.clone();
     let c = content.resize(size, size);
@@ -124,7 +134,7 @@ fn worker(args: &BenchArgs) -> Result<()> {
                 let (losses, secs) =
                     histmatch::evaluate(&mut model, &x, size, size, &mut inputs, &mut grad, &st, true)?;
                 let total = t.elapsed().as_secs_f64();
-                last = Some(losses);
+                last = Some(losses.clone());
                 serde_json::json!({"seconds": total, "graph_seconds": total - secs, "match_seconds": secs,
                     "total": losses.total})
             }
@@ -174,11 +184,9 @@ fn dump(
     if let Some((losses, grad)) = last {
         write_npy(&file("grad"), &[1, 3, size, size], grad)?;
         let terms: serde_json::Map<String, serde_json::Value> =
-            TERMS.iter().map(|t| (t.to_string(), losses.term(t).into())).collect();
-        let layers: serde_json::Map<String, serde_json::Value> = crate::engine::model::LAYER_GROUPS
-            .iter()
-            .map(|g| (g.to_string(), losses.layer_losses(g).to_vec().into()))
-            .collect();
+            losses.terms.iter().map(|(t, v)| (t.clone(), (*v).into())).collect();
+        let layers: serde_json::Map<String, serde_json::Value> =
+            losses.layers.iter().map(|(g, v)| (g.clone(), v.clone().into())).collect();
         let json = serde_json::json!({"total": losses.total, "terms": terms, "layers": layers});
         std::fs::write(dir.join("losses.json"), json.to_string())?;
     }
