@@ -8,6 +8,7 @@ pub mod mqtt;
 pub mod outbox;
 pub mod queue;
 pub mod stats;
+mod style_cache;
 pub mod styles;
 pub mod topics;
 pub mod view;
