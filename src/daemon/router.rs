@@ -280,3 +280,294 @@ impl Router {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::daemon::config::Config;
+    use crate::daemon::queue::Reply;
+    use crate::daemon::topics::Topics;
+
+    /// A router over a configuration with two styles (`ink`, the default, and `wave`) and `extra` (TOML tables).
+    fn router(extra: &str) -> Router {
+        let toml = format!(
+            "[mqtt]\nprefix = \"home/fuchun\"\nclient_id = \"fuchun-1\"\n\
+             [styles.ink]\nimages = [\"ink.jpg\"]\n[styles.wave]\nimages = [\"wave.jpg\"]\n{extra}"
+        );
+        let cfg: Config = toml::from_str(&toml).unwrap();
+        let topics = Topics { prefix: cfg.mqtt.prefix.clone(), mappings: cfg.inputs.clone() };
+        // what the router returns is the test's to look at; nothing it keeps sends on the channel
+        let (tx, _) = mpsc::unbounded_channel();
+        Router::new(Arc::new(Shared::new(cfg, topics, tx)))
+    }
+
+    fn msg(topic: &str, payload: &[u8]) -> Incoming {
+        Incoming {
+            topic: topic.into(),
+            payload: Bytes::copy_from_slice(payload),
+            retain: false,
+            reply: None,
+            bad_reply: None,
+        }
+    }
+
+    /// A frame asking for an answer on `reply/<id>` (MQTT v5 response topic and correlation data).
+    fn request(topic: &str, payload: &[u8], id: &str) -> Incoming {
+        let reply = Reply { topic: format!("reply/{id}"), correlation: Some(Bytes::from(id.to_string())) };
+        Incoming { reply: Some(reply), ..msg(topic, payload) }
+    }
+
+    const FRONT: &str = "home/fuchun/front/frame";
+
+    /// Each message as `topic code` (JSON with a code), `topic = payload` otherwise; `(retained)` if it is.
+    fn show(out: &[Outgoing]) -> Vec<String> {
+        out.iter()
+            .map(|o| {
+                let what = match serde_json::from_slice::<serde_json::Value>(&o.payload) {
+                    Ok(v) if v.get("code").is_some() => format!("{} {}", o.topic, v["code"].as_str().unwrap()),
+                    _ => format!("{} = {}", o.topic, String::from_utf8_lossy(&o.payload)),
+                };
+                if o.retain {
+                    format!("{what} (retained)")
+                } else {
+                    what
+                }
+            })
+            .collect()
+    }
+
+    fn body(o: &Outgoing) -> serde_json::Value {
+        serde_json::from_slice(&o.payload).unwrap()
+    }
+
+    fn n(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+
+    /// The frames queued for the workers, as `camera#seq`.
+    fn queued(r: &Router) -> Vec<String> {
+        let mut v = Vec::new();
+        while let Some(f) = r.shared.queue.pop(Duration::ZERO) {
+            r.shared.queue.done(&f.camera);
+            v.push(format!("{}#{}", f.camera, f.seq));
+        }
+        v
+    }
+
+    #[test]
+    fn a_frame_is_queued_as_it_came() {
+        let mut r = router("");
+        // decoding is the worker's: whatever the bytes, the frame is queued
+        assert!(r.handle(msg(FRONT, b"not an image")).is_empty());
+        let f = r.shared.queue.pop(Duration::ZERO).unwrap();
+        assert_eq!(
+            (f.camera.as_str(), f.seq, f.topic.as_str(), &f.payload[..]),
+            ("front", 1, FRONT, &b"not an image"[..])
+        );
+        assert_eq!(f.reply, None);
+        assert_eq!((n(&r.shared.stats.received), r.shared.cameras.load(Ordering::Relaxed)), (1, 1));
+        // a frame of an input mapping, with its reply
+        let mut r = router("[[inputs]]\ntopic = \"frigate/+/+/snapshot\"\ncamera_level = 1\n");
+        assert!(r.handle(request("frigate/garage/person/snapshot", b"x", "a")).is_empty());
+        let f = r.shared.queue.pop(Duration::ZERO).unwrap();
+        assert_eq!((f.camera.as_str(), f.reply.unwrap().topic.as_str()), ("garage", "reply/a"));
+    }
+
+    #[test]
+    fn frames_over_the_payload_limit_are_refused_with_an_error() {
+        let mut r = router("[daemon]\nmax_payload_bytes = 10\n");
+        let out = r.handle(request(FRONT, &[1; 11], "a"));
+        assert_eq!(show(&out), ["home/fuchun/front/error payload_too_large", "reply/a payload_too_large"]);
+        assert_eq!(body(&out[0])["seq"], 1);
+        assert_eq!(out[1].correlation.as_deref(), Some(&b"a"[..]));
+        assert!(r.handle(msg(FRONT, &[1; 10])).is_empty());
+        assert_eq!(queued(&r), ["front#2"]);
+        assert_eq!((n(&r.shared.stats.received), n(&r.shared.stats.errors)), (2, 1));
+    }
+
+    #[test]
+    fn empty_frames_are_refused_unless_they_clear_a_retained_frame() {
+        let mut r = router("");
+        assert_eq!(show(&r.handle(msg(FRONT, b""))), ["home/fuchun/front/error empty_payload"]);
+        assert!(r.handle(Incoming { retain: true, ..msg(FRONT, b"") }).is_empty());
+        assert!(queued(&r).is_empty());
+        assert_eq!((n(&r.shared.stats.errors), n(&r.shared.stats.dropped)), (1, 1));
+    }
+
+    #[test]
+    fn frames_sooner_than_the_cameras_interval_are_dropped() {
+        let mut r = router("[cameras.front]\nmin_interval_ms = 60000\n");
+        assert!(r.handle(msg(FRONT, b"1")).is_empty());
+        // dropped quietly; a requester is told
+        assert!(r.handle(msg(FRONT, b"2")).is_empty());
+        let out = r.handle(request(FRONT, b"3", "a"));
+        assert_eq!(show(&out), ["reply/a rate_limited"]);
+        assert_eq!(body(&out[0])["seq"], 3);
+        assert_eq!(out[0].correlation.as_deref(), Some(&b"a"[..]));
+        // other cameras have no interval (daemon.default_min_interval_ms = 0)
+        assert!(r.handle(msg("home/fuchun/back/frame", b"4")).is_empty());
+        assert!(r.handle(msg("home/fuchun/back/frame", b"5")).is_empty());
+        assert_eq!(queued(&r), ["front#1", "back#5"]);
+        assert_eq!(n(&r.shared.stats.dropped), 3); // 2, 3 and back's 4 (superseded by 5)
+    }
+
+    #[test]
+    fn a_newer_frame_of_a_camera_supersedes_the_waiting_one() {
+        let mut r = router("");
+        assert!(r.handle(request(FRONT, b"1", "a")).is_empty());
+        let out = r.handle(msg(FRONT, b"2"));
+        assert_eq!(show(&out), ["reply/a superseded"]);
+        assert_eq!((body(&out[0])["seq"].as_u64(), body(&out[0])["camera"].as_str()), (Some(1), Some("front")));
+        assert_eq!(queued(&r), ["front#2"]);
+        assert_eq!(n(&r.shared.stats.dropped), 1);
+    }
+
+    #[test]
+    fn a_full_queue_evicts_the_longest_waiting_frame() {
+        let mut r = router("[daemon]\nmax_queued_frames = 2\n");
+        assert!(r.handle(request("home/fuchun/a/frame", b"1", "a")).is_empty());
+        assert!(r.handle(msg("home/fuchun/b/frame", b"2")).is_empty());
+        let out = r.handle(msg("home/fuchun/c/frame", b"3"));
+        assert_eq!(show(&out), ["reply/a evicted"]);
+        assert_eq!((body(&out[0])["camera"].as_str(), body(&out[0])["seq"].as_u64()), (Some("a"), Some(1)));
+        assert_eq!(queued(&r), ["b#2", "c#3"]);
+        assert_eq!((n(&r.shared.stats.dropped), n(&r.shared.stats.evicted_frames)), (1, 1));
+    }
+
+    #[test]
+    fn frames_arriving_while_stopping_are_answered_shutting_down() {
+        let mut r = router("");
+        r.shared.queue.close();
+        let out = r.handle(request(FRONT, b"1", "a"));
+        assert_eq!(show(&out), ["home/fuchun/front/error shutting_down", "reply/a shutting_down"]);
+    }
+
+    #[test]
+    fn bad_topics_and_response_topics_are_errors_of_their_own() {
+        let mut r = router("");
+        let out = r.handle(msg("home/fuchun/bad name!/frame", b"1"));
+        assert_eq!(show(&out), ["home/fuchun/error bad_topic"]);
+        assert_eq!(body(&out[0])["topic"], "home/fuchun/bad name!/frame");
+        assert_eq!(show(&r.handle(msg("home/fuchun/bad name!/style/set", b"ink"))), ["home/fuchun/error bad_topic"]);
+        // an unusable response topic: said on the camera's error topic, the frame still processed
+        let bad = Incoming { bad_reply: Some("the MQTT v5 response topic is empty".into()), ..msg(FRONT, b"1") };
+        assert_eq!(show(&r.handle(bad)), ["home/fuchun/front/error bad_response_topic"]);
+        assert_eq!(queued(&r), ["front#1"]);
+        assert_eq!((n(&r.shared.stats.control_errors), n(&r.shared.stats.errors)), (3, 0));
+        // our own outputs and other topics are not for the router
+        for t in ["home/fuchun/front/stylized", "home/fuchun/front/error", "home/fuchun/stats", "elsewhere/front/frame"]
+        {
+            assert!(r.handle(msg(t, b"x")).is_empty(), "{t}");
+        }
+        assert_eq!(n(&r.shared.stats.received), 1);
+    }
+
+    #[test]
+    fn style_set_changes_the_cameras_style_and_says_so_retained() {
+        let mut r = router("");
+        let set = "home/fuchun/front/style/set";
+        assert_eq!(r.shared.style_of("front"), "ink");
+        assert_eq!(show(&r.handle(msg(set, b" wave\n"))), ["home/fuchun/front/style/state = wave (retained)"]);
+        assert_eq!(r.shared.style_of("front"), "wave");
+        assert_eq!(
+            show(&r.handle(msg(set, br#"{"style": "ink"}"#))),
+            ["home/fuchun/front/style/state = ink (retained)"]
+        );
+        assert_eq!(r.shared.style_of("front"), "ink");
+        assert_eq!(r.shared.style_of("back"), "ink");
+        for bad in [&b"not a name!"[..], b"{\"other\": \"ink\"}", b"{\"style\": 3}", b"\xff\xfe", b""] {
+            let out = r.handle(msg(set, bad));
+            assert_eq!(show(&out), ["home/fuchun/front/error bad_control_payload"], "{bad:?}");
+        }
+        let out = r.handle(msg(set, br#"{"style": "oil"}"#));
+        assert_eq!(show(&out), ["home/fuchun/front/error unknown_style"]);
+        assert!(body(&out[0])["message"].as_str().unwrap().contains("keeping \"ink\""));
+        assert_eq!(show(&r.handle(msg(set, b"oil"))), ["home/fuchun/front/error unknown_style"]);
+        assert_eq!(r.shared.style_of("front"), "ink");
+        assert_eq!((n(&r.shared.stats.control_errors), n(&r.shared.stats.errors)), (7, 0));
+    }
+
+    #[test]
+    fn a_retained_style_state_is_adopted_quietly() {
+        let mut r = router("");
+        assert!(r.handle(msg("home/fuchun/front/style/state", b"wave")).is_empty());
+        assert_eq!(r.shared.style_of("front"), "wave");
+        assert!(r.handle(msg("home/fuchun/front/style/state", b"oil")).is_empty());
+        assert_eq!(r.shared.style_of("front"), "wave");
+        assert_eq!(n(&r.shared.stats.control_errors), 0);
+    }
+
+    #[test]
+    fn availability_is_claimed_while_serving_and_given_up_on_stopping() {
+        let mut r = router("");
+        let (own, all, peer) =
+            ("home/fuchun/fuchun-1/available", "home/fuchun/available", "home/fuchun/fuchun-2/available");
+        // not serving yet: an earlier run's last will stands
+        assert!(r.handle(msg(own, b"offline")).is_empty());
+        assert!(r.handle(msg(all, b"offline")).is_empty());
+        assert_eq!(show(&r.serving()), [format!("{own} = online (retained)"), format!("{all} = online (retained)")]);
+        assert_eq!(show(&r.handle(msg(own, b"offline"))), [format!("{own} = online (retained)")]);
+        assert_eq!(show(&r.handle(msg(all, b"offline"))), [format!("{all} = online (retained)")]);
+        assert!(r.handle(msg(own, b"online")).is_empty());
+        assert!(r.handle(msg(all, b"online")).is_empty());
+        // another daemon serves the prefix: stopping leaves the aggregate to it
+        assert!(r.handle(msg(peer, b"online")).is_empty());
+        assert_eq!(show(&r.stopped()), [format!("{own} = stopped (retained)")]);
+        assert!(r.handle(msg(peer, b"offline")).is_empty());
+        assert_eq!(show(&r.stopped()), [format!("{own} = stopped (retained)"), format!("{all} = stopped (retained)")]);
+        // a lost connection: no longer claiming anything
+        r.not_serving();
+        assert!(r.handle(msg(own, b"offline")).is_empty());
+        assert!(r.handle(msg(all, b"offline")).is_empty());
+    }
+
+    #[test]
+    fn home_assistant_discovery_announces_each_camera_once() {
+        let mut r = router("[daemon]\nhome_assistant_discovery = true\nmax_cameras = 2\n[cameras.front]\n");
+        let topics = |out: &[Outgoing]| out.iter().map(|o| o.topic.clone()).collect::<Vec<_>>();
+        let out = r.serving();
+        assert_eq!(
+            topics(&out)[2..],
+            ["homeassistant/image/fuchun_1_front/config", "homeassistant/sensor/fuchun_1_front_duration/config"]
+        );
+        let (image, sensor) = (body(&out[2]), body(&out[3]));
+        assert!(out[2].retain && out[3].retain);
+        assert_eq!(image["image_topic"], "home/fuchun/front/stylized");
+        assert_eq!(image["unique_id"], "fuchun_1_front_stylized");
+        assert_eq!(image["availability"][0]["topic"], "home/fuchun/available");
+        assert_eq!(sensor["state_topic"], "home/fuchun/front/stylized/meta");
+        assert_eq!(sensor["device"]["identifiers"][0], "fuchun-1");
+        // configured cameras are announced on serving, others with their first frame
+        assert!(r.handle(msg(FRONT, b"1")).is_empty());
+        assert_eq!(
+            topics(&r.handle(msg("home/fuchun/back/frame", b"1"))),
+            ["homeassistant/image/fuchun_1_back/config", "homeassistant/sensor/fuchun_1_back_duration/config"]
+        );
+        assert!(r.handle(msg("home/fuchun/back/frame", b"2")).is_empty());
+        // a camera forgotten (daemon.max_cameras) is announced again when it comes back
+        assert_eq!(r.handle(msg("home/fuchun/side/frame", b"1")).len(), 2);
+        assert_eq!(r.handle(msg("home/fuchun/back/frame", b"3")).len(), 2);
+        // without discovery: nothing of it
+        let mut r = router("[cameras.front]\n");
+        assert_eq!(r.serving().len(), 2);
+        assert!(r.handle(msg("home/fuchun/back/frame", b"1")).is_empty());
+    }
+
+    #[test]
+    fn cameras_beyond_max_cameras_are_forgotten_least_recent_first() {
+        let mut r = router("[daemon]\nmax_cameras = 2\n[cameras.front]\nmin_interval_ms = 60000\n");
+        r.handle(msg(FRONT, b"1"));
+        r.handle(msg("home/fuchun/a/style/set", b"wave"));
+        r.handle(msg("home/fuchun/b/frame", b"1"));
+        // three cameras: `a` goes, not `front` (configured) although it was seen earlier
+        assert_eq!(r.shared.style_of("a"), "ink");
+        assert_eq!(n(&r.shared.stats.evicted_cameras), 1);
+        assert_eq!(r.shared.cameras.load(Ordering::Relaxed), 2);
+        // front keeps its rate limit
+        assert!(r.handle(msg(FRONT, b"2")).is_empty());
+        assert_eq!(n(&r.shared.stats.dropped), 1);
+    }
+}
