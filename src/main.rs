@@ -2,8 +2,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use fuchun::commands::{doctor, stylize};
-use fuchun::lab::{bench, quality_bench as quality};
 use fuchun::daemon;
+use fuchun::lab::{bench, quality_bench as quality};
 
 /// fuchun: neural style transfer (Gatys + long-range consistency + histogram loss) on ONNX Runtime.
 #[derive(Parser)]

@@ -396,17 +396,33 @@ fn style_targets_are_cached_on_disk_across_restarts() {
     let prefix = unique_prefix("cache");
     let probe = Probe::new(port, &[&format!("{prefix}/#")]);
     let meta = format!("{prefix}/cam/stylized/meta");
-    for (run, want) in [(1usize, "computed"), (2, "disk")] {
-        let d = Daemon::start(port, &prefix, &format!("fuchun-cache-{run}-{}", std::process::id()), &extra);
-        probe.wait_n(&format!("{prefix}/available"), 2 * run - 1, T);
+    let files =
+        || -> Vec<std::path::PathBuf> { std::fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap().path()).collect() };
+    for (run, want) in [(1usize, "computed"), (2, "disk"), (3, "computed"), (4, "disk")] {
+        if run == 3 {
+            // a corrupted cache file is computed again (with a warning), and replaced
+            for f in files() {
+                let len = std::fs::metadata(&f).unwrap().len();
+                std::fs::OpenOptions::new().write(true).open(&f).unwrap().set_len(len / 2).unwrap();
+            }
+        }
+        let id = format!("fuchun-cache-{run}-{}", std::process::id());
+        // this run's own availability: the aggregate's also carries the earlier runs' and re-assertions
+        let own = format!("{prefix}/{id}/available");
+        let mut d = Daemon::start(port, &prefix, &id, &extra);
+        probe.wait_for(&own, |m| m.text() == "online", T);
         probe.publish(&format!("{prefix}/cam/frame"), jpeg(64, 48, 0.2 * run as f32));
         let m = probe.wait_n(&meta, run, T).remove(run - 1).json();
         assert_eq!(m["style_targets"], want, "run {run}: {m}");
         d.signal("TERM");
-        probe.wait_n(&format!("{prefix}/available"), 2 * run, T); // "stopped"
+        probe.wait_for(&own, |m| m.text() == "stopped", T);
+        assert!(d.wait_exit(T).is_some_and(|s| s.success()));
+        let unreadable = d.log_text().contains("ignoring an unreadable style cache file");
+        assert_eq!(unreadable, run == 3, "run {run}: {}", d.log_text());
     }
-    let files: Vec<_> = std::fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert!(files.iter().any(|f| f.to_string_lossy().starts_with("style-ink-")), "{files:?}");
+    let names: Vec<String> = files().iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().all(|f| f.starts_with("style-ink-") && f.ends_with(".safetensors")), "{names:?}");
+    assert_eq!(names.len(), 1, "{names:?}");
 }
 
 #[test]

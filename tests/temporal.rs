@@ -6,10 +6,10 @@ mod common;
 
 use std::path::Path;
 
-use fuchun::lab::clip::Clip;
-use fuchun::lab::stream_bench::{flicker, frames, run_pass};
 use fuchun::engine::{Model, RuntimeOptions};
 use fuchun::imageio::{self, Limits, Planar};
+use fuchun::lab::clip::Clip;
+use fuchun::lab::stream_bench::{flicker, frames, run_pass};
 use fuchun::transfer::temporal::{Start, StreamSettings, DEFAULT_TEMPORAL_WEIGHT};
 use fuchun::transfer::{StylizeOptions, Weights};
 

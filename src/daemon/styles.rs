@@ -2,13 +2,13 @@
 //! style images' bytes, blend weights, style scale, the scale and the model's graphs).
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
 use super::config::{Config, StyleConfig};
+use super::style_cache::{self, CacheFile};
 use crate::engine::{Manifest, Model};
 use crate::imageio::{self, Limits, Planar};
 use crate::settings::transfer::CAMERA;
@@ -70,7 +70,7 @@ impl Style {
     }
 
     fn disk_path(&self, longest: usize) -> Option<PathBuf> {
-        self.cache_dir.as_ref().map(|d| d.join(format!("style-{}-{}-{longest}.bin", self.name, self.key)))
+        self.cache_dir.as_ref().map(|d| style_cache::file_path(d, &self.name, &self.key, longest))
     }
 }
 
@@ -80,16 +80,11 @@ impl StyleSource for Style {
             self.last_source = "memory";
             return Ok(t.clone());
         }
-        let path = self.disk_path(longest);
-        if let Some(p) = path.as_ref().filter(|p| p.is_file()) {
-            match read_targets(p) {
-                Ok(t) => {
-                    self.last_source = "disk";
-                    self.memory.insert(longest, t.clone());
-                    return Ok(t);
-                }
-                Err(e) => tracing::warn!(path = %p.display(), error = %e, "ignoring an unreadable style cache file"),
-            }
+        let file = self.disk_path(longest).and_then(|p| CacheFile::new(p, &self.key, longest, &model.manifest));
+        if let Some(t) = file.as_ref().and_then(CacheFile::load) {
+            self.last_source = "disk";
+            self.memory.insert(longest, t.clone());
+            return Ok(t);
         }
         let t = StyleImages {
             images: &self.images,
@@ -98,10 +93,8 @@ impl StyleSource for Style {
         }
         .targets(model, longest)?;
         self.last_source = "computed";
-        if let Some(p) = &path {
-            if let Err(e) = write_targets(p, &t) {
-                tracing::warn!(path = %p.display(), error = %e, "cannot write the style cache");
-            }
+        if let Some(f) = &file {
+            f.store(&t);
         }
         self.memory.insert(longest, t.clone());
         Ok(t)
@@ -113,110 +106,5 @@ impl StyleSource for Style {
             &self.config.transfer.style_blend_weights,
             crate::transfer::schedule::PALETTE_SIDE,
         )
-    }
-}
-
-const MAGIC: &[u8; 8] = b"FCSTYLE1";
-
-fn write_targets(path: &Path, t: &StyleTargets) -> Result<()> {
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d)?;
-    }
-    let mut buf = Vec::new();
-    buf.extend_from_slice(MAGIC);
-    let mut put = |name: String, v: &[f32]| {
-        buf.extend_from_slice(&(name.len() as u32).to_le_bytes());
-        buf.extend_from_slice(name.as_bytes());
-        buf.extend_from_slice(&(v.len() as u64).to_le_bytes());
-        for x in v {
-            buf.extend_from_slice(&x.to_le_bytes());
-        }
-    };
-    for (l, v) in &t.grams {
-        put(format!("gram/{l}"), v);
-    }
-    for (l, (h, v)) in &t.shifts {
-        put(format!("shift_h/{l}"), h);
-        put(format!("shift_v/{l}"), v);
-    }
-    for (l, v) in &t.hists {
-        put(format!("hist/{l}"), v);
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::File::create(&tmp)?.write_all(&buf)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
-}
-
-fn read_targets(path: &Path) -> Result<StyleTargets> {
-    let mut data = Vec::new();
-    std::fs::File::open(path)?.read_to_end(&mut data)?;
-    if data.len() < 8 || &data[..8] != MAGIC {
-        bail!("not a style cache file");
-    }
-    let mut t = StyleTargets { grams: Default::default(), shifts: Default::default(), hists: Default::default() };
-    let mut i = 8;
-    let end = data.len();
-    let mut take = |n: usize| -> Result<Option<&[u8]>> {
-        if i == end && n == 4 {
-            return Ok(None); // clean end between entries
-        }
-        if i + n > data.len() {
-            bail!("truncated style cache file");
-        }
-        let s = &data[i..i + n];
-        i += n;
-        Ok(Some(s))
-    };
-    let mut halves: HashMap<String, Vec<f32>> = HashMap::new();
-    loop {
-        let Some(len) = take(4)? else { break };
-        let len = u32::from_le_bytes(len.try_into()?) as usize;
-        let name = String::from_utf8(take(len)?.unwrap_or_default().to_vec())?;
-        let n = u64::from_le_bytes(take(8)?.unwrap_or_default().try_into()?) as usize;
-        let v: Vec<f32> = take(n * 4)?
-            .unwrap_or_default()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect();
-        match name.split_once('/') {
-            Some(("gram", l)) => {
-                t.grams.insert(l.to_string(), v);
-            }
-            Some(("hist", l)) => {
-                t.hists.insert(l.to_string(), v);
-            }
-            Some(("shift_h", _)) | Some(("shift_v", _)) => {
-                halves.insert(name, v);
-            }
-            _ => bail!("unknown entry {name} in the style cache"),
-        }
-    }
-    let layers: Vec<String> = halves.keys().filter_map(|k| k.strip_prefix("shift_h/").map(str::to_string)).collect();
-    for l in layers {
-        let h = halves.remove(&format!("shift_h/{l}")).unwrap();
-        let v = halves.remove(&format!("shift_v/{l}")).context("shift_v missing in the style cache")?;
-        t.shifts.insert(l, (h, v));
-    }
-    Ok(t)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cache_file_round_trip() {
-        let mut t = StyleTargets { grams: Default::default(), shifts: Default::default(), hists: Default::default() };
-        t.grams.insert("relu1_1".into(), vec![1.0, 2.0, 3.0, 4.0]);
-        t.shifts.insert("relu2_1".into(), (vec![0.5; 9], vec![-0.5; 9]));
-        t.hists.insert("relu1_1".into(), vec![0.0, 1.0, 2.0]);
-        let dir = std::env::temp_dir().join(format!("fuchun-style-{}", std::process::id()));
-        let p = dir.join("s.bin");
-        write_targets(&p, &t).unwrap();
-        assert_eq!(read_targets(&p).unwrap(), t);
-        std::fs::write(&p, b"FCSTYLE1\x05\x00").unwrap();
-        assert!(read_targets(&p).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

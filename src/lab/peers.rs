@@ -20,9 +20,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use rand::{Rng, SeedableRng};
 
-use crate::settings::Runtime;
 use crate::engine::{Losses, ObjectiveInputs};
 use crate::imageio::{self, fit_size, Limits};
+use crate::settings::Runtime;
 use crate::transfer::histmatch;
 use crate::transfer::inputs::{objective_inputs, Weights};
 use crate::transfer::targets::StyleTargets;

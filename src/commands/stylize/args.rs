@@ -88,4 +88,3 @@ pub fn load_styles_and_model(args: &StylizeArgs, content: (usize, usize)) -> Res
     let model = args.model.load(&sizes)?;
     Ok((styles, model))
 }
-
