@@ -101,11 +101,43 @@ pub fn run(args: &DoctorArgs) -> Result<()> {
         None => None,
     };
     let mut checks = Vec::new();
-    // ONNX Runtime
-    let library = args
-        .ort_library
+    let (lib, ort_ok) = onnx_runtime(args, cfg.as_ref(), &mut checks);
+    // model, and a real session of it on every provider
+    let model_dir = args
+        .model
         .clone()
-        .or_else(|| cfg.as_ref().and_then(|c| c.model.ort_library.as_ref().map(|p| c.resolve(p))));
+        .or_else(|| cfg.as_ref().and_then(|c| c.model.model.as_ref().map(|p| c.resolve(p))))
+        .map(Ok)
+        .unwrap_or_else(|| default_model_dir("vgg16-max"));
+    let mut base = match &cfg {
+        // the profile the daemon uses, so that the engines built here are the ones it finds in the cache
+        Some(c) => c.serve_runtime()?.0,
+        None => RuntimeOptions::default(),
+    };
+    base.library = lib.as_ref().ok().cloned();
+    // one real run per provider (a TensorRT engine without a profile is only built at the first run): the
+    // daemon's smallest frame, or 128 px at 16:9
+    let probe_shape = cfg.as_ref().and_then(|c| c.expected_shapes().0.first().copied()).unwrap_or([72, 128]);
+    match model_dir {
+        Ok(dir) => match Manifest::load(&dir) {
+            Ok(_) if ort_ok => providers(&dir, &base, probe_shape, &mut checks),
+            Ok(m) => checks.push(check(
+                "model",
+                Ok(format!("{} (manifest valid; graphs not loaded without ONNX Runtime)", m.dir.display())),
+                true,
+            )),
+            Err(e) => checks.push(check("model", Err(e), true)),
+        },
+        Err(e) => checks.push(check("model", Err(e), true)),
+    }
+    configuration(args, &cfg.unwrap_or_default(), &mut checks);
+    report(&checks)
+}
+
+/// The ONNX Runtime library (given, configured or found) and its version: the library, and whether it loaded.
+fn onnx_runtime(args: &DoctorArgs, cfg: Option<&Config>, checks: &mut Vec<Check>) -> (Result<PathBuf>, bool) {
+    let library =
+        args.ort_library.clone().or_else(|| cfg.and_then(|c| c.model.ort_library.as_ref().map(|p| c.resolve(p))));
     let lib = library.clone().map(Ok).unwrap_or_else(runtime::discover_library);
     let ort_ok = match &lib {
         Ok(p) => {
@@ -127,92 +159,66 @@ pub fn run(args: &DoctorArgs) -> Result<()> {
             false
         }
     };
-    // model, and a real session of it on every provider
-    let model_dir = args
-        .model
-        .clone()
-        .or_else(|| cfg.as_ref().and_then(|c| c.model.model.as_ref().map(|p| c.resolve(p))))
-        .map(Ok)
-        .unwrap_or_else(|| default_model_dir("vgg16-max"));
-    let mut base = match &cfg {
-        // the profile the daemon uses, so that the engines built here are the ones it finds in the cache
-        Some(c) => c.serve_runtime()?.0,
-        None => RuntimeOptions::default(),
-    };
-    base.library = lib.as_ref().ok().cloned();
+    (lib, ort_ok)
+}
+
+/// A real session of every graph on each provider, run once at `probe_shape`; which one `auto` takes.
+fn providers(dir: &Path, base: &RuntimeOptions, probe_shape: [usize; 2], checks: &mut Vec<Check>) {
     let configured = base.provider;
-    // one real run per provider (a TensorRT engine without a profile is only built at the first run): the
-    // daemon's smallest frame, or 128 px at 16:9
-    let probe_shape = cfg.as_ref().and_then(|c| c.expected_shapes().0.first().copied()).unwrap_or([72, 128]);
-    match model_dir {
-        Ok(dir) => match Manifest::load(&dir) {
-            Ok(_) if ort_ok => {
-                let mut chosen = None;
-                let mut model_line = None;
-                for p in [Provider::Cpu, Provider::Cuda, Provider::TensorRt] {
-                    let required = p == Provider::Cpu || p == configured;
-                    let name = format!("provider {}", provider_label(p));
-                    if let Some(why) = runtime::unavailable_reason(p) {
-                        checks.push(check(&name, Err(anyhow!("{why}")), required));
-                        continue;
-                    }
-                    let opts = RuntimeOptions { provider: p, ..base.clone() };
-                    let t = std::time::Instant::now();
-                    let r = Model::load(&dir, &opts);
-                    let secs = t.elapsed().as_secs_f64();
-                    let t = std::time::Instant::now();
-                    let r = r.and_then(|mut model| {
-                        let shape =
-                            [probe_shape[0].max(model.manifest.min_size), probe_shape[1].max(model.manifest.min_size)];
-                        model.warm_up(&[shape], &mut |_, _| {})?;
-                        Ok((model, shape))
-                    });
-                    let run_secs = t.elapsed().as_secs_f64();
-                    if p == Provider::Cpu {
-                        model_line = Some(match &r {
-                            Ok((model, _)) => Ok(format!(
-                                "{} ({} {}, {} weights, graphs match the manifest, min size {})",
-                                dir.display(),
-                                model.manifest.architecture,
-                                model.manifest.pooling,
-                                model.manifest.weights.kind,
-                                model.manifest.min_size
-                            )),
-                            Err(e) => Err(anyhow!("{e:#}")),
-                        });
-                    }
-                    let r = r.map(|(model, shape)| {
-                        chosen = Some(p);
-                        format!(
-                            "sessions of every graph created in {secs:.1} s and run at {}x{} in {run_secs:.1} s: {}",
-                            shape[1],
-                            shape[0],
-                            model.provider_report().summary()
-                        )
-                    });
-                    checks.push(check(&name, r, required));
-                }
-                checks.push(check("model", model_line.unwrap_or_else(|| Err(anyhow!("not loaded"))), true));
-                if configured == Provider::Auto {
-                    // auto takes TensorRT, CUDA, CPU: the last one that worked above in the order CPU, CUDA, TensorRT
-                    let r = chosen
-                        .map(|p| format!("auto runs on {p}"))
-                        .ok_or_else(|| anyhow!("no provider can run the model"));
-                    checks.push(check("provider auto", r, true));
-                }
-            }
-            Ok(m) => checks.push(check(
-                "model",
-                Ok(format!("{} (manifest valid; graphs not loaded without ONNX Runtime)", m.dir.display())),
-                true,
-            )),
-            Err(e) => checks.push(check("model", Err(e), true)),
-        },
-        Err(e) => checks.push(check("model", Err(e), true)),
+    let mut chosen = None;
+    let mut model_line = None;
+    for p in [Provider::Cpu, Provider::Cuda, Provider::TensorRt] {
+        let required = p == Provider::Cpu || p == configured;
+        let name = format!("provider {}", provider_label(p));
+        if let Some(why) = runtime::unavailable_reason(p) {
+            checks.push(check(&name, Err(anyhow!("{why}")), required));
+            continue;
+        }
+        let opts = RuntimeOptions { provider: p, ..base.clone() };
+        let t = std::time::Instant::now();
+        let r = Model::load(dir, &opts);
+        let secs = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        let r = r.and_then(|mut model| {
+            let shape = [probe_shape[0].max(model.manifest.min_size), probe_shape[1].max(model.manifest.min_size)];
+            model.warm_up(&[shape], &mut |_, _| {})?;
+            Ok((model, shape))
+        });
+        let run_secs = t.elapsed().as_secs_f64();
+        if p == Provider::Cpu {
+            model_line = Some(match &r {
+                Ok((model, _)) => Ok(format!(
+                    "{} ({} {}, {} weights, graphs match the manifest, min size {})",
+                    dir.display(),
+                    model.manifest.architecture,
+                    model.manifest.pooling,
+                    model.manifest.weights.kind,
+                    model.manifest.min_size
+                )),
+                Err(e) => Err(anyhow!("{e:#}")),
+            });
+        }
+        let r = r.map(|(model, shape)| {
+            chosen = Some(p);
+            format!(
+                "sessions of every graph created in {secs:.1} s and run at {}x{} in {run_secs:.1} s: {}",
+                shape[1],
+                shape[0],
+                model.provider_report().summary()
+            )
+        });
+        checks.push(check(&name, r, required));
     }
-    // broker and directories (with a configuration)
-    let c = cfg.unwrap_or_default();
-    let c = &c;
+    checks.push(check("model", model_line.unwrap_or_else(|| Err(anyhow!("not loaded"))), true));
+    if configured == Provider::Auto {
+        // auto takes TensorRT, CUDA, CPU: the last one that worked above in the order CPU, CUDA, TensorRT
+        let r = chosen.map(|p| format!("auto runs on {p}")).ok_or_else(|| anyhow!("no provider can run the model"));
+        checks.push(check("provider auto", r, true));
+    }
+}
+
+/// With a configuration: the broker, the directories the daemon writes, the style images.
+fn configuration(args: &DoctorArgs, c: &Config, checks: &mut Vec<Check>) {
     if !args.no_broker {
         checks.push(check("broker", broker(c), true));
     }
@@ -235,9 +241,13 @@ pub fn run(args: &DoctorArgs) -> Result<()> {
         };
         checks.push(check(&format!("style {name}"), r, true));
     }
+}
+
+/// Print the checks as a table; an error naming the failed required ones.
+fn report(checks: &[Check]) -> Result<()> {
     let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(10);
     println!("{:width$}  {:6}  detail", "check", "status");
-    for ch in &checks {
+    for ch in checks {
         let s = match ch.status {
             Status::Ok => "ok",
             Status::Warn => "warn",

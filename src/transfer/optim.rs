@@ -140,52 +140,7 @@ impl Lbfgs {
                 break;
             }
             // two-loop recursion: d = -H g, over the free variables when there are bounds
-            d.copy_from_slice(&g);
-            if let Some(b) = &self.bounds {
-                for ((di, xi), gi) in d.iter_mut().zip(x.iter()).zip(&g) {
-                    if b.pinned(*xi, *gi) {
-                        *di = 0.0;
-                    }
-                }
-            }
-            for (i, p) in pairs.iter().enumerate().rev() {
-                let a = p.rho * dot(&p.s, &d);
-                alpha[i] = a;
-                axpy(-(a as f32), &p.y, &mut d);
-            }
-            let gamma = pairs.back().map(|p| {
-                let yy = dot(&p.y, &p.y);
-                if yy > 0.0 {
-                    1.0 / (p.rho * yy)
-                } else {
-                    1.0
-                }
-            });
-            let scale = match gamma {
-                Some(gm) => gm as f32,
-                None => {
-                    // first step: a move of at most ~1/255 per pixel
-                    let gmax = g.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-                    if gmax > 0.0 {
-                        (1.0 / 255.0) / gmax
-                    } else {
-                        1.0
-                    }
-                }
-            };
-            d.iter_mut().for_each(|v| *v *= scale);
-            for (i, p) in pairs.iter().enumerate() {
-                let b = p.rho * dot(&p.y, &d);
-                axpy((alpha[i] - b) as f32, &p.s, &mut d);
-            }
-            d.iter_mut().for_each(|v| *v = -*v);
-            if let Some(b) = &self.bounds {
-                for ((di, xi), gi) in d.iter_mut().zip(x.iter()).zip(&g) {
-                    if b.pinned(*xi, *gi) {
-                        *di = 0.0;
-                    }
-                }
-            }
+            self.direction(&pairs, &mut alpha, x, &g, &mut d);
             let mut gd = dot(&g, &d);
             if gd.is_nan() || gd >= 0.0 {
                 // not a descent direction: forget the curvature pairs and use steepest descent
@@ -202,71 +157,8 @@ impl Lbfgs {
                 }
             }
             // backtracking line search (Armijo, c1 = 1e-4) with quadratic / cubic interpolation
-            let c1 = 1e-4;
-            let mut t = 1.0f64;
-            let mut prev: Option<(f64, f64)> = None; // (t, f) of the previous trial
-            let mut accepted = false;
-            let mut loss_new = f64::NAN;
-            while evals < self.max_evaluations {
-                for ((xn, xi), di) in x_new.iter_mut().zip(x.iter()).zip(&d) {
-                    *xn = xi + (t as f32) * di;
-                }
-                // along the projected path; sufficient decrease measured on the step actually taken
-                let decrease = match &self.bounds {
-                    Some(b) => {
-                        b.project(&mut x_new);
-                        let mut s = 0.0f64;
-                        for ((xn, xi), gi) in x_new.iter().zip(x.iter()).zip(&g) {
-                            s += (*xn as f64 - *xi as f64) * *gi as f64;
-                        }
-                        s
-                    }
-                    None => t * gd,
-                };
-                loss_new = f.evaluate(&x_new, &mut g_new)?;
-                evals += 1;
-                if loss_new.is_finite() && loss_new <= loss + c1 * decrease.min(0.0) && decrease < 0.0 {
-                    accepted = true;
-                    break;
-                }
-                let t_next = if !loss_new.is_finite() {
-                    t * 0.1
-                } else {
-                    match prev {
-                        None => {
-                            // minimiser of the quadratic through f(0), f'(0), f(t)
-                            let denom = 2.0 * (loss_new - loss - gd * t);
-                            if denom > 0.0 {
-                                -gd * t * t / denom
-                            } else {
-                                t * 0.5
-                            }
-                        }
-                        Some((t0, f0)) => {
-                            // cubic through f(0), f'(0), f(t0), f(t)
-                            let r1 = loss_new - loss - gd * t;
-                            let r2 = f0 - loss - gd * t0;
-                            let a = (r1 / (t * t) - r2 / (t0 * t0)) / (t - t0);
-                            let b = (-t0 * r1 / (t * t) + t * r2 / (t0 * t0)) / (t - t0);
-                            if a.abs() < 1e-300 {
-                                -gd / (2.0 * b)
-                            } else {
-                                let disc = b * b - 3.0 * a * gd;
-                                if disc >= 0.0 {
-                                    (-b + disc.sqrt()) / (3.0 * a)
-                                } else {
-                                    t * 0.5
-                                }
-                            }
-                        }
-                    }
-                };
-                prev = Some((t, loss_new));
-                t = if t_next.is_finite() { t_next.clamp(0.1 * t, 0.5 * t) } else { 0.5 * t };
-                if t < 1e-10 {
-                    break;
-                }
-            }
+            let (accepted, loss_new) =
+                self.line_search(f, x, &d, &g, (loss, gd), (&mut x_new, &mut g_new), &mut evals)?;
             if !accepted {
                 if evals >= self.max_evaluations {
                     reason = StopReason::MaxEvaluations;
@@ -282,23 +174,7 @@ impl Lbfgs {
             }
             fails = 0;
             // curvature pair s = x_new - x, y = g_new - g (reuse the oldest buffers when full)
-            let mut p = if pairs.len() == m {
-                pairs.pop_front().unwrap()
-            } else {
-                spare.take().unwrap_or_else(|| Pair { s: vec![0.0; n], y: vec![0.0; n], rho: 0.0 })
-            };
-            for i in 0..n {
-                p.s[i] = x_new[i] - x[i];
-                p.y[i] = g_new[i] - g[i];
-            }
-            let sy = dot(&p.s, &p.y);
-            let norms = (dot(&p.s, &p.s) * dot(&p.y, &p.y)).sqrt();
-            if sy > 1e-10 * norms && sy > 0.0 {
-                p.rho = 1.0 / sy;
-                pairs.push_back(p);
-            } else {
-                spare = Some(p);
-            }
+            store_pair(&mut pairs, &mut spare, m, (x, &x_new), (&g, &g_new));
             x.copy_from_slice(&x_new);
             std::mem::swap(&mut g, &mut g_new);
             // Armijo acceptance makes every accepted step a strict decrease: x is always the best point seen.
@@ -310,6 +186,187 @@ impl Lbfgs {
             }
         }
         Ok(Summary { iterations, evaluations: evals, loss, reason })
+    }
+}
+
+impl Lbfgs {
+    /// Backtracking line search along `d` from `x` (value and directional derivative `at_zero`), along the projected
+    /// path when there are bounds: whether a step was accepted (Armijo, c1 = 1e-4), and its loss; the trial point and
+    /// its gradient are left in `trial`.
+    #[allow(clippy::too_many_arguments)]
+    fn line_search(
+        &self,
+        f: &mut dyn Objective,
+        x: &[f32],
+        d: &[f32],
+        g: &[f32],
+        (loss, gd): (f64, f64),
+        (x_new, g_new): (&mut [f32], &mut [f32]),
+        evals: &mut usize,
+    ) -> Result<(bool, f64)> {
+        let c1 = 1e-4;
+        let mut t = 1.0f64;
+        let mut prev: Option<(f64, f64)> = None; // (t, f) of the previous trial
+        let mut loss_new = f64::NAN;
+        while *evals < self.max_evaluations {
+            for ((xn, xi), di) in x_new.iter_mut().zip(x.iter()).zip(d) {
+                *xn = xi + (t as f32) * di;
+            }
+            // along the projected path; sufficient decrease measured on the step actually taken
+            let decrease = match &self.bounds {
+                Some(b) => {
+                    b.project(x_new);
+                    let mut s = 0.0f64;
+                    for ((xn, xi), gi) in x_new.iter().zip(x.iter()).zip(g) {
+                        s += (*xn as f64 - *xi as f64) * *gi as f64;
+                    }
+                    s
+                }
+                None => t * gd,
+            };
+            loss_new = f.evaluate(x_new, g_new)?;
+            *evals += 1;
+            if loss_new.is_finite() && loss_new <= loss + c1 * decrease.min(0.0) && decrease < 0.0 {
+                return Ok((true, loss_new));
+            }
+            let t_next = next_trial(t, prev, loss, loss_new, gd);
+            prev = Some((t, loss_new));
+            t = t_next;
+            if t < 1e-10 {
+                break;
+            }
+        }
+        Ok((false, loss_new))
+    }
+
+    /// The two-loop recursion: `d` = −H g from the curvature pairs, over the free variables when there are bounds
+    /// (`alpha` is scratch space, one per pair).
+    fn direction(
+        &self,
+        pairs: &std::collections::VecDeque<Pair>,
+        alpha: &mut [f64],
+        x: &[f32],
+        g: &[f32],
+        d: &mut [f32],
+    ) {
+        d.copy_from_slice(g);
+        if let Some(b) = &self.bounds {
+            for ((di, xi), gi) in d.iter_mut().zip(x.iter()).zip(g) {
+                if b.pinned(*xi, *gi) {
+                    *di = 0.0;
+                }
+            }
+        }
+        for (i, p) in pairs.iter().enumerate().rev() {
+            let a = p.rho * dot(&p.s, d);
+            alpha[i] = a;
+            axpy(-(a as f32), &p.y, d);
+        }
+        let gamma = pairs.back().map(|p| {
+            let yy = dot(&p.y, &p.y);
+            if yy > 0.0 {
+                1.0 / (p.rho * yy)
+            } else {
+                1.0
+            }
+        });
+        let scale = match gamma {
+            Some(gm) => gm as f32,
+            None => {
+                // first step: a move of at most ~1/255 per pixel
+                let gmax = g.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+                if gmax > 0.0 {
+                    (1.0 / 255.0) / gmax
+                } else {
+                    1.0
+                }
+            }
+        };
+        d.iter_mut().for_each(|v| *v *= scale);
+        for (i, p) in pairs.iter().enumerate() {
+            let b = p.rho * dot(&p.y, d);
+            axpy((alpha[i] - b) as f32, &p.s, d);
+        }
+        d.iter_mut().for_each(|v| *v = -*v);
+        if let Some(b) = &self.bounds {
+            for ((di, xi), gi) in d.iter_mut().zip(x.iter()).zip(g) {
+                if b.pinned(*xi, *gi) {
+                    *di = 0.0;
+                }
+            }
+        }
+    }
+}
+
+/// The next step length of the backtracking line search after a trial at `t` gave `loss_new` (`prev`: the trial
+/// before, `loss` and `gd`: the value and directional derivative at 0): the minimiser of the quadratic through
+/// f(0), f'(0), f(t), or of the cubic through f(0), f'(0), f(t0), f(t), kept within [0.1 t, 0.5 t]; a tenth of `t`
+/// after a non-finite loss.
+fn next_trial(t: f64, prev: Option<(f64, f64)>, loss: f64, loss_new: f64, gd: f64) -> f64 {
+    let t_next = if !loss_new.is_finite() {
+        t * 0.1
+    } else {
+        match prev {
+            None => {
+                // minimiser of the quadratic through f(0), f'(0), f(t)
+                let denom = 2.0 * (loss_new - loss - gd * t);
+                if denom > 0.0 {
+                    -gd * t * t / denom
+                } else {
+                    t * 0.5
+                }
+            }
+            Some((t0, f0)) => {
+                // cubic through f(0), f'(0), f(t0), f(t)
+                let r1 = loss_new - loss - gd * t;
+                let r2 = f0 - loss - gd * t0;
+                let a = (r1 / (t * t) - r2 / (t0 * t0)) / (t - t0);
+                let b = (-t0 * r1 / (t * t) + t * r2 / (t0 * t0)) / (t - t0);
+                if a.abs() < 1e-300 {
+                    -gd / (2.0 * b)
+                } else {
+                    let disc = b * b - 3.0 * a * gd;
+                    if disc >= 0.0 {
+                        (-b + disc.sqrt()) / (3.0 * a)
+                    } else {
+                        t * 0.5
+                    }
+                }
+            }
+        }
+    };
+    if t_next.is_finite() {
+        t_next.clamp(0.1 * t, 0.5 * t)
+    } else {
+        0.5 * t
+    }
+}
+
+/// Keep the curvature pair s = x_new − x, y = g_new − g when it has positive curvature (reusing the oldest pair's
+/// buffers when `m` are kept, else a spare's).
+fn store_pair(
+    pairs: &mut std::collections::VecDeque<Pair>,
+    spare: &mut Option<Pair>,
+    m: usize,
+    (x, x_new): (&[f32], &[f32]),
+    (g, g_new): (&[f32], &[f32]),
+) {
+    let mut p = if pairs.len() == m {
+        pairs.pop_front().unwrap()
+    } else {
+        spare.take().unwrap_or_else(|| Pair { s: vec![0.0; x.len()], y: vec![0.0; x.len()], rho: 0.0 })
+    };
+    for i in 0..x.len() {
+        p.s[i] = x_new[i] - x[i];
+        p.y[i] = g_new[i] - g[i];
+    }
+    let sy = dot(&p.s, &p.y);
+    let norms = (dot(&p.s, &p.s) * dot(&p.y, &p.y)).sqrt();
+    if sy > 1e-10 * norms && sy > 0.0 {
+        p.rho = 1.0 / sy;
+        pairs.push_back(p);
+    } else {
+        *spare = Some(p);
     }
 }
 

@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use super::color;
 use super::histmatch;
 use super::inputs::{objective_inputs, set_temporal, TemporalInputs, Weights};
-use super::optim::{Adam, Bounds, Control, EarlyStop, IterInfo, Lbfgs, Objective, StopReason};
+use super::optim::{Adam, Bounds, Control, EarlyStop, IterInfo, Lbfgs, Objective, StopReason, Summary};
 use super::targets::StyleTargets;
 use crate::engine::{Losses, Model, ObjectiveInputs};
 use crate::imageio::{fit_size as fit, Planar};
@@ -464,17 +464,7 @@ pub fn stylize_with(
     let scales = fit_scales(&opts.resolved_scales()?, content.width, content.height, model.manifest.min_size)?;
     let start = Instant::now();
     let original = content;
-    let (colour_map, carried) = match (opts.palette, opts.original_colors, &opts.colour_map) {
-        (Palette::Style, false, Some(m)) => (Some(m.clone()), Some(m.apply(content))),
-        (Palette::Style, false, None) => match styles.colours() {
-            Some(sample) => {
-                let (m, c) = color::ColourMap::fit(content, &sample);
-                (Some(m), Some(c))
-            }
-            None => (None, None),
-        },
-        _ => (None, None),
-    };
+    let (colour_map, carried) = carry_palette(content, styles, opts);
     let content = carried.as_ref().unwrap_or(content);
     let mut reports = Vec::new();
     let mut x: Option<Planar> = None;
@@ -486,19 +476,7 @@ pub fn stylize_with(
         // style first: its activations are gone (only Grams and tables kept) before the content's are computed
         let style = styles.targets(model, longest)?;
         let content_feats = model.features(&content_s.data, h, w)?;
-        let mut img = match (&x, &opts.init) {
-            (Some(prev), _) => prev.resize(w, h),
-            (None, Init::Content) => content_s.clone(),
-            (None, Init::Image(p)) => p.resize(w, h),
-            (None, Init::Noise) => {
-                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
-                let mut p = Planar::new(w, h);
-                for v in p.data.iter_mut() {
-                    *v = rng.random::<f32>();
-                }
-                p
-            }
-        };
+        let mut img = starting_image(x.as_ref(), opts, &content_s);
         // Inputs from the content's activations (the histogram targets too, for now); those activations (135 MB
         // at 512x512) are then dropped, before the starting image's are computed: only one set is alive at a time.
         let mut inputs =
@@ -513,106 +491,13 @@ pub fn stylize_with(
             let start_feats = model.features(&img.data, h, w)?;
             histmatch::update_targets(&model.manifest, &start_feats, &style, &mut inputs)?;
         }
-        let iterations = opts.iterations_at(si);
-        hooks.scale_start(si, w, h, iterations);
-        let mut early = EarlyStop::new(opts.tol_window.max(1), opts.tol);
-        let use_early = opts.tol > 0.0;
         let is_last = si + 1 == scales.len();
-        let early_here = use_early && (!is_last || opts.last_scale_early_stop);
-        let shared: RefCell<&mut dyn Hooks> = RefCell::new(&mut *hooks);
-        let iteration = Cell::new(0usize);
-        let latest = RefCell::new(Losses::default());
-        let accepted: RefCell<Option<Losses>> = RefCell::new(None);
-        let mut eval = Eval {
-            model: &mut *model,
-            inputs: &mut inputs,
-            style: &style,
-            hist_every: if hist_used { opts.hist_every } else { 0 },
-            eval_seconds: 0.0,
-            match_seconds: 0.0,
-            width: w,
-            height: h,
-            scale: si,
-            iteration: &iteration,
-            evaluations: 0,
-            first: None,
-            latest: &latest,
-            best: None,
-            start,
-            hooks: &shared,
-        };
-        let mut iter_error: Option<anyhow::Error> = None;
-        let mut on_iter = |info: &IterInfo, xs: &[f32]| -> Control {
-            iteration.set(info.iteration);
-            *accepted.borrow_mut() = Some(latest.borrow().clone());
-            let mut hooks = shared.borrow_mut();
-            if hooks.wants_image(si, info.iteration) {
-                let p = Planar { width: w, height: h, data: xs.to_vec() };
-                if let Err(e) = hooks.iteration(si, info.iteration, &p) {
-                    iter_error = Some(e);
-                    return Control::Stop;
-                }
-            }
-            if is_last && opts.target_loss.is_some_and(|t| info.loss <= t) {
-                return Control::Stop;
-            }
-            if early_here && early.update(info.loss) {
-                return Control::Stop;
-            }
-            Control::Continue
-        };
-        let t_opt = Instant::now();
-        let summary = match opts.optimizer {
-            Optimizer::Lbfgs { history } => Lbfgs {
-                history: history.max(1),
-                max_iterations: iterations,
-                max_evaluations: opts.max_evaluations.unwrap_or(iterations + iterations / 4 + 5),
-                bounds: Some(Bounds::UNIT),
-            }
-            .minimize(&mut img.data, &mut eval, &mut on_iter)?,
-            Optimizer::Adam { learning_rate } => Adam {
-                learning_rate,
-                beta1: 0.9,
-                beta2: 0.999,
-                epsilon: 1e-8,
-                max_iterations: iterations,
-                bounds: Some(Bounds::UNIT),
-            }
-            .minimize(&mut img.data, &mut eval, &mut on_iter)?,
-        };
-        if let Some(e) = iter_error {
-            return Err(e);
-        }
-        let stop = if summary.reason == StopReason::Callback { StopReason::Converged } else { summary.reason };
-        // the losses of the image returned: L-BFGS's last accepted point (rejected line-search trials never
-        // count), Adam's best evaluated point; the starting point when no step was taken
-        let first = eval.first.unwrap_or_default();
-        let last = match opts.optimizer {
-            Optimizer::Lbfgs { .. } => accepted.into_inner().unwrap_or_else(|| first.clone()),
-            Optimizer::Adam { .. } => eval.best.unwrap_or_else(|| first.clone()),
-        };
-        let evaluations = eval.evaluations;
-        let (eval_seconds, match_seconds) = (eval.eval_seconds, eval.match_seconds);
-        let optimizer_seconds = t_opt.elapsed().as_secs_f64() - eval_seconds;
-        // the optimisers kept the image in [0, 1] at every evaluation: what is returned is what was evaluated
-        debug_assert!(img.data.iter().all(|v| (0.0..=1.0).contains(v)));
-        let exact = if opts.exact_losses { Some(exact_losses(model, &img, &style, &mut inputs)?) } else { None };
-        reports.push(ScaleReport {
-            width: w,
-            height: h,
-            iterations: summary.iterations,
-            evaluations,
-            first,
-            last,
-            stop,
-            seconds: t_scale.elapsed().as_secs_f64(),
-            exact,
-            eval_seconds,
-            match_seconds,
-            optimizer_seconds,
-        });
-        tracing::debug!(scale = si, w, h, iterations = summary.iterations, evaluations,
-            loss = summary.loss, reason = ?stop, "scale done");
+        let scale = ScaleRun { index: si, is_last, width: w, height: h, hist_used, start, t_scale };
+        let report = optimise_scale(model, &mut img, &mut inputs, &style, opts, hooks, &scale)?;
+        let (iterations, evaluations, stop) = (report.iterations, report.evaluations, report.stop);
+        reports.push(report);
+        tracing::debug!(scale = si, w, h, iterations, evaluations, loss = reports[si].last.total, reason = ?stop,
+            "scale done");
         x = Some(img);
     }
     let mut image = x.expect("at least one scale");
@@ -620,4 +505,178 @@ pub fn stylize_with(
         image = color::original_colors(&image, original);
     }
     Ok(Outcome { image, scales: reports, colour_map })
+}
+
+/// The chosen optimiser on `x` for `iterations` (L-BFGS: at most `max_evaluations`, by default 1.25 × iterations + 5),
+/// kept in [0, 1].
+fn run_optimiser(
+    opts: &StylizeOptions,
+    iterations: usize,
+    x: &mut [f32],
+    eval: &mut dyn Objective,
+    on_iter: &mut dyn FnMut(&IterInfo, &[f32]) -> Control,
+) -> Result<Summary> {
+    Ok(match opts.optimizer {
+        Optimizer::Lbfgs { history } => Lbfgs {
+            history: history.max(1),
+            max_iterations: iterations,
+            max_evaluations: opts.max_evaluations.unwrap_or(iterations + iterations / 4 + 5),
+            bounds: Some(Bounds::UNIT),
+        }
+        .minimize(x, eval, on_iter)?,
+        Optimizer::Adam { learning_rate } => Adam {
+            learning_rate,
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+            max_iterations: iterations,
+            bounds: Some(Bounds::UNIT),
+        }
+        .minimize(x, eval, on_iter)?,
+    })
+}
+
+/// One scale of a run, as `optimise_scale` needs it.
+struct ScaleRun {
+    index: usize,
+    is_last: bool,
+    width: usize,
+    height: usize,
+    /// The histogram term acts (its targets are re-matched during the scale).
+    hist_used: bool,
+    /// When the run started (evaluation records' times) and when the scale did.
+    start: Instant,
+    t_scale: Instant,
+}
+
+/// The content as the transfer takes it: carried into the painting's colours with `Palette::Style` (the map given,
+/// or fitted to the style's colours), and the map; the content itself otherwise.
+fn carry_palette(
+    content: &Planar,
+    styles: &mut dyn StyleSource,
+    opts: &StylizeOptions,
+) -> (Option<color::ColourMap>, Option<Planar>) {
+    match (opts.palette, opts.original_colors, &opts.colour_map) {
+        (Palette::Style, false, Some(m)) => (Some(m.clone()), Some(m.apply(content))),
+        (Palette::Style, false, None) => match styles.colours() {
+            Some(sample) => {
+                let (m, c) = color::ColourMap::fit(content, &sample);
+                (Some(m), Some(c))
+            }
+            None => (None, None),
+        },
+        _ => (None, None),
+    }
+}
+
+/// Where a scale starts: the previous scale's result upsampled, or at the first scale the `init` choice.
+fn starting_image(previous: Option<&Planar>, opts: &StylizeOptions, content_s: &Planar) -> Planar {
+    let (w, h) = (content_s.width, content_s.height);
+    match (previous, &opts.init) {
+        (Some(prev), _) => prev.resize(w, h),
+        (None, Init::Content) => content_s.clone(),
+        (None, Init::Image(p)) => p.resize(w, h),
+        (None, Init::Noise) => {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
+            let mut p = Planar::new(w, h);
+            for v in p.data.iter_mut() {
+                *v = rng.random::<f32>();
+            }
+            p
+        }
+    }
+}
+
+/// Optimise `img` at one scale with the objective's `inputs`: the optimiser, the early stop, the hooks, and the
+/// scale's report.
+fn optimise_scale(
+    model: &mut Model,
+    img: &mut Planar,
+    inputs: &mut ObjectiveInputs,
+    style: &StyleTargets,
+    opts: &StylizeOptions,
+    hooks: &mut dyn Hooks,
+    scale: &ScaleRun,
+) -> Result<ScaleReport> {
+    let ScaleRun { index: si, is_last, width: w, height: h, hist_used, start, t_scale } = *scale;
+    let iterations = opts.iterations_at(si);
+    hooks.scale_start(si, w, h, iterations);
+    let mut early = EarlyStop::new(opts.tol_window.max(1), opts.tol);
+    let use_early = opts.tol > 0.0;
+    let early_here = use_early && (!is_last || opts.last_scale_early_stop);
+    let shared: RefCell<&mut dyn Hooks> = RefCell::new(&mut *hooks);
+    let iteration = Cell::new(0usize);
+    let latest = RefCell::new(Losses::default());
+    let accepted: RefCell<Option<Losses>> = RefCell::new(None);
+    let mut eval = Eval {
+        model: &mut *model,
+        inputs: &mut *inputs,
+        style,
+        hist_every: if hist_used { opts.hist_every } else { 0 },
+        eval_seconds: 0.0,
+        match_seconds: 0.0,
+        width: w,
+        height: h,
+        scale: si,
+        iteration: &iteration,
+        evaluations: 0,
+        first: None,
+        latest: &latest,
+        best: None,
+        start,
+        hooks: &shared,
+    };
+    let mut iter_error: Option<anyhow::Error> = None;
+    let mut on_iter = |info: &IterInfo, xs: &[f32]| -> Control {
+        iteration.set(info.iteration);
+        *accepted.borrow_mut() = Some(latest.borrow().clone());
+        let mut hooks = shared.borrow_mut();
+        if hooks.wants_image(si, info.iteration) {
+            let p = Planar { width: w, height: h, data: xs.to_vec() };
+            if let Err(e) = hooks.iteration(si, info.iteration, &p) {
+                iter_error = Some(e);
+                return Control::Stop;
+            }
+        }
+        if is_last && opts.target_loss.is_some_and(|t| info.loss <= t) {
+            return Control::Stop;
+        }
+        if early_here && early.update(info.loss) {
+            return Control::Stop;
+        }
+        Control::Continue
+    };
+    let t_opt = Instant::now();
+    let summary = run_optimiser(opts, iterations, &mut img.data, &mut eval, &mut on_iter)?;
+    if let Some(e) = iter_error {
+        return Err(e);
+    }
+    let stop = if summary.reason == StopReason::Callback { StopReason::Converged } else { summary.reason };
+    // the losses of the image returned: L-BFGS's last accepted point (rejected line-search trials never
+    // count), Adam's best evaluated point; the starting point when no step was taken
+    let first = eval.first.unwrap_or_default();
+    let last = match opts.optimizer {
+        Optimizer::Lbfgs { .. } => accepted.into_inner().unwrap_or_else(|| first.clone()),
+        Optimizer::Adam { .. } => eval.best.unwrap_or_else(|| first.clone()),
+    };
+    let evaluations = eval.evaluations;
+    let (eval_seconds, match_seconds) = (eval.eval_seconds, eval.match_seconds);
+    let optimizer_seconds = t_opt.elapsed().as_secs_f64() - eval_seconds;
+    // the optimisers kept the image in [0, 1] at every evaluation: what is returned is what was evaluated
+    debug_assert!(img.data.iter().all(|v| (0.0..=1.0).contains(v)));
+    let exact = if opts.exact_losses { Some(exact_losses(model, img, style, inputs)?) } else { None };
+    Ok(ScaleReport {
+        width: w,
+        height: h,
+        iterations: summary.iterations,
+        evaluations,
+        first,
+        last,
+        stop,
+        seconds: t_scale.elapsed().as_secs_f64(),
+        exact,
+        eval_seconds,
+        match_seconds,
+        optimizer_seconds,
+    })
 }
