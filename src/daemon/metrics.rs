@@ -48,6 +48,7 @@ const GAUGES: &[(&str, &str)] = &[
     ("queue_bytes", "Payload bytes waiting for a worker"),
     ("in_progress", "Frames being processed"),
     ("cameras", "Cameras whose state is kept"),
+    ("peers", "Other daemons of this prefix kept as online (at most daemon.max_peers)"),
     ("connected", "1 while connected to the broker"),
     ("duration_ms", "Job duration over the last 1000 jobs, milliseconds"),
     ("mean_evaluations", "Mean objective evaluations per job over the last 1000 jobs"),
