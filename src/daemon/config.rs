@@ -163,6 +163,9 @@ pub struct DaemonConfig {
     pub watchdog_outage_s: u64,
     /// Serve Prometheus metrics (`/metrics`) on this address, e.g. "127.0.0.1:9108"; unset: no HTTP server.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Connections to `metrics_listen` open at once; beyond it the oldest still waiting for its request is closed,
+    /// so that idle connections cannot use up the file descriptors (1024 under systemd) and lock out scrapes.
+    pub metrics_max_connections: usize,
     /// Run every configured size once before READY=1 (TensorRT engines, cuDNN choices, arenas). Unset: on the GPU
     /// providers only.
     pub warmup: Option<bool>,
@@ -201,6 +204,7 @@ impl Default for DaemonConfig {
             max_outbox_bytes: 32 << 20,
             watchdog_outage_s: 0,
             metrics_listen: None,
+            metrics_max_connections: 256,
             warmup: None,
             frame_aspect: "16:9".into(),
             max_startup_seconds: 1800,

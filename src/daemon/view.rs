@@ -51,6 +51,10 @@ pub struct ViewArgs {
     /// A request's headers must arrive within this time (milliseconds).
     #[arg(long, default_value_t = 10_000, hide = true)]
     pub header_timeout_ms: u64,
+    /// Connections open at once; beyond it the oldest still waiting for its request is closed (keep it well
+    /// under the file-descriptor limit, 1024 under systemd, and above --max-event-streams).
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: usize,
     /// Keep-alive comment interval of idle event streams (milliseconds); a closed client is noticed at the next.
     #[arg(long, default_value_t = 15_000, hide = true)]
     pub keep_alive_ms: u64,
@@ -294,7 +298,11 @@ async fn serve(cfg: Config, args: &ViewArgs) -> Result<()> {
             }
         }
     });
-    let limits = Limits { header_timeout: Duration::from_millis(args.header_timeout_ms.max(1)), ..Limits::default() };
+    let limits = Limits {
+        header_timeout: Duration::from_millis(args.header_timeout_ms.max(1)),
+        max_connections: args.max_connections,
+        ..Limits::default()
+    };
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let shutdown = async move {
         tokio::select! {
