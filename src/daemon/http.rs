@@ -39,7 +39,7 @@ impl Default for Limits {
     }
 }
 
-/// An open connection: when it was accepted, whether its request head has arrived, and how to close it.
+/// An open connection (kept in the order accepted): its task, whether its request head has arrived, how to close it.
 struct Open {
     task: tokio::task::Id,
     started: Arc<AtomicBool>,
