@@ -118,12 +118,21 @@ pub struct Limits {
     pub max_width: u32,
     pub max_height: u32,
     pub max_pixels: u64,
-    pub max_alloc: u64,
+    /// Memory the decoding may take, estimated from the header before decoding (`decode_memory`): the decoder's
+    /// output (width × height × its bytes per pixel, e.g. 8 for 16-bit RGBA), the conversion to 8-bit RGB, the
+    /// coefficients a progressive JPEG keeps, a WebP decoder's working planes.
+    pub max_decode_bytes: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_bytes: 64 << 20, max_width: 16384, max_height: 16384, max_pixels: 64_000_000, max_alloc: 1 << 30 }
+        Limits {
+            max_bytes: 64 << 20,
+            max_width: 16384,
+            max_height: 16384,
+            max_pixels: 64_000_000,
+            max_decode_bytes: 1 << 30,
+        }
     }
 }
 
@@ -143,6 +152,13 @@ pub enum ImageError {
     Decode(String),
     #[error("the image is {width}x{height} pixels, over the limit ({limit}): downscale it first")]
     TooLarge { width: u64, height: u64, limit: String },
+    #[error(
+        "decoding this {width}x{height} {kind} would take about {} MiB, over the limit of {} MiB ({setting}): send a \
+         smaller image, an 8-bit one or a baseline JPEG, or raise the limit",
+        bytes.div_ceil(1 << 20),
+        limit >> 20
+    )]
+    DecodeMemory { width: u32, height: u32, kind: String, bytes: u64, limit: u64, setting: &'static str },
     #[error("the image is {width}x{height} pixels: {detail}")]
     TooSmall { width: usize, height: usize, detail: String },
     #[error("cannot encode the image: {0}")]
@@ -163,7 +179,7 @@ impl ImageError {
             ImageError::Empty => "empty_payload",
             ImageError::UnknownFormat => "not_an_image",
             ImageError::Decode(_) => "corrupt_image",
-            ImageError::TooLarge { .. } => "image_too_large",
+            ImageError::TooLarge { .. } | ImageError::DecodeMemory { .. } => "image_too_large",
             ImageError::TooSmall { .. } => "image_too_small",
             ImageError::Encode(_) => "encode_failed",
             ImageError::Write { .. } => "write_failed",
@@ -241,13 +257,23 @@ fn decode_rgb8(bytes: &[u8], limits: &Limits) -> Result<RgbImage, ImageError> {
     if let Some((w, h)) = declared_dimensions(bytes) {
         within_limits(w, h, limits)?;
     }
+    // a JPEG's cost is known from its frame header alone: checked before the decoder reads anything more
+    let jpeg = jpeg_frame(bytes);
+    if let Some(f) = &jpeg {
+        let coefficients = if f.progressive { f.coefficient_bytes() } else { 0 };
+        within_memory(f.width, f.height, &f.kind(), coefficients + 3 * f.pixels(), limits)?;
+    }
     let mut decoder = reader.into_decoder().map_err(|e| map_decode_error(e, limits))?;
     let (w, h) = decoder.dimensions();
     check_dimensions(w, h, limits)?;
+    if jpeg.is_none() {
+        let (kind, bytes) = decode_memory(bytes, w, h, decoder.color_type());
+        within_memory(w, h, &kind, bytes, limits)?;
+    }
     let mut il = image::Limits::default();
     il.max_image_width = Some(limits.max_width);
     il.max_image_height = Some(limits.max_height);
-    il.max_alloc = Some(limits.max_alloc);
+    il.max_alloc = Some(limits.max_decode_bytes);
     decoder.set_limits(il).map_err(|e| map_decode_error(e, limits))?;
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| map_decode_error(e, limits))?;
@@ -301,8 +327,13 @@ fn decode_jpeg_scaled(bytes: &[u8], limits: &Limits, longest: usize) -> Result<O
     let (w, h) = (info.width as u32, info.height as u32);
     check_dimensions(w, h, limits)?;
     let (tw, th) = fit_size(w as usize, h as usize, longest.min(w.max(h) as usize));
-    if d.scale(tw.max(1) as u16, th.max(1) as u16).is_err() {
-        return Ok(None);
+    let Ok((sw, sh)) = d.scale(tw.max(1) as u16, th.max(1) as u16) else { return Ok(None) };
+    // a baseline JPEG is decoded a row of blocks at a time into the scaled output; a progressive one keeps every
+    // coefficient of the full-size image until its last scan
+    if let Some(f) = jpeg_frame(bytes) {
+        let output = 4 * sw as u64 * sh as u64;
+        let coefficients = if f.progressive { f.coefficient_bytes() } else { 0 };
+        within_memory(w, h, &f.kind(), coefficients + output, limits)?;
     }
     let Ok(pixels) = d.decode() else { return Ok(None) };
     let Some(info) = d.info() else { return Ok(None) };
@@ -370,6 +401,108 @@ fn declared_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
         }
     }
     None
+}
+
+/// What a JPEG's frame header (SOFn) says about the memory its decoding takes.
+#[derive(Debug)]
+struct JpegFrame {
+    width: u32,
+    height: u32,
+    progressive: bool,
+    /// Sampling factors (horizontal, vertical) of each component.
+    sampling: Vec<(u32, u32)>,
+}
+
+impl JpegFrame {
+    fn pixels(&self) -> u64 {
+        self.width as u64 * self.height as u64
+    }
+
+    /// The DCT coefficients of the whole image (64 × 2 bytes a block, every block of every component, whole MCUs),
+    /// which a progressive decoder keeps until its last scan.
+    fn coefficient_bytes(&self) -> u64 {
+        let hmax = self.sampling.iter().map(|s| s.0).max().unwrap_or(1).max(1) as u64;
+        let vmax = self.sampling.iter().map(|s| s.1).max().unwrap_or(1).max(1) as u64;
+        let mcus_x = (self.width as u64).div_ceil(8 * hmax);
+        let mcus_y = (self.height as u64).div_ceil(8 * vmax);
+        let blocks: u64 = self.sampling.iter().map(|&(h, v)| mcus_x * h as u64 * mcus_y * v as u64).sum();
+        blocks * 64 * 2
+    }
+
+    fn kind(&self) -> String {
+        format!("{} JPEG", if self.progressive { "progressive" } else { "baseline" })
+    }
+}
+
+/// The frame header of a JPEG, read without decoding (None if there is none before the data ends).
+fn jpeg_frame(bytes: &[u8]) -> Option<JpegFrame> {
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return None;
+    }
+    let mut i = 2;
+    while i + 9 < bytes.len() {
+        if bytes[i] != 0xFF {
+            return None;
+        }
+        let marker = bytes[i + 1];
+        if marker == 0xFF {
+            i += 1;
+            continue;
+        }
+        let len = u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize;
+        if (0xC0..=0xCF).contains(&marker) && ![0xC4, 0xC8, 0xCC].contains(&marker) {
+            let height = u16::from_be_bytes([bytes[i + 5], bytes[i + 6]]) as u32;
+            let width = u16::from_be_bytes([bytes[i + 7], bytes[i + 8]]) as u32;
+            let n = bytes[i + 9] as usize;
+            let comps = bytes.get(i + 10..i + 10 + 3 * n)?;
+            let sampling = comps.chunks_exact(3).map(|c| ((c[1] >> 4) as u32, (c[1] & 15) as u32)).collect();
+            // SOF2, SOF6, SOF10, SOF14: progressive
+            let progressive = [0xC2, 0xC6, 0xCA, 0xCE].contains(&marker);
+            return Some(JpegFrame { width, height, progressive, sampling });
+        }
+        i += 2 + len;
+    }
+    None
+}
+
+/// The memory decoding a PNG or WebP of `w`×`h` takes, from the decoder's output colour type: its buffer, the
+/// 8-bit RGB copy made of anything else, and a WebP decoder's own planes (lossy: YUV 4:2:0, 1.5 bytes a pixel;
+/// lossless and extended files: an ARGB plane, 4). Also a name for the error message.
+fn decode_memory(bytes: &[u8], w: u32, h: u32, color: image::ColorType) -> (String, u64) {
+    let px = w as u64 * h as u64;
+    let mut total = px * color.bytes_per_pixel() as u64;
+    if color != image::ColorType::Rgb8 {
+        total += 3 * px;
+    }
+    let depth = 8 * color.bytes_per_pixel() as u32 / color.channel_count() as u32;
+    let channels = match color.channel_count() {
+        1 => "grey",
+        2 => "grey+alpha",
+        3 => "RGB",
+        _ => "RGBA",
+    };
+    let format = if bytes.starts_with(b"RIFF") {
+        total += if bytes.get(12..16) == Some(b"VP8 ") { px * 3 / 2 } else { px * 4 };
+        "WebP"
+    } else {
+        "PNG"
+    };
+    (format!("{depth}-bit {channels} {format}"), total)
+}
+
+/// `bytes` (the estimated memory of decoding a `w`×`h` image) within `limits.max_decode_bytes`.
+fn within_memory(w: u32, h: u32, kind: &str, bytes: u64, limits: &Limits) -> Result<(), ImageError> {
+    if bytes > limits.max_decode_bytes {
+        return Err(ImageError::DecodeMemory {
+            width: w,
+            height: h,
+            kind: kind.to_string(),
+            bytes,
+            limit: limits.max_decode_bytes,
+            setting: "daemon.max_decode_bytes in the daemon",
+        });
+    }
+    Ok(())
 }
 
 /// Whether a JPEG's last scan is followed by its end-of-image marker. The decoder pads a truncated scan with grey
@@ -637,6 +770,62 @@ mod tests {
         let limits = Limits { max_pixels: 16_000_000, ..Limits::default() };
         let e = decode(&png, &limits).unwrap_err();
         assert!(matches!(e, ImageError::TooLarge { .. }), "{e}");
+    }
+
+    /// The decoding memory is estimated from the header and refused over `max_decode_bytes` before anything is
+    /// decoded, for each format: 16-bit PNG (8 bytes a pixel), WebP (with its decoder's planes), progressive JPEG
+    /// (every coefficient kept); a baseline JPEG decoded scaled stays small.
+    #[test]
+    fn decode_memory_is_bounded_before_decoding() {
+        let (w, h) = (200u32, 100u32);
+        let px = (w * h) as u64;
+        let rgba16 = image::ImageBuffer::<image::Rgba<u16>, _>::from_fn(w, h, |x, y| {
+            image::Rgba([(x * 300) as u16, (y * 600) as u16, 1000, 65535])
+        });
+        let mut png16 = Vec::new();
+        rgba16.write_to(&mut Cursor::new(&mut png16), image::ImageFormat::Png).unwrap();
+        let png8 = encode(&gradient(w as usize, h as usize), OutputFormat::Png).unwrap();
+        let rgba8 = image::RgbaImage::from_fn(w, h, |x, y| image::Rgba([x as u8, y as u8, 7, 200]));
+        let mut webp = Vec::new();
+        image::codecs::webp::WebPEncoder::new_lossless(&mut webp)
+            .encode(rgba8.as_raw(), w, h, image::ExtendedColorType::Rgba8)
+            .unwrap();
+        let limit = Limits { max_decode_bytes: 200_000, ..Limits::default() };
+        for (what, bytes, need) in [("16-bit RGBA PNG", &png16, 11 * px), ("8-bit RGBA WebP", &webp, 11 * px)] {
+            for r in [decode(bytes, &limit).map(|_| ()), decode_fitted(bytes, &limit, 32).map(|_| ())] {
+                let e = r.unwrap_err();
+                assert!(
+                    matches!(&e, ImageError::DecodeMemory { bytes, limit: 200_000, .. } if *bytes == need),
+                    "{what}: {e:?}"
+                );
+                assert_eq!(e.code(), "image_too_large");
+                let m = e.to_string();
+                assert!(m.contains(what) && m.contains("200x100") && m.contains("max_decode_bytes"), "{m}");
+            }
+            // within a limit that allows it: decoded
+            let enough = Limits { max_decode_bytes: need, ..Limits::default() };
+            assert_eq!(decode(bytes, &enough).unwrap().width, 200, "{what}");
+        }
+        assert_eq!(decode(&png8, &limit).unwrap().width, 200, "8-bit RGB PNG: 3 bytes a pixel");
+        // progressive JPEG: the same frame with its SOF0 marked SOF2 (the cost is judged on the header alone)
+        let side = 256;
+        let baseline = encode(&gradient(side, side), OutputFormat::Jpeg { quality: 90 }).unwrap();
+        let sof = baseline.windows(2).position(|m| m == [0xFF, 0xC0]).unwrap();
+        let mut progressive = baseline.clone();
+        progressive[sof + 1] = 0xC2;
+        let f = jpeg_frame(&progressive).unwrap();
+        assert!(f.progressive && (f.width, f.height) == (256, 256));
+        let coefficients = f.coefficient_bytes();
+        assert!(coefficients >= 256 * 256 * 2 * 3 / 2, "{coefficients}: at least 4:2:0");
+        let limit = Limits { max_decode_bytes: coefficients, ..Limits::default() };
+        for r in [decode_fitted(&progressive, &limit, 64).map(|_| ()), decode(&progressive, &limit).map(|_| ())] {
+            let e = r.unwrap_err();
+            assert!(matches!(e, ImageError::DecodeMemory { .. }), "{e:?}");
+            assert!(e.to_string().contains("progressive JPEG"), "{e}");
+        }
+        // the baseline one, decoded scaled, needs a fraction of that
+        let small = Limits { max_decode_bytes: 64 * 64 * 4, ..Limits::default() };
+        assert_eq!(decode_fitted(&baseline, &small, 64).unwrap().image.width, 64);
     }
 
     #[test]

@@ -23,6 +23,11 @@ struct View {
 
 impl View {
     fn start(args: &[&str]) -> View {
+        View::start_with_fd_limit(args, None)
+    }
+
+    /// Started with a soft limit on open files (as systemd's 1024), through the shell's `ulimit -n`.
+    fn start_with_fd_limit(args: &[&str], fd_limit: Option<u32>) -> View {
         let broker = Broker::start();
         let prefix = unique_prefix("view");
         let dir = tempfile::tempdir().unwrap();
@@ -37,7 +42,15 @@ impl View {
         )
         .unwrap();
         let http = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_fuchun"))
+        let mut cmd = match fd_limit {
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), env!("CARGO_BIN_EXE_fuchun")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_fuchun")),
+        };
+        let child = cmd
             .args(["view", "--config", cfg.to_str().unwrap(), "--listen", &format!("127.0.0.1:{http}")])
             .args(args)
             .stdout(Stdio::null())
@@ -50,6 +63,13 @@ impl View {
             std::thread::sleep(Duration::from_millis(50));
         }
         View { child, http, prefix, broker, _dir: dir }
+    }
+
+    /// Resident set size of the view process, bytes.
+    fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB");
+        kb.trim().parse::<u64>().unwrap() * 1024
     }
 
     fn connect(&self) -> TcpStream {
@@ -439,4 +459,118 @@ fn daemon_serves_its_metrics() {
         assert!(t.elapsed() < Duration::from_secs(5), "{}", other.log_text());
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Issue 21 item 5: whatever is published under the prefix, the view keeps at most `--max-results` results and
+/// `--max-result-bytes` of them, the stats of `--max-daemons` daemons, and no stats message over
+/// `--max-stats-bytes` or `--max-stats-fields` (defaults: 64, 32 MiB, 64, 64 KiB, 256).
+#[test]
+fn a_flood_of_results_and_stats_is_kept_within_bounds() {
+    let view = View::start(&[]);
+    let probe = Probe::new(view.broker.port, &[]);
+    let p = &view.prefix;
+    // the view subscribes after connecting: wait until a result is shown
+    let t = Instant::now();
+    while !view.get("/frame/first.jpg").0.starts_with("HTTP/1.1 200") {
+        probe.publish(&format!("{p}/first/stylized"), vec![0xff, 0xd8, 0xff, 0xd9]);
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(t.elapsed() < Duration::from_secs(15), "the view never received a result");
+    }
+    let before = view.rss();
+    // 300 cameras × 200 KB of results (60 MB), 100 daemons, 20 daemons with 20,000-field stats (~400 KB each),
+    // and one with 1000 small fields (under the byte bound, over the series bound)
+    let result = vec![0x55u8; 200_000];
+    for i in 0..300 {
+        probe.publish(&format!("{p}/cam{i}/stylized"), result.clone());
+    }
+    for i in 0..100 {
+        let s = serde_json::json!({"daemon_id": format!("d{i}"), "processed": i, "note": "x".repeat(1000)});
+        probe.publish(&format!("{p}/stats"), s.to_string());
+    }
+    let wide: serde_json::Map<String, serde_json::Value> =
+        (0..20_000).map(|k| (format!("field_{k}"), serde_json::json!(k))).collect();
+    for i in 0..20 {
+        let mut s = serde_json::Value::Object(wide.clone());
+        s["daemon_id"] = format!("wide{i}").into();
+        probe.publish(&format!("{p}/stats"), s.to_string());
+    }
+    let many: serde_json::Map<String, serde_json::Value> =
+        (0..1000).map(|k| (format!("f{k}"), serde_json::json!(k))).collect();
+    let mut s = serde_json::Value::Object(many);
+    s["daemon_id"] = "many".into();
+    probe.publish(&format!("{p}/stats"), s.to_string());
+    // the last message of the flood: once it is shown, every earlier one has been seen
+    let t = Instant::now();
+    while !view.get("/frame/last.jpg").0.starts_with("HTTP/1.1 200") {
+        probe.publish(&format!("{p}/last/stylized"), result.clone());
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(t.elapsed() < Duration::from_secs(60), "the view never received the last result");
+    }
+    let listed = String::from_utf8(view.get("/").2).unwrap();
+    let cams: Vec<&str> = listed.split("<a href=\"/camera/").skip(1).map(|r| &r[..r.find('"').unwrap()]).collect();
+    let mut bytes = 0;
+    for c in &cams {
+        let (status, _, body) = view.get(&format!("/frame/{c}.jpg"));
+        assert!(status.starts_with("HTTP/1.1 200"), "{c}: {status}");
+        bytes += body.len();
+    }
+    let (status, _, metrics) = view.get("/metrics");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let metrics = String::from_utf8(metrics).unwrap();
+    let daemons: Vec<String> = samples(&metrics).into_iter().filter(|s| s.0 == "fuchun_info").map(|s| s.1).collect();
+    let after = view.rss();
+    eprintln!(
+        "view: {} results kept ({bytes} bytes), {} daemons, /metrics {} bytes; RSS {} -> {} MiB",
+        cams.len(),
+        daemons.len(),
+        metrics.len(),
+        before >> 20,
+        after >> 20
+    );
+    assert!(cams.len() <= 64 && cams.contains(&"last") && cams.contains(&"cam299"), "{} kept", cams.len());
+    assert!(bytes <= 32 << 20, "{bytes} bytes of results kept");
+    assert!(daemons.len() <= 64, "{} daemons kept", daemons.len());
+    assert!(daemons.iter().any(|l| l.contains("\"d99\"")), "the most recent daemon is kept");
+    assert!(!metrics.contains("wide") && !metrics.contains("\"many\""), "oversized stats kept");
+    assert!(metrics.len() < 1 << 20, "/metrics is {} bytes", metrics.len());
+    view.still_serves();
+}
+
+/// Issue 21 item 10: a flood of idle connections (more than the process's file descriptors) does not lock out
+/// health checks: beyond `--max-connections` (default 256) the oldest idle one is closed.
+#[test]
+fn idle_connections_cannot_lock_out_health_checks() {
+    let view = View::start_with_fd_limit(&[], Some(320));
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], view.http));
+    // a server that no longer accepts leaves new connections in its listen queue, and then unanswered: stop at
+    // the first that is not accepted within 2 s. (In batches: the listen queue holds 128 here, and a connection
+    // beyond it waits a second for its SYN to be sent again.)
+    let idle: Vec<TcpStream> = (0..450)
+        .map_while(|i| {
+            if i % 50 == 49 {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..5 {
+        let t = Instant::now();
+        let status = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).ok().map(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf);
+            split(&buf).0
+        });
+        assert!(
+            status.as_deref().is_some_and(|s| s.starts_with("HTTP/1.1 200")),
+            "health check {i} with {} idle connections open, after {:?}: {status:?}",
+            idle.len(),
+            t.elapsed()
+        );
+    }
+    assert_eq!(idle.len(), 450, "the server stopped accepting connections");
+    drop(idle);
+    view.still_serves();
 }

@@ -148,6 +148,13 @@ pub struct DaemonConfig {
     /// Cameras whose state (rate limit, warm start, chosen style) is kept; over it the camera seen least recently
     /// is forgotten (cameras listed under [cameras] never are).
     pub max_cameras: usize,
+    /// Other daemons of this prefix whose availability (`<prefix>/<id>/available`) is kept, to tell whether one
+    /// still serves when this one stops; over it the one heard from least recently is forgotten.
+    pub max_peers: usize,
+    /// Memory one frame's decoding may take, in bytes, estimated from the image's header (width × height × bytes
+    /// per pixel of the decoder's output, the conversion to 8-bit RGB, a progressive JPEG's coefficients) before
+    /// anything is decoded; a frame over it is refused with image_too_large.
+    pub max_decode_bytes: u64,
     /// Outgoing messages held while the broker is unreachable, in bytes; over it the oldest are dropped
     /// (counted as outbox_dropped). Stats and retained states keep only their newest message.
     pub max_outbox_bytes: u64,
@@ -156,6 +163,9 @@ pub struct DaemonConfig {
     pub watchdog_outage_s: u64,
     /// Serve Prometheus metrics (`/metrics`) on this address, e.g. "127.0.0.1:9108"; unset: no HTTP server.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Connections to `metrics_listen` open at once; beyond it the oldest still waiting for its request is closed,
+    /// so that idle connections cannot use up the file descriptors (1024 under systemd) and lock out scrapes.
+    pub metrics_max_connections: usize,
     /// Run every configured size once before READY=1 (TensorRT engines, cuDNN choices, arenas). Unset: on the GPU
     /// providers only.
     pub warmup: Option<bool>,
@@ -189,9 +199,12 @@ impl Default for DaemonConfig {
             max_queued_frames: 32,
             max_queued_bytes: 64 << 20,
             max_cameras: 256,
+            max_peers: 64,
+            max_decode_bytes: 96 << 20,
             max_outbox_bytes: 32 << 20,
             watchdog_outage_s: 0,
             metrics_listen: None,
+            metrics_max_connections: 256,
             warmup: None,
             frame_aspect: "16:9".into(),
             max_startup_seconds: 1800,
@@ -312,8 +325,8 @@ impl Config {
                 self.mqtt.client_id
             );
         }
-        if self.daemon.max_queued_frames == 0 || self.daemon.max_cameras == 0 {
-            bail!("daemon.max_queued_frames and daemon.max_cameras must be at least 1");
+        if self.daemon.max_queued_frames == 0 || self.daemon.max_cameras == 0 || self.daemon.max_peers == 0 {
+            bail!("daemon.max_queued_frames, daemon.max_cameras and daemon.max_peers must be at least 1");
         }
         if self.daemon.workers == 0 {
             bail!("daemon.workers must be at least 1");

@@ -48,6 +48,7 @@ const GAUGES: &[(&str, &str)] = &[
     ("queue_bytes", "Payload bytes waiting for a worker"),
     ("in_progress", "Frames being processed"),
     ("cameras", "Cameras whose state is kept"),
+    ("peers", "Other daemons of this prefix kept as online (at most daemon.max_peers)"),
     ("connected", "1 while connected to the broker"),
     ("duration_ms", "Job duration over the last 1000 jobs, milliseconds"),
     ("mean_evaluations", "Mean objective evaluations per job over the last 1000 jobs"),
@@ -219,23 +220,25 @@ pub fn router(source: Source) -> Router {
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
 }
 
-/// Serve `/metrics` (and `/healthz`) on `listener` until `shutdown` completes.
+/// Serve `/metrics` (and `/healthz`) on `listener`, at most `max_connections` at once, until `shutdown` completes.
 pub async fn serve_metrics(
     listener: TcpListener,
+    max_connections: usize,
     source: Source,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
-    super::http::serve(listener, router(source), super::http::Limits::default(), shutdown).await
+    let limits = super::http::Limits { max_connections, ..super::http::Limits::default() };
+    super::http::serve(listener, router(source), limits, shutdown).await
 }
 
 /// Bind `addr` (an error when it cannot be) and serve `/metrics` from `source` in the background, for the life of
 /// the runtime.
-pub async fn spawn(addr: SocketAddr, source: Source) -> Result<()> {
+pub async fn spawn(addr: SocketAddr, max_connections: usize, source: Source) -> Result<()> {
     let listener =
         TcpListener::bind(addr).await.with_context(|| format!("daemon.metrics_listen: cannot listen on {addr}"))?;
     tracing::info!(%addr, "metrics listening");
     tokio::spawn(async move {
-        if let Err(e) = serve_metrics(listener, source, std::future::pending()).await {
+        if let Err(e) = serve_metrics(listener, max_connections, source, std::future::pending()).await {
             tracing::warn!(error = %e, "metrics server stopped");
         }
     });

@@ -59,7 +59,7 @@ pub fn check_response_topic(t: &str) -> Result<&str, String> {
     if t.is_empty() {
         Err("the MQTT v5 response topic is empty".into())
     } else if t.contains(['+', '#']) {
-        Err(format!("the MQTT v5 response topic {t:?} contains a wildcard ('+' or '#')"))
+        Err(format!("the MQTT v5 response topic \"{}\" contains a wildcard ('+' or '#')", super::topics::excerpt(t)))
     } else if t.contains('\0') {
         Err("the MQTT v5 response topic contains a NUL character".into())
     } else {

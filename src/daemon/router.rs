@@ -14,7 +14,7 @@ use super::messages::{availability, discovery, dropped};
 use super::mqtt::{Incoming, Outgoing};
 use super::queue::Frame;
 use super::stats::Stats;
-use super::topics::Route;
+use super::topics::{excerpt, Route};
 use super::worker::Shared;
 
 /// What the MQTT task keeps between messages.
@@ -25,8 +25,11 @@ pub(super) struct Router {
     announced: HashSet<String>,
     /// Cameras seen, with the `seq` of their last frame: the least recent is forgotten beyond `max_cameras`.
     seen: HashMap<String, u64>,
-    /// Availability of every daemon of this prefix, as last published (`<prefix>/<id>/available`).
-    peers: HashMap<String, String>,
+    /// The other daemons of this prefix that say they are online (`<prefix>/<id>/available`), with the `heard`
+    /// count of their last word: only their ids are kept (not what they sent), the least recently heard beyond
+    /// `daemon.max_peers` forgotten, so that a flood of ids or of large payloads cannot grow it without bound.
+    peers: HashMap<String, u64>,
+    heard: u64,
     /// Connected, subscribed-to and not stopping: this daemon claims `online`.
     serving: bool,
 }
@@ -40,6 +43,7 @@ impl Router {
             announced: HashSet::new(),
             seen: HashMap::new(),
             peers: HashMap::new(),
+            heard: 0,
             serving: false,
         }
     }
@@ -48,6 +52,7 @@ impl Router {
     pub(super) fn handle(&mut self, m: Incoming) -> Vec<Outgoing> {
         let out = self.route(m);
         self.shared.cameras.store(self.seen.len(), Ordering::Relaxed);
+        self.shared.stats.peers.store(self.peers.len() as u64, Ordering::Relaxed);
         out
     }
 
@@ -57,8 +62,10 @@ impl Router {
             Route::Ignore => vec![],
             Route::Invalid { reason } => {
                 Stats::inc(&shared.stats.control_errors);
-                tracing::warn!(topic = %m.topic, reason, "ignored message");
-                let body = serde_json::json!({"code": "bad_topic", "message": reason, "topic": m.topic});
+                // the topic can be 64 KiB: its excerpt only, in the log as in the reply
+                let topic = excerpt(&m.topic);
+                tracing::warn!(%topic, reason, "ignored message");
+                let body = serde_json::json!({"code": "bad_topic", "message": reason, "topic": topic});
                 vec![Outgoing::json(format!("{}/error", shared.topics.prefix), &body)]
             }
             Route::Frame { camera } => self.frame(camera, m),
@@ -68,7 +75,10 @@ impl Router {
                 if let Ok(name) = std::str::from_utf8(&m.payload) {
                     let name = name.trim();
                     if shared.config.styles.contains_key(name) {
-                        shared.camera_styles.lock().unwrap().insert(camera, name.to_string());
+                        shared.camera_styles.lock().unwrap().insert(camera.clone(), name.to_string());
+                        // a camera's style is part of its state: bounded by daemon.max_cameras like the rest
+                        self.seq += 1;
+                        self.touch(&camera);
                     }
                 }
                 vec![]
@@ -108,20 +118,38 @@ impl Router {
     }
 
     fn availability(&mut self, daemon: Option<String>, payload: &Bytes) -> Vec<Outgoing> {
-        let value = String::from_utf8_lossy(payload).trim().to_string();
+        let online = payload.trim_ascii() == b"online";
         match daemon {
             Some(id) => {
                 let own = id == self.shared.daemon_id;
-                self.peers.insert(id, value.clone());
+                if !own {
+                    self.peer(id, online);
+                }
                 // a stale value of our own (an earlier run's last will) while we serve: say it again
-                if own && self.serving && value != "online" {
+                if own && self.serving && !online {
                     return vec![self.own_availability("online")];
                 }
                 vec![]
             }
             // the aggregate went offline (another daemon's last will or stop) while we still serve
-            None if self.serving && value != "online" => vec![self.aggregate("online")],
+            None if self.serving && !online => vec![self.aggregate("online")],
             None => vec![],
+        }
+    }
+
+    /// Note what another daemon said of itself. A daemon's id is its client id, a valid name: anything else is
+    /// not one of ours and is not kept.
+    fn peer(&mut self, id: String, online: bool) {
+        if !online || !valid_name(&id) {
+            self.peers.remove(&id);
+            return;
+        }
+        self.heard += 1;
+        self.peers.insert(id, self.heard);
+        while self.peers.len() > self.shared.config.daemon.max_peers {
+            let Some(oldest) = self.peers.iter().min_by_key(|(_, h)| **h).map(|(id, _)| id.clone()) else { break };
+            self.peers.remove(&oldest);
+            tracing::debug!(daemon = %oldest, "availability of a peer forgotten (daemon.max_peers)");
         }
     }
 
@@ -135,7 +163,7 @@ impl Router {
 
     /// Whether another daemon of this prefix says it is online.
     fn others_online(&self) -> bool {
-        self.peers.iter().any(|(id, v)| *id != self.shared.daemon_id && v == "online")
+        self.peers.keys().any(|id| *id != self.shared.daemon_id)
     }
 
     /// Note a camera as seen; forget the least recently seen one beyond `daemon.max_cameras`.
@@ -268,8 +296,11 @@ impl Router {
         };
         if !shared.config.styles.contains_key(&name) {
             let known: Vec<&String> = shared.config.styles.keys().collect();
-            let msg =
-                format!("unknown style {name:?}: known styles are {known:?}; keeping {:?}", shared.style_of(camera));
+            let msg = format!(
+                "unknown style \"{}\": known styles are {known:?}; keeping {:?}",
+                excerpt(&name),
+                shared.style_of(camera)
+            );
             return shared.control_error(camera, "unknown_style", &msg);
         }
         self.seq += 1;
@@ -498,6 +529,13 @@ mod tests {
         assert!(r.handle(msg("home/fuchun/front/style/state", b"oil")).is_empty());
         assert_eq!(r.shared.style_of("front"), "wave");
         assert_eq!(n(&r.shared.stats.control_errors), 0);
+        // retained states of many cameras: kept within daemon.max_cameras like the rest of their state
+        let mut r = router("[daemon]\nmax_cameras = 4\n");
+        for i in 0..50 {
+            r.handle(msg(&format!("home/fuchun/c{i}/style/state"), b"wave"));
+        }
+        assert_eq!(r.shared.cameras.load(Ordering::Relaxed), 4);
+        assert_eq!((r.shared.style_of("c49"), r.shared.style_of("c0")), ("wave".into(), "ink".into()));
     }
 
     #[test]
@@ -522,6 +560,44 @@ mod tests {
         r.not_serving();
         assert!(r.handle(msg(own, b"offline")).is_empty());
         assert!(r.handle(msg(all, b"offline")).is_empty());
+    }
+
+    #[test]
+    fn peers_are_kept_bounded_and_without_their_payloads() {
+        let mut r = router("[daemon]\nmax_peers = 3\n");
+        let peer = |i: usize| format!("home/fuchun/d{i}/available");
+        for i in 0..10 {
+            r.handle(msg(&peer(i), b"online"));
+        }
+        assert_eq!(r.peers.len(), 3);
+        assert_eq!(n(&r.shared.stats.peers), 3);
+        assert!(r.peers.contains_key("d9") && !r.peers.contains_key("d0"), "the least recently heard go first");
+        // not online, or not a daemon id: not kept
+        r.handle(msg(&peer(9), b"offline"));
+        r.handle(msg(&format!("home/fuchun/{}/available", "x".repeat(70_000)), b"online"));
+        r.handle(msg(&peer(20), &[b'y'; 100_000]));
+        assert_eq!(r.peers.keys().map(String::as_str).collect::<HashSet<_>>(), HashSet::from(["d7", "d8"]));
+        // and they still count as online when this one stops
+        r.serving();
+        assert_eq!(r.stopped().len(), 1, "another daemon serves: the aggregate is left to it");
+    }
+
+    #[test]
+    fn hostile_names_are_echoed_as_short_escaped_excerpts() {
+        let mut r = router("");
+        let cam = format!("evil\n\x1b[2J{}", "a".repeat(60_000));
+        let out = r.handle(msg(&format!("home/fuchun/{cam}/frame"), b"1"));
+        assert_eq!(show(&out), ["home/fuchun/error bad_topic"]);
+        assert!(out[0].payload.len() < 600, "{} bytes", out[0].payload.len());
+        let b = body(&out[0]);
+        for k in ["message", "topic"] {
+            let v = b[k].as_str().unwrap();
+            assert!(v.contains("evil\\n\\u{1b}[2J") && !v.contains('\x1b') && !v.contains('\n'), "{k}: {v:?}");
+        }
+        let style = serde_json::json!({ "style": cam }).to_string();
+        let out = r.handle(msg("home/fuchun/front/style/set", style.as_bytes()));
+        assert_eq!(show(&out), ["home/fuchun/front/error unknown_style"]);
+        assert!(out[0].payload.len() < 600, "{} bytes", out[0].payload.len());
     }
 
     #[test]

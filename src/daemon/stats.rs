@@ -30,6 +30,8 @@ pub struct Stats {
     /// held them (they had not been acknowledged).
     pub outbox_resent: AtomicU64,
     pub in_progress: AtomicU64,
+    /// Other daemons of this prefix kept as online (at most `daemon.max_peers`): a gauge.
+    pub peers: AtomicU64,
     /// Frames started from the camera's previous result (unchanged or partly changed scene).
     pub warm_starts: AtomicU64,
     /// Of `warm_starts`: frames where part of the scene changed.
@@ -120,6 +122,7 @@ impl Stats {
             "queue_depth": g.queue_depth,
             "queue_bytes": g.queue_bytes,
             "cameras": g.cameras,
+            "peers": c(&self.peers),
             "connected": g.connected,
             "duration_ms": p.map(|p| serde_json::json!({"p50": p[0], "p90": p[1], "p99": p[2], "max": p[3]})),
             "mean_evaluations": mean(None).unwrap_or(0.0),

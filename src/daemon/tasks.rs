@@ -28,7 +28,8 @@ impl Tasks {
         let cfg = &shared.config;
         if let Some(addr) = cfg.daemon.metrics_listen {
             let (s, l) = (shared.clone(), link.clone());
-            if let Err(e) = super::metrics::spawn(addr, Arc::new(move || vec![stats_snapshot(&s, &l)])).await {
+            let source: super::metrics::Source = Arc::new(move || vec![stats_snapshot(&s, &l)]);
+            if let Err(e) = super::metrics::spawn(addr, cfg.daemon.metrics_max_connections, source).await {
                 shared.queue.close();
                 return Err(e);
             }

@@ -31,6 +31,28 @@ pub struct Topics {
     pub mappings: Vec<InputMapping>,
 }
 
+/// Characters of a received name or topic that error messages and log lines show at most: a topic level can be
+/// 64 KiB, and echoing it whole would turn each small hostile message into a large reply and a large log line.
+pub const EXCERPT_CHARS: usize = 64;
+
+/// `s` for an error message or a log line: at most `EXCERPT_CHARS` characters, control characters (and `\\`)
+/// escaped so that they cannot forge log lines or terminal output, and the full length noted when it was cut.
+pub fn excerpt(s: &str) -> String {
+    let mut out = String::new();
+    for (n, c) in s.chars().enumerate() {
+        if n == EXCERPT_CHARS {
+            out.push_str(&format!("…({} bytes in all)", s.len()));
+            break;
+        }
+        match c {
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.extend(c.escape_default()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// MQTT filter matching (`+` one level, `#` the rest).
 pub fn matches(filter: &str, topic: &str) -> bool {
     let mut f = filter.split('/');
@@ -94,7 +116,8 @@ impl Topics {
                 if valid_name(cam) {
                     ok
                 } else {
-                    Route::Invalid { reason: format!("camera name {cam:?} must be 1-64 letters, digits, '_' or '-'") }
+                    let cam = excerpt(cam);
+                    Route::Invalid { reason: format!("camera name \"{cam}\" must be 1-64 letters, digits, '_' or '-'") }
                 }
             };
             match parts.as_slice() {
@@ -114,7 +137,8 @@ impl Topics {
                     _ => continue,
                 };
                 if !valid_name(&cam) {
-                    return Route::Invalid { reason: format!("camera name {cam:?} taken from {topic} is not valid") };
+                    let (cam, topic) = (excerpt(&cam), excerpt(topic));
+                    return Route::Invalid { reason: format!("camera name \"{cam}\" taken from {topic} is not valid") };
                 }
                 return Route::Frame { camera: cam };
             }
@@ -154,5 +178,19 @@ mod tests {
         assert_eq!(t.route("home/fuchun/available"), Route::Availability { daemon: None });
         assert_eq!(t.route("home/fuchun/d1/available"), Route::Availability { daemon: Some("d1".into()) });
         assert_eq!(t.subscriptions().len(), 7);
+    }
+
+    #[test]
+    fn excerpts_are_short_and_escaped() {
+        assert_eq!(excerpt("front"), "front");
+        assert_eq!(excerpt("a\nb\x1b[31mc\\"), "a\\nb\\u{1b}[31mc\\\\");
+        let long = "é".repeat(30_000);
+        let e = excerpt(&long);
+        assert!(e.starts_with(&"é".repeat(EXCERPT_CHARS)) && e.ends_with("…(60000 bytes in all)"), "{e}");
+        assert!(e.len() < 200);
+        let Route::Invalid { reason } = topics().route(&format!("home/fuchun/{}/frame", "x!".repeat(30_000))) else {
+            panic!("not invalid")
+        };
+        assert!(reason.len() < 300, "{reason}");
     }
 }

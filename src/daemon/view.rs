@@ -6,6 +6,11 @@
 //! `/frame/<name>.jpg` (latest result), `/events/<name>` (SSE: one event per new result, keep-alive comments in
 //! between; at most `--max-event-streams` at once, 503 beyond), `/metrics` (the latest stats of each daemon_id;
 //! one silent for `--forget-after-s` is dropped), `/healthz`.
+//!
+//! What it keeps from MQTT is bounded in count and in bytes, as anyone who can publish under the prefix can send
+//! it: the latest result of `--max-results` cameras and `--max-result-bytes` in all (the least recently updated
+//! camera forgotten first), the stats of `--max-daemons` daemons (the least recently heard forgotten first), each
+//! at most `--max-stats-bytes` as sent and `--max-stats-fields` series, and only what `/metrics` shows of it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -46,6 +51,10 @@ pub struct ViewArgs {
     /// A request's headers must arrive within this time (milliseconds).
     #[arg(long, default_value_t = 10_000, hide = true)]
     pub header_timeout_ms: u64,
+    /// Connections open at once; beyond it the oldest still waiting for its request is closed (keep it well
+    /// under the file-descriptor limit, 1024 under systemd, and above --max-event-streams).
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: usize,
     /// Keep-alive comment interval of idle event streams (milliseconds); a closed client is noticed at the next.
     #[arg(long, default_value_t = 15_000, hide = true)]
     pub keep_alive_ms: u64,
@@ -53,16 +62,50 @@ pub struct ViewArgs {
     /// configuration's `daemon.stats_interval_s`), so a daemon that was removed or died stops being reported.
     #[arg(long)]
     pub forget_after_s: Option<u64>,
+    /// Cameras whose latest result is kept (for `/frame`, the pages and `/`); beyond it the camera updated least
+    /// recently is forgotten.
+    #[arg(long, default_value_t = 64)]
+    pub max_results: usize,
+    /// Bytes of results kept, all cameras together; beyond it the camera updated least recently is forgotten (a
+    /// single larger result is not kept).
+    #[arg(long, default_value_t = 32 << 20)]
+    pub max_result_bytes: usize,
+    /// Daemons whose stats are kept for `/metrics`; beyond it the one heard from least recently is forgotten.
+    #[arg(long, default_value_t = 64)]
+    pub max_daemons: usize,
+    /// A stats message larger than this (bytes) is ignored.
+    #[arg(long, default_value_t = 64 << 10)]
+    pub max_stats_bytes: usize,
+    /// A stats message with more series than this (numbers, at the top or in an object such as `duration_ms`)
+    /// is ignored.
+    #[arg(long, default_value_t = 256)]
+    pub max_stats_fields: usize,
 }
 
-/// Stats of this many daemons at most (a misbehaving publisher cannot grow the map without bound).
-const MAX_DAEMONS: usize = 256;
+/// The bounds of what the view keeps (`ViewArgs`).
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    max_results: usize,
+    max_result_bytes: usize,
+    max_daemons: usize,
+    max_stats_bytes: usize,
+    max_stats_fields: usize,
+}
+
+/// Longest text label (`provider`, `version`) kept from a stats message.
+const MAX_LABEL_CHARS: usize = 128;
 
 #[derive(Default)]
 struct Latest {
+    /// The latest result of each camera, with its version (a count over all cameras: the lowest is the least
+    /// recently updated).
     frames: HashMap<String, (u64, Bytes)>,
-    /// The latest stats message of each daemon_id, and when it came.
+    /// The bytes of `frames`.
+    frame_bytes: usize,
+    /// The latest stats message of each daemon_id (reduced to what `/metrics` shows), and when it came.
     stats: BTreeMap<String, (Instant, serde_json::Value)>,
+    /// Messages not kept for a bound (results too large, stats too large or with too many series).
+    refused: u64,
 }
 
 impl Latest {
@@ -70,6 +113,71 @@ impl Latest {
     fn forget_silent(&mut self, forget_after: Duration) {
         self.stats.retain(|_, (at, _)| at.elapsed() <= forget_after);
     }
+
+    /// Keep `payload` as the latest result of `camera`; then forget the least recently updated cameras until
+    /// the bounds hold. False when the result alone is over the byte bound (it is not kept).
+    fn keep_frame(&mut self, camera: &str, version: u64, payload: &[u8], b: &Bounds) -> bool {
+        if payload.len() > b.max_result_bytes {
+            return false;
+        }
+        // a copy: the payload may share the allocation of the MQTT client's read buffer, which would stay
+        // alive (and unaccounted for) as long as the result is kept
+        let kept = Bytes::copy_from_slice(payload);
+        self.frame_bytes += kept.len();
+        if let Some((_, old)) = self.frames.insert(camera.to_string(), (version, kept)) {
+            self.frame_bytes -= old.len();
+        }
+        while self.frames.len() > b.max_results.max(1) || self.frame_bytes > b.max_result_bytes {
+            let Some(oldest) = self.frames.iter().min_by_key(|(_, f)| f.0).map(|(c, _)| c.clone()) else { break };
+            if let Some((_, old)) = self.frames.remove(&oldest) {
+                self.frame_bytes -= old.len();
+            }
+        }
+        true
+    }
+
+    /// Keep a daemon's stats; then forget the least recently heard daemons beyond the bound.
+    fn keep_stats(&mut self, id: String, body: serde_json::Value, b: &Bounds) {
+        self.stats.insert(id.clone(), (Instant::now(), body));
+        while self.stats.len() > b.max_daemons.max(1) {
+            let Some(oldest) = self.stats.iter().min_by_key(|(_, s)| s.0).map(|(d, _)| d.clone()) else { break };
+            self.stats.remove(&oldest);
+        }
+    }
+}
+
+/// A stats message reduced to what `/metrics` renders (numbers and booleans, objects of them, and the text
+/// labels `provider` and `version`, cut to `MAX_LABEL_CHARS`), if it has at most `max_fields` series.
+fn reduce_stats(body: serde_json::Map<String, serde_json::Value>, max_fields: usize) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    let series = |v: &Value| matches!(v, Value::Number(_) | Value::Bool(_));
+    let mut out = serde_json::Map::new();
+    let mut n = 0usize;
+    for (k, v) in body {
+        let kept = match v {
+            Value::String(s) if k == "provider" || k == "version" => {
+                Value::String(s.chars().take(MAX_LABEL_CHARS).collect())
+            }
+            v if series(&v) => {
+                n += 1;
+                v
+            }
+            Value::Object(o) => {
+                let o: serde_json::Map<String, Value> = o.into_iter().filter(|(_, v)| series(v)).collect();
+                if o.is_empty() {
+                    continue;
+                }
+                n += o.len();
+                Value::Object(o)
+            }
+            _ => continue,
+        };
+        if n > max_fields {
+            return None;
+        }
+        out.insert(k, kept);
+    }
+    Some(Value::Object(out))
 }
 
 struct State {
@@ -112,6 +220,13 @@ fn stats_id(prefix: &str, topic: &str, body: &serde_json::Value) -> Option<Strin
 
 async fn serve(cfg: Config, args: &ViewArgs) -> Result<()> {
     let (tx, _) = broadcast::channel(64);
+    let bounds = Bounds {
+        max_results: args.max_results,
+        max_result_bytes: args.max_result_bytes,
+        max_daemons: args.max_daemons,
+        max_stats_bytes: args.max_stats_bytes,
+        max_stats_fields: args.max_stats_fields,
+    };
     let state = Arc::new(State {
         latest: Mutex::new(Latest::default()),
         updates: tx,
@@ -149,16 +264,29 @@ async fn serve(cfg: Config, args: &ViewArgs) -> Result<()> {
                             continue;
                         }
                         version += 1;
-                        st.latest.lock().unwrap().frames.insert(cam.to_string(), (version, m.payload));
-                        let _ = st.updates.send((cam.to_string(), version));
-                    } else if let Ok(mut body @ serde_json::Value::Object(_)) = serde_json::from_slice(&m.payload) {
-                        if let Some(id) = stats_id(&prefix, &m.topic, &body) {
-                            body["daemon_id"] = id.clone().into();
-                            let mut latest = st.latest.lock().unwrap();
-                            latest.forget_silent(st.forget_after);
-                            if latest.stats.len() < MAX_DAEMONS || latest.stats.contains_key(&id) {
-                                latest.stats.insert(id, (Instant::now(), body));
+                        let kept = st.latest.lock().unwrap().keep_frame(cam, version, &m.payload, &bounds);
+                        if kept {
+                            let _ = st.updates.send((cam.to_string(), version));
+                        } else {
+                            refused(&st, "a result over --max-result-bytes");
+                        }
+                    } else if m.payload.len() > bounds.max_stats_bytes {
+                        // not even parsed: a large JSON document takes many times its size in memory
+                        refused(&st, "a stats message over --max-stats-bytes");
+                    } else if let Ok(body @ serde_json::Value::Object(_)) = serde_json::from_slice(&m.payload) {
+                        // a daemon's id is its client id, a valid name; anything else is not one of ours
+                        let Some(id) = stats_id(&prefix, &m.topic, &body).filter(|id| valid_name(id)) else {
+                            continue;
+                        };
+                        let serde_json::Value::Object(body) = body else { continue };
+                        match reduce_stats(body, bounds.max_stats_fields) {
+                            Some(mut body) => {
+                                body["daemon_id"] = id.clone().into();
+                                let mut latest = st.latest.lock().unwrap();
+                                latest.forget_silent(st.forget_after);
+                                latest.keep_stats(id, body, &bounds);
                             }
+                            None => refused(&st, "a stats message over --max-stats-fields"),
                         }
                     }
                 }
@@ -170,7 +298,11 @@ async fn serve(cfg: Config, args: &ViewArgs) -> Result<()> {
             }
         }
     });
-    let limits = Limits { header_timeout: Duration::from_millis(args.header_timeout_ms.max(1)), ..Limits::default() };
+    let limits = Limits {
+        header_timeout: Duration::from_millis(args.header_timeout_ms.max(1)),
+        max_connections: args.max_connections,
+        ..Limits::default()
+    };
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let shutdown = async move {
         tokio::select! {
@@ -179,6 +311,19 @@ async fn serve(cfg: Config, args: &ViewArgs) -> Result<()> {
         }
     };
     super::http::serve(listener, router(state), limits, shutdown).await
+}
+
+/// Count a message not kept for a bound; say so on the first and then every 1000th (a flood would otherwise
+/// write a log line per message).
+fn refused(st: &State, what: &str) {
+    let n = {
+        let mut latest = st.latest.lock().unwrap();
+        latest.refused += 1;
+        latest.refused
+    };
+    if n % 1000 == 1 {
+        tracing::warn!(refused = n, "not kept: {what} (messages not kept so far: {n})");
+    }
 }
 
 fn router(state: Arc<State>) -> Router {

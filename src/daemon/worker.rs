@@ -249,7 +249,7 @@ fn process(
         max_width: cfg.daemon.max_dimension,
         max_height: cfg.daemon.max_dimension,
         max_pixels: cfg.daemon.max_pixels,
-        ..Limits::default()
+        max_decode_bytes: cfg.daemon.max_decode_bytes,
     };
     // decoded no larger than this camera's results can be (JPEG: DCT-domain scaling), so a huge frame never
     // exists at full size in memory
