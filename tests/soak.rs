@@ -1,6 +1,7 @@
 //! Soak (issue 14): `fuchun serve` for a long run — 8 cameras sending frames, the broker killed and restarted every
 //! few minutes — printing frames sent / results / errors / dropped / lost and the daemon's RSS over time. Not part
-//! of `make test` (it takes `FUCHUN_SOAK_MINUTES`, default 30): run it with `make soak`.
+//! of `make test` (it takes `FUCHUN_SOAK_MINUTES`, default 30, and `FUCHUN_SOAK_PROTOCOL`, v5 or v311): run it with
+//! `make soak`.
 //!
 //! Every frame the daemon received must end as a result, an error or a counted drop (newest frame wins); frames
 //! sent into a broker that is then killed never reach the daemon and are reported apart.
@@ -33,8 +34,12 @@ fn soak_8_cameras_with_broker_restarts() {
     let prefix = unique_prefix("soak");
     let cams: Vec<String> = (0..8).map(|i| format!("cam{i}")).collect();
     let mut probes = vec![Probe::new(port, &[&format!("{prefix}/#")])];
-    let extra = "[daemon]\nstats_interval_s = 5\n[styles.ink]\nimage_size = 64\niterations = 15\n";
-    let mut d = Daemon::start(port, &prefix, &format!("soak-{}", std::process::id()), extra);
+    // FUCHUN_SOAK_PROTOCOL: v5 (default) or v311, the daemon's MQTT version
+    let protocol = std::env::var("FUCHUN_SOAK_PROTOCOL").unwrap_or_else(|_| "v5".into());
+    let extra = format!(
+        "[mqtt]\nprotocol = \"{protocol}\"\n[daemon]\nstats_interval_s = 5\n[styles.ink]\nimage_size = 64\niterations = 15\n"
+    );
+    let mut d = Daemon::start(port, &prefix, &format!("soak-{}", std::process::id()), &extra);
     probes[0].wait_for(&format!("{prefix}/available"), |m| m.text() == "online", Duration::from_secs(60));
     let frames: Vec<Vec<u8>> = (0..16).map(|i| jpeg(96, 72, i as f32 / 16.0)).collect();
     let start = Instant::now();
@@ -43,7 +48,7 @@ fn soak_8_cameras_with_broker_restarts() {
     let mut last_restart = Instant::now();
     let mut last_rss = Instant::now() - Duration::from_secs(60);
     let mut rss_log: Vec<(f64, f64)> = Vec::new();
-    println!("soak: {minutes} min, 8 cameras, a frame per camera every 2 s, broker restart every {restart_every:?}");
+    println!("soak: MQTT {protocol}, {minutes} min, 8 cameras, a frame per camera every 2 s, broker restart every {restart_every:?}");
     while Instant::now() < end {
         assert!(d.child.try_wait().unwrap().is_none(), "the daemon exited:\n{}", d.log_text());
         if last_rss.elapsed() >= Duration::from_secs(30) {
@@ -93,7 +98,7 @@ fn soak_8_cameras_with_broker_restarts() {
     let lost_in_daemon = received as i64 - (results + errors + dropped) as i64;
     let rss_first = rss_log.iter().find(|(m, _)| *m >= minutes.min(5.0) * 0.5).map_or(0.0, |r| r.1);
     let rss_last = rss_log.last().map_or(0.0, |r| r.1);
-    println!("soak summary ({minutes} min, {restarts} broker restarts):");
+    println!("soak summary (MQTT {protocol}, {minutes} min, {restarts} broker restarts):");
     println!("  frames sent {sent} (+{not_sent} refused by the sender's client while the broker was down)");
     println!(
         "  received by the daemon {received}; results {results}; errors {errors}; dropped (newest wins) {dropped}"

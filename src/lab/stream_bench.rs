@@ -131,19 +131,7 @@ pub struct StreamArgs<'a> {
 
 /// Figure [5]: prints the lines with their targets and returns them as JSON.
 pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &StreamArgs) -> Result<serde_json::Value> {
-    let limits = Limits::default();
-    let bg = imageio::load_path(a.background, &limits).with_context(|| format!("{}", a.background.display()))?;
-    let obj = imageio::load_path(a.object, &limits).with_context(|| format!("{}", a.object.display()))?;
-    let (w, h) = fit_size(bg.width, bg.height, a.size);
-    let spec = ClipSpec { frames: a.frames.max(4), scene_change: Some(a.frames.max(4) / 2), ..ClipSpec::default() };
-    let clip = synthetic(&bg.resize(w, h), &obj, &spec);
-    if let Some(dir) = a.clip_dir {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        for (i, f) in clip.frames.iter().enumerate() {
-            let p = dir.join(format!("frame_{i:03}.jpg"));
-            std::fs::write(&p, f).with_context(|| format!("writing {}", p.display()))?;
-        }
-    }
+    let (clip, spec, (w, h)) = bench_clip(a)?;
     let frames = frames(&clip)?;
     let mut opts = opts.clone();
     opts.image_size = a.size;
@@ -222,23 +210,12 @@ pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &Str
         super::report::verdict(detected && ghost < 0.1 * old_new)
     );
     // is the motion search worth it? the same clip with it off
-    let mut no_motion = serde_json::Value::Null;
-    if a.compare_motion {
-        let off = StreamSettings { motion_px: 0, ..settings };
-        let p = run_pass(model, &frames, style, &opts, &off)?;
-        let e = mean(small.iter().map(|&i| p.evaluations[i] as f64));
-        let (f, f_all) = (flicker(&clip, &p.images[..k]), flicker(&clip, &p.images));
-        println!(
-            "    without the motion search: partly changed frames {e:.1} evaluations (with it {partial_evals:.1}); \
-             flicker frames 0–{} {:.2} (with it {:.2}), all frames {:.2} (with it {:.2})",
-            k - 1,
-            255.0 * f,
-            255.0 * f_warm,
-            255.0 * f_all,
-            255.0 * flicker(&clip, &warm.images)
-        );
-        no_motion = serde_json::json!({"partial_evaluations": e, "flicker": f, "flicker_all_frames": f_all});
-    }
+    let no_motion = if a.compare_motion {
+        let with = (partial_evals, f_warm, f_all);
+        without_motion(model, (&clip, &frames), style, &opts, &settings, (&small, k), with)?
+    } else {
+        serde_json::Value::Null
+    };
     if let Some(path) = a.strip {
         let first = 1;
         let count = 5.min(k - first);
@@ -254,4 +231,50 @@ pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &Str
         "flicker_cold": f_cold, "flicker_temporal": f_warm, "flicker_ratio": f_ratio,
         "scene_change_detected": detected, "scene_change_vs_fresh_cold": ghost, "without_motion": no_motion,
     }))
+}
+
+/// The bench's synthetic clip at `a.size` (an object crossing the background, a new scene half-way), written to
+/// `a.clip_dir` as JPEG frames when asked; its spec and frame size.
+fn bench_clip(a: &StreamArgs) -> Result<(Clip, ClipSpec, (usize, usize))> {
+    let limits = Limits::default();
+    let bg = imageio::load_path(a.background, &limits).with_context(|| format!("{}", a.background.display()))?;
+    let obj = imageio::load_path(a.object, &limits).with_context(|| format!("{}", a.object.display()))?;
+    let (w, h) = fit_size(bg.width, bg.height, a.size);
+    let spec = ClipSpec { frames: a.frames.max(4), scene_change: Some(a.frames.max(4) / 2), ..ClipSpec::default() };
+    let clip = synthetic(&bg.resize(w, h), &obj, &spec);
+    if let Some(dir) = a.clip_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (i, f) in clip.frames.iter().enumerate() {
+            let p = dir.join(format!("frame_{i:03}.jpg"));
+            std::fs::write(&p, f).with_context(|| format!("writing {}", p.display()))?;
+        }
+    }
+    Ok((clip, spec, (w, h)))
+}
+
+/// Is the motion search worth it? The same clip with it off, against `with` (partly changed frames' evaluations,
+/// flicker over frames 0..k, flicker over all frames) with it on.
+fn without_motion(
+    model: &mut Model,
+    (clip, frames): (&Clip, &[Planar]),
+    style: &Planar,
+    opts: &StylizeOptions,
+    settings: &StreamSettings,
+    (small, k): (&[usize], usize),
+    (partial_evals, f_warm, f_all_warm): (f64, f64, f64),
+) -> Result<serde_json::Value> {
+    let off = StreamSettings { motion_px: 0, ..*settings };
+    let p = run_pass(model, frames, style, opts, &off)?;
+    let e = mean(small.iter().map(|&i| p.evaluations[i] as f64));
+    let (f, f_all) = (flicker(clip, &p.images[..k]), flicker(clip, &p.images));
+    println!(
+        "    without the motion search: partly changed frames {e:.1} evaluations (with it {partial_evals:.1}); \
+         flicker frames 0–{} {:.2} (with it {:.2}), all frames {:.2} (with it {:.2})",
+        k - 1,
+        255.0 * f,
+        255.0 * f_warm,
+        255.0 * f_all,
+        255.0 * f_all_warm
+    );
+    Ok(serde_json::json!({"partial_evaluations": e, "flicker": f, "flicker_all_frames": f_all}))
 }

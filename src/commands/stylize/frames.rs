@@ -94,15 +94,7 @@ pub fn run(args: &StylizeArgs) -> Result<()> {
     let mut log = std::io::BufWriter::new(
         std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?,
     );
-    let bar = (!args.quiet && std::io::stderr().is_terminal()).then(|| {
-        let b = ProgressBar::new(files.len() as u64);
-        b.set_style(
-            ProgressStyle::with_template("frames [{bar:30}] {pos}/{len} {elapsed} eta {eta} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        b
-    });
+    let bar = (!args.quiet && std::io::stderr().is_terminal()).then(|| progress_bar(files.len()));
     let mut source = CachedTargets::new(StyleImages {
         images: &styles,
         blend: base.style_blend.clone(),
@@ -155,6 +147,20 @@ pub fn run(args: &StylizeArgs) -> Result<()> {
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
+    println!(
+        "wrote {} frames to {} in {:.1} s (provider {}): {}; per-frame log {}",
+        records.len(),
+        args.output.display(),
+        t0.elapsed().as_secs_f64(),
+        model.provider,
+        summary(&records),
+        log_path.display()
+    );
+    Ok(())
+}
+
+/// How many frames started cold, partly changed and unchanged, and their mean evaluations.
+fn summary(records: &[FrameRecord]) -> String {
     let count = |s: &str| records.iter().filter(|r| r.start == s).count();
     let evals = |s: &str| {
         let v: Vec<usize> = records.iter().filter(|r| r.start == s).map(|r| r.evaluations).collect();
@@ -164,22 +170,26 @@ pub fn run(args: &StylizeArgs) -> Result<()> {
             format!("{:.1}", v.iter().sum::<usize>() as f64 / v.len() as f64)
         }
     };
-    println!(
-        "wrote {} frames to {} in {:.1} s (provider {}): {} cold (mean {} evaluations), {} partly changed (mean {}), \
-         {} unchanged (mean {}); per-frame log {}",
-        records.len(),
-        args.output.display(),
-        t0.elapsed().as_secs_f64(),
-        model.provider,
+    format!(
+        "{} cold (mean {} evaluations), {} partly changed (mean {}), {} unchanged (mean {})",
         count("cold"),
         evals("cold"),
         count("partial"),
         evals("partial"),
         count("previous"),
-        evals("previous"),
-        log_path.display()
+        evals("previous")
+    )
+}
+
+/// The progress bar over the frames (shown on a terminal only).
+fn progress_bar(frames: usize) -> ProgressBar {
+    let b = ProgressBar::new(frames as u64);
+    b.set_style(
+        ProgressStyle::with_template("frames [{bar:30}] {pos}/{len} {elapsed} eta {eta} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
     );
-    Ok(())
+    b
 }
 
 #[cfg(test)]
