@@ -43,26 +43,35 @@ fn targets_match_the_exporter_reference() {
     for l in &m.style_layers {
         let (shape, want) = common::read_npy(&out.join(format!("gram_{l}.npy")));
         assert_eq!(shape, vec![feats[l].channels, feats[l].channels]);
-        assert!(max_rel(&t.grams[l], &want) < 1e-5, "gram {l}");
+        assert!(max_rel(t.get(&format!("gram_{l}")).unwrap(), &want) < 1e-5, "gram {l}");
     }
     for s in &m.shift_layers {
         let (_, h) = common::read_npy(&out.join(format!("shift_h_{}.npy", s.layer)));
         let (_, v) = common::read_npy(&out.join(format!("shift_v_{}.npy", s.layer)));
-        assert!(max_rel(&t.shifts[&s.layer].0, &h) < 1e-5, "shift_h {}", s.layer);
-        assert!(max_rel(&t.shifts[&s.layer].1, &v) < 1e-5, "shift_v {}", s.layer);
+        assert!(max_rel(t.get(&format!("shift_h_{}", s.layer)).unwrap(), &h) < 1e-5, "shift_h {}", s.layer);
+        assert!(max_rel(t.get(&format!("shift_v_{}", s.layer)).unwrap(), &v) < 1e-5, "shift_v {}", s.layer);
     }
     for l in &m.hist_layers {
         let (shape, want) = common::read_npy(&out.join(format!("hist_{l}.npy")));
         assert_eq!(shape, vec![feats[l].channels, m.quantiles]);
-        let e = max_rel(&t.hists[l], &want);
+        let e = max_rel(t.get(&format!("quantiles_{l}")).unwrap(), &want);
         assert!(e < 1e-6, "hist {l}: {e}");
     }
     // the free functions agree with the struct
     let l = &m.style_layers[0];
-    assert_eq!(gram(&feats[l]), t.grams[l]);
+    assert_eq!(gram(&feats[l]), t.get(&format!("gram_{l}")).unwrap());
     assert_eq!(quantiles(&feats[l], m.quantiles).len(), feats[l].channels * m.quantiles);
     let s0 = &m.shift_layers[0];
-    assert_eq!(shifted_grams(&feats[&s0.layer], s0.delta), t.shifts[&s0.layer]);
+    let (h, v) = shifted_grams(&feats[&s0.layer], s0.delta);
+    assert_eq!(h, t.get(&format!("shift_h_{}", s0.layer)).unwrap());
+    assert_eq!(v, t.get(&format!("shift_v_{}", s0.layer)).unwrap());
+    // every tensor has the shape the layout (what the daemon's cache holds) says
+    let layout = StyleTargets::layout(m);
+    assert_eq!(layout.len(), t.tensors.len());
+    for (name, shape) in layout {
+        assert_eq!(t.tensors[&name].shape, shape, "{name}");
+        assert_eq!(t.tensors[&name].data.len(), shape.iter().product::<usize>(), "{name}");
+    }
 }
 
 /// The runtime's histogram matching (radix argsort per channel, src/transfer/histmatch.rs) against numpy's
@@ -130,14 +139,14 @@ fn blending_averages_grams_and_quantiles() {
     let only_a = StyleTargets::blend(&[ta.clone(), tb.clone()], &[2.0, 0.0]).unwrap();
     assert_eq!(only_a, ta);
     let mid = StyleTargets::blend(&[ta.clone(), tb.clone()], &[1.0, 3.0]).unwrap();
-    for (l, g) in &mid.grams {
-        for ((m, x), y) in g.iter().zip(&ta.grams[l]).zip(&tb.grams[l]) {
+    for (name, g) in mid.tensors.iter().filter(|(n, _)| n.starts_with("gram_")) {
+        for ((m, x), y) in g.data.iter().zip(&ta.tensors[name].data).zip(&tb.tensors[name].data) {
             assert!((m - (0.25 * x + 0.75 * y)).abs() <= 1e-5 * (x.abs() + y.abs() + 1e-6));
         }
     }
     // a blend of sorted tables stays sorted (it is the Wasserstein barycentre's quantile function)
     let k = model.manifest.quantiles;
-    for q in mid.hists.values() {
+    for q in mid.tensors.iter().filter(|(n, _)| n.starts_with("quantiles_")).map(|(_, t)| &t.data) {
         for row in q.chunks(k) {
             assert!(row.windows(2).all(|w| w[0] <= w[1]));
         }

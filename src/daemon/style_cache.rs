@@ -1,6 +1,6 @@
-//! The on-disk style-target cache: one safetensors file per style and result size, tensors `gram/<layer>`,
-//! `shift_h/<layer>`, `shift_v/<layer>` and `hist/<layer>` (f32), with the style's key, the size and a checksum
-//! in the file's metadata. The files are read by the daemon's worker threads, so a file that is not exactly what
+//! The on-disk style-target cache: one safetensors file per style and result size, the style targets' tensors by
+//! their names (`StyleTargets::layout`: `gram_<layer>`, `shift_h_<layer>`, `shift_v_<layer>`, `quantiles_<layer>`;
+//! f32), with the style's key, the size and a checksum in the file's metadata. The files are read by the daemon's worker threads, so a file that is not exactly what
 //! this model and style would write (truncated, corrupted, foreign, another style's) is an error for the caller
 //! to recompute from, never a panic.
 
@@ -13,10 +13,11 @@ use safetensors::{Dtype, SafeTensors};
 use sha2::{Digest, Sha256};
 
 use crate::engine::Manifest;
+use crate::transfer::targets::Target;
 use crate::transfer::StyleTargets;
 
 /// Marks our files among other safetensors files; a new layout of the tensors gets a new value.
-const FORMAT: &str = "fuchun-style-targets/1";
+const FORMAT: &str = "fuchun-style-targets/2";
 
 /// Room for the header beyond the tensors' bytes: a larger file is not read at all.
 const MAX_HEADER_BYTES: u64 = 1 << 20;
@@ -80,25 +81,11 @@ impl CacheFile {
 pub struct Layout(BTreeMap<String, Vec<usize>>);
 
 impl Layout {
-    /// The targets `StyleTargets::from_features` makes for this model: Gram matrices [C, C] of the style layers,
-    /// the horizontal and vertical shifted Grams [C, C] of the shift layers, quantile tables [C, quantiles] of the
-    /// histogram layers.
+    /// The targets `StyleTargets::from_features` makes for this model (their names and shapes).
     pub fn of(m: &Manifest) -> Result<Layout> {
-        let channels = |l: &str| {
-            m.layer(l).map(|i| i.channels).with_context(|| format!("layer {l} is not in the model's manifest"))
-        };
-        let mut t = BTreeMap::new();
-        for l in &m.style_layers {
-            let c = channels(l)?;
-            t.insert(format!("gram/{l}"), vec![c, c]);
-        }
-        for s in &m.shift_layers {
-            let c = channels(&s.layer)?;
-            t.insert(format!("shift_h/{}", s.layer), vec![c, c]);
-            t.insert(format!("shift_v/{}", s.layer), vec![c, c]);
-        }
-        for l in &m.hist_layers {
-            t.insert(format!("hist/{l}"), vec![channels(l)?, m.quantiles]);
+        let t = StyleTargets::layout(m);
+        if let Some((name, _)) = t.iter().find(|(_, shape)| shape.contains(&0)) {
+            bail!("the style target {name} has a layer that is not in the model's manifest");
         }
         Ok(Layout(t))
     }
@@ -129,19 +116,7 @@ impl Identity<'_> {
 
 /// The targets as named tensors (little-endian f32 bytes), in name order.
 fn tensors(t: &StyleTargets) -> BTreeMap<String, Vec<u8>> {
-    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    let mut m = BTreeMap::new();
-    for (l, v) in &t.grams {
-        m.insert(format!("gram/{l}"), bytes(v));
-    }
-    for (l, (h, v)) in &t.shifts {
-        m.insert(format!("shift_h/{l}"), bytes(h));
-        m.insert(format!("shift_v/{l}"), bytes(v));
-    }
-    for (l, v) in &t.hists {
-        m.insert(format!("hist/{l}"), bytes(v));
-    }
-    m
+    t.tensors.iter().map(|(name, v)| (name.clone(), v.data.iter().flat_map(|x| x.to_le_bytes()).collect())).collect()
 }
 
 /// Over names, shapes and bytes, so a flipped bit anywhere in the tensors' description or data is noticed
@@ -210,21 +185,10 @@ fn parse(bytes: &[u8], id: Identity, layout: &Layout) -> Result<StyleTargets> {
     }
     let sum = checksum(views.iter().map(|(n, v)| (*n, v.shape(), v.data())));
     ensure!(field("sha256") == sum, "checksum mismatch: the file is corrupted");
-    let mut t = StyleTargets { grams: BTreeMap::new(), shifts: BTreeMap::new(), hists: BTreeMap::new() };
-    let mut halves = HashMap::new();
+    let mut t = StyleTargets::default();
     for (name, v) in views {
-        let values: Vec<f32> = v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-        match name.split_once('/') {
-            Some(("gram", l)) => drop(t.grams.insert(l.to_string(), values)),
-            Some(("hist", l)) => drop(t.hists.insert(l.to_string(), values)),
-            Some(("shift_h", l)) => drop(halves.insert(l, values)),
-            Some(("shift_v", l)) => {
-                // "shift_h/<l>" sorts before "shift_v/<l>", so its half is there
-                let h = halves.remove(l).with_context(|| format!("shift_h/{l} missing"))?;
-                t.shifts.insert(l.to_string(), (h, values));
-            }
-            _ => bail!("unknown tensor {name}"),
-        }
+        let data: Vec<f32> = v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        t.tensors.insert(name.to_string(), Target { shape: v.shape().to_vec(), data });
     }
     Ok(t)
 }
@@ -251,18 +215,20 @@ mod tests {
 
     fn layout() -> Layout {
         Layout(BTreeMap::from([
-            ("gram/relu1_1".to_string(), vec![2, 2]),
-            ("shift_h/relu2_1".to_string(), vec![3, 3]),
-            ("shift_v/relu2_1".to_string(), vec![3, 3]),
-            ("hist/relu1_1".to_string(), vec![1, 3]),
+            ("gram_relu1_1".to_string(), vec![2, 2]),
+            ("shift_h_relu2_1".to_string(), vec![3, 3]),
+            ("shift_v_relu2_1".to_string(), vec![3, 3]),
+            ("quantiles_relu1_1".to_string(), vec![1, 3]),
         ]))
     }
 
     fn targets() -> StyleTargets {
-        let mut t = StyleTargets { grams: Default::default(), shifts: Default::default(), hists: Default::default() };
-        t.grams.insert("relu1_1".into(), vec![1.0, 2.0, 3.0, 4.0]);
-        t.shifts.insert("relu2_1".into(), (vec![0.5; 9], vec![-0.5; 9]));
-        t.hists.insert("relu1_1".into(), vec![0.0, 1.0, 2.0]);
+        let mut t = StyleTargets::default();
+        let mut put = |n: &str, shape: Vec<usize>, data: Vec<f32>| t.tensors.insert(n.into(), Target { shape, data });
+        put("gram_relu1_1", vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]);
+        put("shift_h_relu2_1", vec![3, 3], vec![0.5; 9]);
+        put("shift_v_relu2_1", vec![3, 3], vec![-0.5; 9]);
+        put("quantiles_relu1_1", vec![1, 3], vec![0.0, 1.0, 2.0]);
         t
     }
 
@@ -298,7 +264,7 @@ mod tests {
         assert!(read(&p, Identity { key: "another", ..ID }, &layout()).is_err());
         assert!(read(&p, Identity { longest: 512, ..ID }, &layout()).is_err());
         let mut other = layout();
-        other.0.insert("gram/relu1_1".into(), vec![4, 1]);
+        other.0.insert("gram_relu1_1".into(), vec![4, 1]);
         assert!(read(&p, ID, &other).is_err());
         // the old format of the cache
         std::fs::write(&p, b"FCSTYLE1\x05\x00").unwrap();
@@ -330,10 +296,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s.safetensors");
         let mut t = targets();
-        t.grams.insert("relu1_1".into(), vec![1.0; 5]);
+        t.tensors.insert("gram_relu1_1".into(), Target { shape: vec![2, 2], data: vec![1.0; 5] });
         assert!(write(&p, ID, &layout(), &t).is_err());
         let mut t = targets();
-        t.hists.insert("relu9_9".into(), vec![1.0; 3]);
+        t.tensors.insert("quantiles_relu9_9".into(), Target { shape: vec![1, 3], data: vec![1.0; 3] });
         assert!(write(&p, ID, &layout(), &t).is_err());
         assert!(!p.exists());
     }
@@ -398,9 +364,9 @@ mod tests {
         let ours = || Some(ID.metadata(String::new()));
         let same = |s: &[usize]| s.to_vec();
         let mut fewer = layout();
-        fewer.0.remove("hist/relu1_1");
+        fewer.0.remove("quantiles_relu1_1");
         let mut more = layout();
-        more.0.insert("gram/relu2_1".into(), vec![3, 3]);
+        more.0.insert("gram_relu2_1".into(), vec![3, 3]);
         let cases: Vec<(&str, Vec<u8>, &str)> = vec![
             ("empty", vec![], "shorter than"),
             ("png", png.unwrap(), "truncated header"),

@@ -139,7 +139,7 @@ fn worker(args: &PeerRun) -> Result<()> {
                     "total": losses.total})
             }
             ["dump", dir] => {
-                dump(Path::new(dir), &m, size, &x, &mut inputs, &st, last.as_ref().map(|l| (l, &grad[..])))?;
+                dump(Path::new(dir), size, &x, &mut inputs, &st, last.as_ref().map(|l| (l, &grad[..])))?;
                 serde_json::json!({"ok": true})
             }
             ["quit"] => break,
@@ -155,7 +155,6 @@ fn worker(args: &PeerRun) -> Result<()> {
 /// Write `x`, every objective input, the quantile tables and (after an evaluation) its gradient and losses.
 fn dump(
     dir: &Path,
-    m: &crate::engine::Manifest,
     size: usize,
     x: &[f32],
     inputs: &mut ObjectiveInputs,
@@ -178,8 +177,8 @@ fn dump(
         inputs.put(&name, value);
         written?;
     }
-    for (layer, table) in &st.hists {
-        write_npy(&file(&format!("quantiles_{layer}")), &[table.len() / m.quantiles, m.quantiles], table)?;
+    for (name, t) in st.tensors.iter().filter(|(n, _)| n.starts_with("quantiles_")) {
+        write_npy(&file(name), &t.shape, &t.data)?;
     }
     if let Some((losses, grad)) = last {
         write_npy(&file("grad"), &[1, 3, size, size], grad)?;

@@ -167,7 +167,7 @@ fn layer_table<'a>(
     if len != c * h * w || c == 0 {
         bail!("activations of {layer}: {len} values for shape {shape:?}");
     }
-    let table = style.hists.get(layer).ok_or_else(|| anyhow!("style targets lack the quantiles of layer {layer}"))?;
+    let table = style.get(&format!("quantiles_{layer}"))?;
     if table.len() != c * quantiles {
         bail!("quantile table of {layer} has {} values for {c} channels x {quantiles} quantiles", table.len());
     }

@@ -141,30 +141,32 @@ pub fn layer_norms(
     m: &Manifest,
     content: &BTreeMap<String, FeatureMap>,
     style: &StyleTargets,
-) -> Result<BTreeMap<&'static str, Vec<f32>>> {
-    let missing = |what: &str, l: &str| anyhow::anyhow!("the targets lack the {what} of layer {l}");
+) -> Result<BTreeMap<String, Vec<f32>>> {
     let mut out = BTreeMap::new();
-    let mut c = Vec::new();
-    for l in &m.content_layers {
-        c.push((1.0 / mean_square(&content.get(l).ok_or_else(|| missing("content", l))?.data)) as f32);
+    for g in &m.layer_groups {
+        let mut norms = Vec::new();
+        for l in &g.layers {
+            // the content term's target is the content's activation; a style term's, its statistics' tensors
+            let ms = if g.term == "content" {
+                let f = content.get(l).ok_or_else(|| anyhow::anyhow!("the targets lack the content of layer {l}"))?;
+                mean_square(&f.data)
+            } else {
+                let names = StyleTargets::names(m, &g.term, l);
+                if names.is_empty() {
+                    break; // a term without a style statistic keeps its weights as given
+                }
+                let mut sum = 0.0;
+                for n in &names {
+                    sum += mean_square(style.get(n)?);
+                }
+                sum / names.len() as f64
+            };
+            norms.push((1.0 / ms) as f32);
+        }
+        if norms.len() == g.layers.len() {
+            out.insert(g.term.clone(), norms);
+        }
     }
-    out.insert("content", c);
-    let mut s = Vec::new();
-    for l in &m.style_layers {
-        s.push((1.0 / mean_square(style.grams.get(l).ok_or_else(|| missing("Gram", l))?)) as f32);
-    }
-    out.insert("style", s);
-    let mut sh = Vec::new();
-    for x in &m.shift_layers {
-        let (h, v) = style.shifts.get(&x.layer).ok_or_else(|| missing("shifted Grams", &x.layer))?;
-        sh.push((1.0 / (0.5 * (mean_square(h) + mean_square(v)))) as f32);
-    }
-    out.insert("shift", sh);
-    let mut hi = Vec::new();
-    for l in &m.hist_layers {
-        hi.push((1.0 / mean_square(style.hists.get(l).ok_or_else(|| missing("quantile table", l))?)) as f32);
-    }
-    out.insert("hist", hi);
     Ok(out)
 }
 
@@ -214,18 +216,18 @@ pub fn objective_inputs(
         let f = content.get(l).ok_or_else(|| anyhow::anyhow!("content features of {l} missing"))?;
         inp.set(&format!("content_{l}"), &[1, f.channels, f.height, f.width], f.data.clone())?;
     }
-    let channels = |l: &str| m.layer(l).map(|x| x.channels).unwrap_or(0);
-    let missing = |what: &str, l: &str| anyhow::anyhow!("style targets lack the {what} of layer {l}");
-    for l in &m.style_layers {
-        let c = channels(l);
-        let g = style.grams.get(l).ok_or_else(|| missing("Gram", l))?;
-        inp.set(&format!("gram_{l}"), &[c, c], g.clone())?;
+    // the style statistics that are the objective's inputs, by name (the histogram term's tables are matched to
+    // the image first: `histmatch`)
+    for i in &m.graphs.objective.inputs {
+        if let Some(t) = style.tensors.get(&i.name) {
+            inp.set(&i.name, &t.shape, t.data.clone())?;
+        }
     }
-    for s in &m.shift_layers {
-        let c = channels(&s.layer);
-        let (h, v) = style.shifts.get(&s.layer).ok_or_else(|| missing("shifted Grams", &s.layer))?;
-        inp.set(&format!("shift_h_{}", s.layer), &[c, c], h.clone())?;
-        inp.set(&format!("shift_v_{}", s.layer), &[c, c], v.clone())?;
+    for (name, _) in StyleTargets::layout(m).into_iter().filter(|(n, _)| !n.starts_with("quantiles_")) {
+        if !m.graphs.objective.inputs.iter().any(|i| i.name == name) {
+            bail!("the objective has no input {name} for the style target of that name: re-export the model");
+        }
+        style.get(&name)?;
     }
     super::histmatch::update_targets(m, start, style, &mut inp)?;
     if weights.terms.iter().map(|(t, _)| t).ne(m.terms.iter()) {
@@ -240,7 +242,7 @@ pub fn objective_inputs(
             bail!("{name} has {} values for {n} layers", v.len());
         }
         // a group without a normalisation (a term whose targets have none) keeps its weights as given
-        let effective: Vec<f32> = match norms.as_ref().and_then(|f| f.get(g.term.as_str())) {
+        let effective: Vec<f32> = match norms.as_ref().and_then(|f| f.get(&g.term)) {
             Some(f) => v.iter().zip(f).map(|(w, k)| w * k).collect(),
             None => v.to_vec(),
         };

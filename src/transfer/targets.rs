@@ -123,48 +123,108 @@ pub fn quantiles(f: &FeatureMap, k: usize) -> Vec<f32> {
     out
 }
 
-/// Everything the objective needs from the style image(s), at one scale.
+/// One target tensor: its shape and values (row-major).
 #[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// Everything the objective needs from the style image(s), at one scale: each target tensor by name — the
+/// objective's input name where it is one (`gram_<layer>`, `shift_h_<layer>`, `shift_v_<layer>`), `quantiles_<layer>`
+/// for the histogram term's tables (matched to the image by the runtime, `histmatch`).
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct StyleTargets {
-    /// layer -> [C, C]
-    pub grams: BTreeMap<String, Vec<f32>>,
-    /// layer -> ([C, C] horizontal, [C, C] vertical)
-    pub shifts: BTreeMap<String, (Vec<f32>, Vec<f32>)>,
-    /// layer -> [C, K]
-    pub hists: BTreeMap<String, Vec<f32>>,
+    pub tensors: BTreeMap<String, Target>,
+}
+
+/// A style term's statistics of one layer: the tensors' names and shapes, and how they are computed from the style's
+/// activations. This table is the one place of the runtime that knows the style terms' statistics: a new layered
+/// style term adds its entry here (and its loss in the exporter); feeding the objective, the per-layer
+/// normalisation, blending and the daemon's cache follow the names.
+/// Names and shapes of a statistic's tensors at a layer (given the layer's channels).
+type Names = fn(&Manifest, &str, usize) -> Vec<(String, Vec<usize>)>;
+/// A statistic's tensors' values from a layer's activations.
+type Compute = fn(&Manifest, &str, &FeatureMap) -> Result<Vec<Vec<f32>>>;
+
+struct StyleStatistic {
+    /// The manifest's term (its `layer_groups` entry gives the layers).
+    term: &'static str,
+    /// The tensors of `layer`: names and shapes.
+    tensors: Names,
+    /// Their values from the layer's activations, in the order of `tensors`.
+    compute: Compute,
+}
+
+const STATISTICS: [StyleStatistic; 3] = [
+    StyleStatistic {
+        term: "style",
+        tensors: |_, l, c| vec![(format!("gram_{l}"), vec![c, c])],
+        compute: |_, _, f| Ok(vec![gram(f)]),
+    },
+    StyleStatistic {
+        term: "shift",
+        tensors: |_, l, c| vec![(format!("shift_h_{l}"), vec![c, c]), (format!("shift_v_{l}"), vec![c, c])],
+        compute: |m, l, f| {
+            let delta = m.shift_layers.iter().find(|s| s.layer == l).map_or(1, |s| s.delta);
+            if f.height <= delta || f.width <= delta {
+                bail!(
+                    "style image too small for the long-range term at {l} ({}x{} positions, shift {delta}): use a \
+                     larger style image or --style-scale",
+                    f.width,
+                    f.height
+                );
+            }
+            let (h, v) = shifted_grams(f, delta);
+            Ok(vec![h, v])
+        },
+    },
+    StyleStatistic {
+        term: "hist",
+        tensors: |m, l, c| vec![(format!("quantiles_{l}"), vec![c, m.quantiles])],
+        compute: |m, _, f| Ok(vec![quantiles(f, m.quantiles)]),
+    },
+];
+
+/// The style statistics' (term, layer) pairs of this model, with their tensors' names and shapes.
+fn statistics(m: &Manifest) -> impl Iterator<Item = (&StyleStatistic, &String, Vec<(String, Vec<usize>)>)> {
+    STATISTICS.iter().flat_map(move |s| {
+        m.group_layers(s.term).unwrap_or_default().iter().map(move |l| {
+            let c = m.layer(l).map_or(0, |x| x.channels);
+            (s, l, (s.tensors)(m, l, c))
+        })
+    })
 }
 
 impl StyleTargets {
     pub fn from_features(m: &Manifest, feats: &BTreeMap<String, FeatureMap>) -> Result<StyleTargets> {
-        let get = |l: &str| -> Result<&FeatureMap> {
-            feats.get(l).ok_or_else(|| anyhow::anyhow!("features of layer {l} missing"))
-        };
-        let mut t = StyleTargets { grams: BTreeMap::new(), shifts: BTreeMap::new(), hists: BTreeMap::new() };
-        for l in &m.style_layers {
-            t.grams.insert(l.clone(), gram(get(l)?));
-        }
-        for s in &m.shift_layers {
-            let f = get(&s.layer)?;
-            if f.height <= s.delta || f.width <= s.delta {
-                bail!(
-                    "style image too small for the long-range term at {} ({}x{} positions, shift {}): use a larger \
-                     style image or --style-scale",
-                    s.layer,
-                    f.width,
-                    f.height,
-                    s.delta
-                );
+        let mut t = StyleTargets::default();
+        for (s, l, names) in statistics(m) {
+            let f = feats.get(l).ok_or_else(|| anyhow::anyhow!("features of layer {l} missing"))?;
+            for ((name, shape), data) in names.into_iter().zip((s.compute)(m, l, f)?) {
+                t.tensors.insert(name, Target { shape, data });
             }
-            t.shifts.insert(s.layer.clone(), shifted_grams(f, s.delta));
-        }
-        for l in &m.hist_layers {
-            t.hists.insert(l.clone(), quantiles(get(l)?, m.quantiles));
         }
         Ok(t)
     }
 
-    /// Weighted blend: Grams linearly, quantile tables by averaging quantiles (the 1-D Wasserstein barycentre).
-    /// Weights are normalised to sum to 1.
+    /// The tensors `from_features` makes for this model: names and shapes (what the daemon's cache must hold).
+    pub fn layout(m: &Manifest) -> BTreeMap<String, Vec<usize>> {
+        statistics(m).flat_map(|(_, _, names)| names).collect()
+    }
+
+    /// The names of the tensors of `term`'s statistic at `layer` (none for a term without one, e.g. content).
+    pub fn names(m: &Manifest, term: &str, layer: &str) -> Vec<String> {
+        statistics(m).filter(|(s, l, _)| s.term == term && *l == layer).flat_map(|(_, _, n)| n).map(|n| n.0).collect()
+    }
+
+    /// The values of the tensor `name`.
+    pub fn get(&self, name: &str) -> Result<&[f32]> {
+        self.tensors.get(name).map(|t| t.data.as_slice()).ok_or_else(|| anyhow::anyhow!("style targets lack {name}"))
+    }
+
+    /// Weighted blend of every tensor (Grams linearly, quantile tables by averaging quantiles: the 1-D Wasserstein
+    /// barycentre). Weights are normalised to sum to 1.
     pub fn blend(styles: &[StyleTargets], weights: &[f32]) -> Result<StyleTargets> {
         if styles.is_empty() {
             bail!("at least one style image is needed");
@@ -180,24 +240,20 @@ impl StyleTargets {
             bail!("--style-blend-weights sum to 0: give at least one positive weight");
         }
         let w: Vec<f32> = weights.iter().map(|v| v / sum).collect();
-        let mix = |pick: &dyn Fn(&StyleTargets) -> &Vec<f32>| -> Vec<f32> {
-            let mut out = vec![0.0f32; pick(&styles[0]).len()];
+        let mix = |name: &str| -> Vec<f32> {
+            let mut out = vec![0.0f32; styles[0].tensors[name].data.len()];
             for (s, wi) in styles.iter().zip(&w) {
-                for (o, v) in out.iter_mut().zip(pick(s)) {
+                for (o, v) in out.iter_mut().zip(&s.tensors[name].data) {
                     *o += wi * v;
                 }
             }
             out
         };
-        let first = &styles[0];
-        Ok(StyleTargets {
-            grams: first.grams.keys().map(|k| (k.clone(), mix(&|s| &s.grams[k]))).collect(),
-            shifts: first
-                .shifts
-                .keys()
-                .map(|k| (k.clone(), (mix(&|s| &s.shifts[k].0), mix(&|s| &s.shifts[k].1))))
-                .collect(),
-            hists: first.hists.keys().map(|k| (k.clone(), mix(&|s| &s.hists[k]))).collect(),
-        })
+        let tensors = styles[0]
+            .tensors
+            .iter()
+            .map(|(k, t)| (k.clone(), Target { shape: t.shape.clone(), data: mix(k) }))
+            .collect();
+        Ok(StyleTargets { tensors })
     }
 }
