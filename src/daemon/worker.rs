@@ -42,6 +42,8 @@ pub struct Shared {
     pub heartbeats: Vec<AtomicU64>,
     /// Set on shutdown once the grace period is over: running jobs stop at their next evaluation.
     pub abandon: AtomicBool,
+    /// Set until the state of earlier runs (the cameras' chosen styles) is read back: frames wait in the queue.
+    held: AtomicBool,
     pub started: Instant,
     pub provider: Mutex<String>,
     /// Cameras whose state is kept (the router's count, for stats).
@@ -65,12 +67,18 @@ impl Shared {
             camera_styles: Mutex::new(HashMap::new()),
             heartbeats: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             abandon: AtomicBool::new(false),
+            held: AtomicBool::new(true),
             started: Instant::now(),
             provider: Mutex::new("unknown".into()),
             cameras: Default::default(),
             provider_report: Mutex::new(serde_json::Value::Null),
             previous: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Let the workers take frames (see `held`).
+    pub fn release_frames(&self) {
+        self.held.store(false, Ordering::Relaxed);
     }
 
     pub fn style_of(&self, camera: &str) -> String {
@@ -198,6 +206,10 @@ pub fn run(
     let mut styles: HashMap<String, Style> = HashMap::new();
     loop {
         shared.beat(worker);
+        if shared.held.load(Ordering::Relaxed) && !shared.queue.is_closed() {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
         let Some(frame) = shared.queue.pop(Duration::from_millis(500)) else {
             if shared.queue.is_closed() {
                 break;
