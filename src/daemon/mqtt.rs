@@ -233,6 +233,13 @@ pub fn connect_with(
 }
 
 impl EventLoop {
+    /// After asking for a disconnect: poll until the broker closes the connection. Reading to the end matters:
+    /// a socket closed (the process exiting) with unread data in it is reset, not closed, and the broker may then
+    /// drop what it had not read yet — the last messages, the DISCONNECT itself, so that the last will fires.
+    pub async fn until_closed(&mut self) {
+        while self.poll().await.is_ok() {}
+    }
+
     /// The next event; an Err is a connection problem (the next call reconnects).
     pub async fn poll(&mut self) -> Result<Event, Lost> {
         match self {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::event_loop::{Conn, Phase};
 use super::messages::availability;
-use super::mqtt::{self, Event};
+use super::mqtt;
 use super::startup::notify;
 use super::tasks::{Presence, Tasks};
 use super::worker::Shared;
@@ -36,15 +36,7 @@ pub(super) async fn stop(mut conn: Conn, workers: Vec<JoinHandle<()>>, tasks: Ta
         tracing::warn!(messages = conn.outbox.undelivered(), "stopping with messages the broker never received");
     }
     let _ = conn.client.try_disconnect();
-    let flush = async {
-        loop {
-            match conn.events.poll().await {
-                Ok(Event::Disconnected) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), flush).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), conn.events.until_closed()).await;
     presence.stop().await;
     tracing::info!("stopped");
 }
@@ -61,15 +53,7 @@ pub(super) async fn stop_before_ready(shared: &Shared) {
     let Ok((client, mut events)) = mqtt::connect_with(cfg, &id, &topic, 1 << 16, 0) else { return };
     let _ = client.try_publish(&availability(topic, "stopped"), 1);
     let _ = client.try_disconnect();
-    let said = async {
-        loop {
-            match events.poll().await {
-                Ok(Event::Disconnected) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    };
-    if tokio::time::timeout(Duration::from_secs(3), said).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(3), events.until_closed()).await.is_err() {
         tracing::warn!("could not say `stopped` to the broker within 3 s");
     }
     tracing::info!("stopped");

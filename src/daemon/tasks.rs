@@ -142,7 +142,7 @@ async fn presence(mut events: mqtt::EventLoop, cfg: Config) {
     loop {
         match events.poll().await {
             Ok(Event::Connected { .. }) => backoff = Duration::from_millis(cfg.mqtt.reconnect_min_ms.max(10)),
-            Ok(Event::Disconnected) => return,
+            Ok(Event::Disconnected) => return events.until_closed().await,
             Ok(_) => {}
             Err(_) => {
                 tokio::time::sleep(backoff).await;
