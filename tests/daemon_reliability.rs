@@ -8,7 +8,7 @@ mod mqtt_support;
 
 use std::time::{Duration, Instant};
 
-use mqtt_support::{free_port, jpeg, shared_broker_port, unique_prefix, wait_online, Broker, Daemon, Probe};
+use mqtt_support::{free_port, jpeg, shared_broker_port, slow_link, unique_prefix, wait_online, Broker, Daemon, Probe};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -596,4 +596,28 @@ fn a_world_writable_configuration_holding_a_password_is_warned_about() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
     let d = Daemon::spawn(dir, &path, &[]);
     assert!(d.wait_log("world-writable", Duration::from_secs(20)), "{}", d.log_text());
+}
+
+/// A broker 0.8 s away (round trip): the CONNACK comes later than a turn of the event loop (0.5 s). The poll that
+/// is connecting must not be dropped on the next turn — before, the daemon never connected, and each abandoned
+/// attempt left the broker a half-made connection.
+#[test]
+fn a_distant_broker_is_reached() {
+    let port = free_port();
+    let _broker = Broker::start_on(port);
+    let prefix = unique_prefix("distant");
+    let probe = Probe::new(port, &[&format!("{prefix}/#")]);
+    let id = format!("distant-{}", std::process::id());
+    let far = slow_link(port, Duration::from_millis(400));
+    let d = Daemon::start(far, &prefix, &id, "");
+    let online = |m: &mqtt_support::Msg| m.text() == "online";
+    let t = Instant::now();
+    while !probe.on(&format!("{prefix}/{id}/available")).iter().any(online) {
+        assert!(t.elapsed() < Duration::from_secs(30), "never online through a slow link:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let offline = probe.on(&format!("{prefix}/{id}/available")).iter().any(|m| m.text() == "offline");
+    assert!(!offline, "an abandoned attempt fired the last will:\n{}", d.log_text());
+    probe.publish(&format!("{prefix}/cam/frame"), jpeg(64, 48, 0.4));
+    probe.wait_n(&format!("{prefix}/cam/stylized"), 1, T);
 }

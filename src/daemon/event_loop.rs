@@ -108,12 +108,34 @@ impl Backoff {
     }
 }
 
+type Polling = std::pin::Pin<Box<dyn std::future::Future<Output = (mqtt::EventLoop, Result<Event, Lost>)> + Send>>;
+
+/// The next event of the client, from the poll in flight or a new one; cancelling this keeps the poll in flight.
+async fn poll(polling: &mut Option<Polling>, events: &mut Option<mqtt::EventLoop>) -> Result<Event, Lost> {
+    let p = polling.get_or_insert_with(|| {
+        let mut ev = events.take().expect("the event loop is either idle or in a poll");
+        Box::pin(async move {
+            let r = ev.poll().await;
+            (ev, r)
+        })
+    });
+    let (ev, r) = p.await;
+    *polling = None;
+    *events = Some(ev);
+    r
+}
+
 /// The broker connection with everything the event loop keeps.
 pub(super) struct Conn {
     pub(super) shared: Arc<Shared>,
     pub(super) link: Arc<Link>,
     pub(super) client: mqtt::Client,
-    pub(super) events: mqtt::EventLoop,
+    /// The client's event loop; None while a poll of it is in flight (`polling`).
+    events: Option<mqtt::EventLoop>,
+    /// A poll in flight, kept across the turns of the loop: a poll may be connecting (TCP, TLS, CONNECT, CONNACK),
+    /// and dropping it half-way would drop the connection it was making — one that takes longer than a turn of
+    /// the loop (a distant broker) would never be made, and a half-made one fires our last will.
+    polling: Option<Polling>,
     pub(super) outbox: Outbox,
     rx: mpsc::UnboundedReceiver<Outgoing>,
     pub(super) router: Router,
@@ -169,7 +191,8 @@ impl Conn {
             shared: shared.clone(),
             link,
             client,
-            events,
+            events: Some(events),
+            polling: None,
             rx,
             phase: Phase::Running,
             subscriptions,
@@ -222,6 +245,17 @@ impl Conn {
         }
     }
 
+    /// After asking for a disconnect: let the poll in flight finish, then read until the broker closes the
+    /// connection (`mqtt::EventLoop::until_closed`).
+    pub(super) async fn until_closed(&mut self) {
+        if self.polling.is_some() && poll(&mut self.polling, &mut self.events).await.is_err() {
+            return;
+        }
+        if let Some(ev) = self.events.as_mut() {
+            ev.until_closed().await;
+        }
+    }
+
     /// Take what the daemon made into the outbox, and hand the outbox to the client if it is connected.
     fn hand_over(&mut self) {
         self.outbox.take(&mut self.rx, &self.shared.stats);
@@ -242,7 +276,7 @@ impl Conn {
             _ = tokio::time::sleep_until(self.retry_at.unwrap_or_else(Instant::now)), if self.retry_at.is_some() => {
                 self.retry_at = None;
             }
-            ev = self.events.poll(), if self.retry_at.is_none() => self.dispatch(ev),
+            ev = poll(&mut self.polling, &mut self.events), if self.retry_at.is_none() => self.dispatch(ev),
         }
     }
 

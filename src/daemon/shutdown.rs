@@ -36,7 +36,7 @@ pub(super) async fn stop(mut conn: Conn, workers: Vec<JoinHandle<()>>, tasks: Ta
         tracing::warn!(messages = conn.outbox.undelivered(), "stopping with messages the broker never received");
     }
     let _ = conn.client.try_disconnect();
-    let _ = tokio::time::timeout(Duration::from_secs(1), conn.events.until_closed()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), conn.until_closed()).await;
     presence.stop().await;
     tracing::info!("stopped");
 }

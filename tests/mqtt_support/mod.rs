@@ -86,6 +86,34 @@ impl Drop for Broker {
     }
 }
 
+/// A TCP proxy on a free port to `127.0.0.1:target` that holds every chunk for `delay` before passing it on, both
+/// ways: a broker that far away. Runs until the test process ends.
+pub fn slow_link(target: u16, delay: Duration) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let pipe = move |mut from: TcpStream, mut to: TcpStream| {
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            while let Ok(n) = from.read(&mut buf) {
+                std::thread::sleep(delay);
+                if n == 0 || to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            let _ = to.shutdown(std::net::Shutdown::Both);
+        });
+    };
+    std::thread::spawn(move || {
+        for client in listener.incoming().map_while(Result::ok) {
+            let Ok(broker) = TcpStream::connect(("127.0.0.1", target)) else { continue };
+            pipe(client.try_clone().unwrap(), broker.try_clone().unwrap());
+            pipe(broker, client);
+        }
+    });
+    port
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
