@@ -8,7 +8,7 @@ mod mqtt_support;
 
 use std::time::{Duration, Instant};
 
-use mqtt_support::{free_port, jpeg, shared_broker_port, unique_prefix, wait_online, Broker, Daemon, Probe};
+use mqtt_support::{free_port, jpeg, shared_broker_port, slow_link, unique_prefix, wait_online, Broker, Daemon, Probe};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -334,4 +334,290 @@ fn watchdog_stops_while_not_serving_and_resumes() {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+// Issue 21: a reconnect loop on an oversized kept frame, panicking jobs, settings and frames across a clean
+// restart, start-up validation and signals, the aggregate after the last stop, duplicate ids and refused logins.
+
+/// Two styles: `ink` (64 px, the default) and `wave` (48 px), so a result's meta names the style it was made with.
+const TWO_STYLES: &str = "[styles.wave]\nimages = [\"STYLE\"]\nimage_size = 48\niterations = 10\n";
+
+fn two_styles() -> String {
+    TWO_STYLES.replace("STYLE", &common::example("fuchun.jpg").display().to_string())
+}
+
+/// The exit status of a daemon that should stop by itself within `timeout`.
+fn exit_code(d: &mut Daemon, timeout: Duration) -> Option<i32> {
+    d.wait_exit(timeout).map(|s| s.code().unwrap_or(-1))
+}
+
+#[test]
+fn v311_oversized_frame_in_a_kept_session_is_refused_once_not_redelivered_forever() {
+    let port = free_port();
+    let _broker = Broker::start_on(port);
+    let prefix = unique_prefix("oversize");
+    let probe = Probe::new(
+        port,
+        &[&format!("{prefix}/+/error"), &format!("{prefix}/+/available"), &format!("{prefix}/+/stylized")],
+    );
+    let id = format!("oversize-{}", std::process::id());
+    let extra = "[mqtt]\nprotocol = \"v311\"\nsession_expiry_s = 300\n";
+    let d = Daemon::start(port, &prefix, &id, extra);
+    probe.wait_for(&format!("{prefix}/{id}/available"), |m| m.text() == "online", T);
+    probe.clear();
+    // exactly the broker limit of deploy/mosquitto/fuchun.conf: the packet (topic and header included) is larger
+    probe.publish(&format!("{prefix}/big/frame"), vec![0xAB; 33_554_432]);
+    let e = probe.wait_n(&format!("{prefix}/big/error"), 1, Duration::from_secs(30)).remove(0).json();
+    assert_eq!(e["code"], "payload_too_large", "{e}");
+    // answered once and acknowledged: no reconnect, no redelivery, and the daemon serves the next frame
+    probe.publish(&format!("{prefix}/small/frame"), jpeg(64, 48, 0.2));
+    probe.wait_n(&format!("{prefix}/small/stylized"), 1, T);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(probe.on(&format!("{prefix}/big/error")).len(), 1, "the frame was delivered again");
+    let offline = probe.on(&format!("{prefix}/{id}/available")).iter().filter(|m| m.text() == "offline").count();
+    let seen: Vec<String> = probe.all().iter().map(|m| format!("{} {:.60} {:?}", m.topic, m.text(), m.at)).collect();
+    assert_eq!(offline, 0, "the connection was lost: {seen:#?}\n{}", d.log_text());
+    assert!(!d.log_text().contains("connection lost"), "{}", d.log_text());
+}
+
+/// A job that panics (the test hook FUCHUN_TEST_PANIC_CAMERA makes every job of that camera panic): the frame
+/// is answered `internal_error` with the panic's message, counted, logged; the worker goes on with the next.
+#[test]
+fn a_panicking_job_is_answered_counted_and_the_worker_carries_on() {
+    let (port, prefix) = (shared_broker_port(), unique_prefix("panic"));
+    let probe = Probe::new(port, &[&format!("{prefix}/#")]);
+    let metrics = free_port();
+    let extra = format!("[daemon]\nstats_interval_s = 1\nmetrics_listen = \"127.0.0.1:{metrics}\"\n");
+    let env = [("FUCHUN_TEST_PANIC_CAMERA", "boom")];
+    let d = Daemon::start_env(port, &prefix, &format!("panic-{}", std::process::id()), &extra, &env);
+    wait_online(&probe, &prefix);
+    probe.request(&format!("{prefix}/boom/frame"), jpeg(64, 48, 0.5), &format!("{prefix}/replies/1"), b"k1");
+    let e = probe.wait_n(&format!("{prefix}/boom/error"), 1, Duration::from_secs(20)).remove(0).json();
+    assert_eq!(e["code"], "internal_error", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("FUCHUN_TEST_PANIC_CAMERA"), "{e}");
+    let r = probe.wait_n(&format!("{prefix}/replies/1"), 1, T).remove(0);
+    assert_eq!(r.json()["code"], "internal_error");
+    // the same worker goes on: the next frames are processed, of another camera and of the same one again
+    probe.publish(&format!("{prefix}/calm/frame"), jpeg(64, 48, 0.1));
+    probe.wait_n(&format!("{prefix}/calm/stylized"), 1, T);
+    probe.publish(&format!("{prefix}/boom/frame"), jpeg(64, 48, 0.6));
+    probe.wait_n(&format!("{prefix}/boom/error"), 2, T);
+    let s = stats_where(&probe, &prefix, |s| s["internal_errors"].as_u64() == Some(2));
+    assert_eq!((s["in_progress"].as_u64(), s["processed"].as_u64()), (Some(0), Some(1)), "{s}");
+    assert!(d.log_text().contains("FUCHUN_TEST_PANIC_CAMERA"), "{}", d.log_text());
+    let mut http = std::net::TcpStream::connect(("127.0.0.1", metrics)).unwrap();
+    use std::io::{Read, Write};
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut body = String::new();
+    http.read_to_string(&mut body).unwrap();
+    assert!(body.lines().any(|l| l.starts_with("fuchun_internal_errors_total{") && l.ends_with(" 2")), "{body}");
+}
+
+#[test]
+fn a_style_chosen_for_a_camera_survives_a_restart_with_a_kept_session() {
+    let port = free_port();
+    let _broker = Broker::start_on(port);
+    let prefix = unique_prefix("keepstyle");
+    let probe = Probe::new(port, &[&format!("{prefix}/#")]);
+    let id = format!("keepstyle-{}", std::process::id());
+    let extra = format!("[mqtt]\nsession_expiry_s = 300\n{}", two_styles());
+    let mut d = Daemon::start(port, &prefix, &id, &extra);
+    wait_online(&probe, &prefix);
+    probe.publish(&format!("{prefix}/cam/style/set"), b"wave".to_vec());
+    probe.wait_for(&format!("{prefix}/cam/style/state"), |m| m.text() == "wave", T);
+    d.signal("KILL");
+    let _ = d.wait_exit(Duration::from_secs(5));
+    // a frame while it is away: the kept session delivers it right after the CONNACK, before any read-back
+    probe.publish(&format!("{prefix}/cam/frame"), jpeg(64, 48, 0.3));
+    std::thread::sleep(Duration::from_millis(300));
+    probe.clear();
+    let _d = Daemon::start(port, &prefix, &id, &extra);
+    let meta = probe.wait_n(&format!("{prefix}/cam/stylized/meta"), 1, T).remove(0).json();
+    assert_eq!(meta["style"], "wave", "the frame queued in the session: {meta}");
+    wait_online(&probe, &prefix);
+    probe.publish(&format!("{prefix}/cam/frame"), jpeg(64, 48, 0.9));
+    let meta = probe.wait_n(&format!("{prefix}/cam/stylized/meta"), 2, T).remove(1).json();
+    assert_eq!(meta["style"], "wave", "a frame after the restart: {meta}");
+}
+
+#[test]
+fn qos1_frames_sent_while_the_daemon_is_cleanly_stopped_are_answered_after_the_restart() {
+    let port = free_port();
+    let _broker = Broker::start_on(port);
+    let prefix = unique_prefix("cleanstop");
+    let probe = Probe::new(port, &[&format!("{prefix}/#")]);
+    let id = format!("cleanstop-{}", std::process::id());
+    let extra = "[mqtt]\nsession_expiry_s = 300\n";
+    let mut d = Daemon::start(port, &prefix, &id, extra);
+    wait_online(&probe, &prefix);
+    d.signal("TERM");
+    assert!(d.wait_exit(Duration::from_secs(5)).unwrap().success());
+    for i in 0..5 {
+        probe.publish(&format!("{prefix}/c{i}/frame"), jpeg(64, 48, i as f32 / 5.0));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let _d = Daemon::start(port, &prefix, &id, extra);
+    for i in 0..5 {
+        probe.wait_n(&format!("{prefix}/c{i}/stylized"), 1, T);
+    }
+}
+
+#[test]
+fn tls_files_that_cannot_be_used_stop_the_start_with_78() {
+    let (port, prefix) = (free_port(), unique_prefix("tls"));
+    let mut d = Daemon::start(port, &prefix, "tls-a", "[mqtt.tls]\nca = \"/nonexistent/ca.pem\"\n");
+    assert_eq!(exit_code(&mut d, Duration::from_secs(10)), Some(78), "{}", d.log_text());
+    assert!(d.wait_log("/nonexistent/ca.pem", Duration::from_secs(2)), "{}", d.log_text());
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    let extra = format!("[mqtt.tls]\nca = \"{}\"\nclient_cert = \"{}\"\n", ca.path().display(), ca.path().display());
+    let mut d = Daemon::start(port, &prefix, "tls-b", &extra);
+    assert_eq!(exit_code(&mut d, Duration::from_secs(10)), Some(78), "{}", d.log_text());
+    assert!(d.wait_log("client_key", Duration::from_secs(2)), "{}", d.log_text());
+}
+
+#[test]
+fn bad_input_topics_and_payload_limits_stop_the_start_with_78() {
+    let (port, prefix) = (shared_broker_port(), unique_prefix("badstart"));
+    for (extra, says) in [
+        ("[[inputs]]\ntopic = \"\"\ncamera = \"x\"\n", "empty"),
+        ("[[inputs]]\ntopic = \"a/#/b\"\ncamera = \"x\"\n", "'#'"),
+        ("[[inputs]]\ntopic = \"a/b+/c\"\ncamera = \"x\"\n", "'+'"),
+        ("[daemon]\nmax_payload_bytes = 2147483648\n", "268435455"),
+    ] {
+        let mut d = Daemon::start(port, &prefix, "badstart", extra);
+        assert_eq!(exit_code(&mut d, Duration::from_secs(10)), Some(78), "{extra}: {}", d.log_text());
+        assert!(d.wait_log(says, Duration::from_secs(2)), "{extra}: {}", d.log_text());
+    }
+}
+
+#[test]
+fn a_configuration_that_never_ends_fails_fast() {
+    let t = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fuchun"))
+        .args(["serve", "--config", "/dev/zero"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut d = Daemon { child: out, dir: tempfile::tempdir().unwrap(), log: Default::default() };
+    assert_eq!(exit_code(&mut d, Duration::from_secs(5)), Some(78));
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn sigterm_while_the_model_loads_says_stopped_and_exits_0() {
+    let (port, prefix) = (shared_broker_port(), unique_prefix("earlyterm"));
+    let probe = Probe::new(port, &[&format!("{prefix}/#")]);
+    let id = format!("earlyterm-{}", std::process::id());
+    // a warm-up at sizes that take seconds on a CPU keeps the daemon loading
+    let extra = "[daemon]\nwarmup = true\n[styles.ink]\nimage_size = 1024\n";
+    let mut d = Daemon::start(port, &prefix, &id, extra);
+    assert!(d.wait_log("warm-up", T), "{}", d.log_text());
+    let t = Instant::now();
+    d.signal("TERM");
+    let status = d.wait_exit(Duration::from_secs(5)).expect("no exit within 5 s of SIGTERM while loading");
+    assert!(status.success(), "{status:?}: {}", d.log_text());
+    assert!(t.elapsed() < Duration::from_secs(5));
+    probe.wait_for(&format!("{prefix}/{id}/available"), |m| m.text() == "stopped", Duration::from_secs(5));
+}
+
+#[test]
+fn sighup_stops_gracefully() {
+    let (port, prefix) = (shared_broker_port(), unique_prefix("sighup"));
+    let probe = Probe::new(port, &[&format!("{prefix}/#")]);
+    let id = format!("sighup-{}", std::process::id());
+    let mut d = Daemon::start(port, &prefix, &id, "");
+    wait_online(&probe, &prefix);
+    d.signal("HUP");
+    let status = d.wait_exit(Duration::from_secs(5)).expect("no exit within 5 s of SIGHUP");
+    assert!(status.success(), "{status:?}");
+    probe.wait_for(&format!("{prefix}/{id}/available"), |m| m.text() == "stopped", Duration::from_secs(5));
+}
+
+#[test]
+fn the_aggregate_stays_stopped_after_the_last_daemon_stops() {
+    let (port, prefix) = (shared_broker_port(), unique_prefix("aggstop"));
+    let probe = Probe::new(port, &[&format!("{prefix}/available")]);
+    let mut d = Daemon::start(port, &prefix, &format!("aggstop-{}", std::process::id()), "");
+    wait_online(&probe, &prefix);
+    d.signal("TERM");
+    assert!(d.wait_exit(Duration::from_secs(5)).unwrap().success());
+    std::thread::sleep(Duration::from_secs(3));
+    let said = probe.on(&format!("{prefix}/available")).iter().any(|m| m.text() == "stopped");
+    assert!(said, "no `stopped`: {:?}\n{}", probe.all().iter().map(|m| m.text()).collect::<Vec<_>>(), d.log_text());
+    let last = probe.on(&format!("{prefix}/available")).last().unwrap().text();
+    assert_eq!(last, "stopped", "{:?}", probe.all().iter().map(|m| m.text()).collect::<Vec<_>>());
+    let late = Probe::new(port, &[&format!("{prefix}/available")]);
+    assert_eq!(late.wait_n(&format!("{prefix}/available"), 1, Duration::from_secs(5))[0].text(), "stopped");
+}
+
+#[test]
+fn two_daemons_with_the_same_client_id_are_named_in_an_error() {
+    let port = free_port();
+    let _broker = Broker::start_on(port);
+    let prefix = unique_prefix("dupid");
+    let id = format!("dupid-{}", std::process::id());
+    let a = Daemon::start(port, &prefix, &id, "");
+    let b = Daemon::start(port, &prefix, &id, "");
+    let t = Instant::now();
+    let said =
+        |d: &Daemon| d.log_text().lines().any(|l| l.contains("ERROR") && l.contains("client id") && l.contains(&id));
+    while !said(&a) && !said(&b) {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no error naming the duplicate client id:\n{}\n---\n{}",
+            a.log_text(),
+            b.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_broker_refusing_the_login_stops_the_daemon_with_78() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mosquitto.conf");
+    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous false\n")).unwrap();
+    let _broker = Broker::start_with_config(&conf, &[port]);
+    let prefix = unique_prefix("noauth");
+    let extra = "[mqtt]\nusername = \"fuchun\"\npassword = \"wrong\"\n";
+    let mut d = Daemon::start(port, &prefix, &format!("noauth-{}", std::process::id()), extra);
+    assert_eq!(exit_code(&mut d, Duration::from_secs(30)), Some(78), "{}", d.log_text());
+    d.wait_log("refused the login", Duration::from_secs(2));
+    let log = d.log_text().to_lowercase();
+    assert!(log.contains("refused the login") && log.contains("password"), "{log}");
+}
+
+#[test]
+fn a_world_writable_configuration_holding_a_password_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let (port, prefix) = (free_port(), unique_prefix("perm"));
+    let (dir, path) = Daemon::config(port, &prefix, "perm", "[mqtt]\nusername = \"u\"\npassword = \"secret\"\n");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let d = Daemon::spawn(dir, &path, &[]);
+    assert!(d.wait_log("world-writable", Duration::from_secs(20)), "{}", d.log_text());
+}
+
+/// A broker 0.8 s away (round trip): the CONNACK comes later than a turn of the event loop (0.5 s). The poll that
+/// is connecting must not be dropped on the next turn — before, the daemon never connected, and each abandoned
+/// attempt left the broker a half-made connection.
+#[test]
+fn a_distant_broker_is_reached() {
+    let port = free_port();
+    let _broker = Broker::start_on(port);
+    let prefix = unique_prefix("distant");
+    let probe = Probe::new(port, &[&format!("{prefix}/#")]);
+    let id = format!("distant-{}", std::process::id());
+    let far = slow_link(port, Duration::from_millis(400));
+    let d = Daemon::start(far, &prefix, &id, "");
+    let online = |m: &mqtt_support::Msg| m.text() == "online";
+    let t = Instant::now();
+    while !probe.on(&format!("{prefix}/{id}/available")).iter().any(online) {
+        assert!(t.elapsed() < Duration::from_secs(30), "never online through a slow link:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let offline = probe.on(&format!("{prefix}/{id}/available")).iter().any(|m| m.text() == "offline");
+    assert!(!offline, "an abandoned attempt fired the last will:\n{}", d.log_text());
+    probe.publish(&format!("{prefix}/cam/frame"), jpeg(64, 48, 0.4));
+    probe.wait_n(&format!("{prefix}/cam/stylized"), 1, T);
 }

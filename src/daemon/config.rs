@@ -267,13 +267,64 @@ pub struct CameraSettings {
     pub retain: bool,
 }
 
+/// The largest configuration file read: a real one is a few KiB; a path to a device or a huge file fails fast.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Why `f` is not a valid MQTT topic filter to subscribe to, if it is not (empty, `#` not alone as the last
+/// level, `+` not alone in its level, NUL): the broker would refuse the subscription, and the daemon would
+/// never be online.
+pub fn topic_filter_error(f: &str) -> Option<String> {
+    if f.is_empty() {
+        return Some("the topic filter is empty".into());
+    }
+    if f.contains('\0') {
+        return Some("the topic filter contains a NUL character".into());
+    }
+    let levels: Vec<&str> = f.split('/').collect();
+    for (i, l) in levels.iter().enumerate() {
+        if l.contains('#') && (*l != "#" || i + 1 != levels.len()) {
+            return Some("'#' must be a level of its own, and the last one".into());
+        }
+        if l.contains('+') && *l != "+" {
+            return Some("'+' must be a level of its own".into());
+        }
+    }
+    None
+}
+
 pub fn valid_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
+/// The file's text, refused beyond `MAX_CONFIG_BYTES` (read no further than that).
+fn read_bounded(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        bail!("it is larger than {} KiB: not a configuration file", MAX_CONFIG_BYTES >> 10);
+    }
+    Ok(String::from_utf8(bytes)?)
+}
+
+/// A password in a file that anyone on the machine may change (and so point the daemon at another broker, or
+/// read): say so; it is not refused, as a container or a test may have reasons.
+fn warn_if_world_writable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path) {
+        if m.permissions().mode() & 0o002 != 0 {
+            tracing::warn!(
+                "{} holds the MQTT password and is world-writable: chmod o-w it (better: 0600 or 0640), or set \
+                 FUCHUN_MQTT_PASSWORD instead",
+                path.display()
+            );
+        }
+    }
+}
+
 impl Config {
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).with_context(|| {
+        let text = read_bounded(path).with_context(|| {
             format!(
                 "cannot read the configuration {}: pass --config PATH (see deploy/fuchun.example.toml)",
                 path.display()
@@ -282,6 +333,9 @@ impl Config {
         let mut c: Config =
             toml::from_str(&text).with_context(|| format!("{} is not a valid fuchun configuration", path.display()))?;
         c.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        if c.mqtt.password.is_some() {
+            warn_if_world_writable(path);
+        }
         c.apply_env();
         c.validate().with_context(|| format!("invalid configuration {}", path.display()))?;
         if c.daemon.warm_start_threshold.is_some() {
@@ -331,6 +385,29 @@ impl Config {
         if self.daemon.workers == 0 {
             bail!("daemon.workers must be at least 1");
         }
+        if self.daemon.max_payload_bytes > crate::daemon::mqtt::MQTT_MAX_PACKET as u64 {
+            bail!(
+                "daemon.max_payload_bytes = {} is more than MQTT can carry (268435455 bytes); keep it at or below \
+                 the broker's own limit (Mosquitto: message_size_limit)",
+                self.daemon.max_payload_bytes
+            );
+        }
+        if let Some(tls) = &self.mqtt.tls {
+            let readable = |what: &str, p: &Path| -> Result<()> {
+                let p = self.resolve(p);
+                std::fs::File::open(&p).with_context(|| format!("mqtt.tls.{what}: cannot read {}", p.display()))?;
+                Ok(())
+            };
+            readable("ca", &tls.ca)?;
+            match (&tls.client_cert, &tls.client_key) {
+                (Some(c), Some(k)) => {
+                    readable("client_cert", c)?;
+                    readable("client_key", k)?;
+                }
+                (None, None) => {}
+                _ => bail!("mqtt.tls: give both client_cert and client_key, or neither"),
+            }
+        }
         self.daemon.temporal.validate(&Door::Toml("daemon.temporal".into()))?;
         if self.styles.is_empty() {
             bail!("no [styles.NAME] defined: add at least one style with its images");
@@ -379,6 +456,9 @@ impl Config {
         self.runtime().context("[model]")?;
         self.frame_aspect().context("[daemon]")?;
         for m in &self.inputs {
+            if let Some(why) = topic_filter_error(&m.topic) {
+                bail!("[[inputs]] topic {:?}: {why}", m.topic);
+            }
             if m.camera_level.is_none() == m.camera.is_none() {
                 bail!("input {}: give exactly one of camera_level or camera", m.topic);
             }

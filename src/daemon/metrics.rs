@@ -36,6 +36,7 @@ const COUNTERS: &[(&str, &str)] = &[
     ("errors", "Frames refused (payload, shutting down) or whose job failed"),
     ("evicted_frames", "Frames evicted to keep the queue within its global bound (part of dropped)"),
     ("evicted_cameras", "Camera states forgotten to keep within daemon.max_cameras"),
+    ("internal_errors", "Jobs that panicked (answered internal_error; the worker went on) (part of errors)"),
     ("control_errors", "Messages that are not frames and could not be used (bad topics, bad control payloads)"),
     ("outbox_dropped", "Outgoing messages dropped because the outbox was full while the broker was unreachable"),
     ("outbox_resent", "Unacknowledged outgoing messages sent again after the broker came back without the session"),

@@ -31,7 +31,7 @@ use anyhow::{Context, Result};
 use tokio::sync::mpsc;
 
 use self::config::Config;
-use self::event_loop::Conn;
+use self::event_loop::{Conn, Signals};
 use self::mqtt::Outgoing;
 use self::tasks::{Presence, Tasks};
 use self::topics::Topics;
@@ -75,21 +75,32 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         .thread_name("fuchun-io")
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(serve(cfg))
+    let r = rt.block_on(serve(cfg));
+    // a stop while the model loads leaves a blocking task waiting for the loading workers: do not wait for it
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+    r
 }
 
-/// Load the model, connect, serve until SIGTERM or SIGINT, stop (startup.rs, event_loop.rs, shutdown.rs).
+/// Load the model, connect, serve until SIGTERM, SIGINT or SIGHUP, stop (startup.rs, event_loop.rs, shutdown.rs).
 async fn serve(cfg: Config) -> Result<()> {
+    let mut signals = Signals::new()?;
     let model_dir = cfg.model.model_dir(&|p| cfg.resolve(p)).map_err(cannot_start)?;
     let (runtime, warmup_shapes) = cfg.serve_runtime().map_err(cannot_start)?;
     let topics = Topics { prefix: cfg.mqtt.prefix.clone(), mappings: cfg.inputs.clone() };
     let (out_tx, out_rx) = mpsc::unbounded_channel::<Outgoing>();
     let shared = Arc::new(Shared::new(cfg.clone(), topics.clone(), out_tx));
-    let workers = startup::start_workers(&shared, &model_dir, runtime, warmup_shapes).await?;
     let mut conn = Conn::new(&shared, out_rx)?;
+    let workers = tokio::select! {
+        w = startup::start_workers(&shared, &model_dir, runtime, warmup_shapes) => w?,
+        s = signals.recv() => {
+            tracing::info!(signal = s, "stop requested while the model loads");
+            shutdown::stop_before_ready(&shared).await;
+            return Ok(());
+        }
+    };
     let presence = Presence::start(&cfg, &topics.available())?;
     let tasks = Tasks::start(&shared, &conn.link, &conn.ready).await?;
-    conn.run().await?;
+    conn.run(&mut signals).await?;
     shutdown::stop(conn, workers, tasks, presence).await;
     Ok(())
 }

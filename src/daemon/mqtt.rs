@@ -67,6 +67,53 @@ pub fn check_response_topic(t: &str) -> Result<&str, String> {
     }
 }
 
+/// The largest packet MQTT can carry (the remaining length is at most 268,435,455 bytes).
+pub const MQTT_MAX_PACKET: usize = 268_435_455;
+
+/// Why a connection ended or could not be made (`EventLoop::poll`'s error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// The network, the broker going away, a protocol error: the next poll reconnects.
+    Other,
+    /// The broker refused the login (CONNACK "not authorised" or "bad user name or password"): retrying the same
+    /// credentials does not help.
+    LoginRefused,
+    /// MQTT v5: the broker gave our session to another client that connected with the same client id.
+    TakenOver,
+}
+
+#[derive(Debug, Clone)]
+pub struct Lost {
+    pub message: String,
+    pub why: Why,
+}
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+fn lost5(e: rumqttc::v5::ConnectionError) -> Lost {
+    use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode as C, DisconnectReasonCode as D};
+    use rumqttc::v5::{ConnectionError as E, StateError as S};
+    let why = match &e {
+        E::ConnectionRefused(C::NotAuthorized | C::BadUserNamePassword | C::Banned) => Why::LoginRefused,
+        E::MqttState(S::ServerDisconnect { reason_code: D::SessionTakenOver, .. }) => Why::TakenOver,
+        _ => Why::Other,
+    };
+    Lost { message: e.to_string(), why }
+}
+
+fn lost4(e: rumqttc::ConnectionError) -> Lost {
+    use rumqttc::{ConnectReturnCode as C, ConnectionError as E};
+    let why = match &e {
+        E::ConnectionRefused(C::NotAuthorized | C::BadUserNamePassword) => Why::LoginRefused,
+        _ => Why::Other,
+    };
+    Lost { message: e.to_string(), why }
+}
+
 #[derive(Debug)]
 pub enum Event {
     /// Connection (re-)established: subscribe and announce again. `session` is true when the broker kept our
@@ -186,8 +233,15 @@ pub fn connect_with(
 }
 
 impl EventLoop {
+    /// After asking for a disconnect: poll until the broker closes the connection. Reading to the end matters:
+    /// a socket closed (the process exiting) with unread data in it is reset, not closed, and the broker may then
+    /// drop what it had not read yet — the last messages, the DISCONNECT itself, so that the last will fires.
+    pub async fn until_closed(&mut self) {
+        while self.poll().await.is_ok() {}
+    }
+
     /// The next event; an Err is a connection problem (the next call reconnects).
-    pub async fn poll(&mut self) -> Result<Event, String> {
+    pub async fn poll(&mut self) -> Result<Event, Lost> {
         match self {
             EventLoop::V5(e) => match e.poll().await {
                 Ok(rumqttc::v5::Event::Incoming(p5::Packet::ConnAck(a))) => {
@@ -211,11 +265,12 @@ impl EventLoop {
                     Ok(Event::Message(Incoming { topic, payload: p.payload, retain: p.retain, reply, bad_reply }))
                 }
                 Ok(rumqttc::v5::Event::Incoming(p5::Packet::Disconnect(_))) => Ok(Event::Disconnected),
+                Ok(rumqttc::v5::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => Ok(Event::Disconnected),
                 Ok(rumqttc::v5::Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => Ok(Event::Sent { pkid }),
                 Ok(rumqttc::v5::Event::Incoming(p5::Packet::PubAck(a))) => Ok(Event::Acked { pkid: a.pkid }),
                 Ok(rumqttc::v5::Event::Incoming(p5::Packet::PubRec(r))) => Ok(Event::Acked { pkid: r.pkid }),
                 Ok(_) => Ok(Event::Other),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(lost5(e)),
             },
             EventLoop::V4(e) => match e.poll().await {
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(a))) => {
@@ -237,7 +292,7 @@ impl EventLoop {
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(a))) => Ok(Event::Acked { pkid: a.pkid }),
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubRec(r))) => Ok(Event::Acked { pkid: r.pkid }),
                 Ok(_) => Ok(Event::Other),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(lost4(e)),
             },
         }
     }
@@ -294,17 +349,22 @@ impl Client {
     }
 
     pub async fn subscribe(&self, filter: &str, qos: u8) -> Result<()> {
-        self.subscribe_all(&[filter.to_string()], qos).await
+        self.subscribe_all(&[filter.to_string()], qos, false).await
     }
 
-    /// Subscribe to every filter in one request. Under MQTT v5 retained messages are sent only for a subscription
-    /// the session did not have yet, so a reconnect to a kept session does not deliver retained frames again.
-    pub async fn subscribe_all(&self, filters: &[String], qos: u8) -> Result<()> {
+    /// Subscribe to every filter in one request. Under MQTT v5, unless `every_time`, retained messages are sent
+    /// only for a subscription the session did not have yet, so a reconnect to a kept session does not deliver
+    /// retained frames again; `every_time` is for retained state that must be read back on every connect.
+    pub async fn subscribe_all(&self, filters: &[String], qos: u8, every_time: bool) -> Result<()> {
         match self {
             Client::V5(c) => {
                 let f = filters.iter().map(|t| {
                     let mut f = p5::Filter::new(t.clone(), qos5(qos));
-                    f.retain_forward_rule = p5::RetainForwardRule::OnNewSubscribe;
+                    f.retain_forward_rule = if every_time {
+                        p5::RetainForwardRule::OnEverySubscribe
+                    } else {
+                        p5::RetainForwardRule::OnNewSubscribe
+                    };
                     f
                 });
                 c.subscribe_many(f).await?

@@ -7,19 +7,25 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::event_loop::{Conn, Phase};
-use super::mqtt::Event;
+use super::messages::availability;
+use super::mqtt;
 use super::startup::notify;
 use super::tasks::{Presence, Tasks};
+use super::worker::Shared;
 
 pub(super) async fn stop(mut conn: Conn, workers: Vec<JoinHandle<()>>, tasks: Tasks, presence: Presence) {
     tracing::info!("stopping");
     notify(&[sd_notify::NotifyState::Stopping]);
     conn.router.not_serving();
     answer_waiting(&conn);
-    let prefix = &conn.shared.config.mqtt.prefix;
-    for s in conn.subscriptions.iter().filter(|s| s.ends_with("/frame") || !s.starts_with(prefix)) {
-        let (c, s) = (conn.client.clone(), s.clone());
-        tokio::spawn(async move { c.unsubscribe(&s).await });
+    // with a kept session the frame subscriptions stay, so that the broker keeps the QoS 1 frames that arrive
+    // while the daemon is stopped for the next run; without one, nothing would keep them anyway
+    let mqtt = &conn.shared.config.mqtt;
+    if mqtt.session_expiry() == 0 {
+        for s in conn.subscriptions.iter().filter(|s| s.ends_with("/frame") || !s.starts_with(&mqtt.prefix)) {
+            let (c, s) = (conn.client.clone(), s.clone());
+            tokio::spawn(async move { c.unsubscribe(&s).await });
+        }
     }
     finish_jobs(&mut conn, workers).await;
     tasks.stop();
@@ -30,16 +36,26 @@ pub(super) async fn stop(mut conn: Conn, workers: Vec<JoinHandle<()>>, tasks: Ta
         tracing::warn!(messages = conn.outbox.undelivered(), "stopping with messages the broker never received");
     }
     let _ = conn.client.try_disconnect();
-    let flush = async {
-        loop {
-            match conn.events.poll().await {
-                Ok(Event::Disconnected) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), flush).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), conn.until_closed()).await;
     presence.stop().await;
+    tracing::info!("stopped");
+}
+
+/// A stop before the model has loaded (nothing connected, nothing taken yet): close the queue so that the workers
+/// end once loaded, and say `stopped` on this daemon's availability through a short clean-session connection —
+/// the daemon's own kept session would be handed the frames waiting in it, which no one could process now.
+pub(super) async fn stop_before_ready(shared: &Shared) {
+    notify(&[sd_notify::NotifyState::Stopping]);
+    shared.queue.close();
+    let cfg = &shared.config.mqtt;
+    let topic = shared.topics.daemon_available(&shared.daemon_id);
+    let id = format!("{}-presence", cfg.client_id);
+    let Ok((client, mut events)) = mqtt::connect_with(cfg, &id, &topic, 1 << 16, 0) else { return };
+    let _ = client.try_publish(&availability(topic, "stopped"), 1);
+    let _ = client.try_disconnect();
+    if tokio::time::timeout(Duration::from_secs(3), events.until_closed()).await.is_err() {
+        tracing::warn!("could not say `stopped` to the broker within 3 s");
+    }
     tracing::info!("stopped");
 }
 

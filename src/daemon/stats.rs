@@ -22,6 +22,8 @@ pub struct Stats {
     pub evicted_frames: AtomicU64,
     /// Camera state (rate limit, warm start, style choice) dropped to keep within `daemon.max_cameras`.
     pub evicted_cameras: AtomicU64,
+    /// Of `errors`: jobs that panicked (answered `internal_error`; the worker went on).
+    pub internal_errors: AtomicU64,
     /// Messages that are not frames and could not be used: bad topics, bad control payloads, unknown styles.
     pub control_errors: AtomicU64,
     /// Outgoing messages dropped because the outbox was full while the broker was unreachable.
@@ -114,6 +116,7 @@ impl Stats {
             "errors": c(&self.errors),
             "evicted_frames": c(&self.evicted_frames),
             "evicted_cameras": c(&self.evicted_cameras),
+            "internal_errors": c(&self.internal_errors),
             "control_errors": c(&self.control_errors),
             "outbox_dropped": c(&self.outbox_dropped),
             "outbox_resent": c(&self.outbox_resent),

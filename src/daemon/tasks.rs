@@ -126,10 +126,15 @@ impl Presence {
         Ok(Presence { client, task: tokio::spawn(presence(events, cfg.clone())) })
     }
 
-    /// Disconnect cleanly (no last will), waiting a little for it.
+    /// Disconnect cleanly (no last will), waiting a little for it. The task must not outlive this: one still
+    /// polling would connect again, and its last will would say `offline` when the process exits after the
+    /// last daemon said `stopped`.
     pub(super) async fn stop(self) {
         let _ = self.client.try_disconnect();
-        let _ = tokio::time::timeout(Duration::from_millis(500), self.task).await;
+        let abort = self.task.abort_handle();
+        if tokio::time::timeout(Duration::from_millis(500), self.task).await.is_err() {
+            abort.abort();
+        }
     }
 }
 
@@ -138,7 +143,7 @@ async fn presence(mut events: mqtt::EventLoop, cfg: Config) {
     loop {
         match events.poll().await {
             Ok(Event::Connected { .. }) => backoff = Duration::from_millis(cfg.mqtt.reconnect_min_ms.max(10)),
-            Ok(Event::Disconnected) => return,
+            Ok(Event::Disconnected) => return events.until_closed().await,
             Ok(_) => {}
             Err(_) => {
                 tokio::time::sleep(backoff).await;

@@ -109,6 +109,13 @@ impl Topics {
         v
     }
 
+    /// The filters of `subscriptions` whose retained messages are state to read back on every connect (chosen
+    /// styles, availabilities), even into a kept session.
+    pub fn state_subscriptions(&self) -> Vec<String> {
+        let p = &self.prefix;
+        vec![format!("{p}/+/style/state"), format!("{p}/available"), format!("{p}/+/available")]
+    }
+
     pub fn route(&self, topic: &str) -> Route {
         if let Some(rest) = topic.strip_prefix(&self.prefix).and_then(|r| r.strip_prefix('/')) {
             let parts: Vec<&str> = rest.split('/').collect();

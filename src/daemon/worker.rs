@@ -42,6 +42,8 @@ pub struct Shared {
     pub heartbeats: Vec<AtomicU64>,
     /// Set on shutdown once the grace period is over: running jobs stop at their next evaluation.
     pub abandon: AtomicBool,
+    /// Set until the state of earlier runs (the cameras' chosen styles) is read back: frames wait in the queue.
+    held: AtomicBool,
     pub started: Instant,
     pub provider: Mutex<String>,
     /// Cameras whose state is kept (the router's count, for stats).
@@ -65,12 +67,18 @@ impl Shared {
             camera_styles: Mutex::new(HashMap::new()),
             heartbeats: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             abandon: AtomicBool::new(false),
+            held: AtomicBool::new(true),
             started: Instant::now(),
             provider: Mutex::new("unknown".into()),
             cameras: Default::default(),
             provider_report: Mutex::new(serde_json::Value::Null),
             previous: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Let the workers take frames (see `held`).
+    pub fn release_frames(&self) {
+        self.held.store(false, Ordering::Relaxed);
     }
 
     pub fn style_of(&self, camera: &str) -> String {
@@ -198,6 +206,10 @@ pub fn run(
     let mut styles: HashMap<String, Style> = HashMap::new();
     loop {
         shared.beat(worker);
+        if shared.held.load(Ordering::Relaxed) && !shared.queue.is_closed() {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
         let Some(frame) = shared.queue.pop(Duration::from_millis(500)) else {
             if shared.queue.is_closed() {
                 break;
@@ -206,9 +218,21 @@ pub fn run(
         };
         let camera = frame.camera.clone();
         shared.stats.in_progress.fetch_add(1, Ordering::Relaxed);
-        let messages = match process(worker, &shared, &mut model, &mut styles, &frame) {
-            Ok(m) => m,
-            Err(e) => {
+        // a panic anywhere in a job (a decoder, a cache file, the model) is that frame's failure, not the worker's:
+        // the frame is answered `internal_error`, and the worker goes on with its model and a fresh style cache
+        let job = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            process(worker, &shared, &mut model, &mut styles, &frame)
+        }));
+        let messages = match job {
+            Ok(Ok(m)) => m,
+            Err(panic) => {
+                styles.clear();
+                let text = format!("the job panicked: {}", panic_message(&*panic));
+                Stats::inc(&shared.stats.internal_errors);
+                tracing::error!(camera, seq = frame.seq, error = %text, "frame failed: internal error");
+                shared.error_message(&camera, "internal_error", &text, Some(frame.seq), frame.reply.as_ref())
+            }
+            Ok(Err(e)) => {
                 let (code, text) = if e.downcast_ref::<Cancelled>().is_some() {
                     ("shutting_down", "the daemon is stopping; the frame was not processed".to_string())
                 } else if let Some(ie) = e.downcast_ref::<imageio::ImageError>() {
@@ -231,6 +255,14 @@ pub fn run(
     }
 }
 
+/// The message a panic was raised with (`panic!` with a literal or with formatting), if it has one.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
+    p.downcast_ref::<&str>()
+        .copied()
+        .or_else(|| p.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
 fn process(
     worker: usize,
     shared: &Shared,
@@ -242,6 +274,10 @@ fn process(
     let queued_ms = frame.received.elapsed().as_secs_f64() * 1e3;
     let cfg = &shared.config;
     let cam = &frame.camera;
+    // test hook: every job of this camera panics (tests/daemon_reliability.rs, job isolation)
+    if std::env::var_os("FUCHUN_TEST_PANIC_CAMERA").is_some_and(|c| c == cam.as_str()) {
+        panic!("a job of camera {cam} panicked on purpose (FUCHUN_TEST_PANIC_CAMERA)");
+    }
     let settings = cfg.camera(cam);
     let style_name = shared.style_of(cam);
     let limits = Limits {

@@ -86,6 +86,34 @@ impl Drop for Broker {
     }
 }
 
+/// A TCP proxy on a free port to `127.0.0.1:target` that holds every chunk for `delay` before passing it on, both
+/// ways: a broker that far away. Runs until the test process ends.
+pub fn slow_link(target: u16, delay: Duration) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let pipe = move |mut from: TcpStream, mut to: TcpStream| {
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            while let Ok(n) = from.read(&mut buf) {
+                std::thread::sleep(delay);
+                if n == 0 || to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            let _ = to.shutdown(std::net::Shutdown::Both);
+        });
+    };
+    std::thread::spawn(move || {
+        for client in listener.incoming().map_while(Result::ok) {
+            let Ok(broker) = TcpStream::connect(("127.0.0.1", target)) else { continue };
+            pipe(client.try_clone().unwrap(), broker.try_clone().unwrap());
+            pipe(broker, client);
+        }
+    });
+    port
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -239,6 +267,17 @@ pub struct Daemon {
 impl Daemon {
     /// Start with a config: `extra` is appended to a base config (prefix, port, test model, one style "ink").
     pub fn start(port: u16, prefix: &str, client_id: &str, extra: &str) -> Daemon {
+        Daemon::start_env(port, prefix, client_id, extra, &[])
+    }
+
+    /// `start` with extra environment variables.
+    pub fn start_env(port: u16, prefix: &str, client_id: &str, extra: &str, env: &[(&str, &str)]) -> Daemon {
+        let (dir, path) = Daemon::config(port, prefix, client_id, extra);
+        Daemon::spawn(dir, &path, env)
+    }
+
+    /// Write the configuration `start` would use; the directory holds it (as `fuchun.toml`).
+    pub fn config(port: u16, prefix: &str, client_id: &str, extra: &str) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let base = format!(
             r#"
@@ -265,13 +304,15 @@ iterations = 15
         );
         let path = dir.path().join("fuchun.toml");
         std::fs::write(&path, merge(&base, extra)).unwrap();
-        Daemon::spawn(dir, &path)
+        (dir, path)
     }
 
-    fn spawn(dir: tempfile::TempDir, config: &Path) -> Daemon {
+    /// `fuchun serve --config <config>`, with `env` set; `dir` is kept until the daemon is dropped.
+    pub fn spawn(dir: tempfile::TempDir, config: &Path, env: &[(&str, &str)]) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_fuchun"))
             .args(["serve", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .env("FUCHUN_LOG", "info,ort=error")
             .env_remove("NOTIFY_SOCKET")
             .stdout(Stdio::null())
@@ -307,6 +348,18 @@ iterations = 15
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// Wait until a log line contains `needle`; false after the timeout.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let t = Instant::now();
+        while t.elapsed() < timeout {
+            if self.log_text().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 
     pub fn log_text(&self) -> String {
