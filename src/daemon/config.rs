@@ -412,30 +412,7 @@ impl Config {
         if self.styles.is_empty() {
             bail!("no [styles.NAME] defined: add at least one style with its images");
         }
-        for (name, s) in &self.styles {
-            if !valid_name(name) {
-                bail!("style name {name:?} must be letters, digits, '_' or '-'");
-            }
-            if s.images.is_empty() {
-                bail!("style {name}: `images` is empty");
-            }
-            for img in &s.images {
-                let p = self.resolve(img);
-                if !p.is_file() {
-                    bail!("style {name}: image {} does not exist", p.display());
-                }
-                // decoded now, so a file that is not an image stops the start instead of failing every frame
-                if let Err(e) = crate::imageio::load_path(&p, &crate::imageio::Limits::default()) {
-                    bail!("style {name}: {} is not a usable style image: {e}", p.display());
-                }
-            }
-            let door = Door::Toml(format!("styles.{name}"));
-            s.transfer.validate_stream(&door)?;
-            let blend = &s.transfer.style_blend_weights;
-            if !blend.is_empty() && blend.len() != s.images.len() {
-                bail!("{}: {} weights for {} images", door.name("style_blend_weights"), blend.len(), s.images.len());
-            }
-        }
+        self.validate_styles()?;
         let default = self.default_style_name();
         if !self.styles.contains_key(&default) {
             bail!(
@@ -467,6 +444,35 @@ impl Config {
                 if level != Some("+") {
                     bail!("input {}: level {l} must be a '+' wildcard to carry the camera name", m.topic);
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Each style: a valid name, images that exist and decode, transfer settings as a stream takes them.
+    fn validate_styles(&self) -> Result<()> {
+        for (name, s) in &self.styles {
+            if !valid_name(name) {
+                bail!("style name {name:?} must be letters, digits, '_' or '-'");
+            }
+            if s.images.is_empty() {
+                bail!("style {name}: `images` is empty");
+            }
+            for img in &s.images {
+                let p = self.resolve(img);
+                if !p.is_file() {
+                    bail!("style {name}: image {} does not exist", p.display());
+                }
+                // decoded now, so a file that is not an image stops the start instead of failing every frame
+                if let Err(e) = crate::imageio::load_path(&p, &crate::imageio::Limits::default()) {
+                    bail!("style {name}: {} is not a usable style image: {e}", p.display());
+                }
+            }
+            let door = Door::Toml(format!("styles.{name}"));
+            s.transfer.validate_stream(&door)?;
+            let blend = &s.transfer.style_blend_weights;
+            if !blend.is_empty() && blend.len() != s.images.len() {
+                bail!("{}: {} weights for {} images", door.name("style_blend_weights"), blend.len(), s.images.len());
             }
         }
         Ok(())

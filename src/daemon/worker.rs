@@ -12,7 +12,7 @@ use anyhow::Result;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::config::Config;
+use super::config::{CameraSettings, Config};
 use super::mqtt::Outgoing;
 use super::queue::{Frame, FrameQueue, Reply};
 use super::stats::Stats;
@@ -263,6 +263,22 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("(no message)")
 }
 
+/// A frame decoded no larger than this camera's results can be (JPEG: DCT-domain scaling), so a huge frame never
+/// exists at full size in memory, within the configured limits.
+fn decode(cfg: &Config, settings: &CameraSettings, style_name: &str, payload: &[u8]) -> Result<imageio::Fitted> {
+    let limits = Limits {
+        max_bytes: cfg.daemon.max_payload_bytes,
+        max_width: cfg.daemon.max_dimension,
+        max_height: cfg.daemon.max_dimension,
+        max_pixels: cfg.daemon.max_pixels,
+        max_decode_bytes: cfg.daemon.max_decode_bytes,
+    };
+    let want =
+        cfg.styles.get(style_name).map_or(usize::MAX, |s| s.transfer.image_size(&crate::settings::transfer::CAMERA));
+    let want = settings.max_size.map_or(want, |m| want.min(m));
+    Ok(imageio::decode_fitted(payload, &limits, want)?)
+}
+
 fn process(
     worker: usize,
     shared: &Shared,
@@ -280,19 +296,7 @@ fn process(
     }
     let settings = cfg.camera(cam);
     let style_name = shared.style_of(cam);
-    let limits = Limits {
-        max_bytes: cfg.daemon.max_payload_bytes,
-        max_width: cfg.daemon.max_dimension,
-        max_height: cfg.daemon.max_dimension,
-        max_pixels: cfg.daemon.max_pixels,
-        max_decode_bytes: cfg.daemon.max_decode_bytes,
-    };
-    // decoded no larger than this camera's results can be (JPEG: DCT-domain scaling), so a huge frame never
-    // exists at full size in memory
-    let want =
-        cfg.styles.get(&style_name).map_or(usize::MAX, |s| s.transfer.image_size(&crate::settings::transfer::CAMERA));
-    let want = settings.max_size.map_or(want, |m| want.min(m));
-    let fitted = imageio::decode_fitted(&frame.payload, &limits, want)?;
+    let fitted = decode(cfg, &settings, &style_name, &frame.payload)?;
     let (input_width, input_height) = (fitted.width, fitted.height);
     let content = fitted.image;
     let decode_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -341,11 +345,9 @@ fn process(
     let total_ms = queued_ms + t0.elapsed().as_secs_f64() * 1e3;
     shared.stats.record_job(total_ms, evaluations as u64, plan.start);
     let l = outcome.final_losses();
-    let mut losses = serde_json::Map::new();
-    losses.insert("total".into(), l.total.into());
-    for (t, v) in &l.terms {
-        losses.insert(t.clone(), (*v).into());
-    }
+    let losses: serde_json::Map<String, serde_json::Value> = std::iter::once(("total".to_string(), l.total.into()))
+        .chain(l.terms.iter().map(|(t, v)| (t.clone(), (*v).into())))
+        .collect();
     let meta = serde_json::json!({
         "camera": cam,
         "daemon": shared.daemon_id,
