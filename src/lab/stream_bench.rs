@@ -82,6 +82,74 @@ pub fn flicker(clip: &Clip, images: &[Planar]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
+/// [5d] of the bench: the trail of the temporal results over the whole clip, and of the cold runs over their frames,
+/// printed against the target (≤ 8/255, and ≤ 3× the untouched pixels' drift where that is larger).
+fn trail_figure(clip: &Clip, warm: &[Planar], cold: &[Planar]) -> (Option<Trail>, Option<Trail>) {
+    let trail_warm = trail(clip, warm);
+    let trail_cold = trail(clip, cold);
+    if let Some((t, u)) = trail_warm {
+        let cold_t = trail_cold.map_or(f64::NAN, |c| c.0);
+        println!(
+            "    trail where the object has been (mean |Δ| to the background's last result before it came, 0–255): \
+             temporal {:.2} against {:.2} over untouched pixels (cold runs over frames 0–{}: {:.2}; target ≤ 8 and ≤ 3× \
+             the untouched drift where that is larger): {}",
+            255.0 * t,
+            255.0 * u,
+            cold.len() - 1,
+            255.0 * cold_t,
+            super::report::verdict(255.0 * t <= 8.0_f64.max(3.0 * 255.0 * u))
+        );
+    }
+    (trail_warm, trail_cold)
+}
+
+/// (trail, untouched drift), 0–1 units: see `trail`.
+pub type Trail = (f64, f64);
+
+/// The trail a moving object leaves (issue 20), as (trail, untouched), 0–1 units: over the pixels the object has left
+/// — covered in an earlier frame of the scene, not now, and seen uncovered before it came — the mean distance of each
+/// frame's result to the result of the last frame that showed that background before the object came; and the same
+/// distance, to the same frames, over the pixels the object never covers in the scene (their drift). None when no
+/// frame has such pixels. A result that repaints the background as it was has a trail near the untouched drift; a
+/// result that keeps the object's paint where it has been has a trail as large as the paint's difference.
+pub fn trail(clip: &Clip, images: &[Planar]) -> Option<Trail> {
+    let n = clip.width * clip.height;
+    let frames = images.len().min(clip.object.len());
+    let starts: Vec<usize> = std::iter::once(0).chain(clip.scene_change.filter(|&c| c < frames)).collect();
+    let (mut trail_sum, mut untouched_sum, mut count) = (0.0f64, 0.0f64, 0usize);
+    for (si, &start) in starts.iter().enumerate() {
+        let end = starts.get(si + 1).copied().unwrap_or(frames);
+        let untouched: Vec<bool> = (0..n).map(|p| (start..end).all(|i| !clip.object[i][p])).collect();
+        // per pixel: the last frame that showed it uncovered before the object first came (frozen from then on)
+        let mut seen: Vec<Option<usize>> = vec![None; n];
+        let mut covered = vec![false; n];
+        for i in start..end {
+            // the pixels left in frame i, grouped by the frame they are compared with
+            let mut by_frame: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+            for p in 0..n {
+                if clip.object[i][p] {
+                    covered[p] = true;
+                } else if covered[p] {
+                    if let Some(k) = seen[p] {
+                        by_frame.entry(k).or_default().push(p);
+                    }
+                } else {
+                    seen[p] = Some(i);
+                }
+            }
+            for (k, pixels) in by_frame {
+                let mut left = vec![false; n];
+                pixels.iter().for_each(|&p| left[p] = true);
+                let weight = pixels.len();
+                trail_sum += weight as f64 * masked_difference(&images[i], &images[k], &left);
+                untouched_sum += weight as f64 * masked_difference(&images[i], &images[k], &untouched);
+                count += weight;
+            }
+        }
+    }
+    (count > 0).then(|| (trail_sum / count as f64, untouched_sum / count as f64))
+}
+
 fn mean(v: impl Iterator<Item = f64>) -> f64 {
     let (s, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
     if n == 0 {
@@ -195,6 +263,8 @@ pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &Str
         frames.len(),
         255.0 * f_all
     );
+    // [5d] the trail a moving object leaves (issue 20): where it has been against where it never was
+    let (trail_warm, trail_cold) = trail_figure(&clip, &warm.images, &cold.images[..k]);
     // [5c] the new scene: detected (a cold run) and no ghost of the old one — the result is the fresh cold run's
     let detected = warm.starts.get(cut) == Some(&Start::Cold);
     let all = vec![true; w * h];
@@ -229,6 +299,8 @@ pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &Str
         "cold_frames": k, "flicker_temporal_all_frames": f_all,
         "partial_evaluations": partial_evals, "cold_evaluations": cold_evals, "evaluation_ratio": eval_ratio,
         "flicker_cold": f_cold, "flicker_temporal": f_warm, "flicker_ratio": f_ratio,
+        "trail_temporal": trail_warm.map(|t| t.0), "trail_untouched": trail_warm.map(|t| t.1),
+        "trail_cold": trail_cold.map(|t| t.0),
         "scene_change_detected": detected, "scene_change_vs_fresh_cold": ghost, "without_motion": no_motion,
     }))
 }
@@ -277,4 +349,64 @@ fn without_motion(
         255.0 * f_all_warm
     );
     Ok(serde_json::json!({"partial_evaluations": e, "flicker": f, "flicker_all_frames": f_all}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 6×1 clip: the object covers pixel 2 in frame 1 and pixel 3 in frame 2, nothing in frames 0 and 3.
+    fn clip() -> Clip {
+        let mask = |p: Option<usize>| (0..6).map(|i| Some(i) == p).collect::<Vec<bool>>();
+        Clip {
+            width: 6,
+            height: 1,
+            frames: vec![Vec::new(); 4],
+            object: vec![mask(None), mask(Some(2)), mask(Some(3)), mask(None)],
+            scene_change: None,
+        }
+    }
+
+    /// Results of 0.5 everywhere plus `drift` per frame, 0.9 where the object is, and where it has been `residue`.
+    fn results(residue: Option<f32>, drift: f32) -> Vec<Planar> {
+        let c = clip();
+        let mut been = [false; 6];
+        (0..4)
+            .map(|i| {
+                let px: Vec<f32> = (0..6)
+                    .map(|p| {
+                        let v = if c.object[i][p] {
+                            0.9
+                        } else if been[p] {
+                            residue.unwrap_or(0.5)
+                        } else {
+                            0.5
+                        };
+                        v + drift * i as f32
+                    })
+                    .collect();
+                (0..6).for_each(|p| been[p] |= c.object[i][p]);
+                Planar { width: 6, height: 1, data: [px.clone(), px.clone(), px].concat() }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_trail_is_the_paint_left_where_the_object_was_against_the_untouched_drift() {
+        let c = clip();
+        // the background repainted as it was: no trail, no drift
+        let (t, u) = trail(&c, &results(None, 0.0)).unwrap();
+        assert!(t.abs() < 1e-6 && u.abs() < 1e-6, "{t} {u}");
+        // the object's paint kept where it has been: a trail of 0.4, untouched pixels still
+        let (t, u) = trail(&c, &results(Some(0.9), 0.0)).unwrap();
+        assert!((t - 0.4).abs() < 1e-6 && u.abs() < 1e-6, "{t} {u}");
+        // a uniform drift shows in both: left pixels are compared with frames 0 (pixel 2, in frames 2 and 3) and 1
+        // (pixel 3, in frame 3), i.e. gaps of 2, 3 and 2 frames
+        let (t, u) = trail(&c, &results(None, 0.01)).unwrap();
+        let want = (0.02 + 0.03 + 0.02) / 3.0;
+        assert!((t - want).abs() < 1e-5 && (u - want).abs() < 1e-5, "{t} {u} {want}");
+        // no object: no trail to measure
+        let still = Clip { object: vec![vec![false; 6]; 4], ..clip() };
+        assert_eq!(trail(&still, &results(None, 0.0)), None);
+    }
 }
