@@ -380,25 +380,33 @@ fn declared_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
     if bytes.len() >= 24 && bytes.starts_with(b"\x89PNG\r\n\x1a\n") && &bytes[12..16] == b"IHDR" {
         return Some((be32(&bytes[16..20]), be32(&bytes[20..24])));
     }
-    if bytes.starts_with(&[0xFF, 0xD8]) {
-        let mut i = 2;
-        while i + 9 < bytes.len() {
-            if bytes[i] != 0xFF {
-                return None;
-            }
-            let marker = bytes[i + 1];
-            if marker == 0xFF {
-                i += 1;
-                continue;
-            }
-            let len = u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize;
-            if (0xC0..=0xCF).contains(&marker) && ![0xC4, 0xC8, 0xCC].contains(&marker) {
-                let h = u16::from_be_bytes([bytes[i + 5], bytes[i + 6]]) as u32;
-                let w = u16::from_be_bytes([bytes[i + 7], bytes[i + 8]]) as u32;
-                return Some((w, h));
-            }
-            i += 2 + len;
+    let (i, _) = jpeg_sof(bytes)?;
+    let h = u16::from_be_bytes([bytes[i + 5], bytes[i + 6]]) as u32;
+    let w = u16::from_be_bytes([bytes[i + 7], bytes[i + 8]]) as u32;
+    Some((w, h))
+}
+
+/// The frame header (SOFn) of a JPEG: its offset and marker, found by walking the segments without decoding (None
+/// for other formats, or if there is none before the data ends). The 10 bytes from the offset are in `bytes`.
+fn jpeg_sof(bytes: &[u8]) -> Option<(usize, u8)> {
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return None;
+    }
+    let mut i = 2;
+    while i + 9 < bytes.len() {
+        if bytes[i] != 0xFF {
+            return None;
         }
+        let marker = bytes[i + 1];
+        if marker == 0xFF {
+            i += 1;
+            continue;
+        }
+        // SOF0–SOF15 except DHT (C4), JPG (C8) and DAC (CC)
+        if (0xC0..=0xCF).contains(&marker) && ![0xC4, 0xC8, 0xCC].contains(&marker) {
+            return Some((i, marker));
+        }
+        i += 2 + u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize;
     }
     None
 }
@@ -436,33 +444,15 @@ impl JpegFrame {
 
 /// The frame header of a JPEG, read without decoding (None if there is none before the data ends).
 fn jpeg_frame(bytes: &[u8]) -> Option<JpegFrame> {
-    if !bytes.starts_with(&[0xFF, 0xD8]) {
-        return None;
-    }
-    let mut i = 2;
-    while i + 9 < bytes.len() {
-        if bytes[i] != 0xFF {
-            return None;
-        }
-        let marker = bytes[i + 1];
-        if marker == 0xFF {
-            i += 1;
-            continue;
-        }
-        let len = u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize;
-        if (0xC0..=0xCF).contains(&marker) && ![0xC4, 0xC8, 0xCC].contains(&marker) {
-            let height = u16::from_be_bytes([bytes[i + 5], bytes[i + 6]]) as u32;
-            let width = u16::from_be_bytes([bytes[i + 7], bytes[i + 8]]) as u32;
-            let n = bytes[i + 9] as usize;
-            let comps = bytes.get(i + 10..i + 10 + 3 * n)?;
-            let sampling = comps.chunks_exact(3).map(|c| ((c[1] >> 4) as u32, (c[1] & 15) as u32)).collect();
-            // SOF2, SOF6, SOF10, SOF14: progressive
-            let progressive = [0xC2, 0xC6, 0xCA, 0xCE].contains(&marker);
-            return Some(JpegFrame { width, height, progressive, sampling });
-        }
-        i += 2 + len;
-    }
-    None
+    let (i, marker) = jpeg_sof(bytes)?;
+    let height = u16::from_be_bytes([bytes[i + 5], bytes[i + 6]]) as u32;
+    let width = u16::from_be_bytes([bytes[i + 7], bytes[i + 8]]) as u32;
+    let n = bytes[i + 9] as usize;
+    let comps = bytes.get(i + 10..i + 10 + 3 * n)?;
+    let sampling = comps.chunks_exact(3).map(|c| ((c[1] >> 4) as u32, (c[1] & 15) as u32)).collect();
+    // SOF2, SOF6, SOF10, SOF14: progressive
+    let progressive = [0xC2, 0xC6, 0xCA, 0xCE].contains(&marker);
+    Some(JpegFrame { width, height, progressive, sampling })
 }
 
 /// The memory decoding a PNG or WebP of `w`×`h` takes, from the decoder's output colour type: its buffer, the

@@ -116,15 +116,24 @@ fn every_stream_knob_means_the_same_at_both_doors() {
         ("frame_evaluations", "12", "12"),
         ("motion_px", "5", "5"),
     ];
-    let door = Door::Cli;
-    let default = format!("{:?}", Stream::default().settings(200.0, &door).unwrap());
-    assert_eq!(default, format!("{:?}", cli::<Stream>(&[]).settings(200.0, &door).unwrap()));
-    for k in knobs::<Stream>() {
+    let view = |s: &Stream| format!("{:?}", s.settings(200.0, &Door::Cli).unwrap());
+    assert_eq!(view(&Stream::default()), view(&cli::<Stream>(&[])));
+    same_at_both_doors(&samples, &[], &view);
+}
+
+/// Every knob of a family (but `skip`) given at both doors through its sample (knob, command line, TOML): the
+/// same settings, whose `view` differs from the defaults'.
+fn same_at_both_doors<T>(samples: &[(&str, &str, &str)], skip: &[&str], view: &dyn Fn(&T) -> String)
+where
+    T: Args + clap::FromArgMatches + serde::de::DeserializeOwned + Default + PartialEq + std::fmt::Debug,
+{
+    let default = view(&T::default());
+    for k in knobs::<T>().into_iter().filter(|k| !skip.contains(&k.as_str())) {
         let (_, c, t) = samples.iter().find(|s| s.0 == k).unwrap_or_else(|| panic!("no sample for {k}: add one"));
-        let a = cli::<Stream>(&[flag(&k), c.to_string()]);
-        let b = toml_of::<Stream>(&format!("{k} = {t}"));
+        let a = cli::<T>(&[flag(&k), c.to_string()]);
+        let b = toml_of::<T>(&format!("{k} = {t}"));
         assert_eq!(a, b, "{k}");
-        assert_ne!(format!("{:?}", a.settings(200.0, &door).unwrap()), default, "{k} changes nothing");
+        assert_ne!(view(&a), default, "{k} changes nothing");
     }
 }
 
@@ -150,17 +159,8 @@ fn every_runtime_knob_means_the_same_at_both_doors() {
     ];
     let here = |p: &std::path::Path| p.to_path_buf();
     let view = |r: &Runtime| format!("{:?} {:?} {:?}", r.options(&Door::Cli, &here).unwrap(), r.model, r.pooling);
-    let default = view(&Runtime::default());
-    for k in knobs::<Runtime>() {
-        if k == "tensorrt_profile" {
-            continue; // the command line's MIN,OPT,MAX, tested below
-        }
-        let (_, c, t) = samples.iter().find(|s| s.0 == k).unwrap_or_else(|| panic!("no sample for {k}: add one"));
-        let a = cli::<Runtime>(&[flag(&k), c.to_string()]);
-        let b = toml_of::<Runtime>(&format!("{k} = {t}"));
-        assert_eq!(a, b, "{k}");
-        assert_ne!(view(&a), default, "{k} changes nothing");
-    }
+    // tensorrt_profile: the command line's MIN,OPT,MAX, tested below
+    same_at_both_doors(&samples, &["tensorrt_profile"], &view);
     let three = cli::<Runtime>(&["--tensorrt-profile".into(), "32x32,64x48,640x640".into()]);
     let apart = toml_of::<Runtime>(
         "tensorrt_profile_min = \"32x32\"\ntensorrt_profile_opt = \"64x48\"\ntensorrt_profile_max = \"640x640\"",

@@ -139,7 +139,7 @@ fn worker(args: &PeerRun) -> Result<()> {
                     "total": losses.total})
             }
             ["dump", dir] => {
-                dump(Path::new(dir), size, &x, &mut inputs, &st, last.as_ref().map(|l| (l, &grad[..])))?;
+                dump(Path::new(dir), &m, size, &x, &mut inputs, &st, last.as_ref().map(|l| (l, &grad[..])))?;
                 serde_json::json!({"ok": true})
             }
             ["quit"] => break,
@@ -155,6 +155,7 @@ fn worker(args: &PeerRun) -> Result<()> {
 /// Write `x`, every objective input, the quantile tables and (after an evaluation) its gradient and losses.
 fn dump(
     dir: &Path,
+    m: &crate::engine::Manifest,
     size: usize,
     x: &[f32],
     inputs: &mut ObjectiveInputs,
@@ -177,7 +178,8 @@ fn dump(
         inputs.put(&name, value);
         written?;
     }
-    for (name, t) in st.tensors.iter().filter(|(n, _)| n.starts_with("quantiles_")) {
+    let inputs = StyleTargets::inputs(m);
+    for (name, t) in st.tensors.iter().filter(|(n, _)| !inputs.contains(n)) {
         write_npy(&file(name), &t.shape, &t.data)?;
     }
     if let Some((losses, grad)) = last {

@@ -155,9 +155,6 @@ impl Default for Transfer {
     }
 }
 
-/// The term weights with a knob of their own, by the manifest's term names.
-const NAMED_TERMS: [&str; 6] = ["content", "style", "shift", "hist", "tv", "temporal"];
-
 impl Transfer {
     /// The output size under `profile`.
     pub fn image_size(&self, profile: &Profile) -> usize {
@@ -200,7 +197,7 @@ impl Transfer {
         if !(self.tol.is_finite() && self.tol >= 0.0) {
             bail!("{} must be a non-negative number, got {}", n("tol"), self.tol);
         }
-        for (t, v) in NAMED_TERMS.iter().zip(self.named_weights()) {
+        for (t, v) in self.named_weights() {
             if let Some(v) = v {
                 if !(v.is_finite() && v >= 0.0) {
                     bail!("{} must be a non-negative number, got {v}", n(&format!("{t}_weight")));
@@ -243,14 +240,15 @@ impl Transfer {
         Ok(())
     }
 
-    fn named_weights(&self) -> [Option<f32>; 6] {
+    /// The term weights with a knob of their own, by the manifest's term names.
+    fn named_weights(&self) -> [(&'static str, Option<f32>); 6] {
         [
-            self.content_weight,
-            self.style_weight,
-            self.shift_weight,
-            self.hist_weight,
-            self.tv_weight,
-            self.temporal_weight,
+            ("content", self.content_weight),
+            ("style", self.style_weight),
+            ("shift", self.shift_weight),
+            ("hist", self.hist_weight),
+            ("tv", self.tv_weight),
+            ("temporal", self.temporal_weight),
         ]
     }
 
@@ -272,9 +270,9 @@ impl Transfer {
         let n = |k: &str| door.name(k);
         let layer_norm = self.layer_norm && !self.no_layer_norm;
         let mut w = if layer_norm { Weights::defaults(manifest) } else { Weights::raw_defaults(manifest) };
-        for (t, v) in NAMED_TERMS.iter().zip(self.named_weights()) {
-            // the stream's temporal weight is set per frame (`temporal::frame_options`), not as a default
-            if let (Some(v), false) = (v, *t == crate::transfer::temporal::TEMPORAL_TERM) {
+        for (t, v) in self.named_weights() {
+            // the stream's temporal weight is set per frame (`temporal::plan`), not as a default
+            if let (Some(v), false) = (v, t == crate::transfer::temporal::TEMPORAL_TERM) {
                 w.set_term(t, v).with_context(|| n(&format!("{t}_weight")))?;
             }
         }

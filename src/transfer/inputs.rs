@@ -218,16 +218,9 @@ pub fn objective_inputs(
     }
     // the style statistics that are the objective's inputs, by name (the histogram term's tables are matched to
     // the image first: `histmatch`)
-    for i in &m.graphs.objective.inputs {
-        if let Some(t) = style.tensors.get(&i.name) {
-            inp.set(&i.name, &t.shape, t.data.clone())?;
-        }
-    }
-    for (name, _) in StyleTargets::layout(m).into_iter().filter(|(n, _)| !n.starts_with("quantiles_")) {
-        if !m.graphs.objective.inputs.iter().any(|i| i.name == name) {
-            bail!("the objective has no input {name} for the style target of that name: re-export the model");
-        }
-        style.get(&name)?;
+    for name in StyleTargets::inputs(m) {
+        let t = style.tensors.get(&name).ok_or_else(|| anyhow::anyhow!("style targets lack {name}"))?;
+        inp.set(&name, &t.shape, t.data.clone())?;
     }
     super::histmatch::update_targets(m, start, style, &mut inp)?;
     if weights.terms.iter().map(|(t, _)| t).ne(m.terms.iter()) {

@@ -152,6 +152,9 @@ struct StyleStatistic {
     term: &'static str,
     /// The tensors of `layer`: names and shapes.
     tensors: Names,
+    /// They are the objective's inputs as they are (false: matched to the image first, as the histogram term's
+    /// quantile tables are by `histmatch`).
+    input: bool,
     /// Their values from the layer's activations, in the order of `tensors`.
     compute: Compute,
 }
@@ -159,11 +162,13 @@ struct StyleStatistic {
 const STATISTICS: [StyleStatistic; 3] = [
     StyleStatistic {
         term: "style",
+        input: true,
         tensors: |_, l, c| vec![(format!("gram_{l}"), vec![c, c])],
         compute: |_, _, f| Ok(vec![gram(f)]),
     },
     StyleStatistic {
         term: "shift",
+        input: true,
         tensors: |_, l, c| vec![(format!("shift_h_{l}"), vec![c, c]), (format!("shift_v_{l}"), vec![c, c])],
         compute: |m, l, f| {
             let delta = m.shift_layers.iter().find(|s| s.layer == l).map_or(1, |s| s.delta);
@@ -181,6 +186,7 @@ const STATISTICS: [StyleStatistic; 3] = [
     },
     StyleStatistic {
         term: "hist",
+        input: false,
         tensors: |m, l, c| vec![(format!("quantiles_{l}"), vec![c, m.quantiles])],
         compute: |m, _, f| Ok(vec![quantiles(f, m.quantiles)]),
     },
@@ -211,6 +217,11 @@ impl StyleTargets {
     /// The tensors `from_features` makes for this model: names and shapes (what the daemon's cache must hold).
     pub fn layout(m: &Manifest) -> BTreeMap<String, Vec<usize>> {
         statistics(m).flat_map(|(_, _, names)| names).collect()
+    }
+
+    /// The names of the tensors that are the objective's inputs as they are (fed by `inputs::objective_inputs`).
+    pub fn inputs(m: &Manifest) -> Vec<String> {
+        statistics(m).filter(|(s, _, _)| s.input).flat_map(|(_, _, n)| n).map(|n| n.0).collect()
     }
 
     /// The names of the tensors of `term`'s statistic at `layer` (none for a term without one, e.g. content).
