@@ -4,12 +4,13 @@
 //! evaluations of a warm-started repeated frame against a cold one — and optionally the histogram re-matching
 //! interval's effect on time and exact loss.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
 
+use super::clip::Motion;
 use super::report::verdict;
 use crate::engine::Model;
 use crate::imageio::fit_size as fit;
@@ -73,6 +74,11 @@ pub struct BenchArgs {
     /// Frames of the synthetic clip of [5] (a new scene half-way).
     #[arg(long, default_value_t = 20)]
     pub stream_frames: usize,
+    /// The clips of [5], each a figure of its own: crossing (an object crossing, then a new scene), approaching
+    /// (growing as it comes towards the camera), two-crossing, stop-and-go (a person-sized object stops and
+    /// leaves), lights (the whole frame brightens by 20 %).
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["crossing"])]
+    pub stream_clip: Vec<Motion>,
     /// Frames of [5]'s clip stylised as cold runs for the comparison (from the first; a cold frame costs several
     /// temporal ones).
     #[arg(long, default_value_t = 5)]
@@ -355,18 +361,38 @@ impl Run<'_> {
         if args.stream_size > 0 {
             let mut opts = StylizeOptions::new(weights.clone());
             opts.hist_every = args.hist_every;
-            let a = super::stream_bench::StreamArgs {
-                size: args.stream_size,
-                frames: args.stream_frames,
-                background: &args.content,
-                object: &args.stream_object,
-                strip: args.stream_strip.as_deref(),
-                clip_dir: args.stream_clip_dir.as_deref(),
-                cold_frames: args.stream_cold_frames,
-                iterations: args.stream_iterations,
-                compare_motion: args.stream_compare_motion,
-            };
-            figures.insert("stream".into(), super::stream_bench::figures(model, style, &opts, &a)?);
+            let several = args.stream_clip.len() > 1;
+            for &motion in &args.stream_clip {
+                // with several clips, each one's strip and frames go beside the named ones, suffixed by the clip
+                let suffixed = |p: &Path| -> PathBuf {
+                    if !several {
+                        return p.to_path_buf();
+                    }
+                    let stem = p.file_stem().map_or_else(Default::default, |s| s.to_string_lossy().into_owned());
+                    let ext = p.extension().map_or_else(String::new, |e| format!(".{}", e.to_string_lossy()));
+                    p.with_file_name(format!("{stem}_{}{ext}", motion.as_str()))
+                };
+                let (strip, clip_dir) =
+                    (args.stream_strip.as_deref().map(suffixed), args.stream_clip_dir.as_deref().map(suffixed));
+                let a = super::stream_bench::StreamArgs {
+                    motion,
+                    size: args.stream_size,
+                    frames: args.stream_frames,
+                    background: &args.content,
+                    object: &args.stream_object,
+                    strip: strip.as_deref(),
+                    clip_dir: clip_dir.as_deref(),
+                    cold_frames: args.stream_cold_frames,
+                    iterations: args.stream_iterations,
+                    compare_motion: args.stream_compare_motion,
+                };
+                let key = if motion == Motion::Crossing {
+                    "stream".to_string()
+                } else {
+                    format!("stream_{}", motion.as_str())
+                };
+                figures.insert(key, super::stream_bench::figures(model, style, &opts, &a)?);
+            }
         }
         Ok(())
     }

@@ -1,15 +1,50 @@
-//! Synthetic camera clips for the tests and the bench (issue 12): a still background with an object moving across
-//! it, per-frame sensor noise and JPEG re-encoding, and a whole-scene change (the camera turned and the lights went
-//! up) in the middle. Each frame comes with the pixels the object covers, so that "the pixels that did not change"
-//! between two frames are known exactly.
+//! Synthetic camera clips for the tests and the bench (issues 12 and 20): a still background with objects moving
+//! over it (`Motion`: crossing, approaching the camera, two crossing each other, one stopping and leaving, the lights
+//! going up), per-frame sensor noise and JPEG re-encoding. Each frame comes with the pixels the objects cover, so that
+//! "the pixels that did not change" between two frames, and where an object has been, are known exactly.
 
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 
 use crate::imageio::{self, OutputFormat, Planar};
 
+/// What happens in a clip: the cases a fixed camera sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Motion {
+    /// One object crossing left to right with a slight bob; at `scene_change` the camera turns and the lights go up.
+    Crossing,
+    /// One object crossing while it comes towards the camera: it grows from half to twice `object_size`.
+    Approaching,
+    /// Two objects crossing each other, left to right and right to left, one passing in front of the other.
+    TwoCrossing,
+    /// A person-sized object (a tall ellipse, 0.6 of the frame's height) walks in, stands still for the middle half
+    /// of the clip, and walks out.
+    StopAndGo,
+    /// One object crossing; at `scene_change` the whole frame brightens by 20 %.
+    Lights,
+}
+
+impl Motion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Motion::Crossing => "crossing",
+            Motion::Approaching => "approaching",
+            Motion::TwoCrossing => "two-crossing",
+            Motion::StopAndGo => "stop-and-go",
+            Motion::Lights => "lights",
+        }
+    }
+
+    /// Whether the clip has a whole-scene change (at `ClipSpec::scene_change`).
+    pub fn changes_scene(self) -> bool {
+        matches!(self, Motion::Crossing | Motion::Lights)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ClipSpec {
+    pub motion: Motion,
     pub frames: usize,
     /// The frame at which the scene changes (None: never).
     pub scene_change: Option<usize>,
@@ -23,7 +58,15 @@ pub struct ClipSpec {
 
 impl Default for ClipSpec {
     fn default() -> Self {
-        ClipSpec { frames: 24, scene_change: Some(12), object_size: 64, noise: 2.0 / 255.0, jpeg_quality: 85, seed: 7 }
+        ClipSpec {
+            motion: Motion::Crossing,
+            frames: 24,
+            scene_change: Some(12),
+            object_size: 64,
+            noise: 2.0 / 255.0,
+            jpeg_quality: 85,
+            seed: 7,
+        }
     }
 }
 
@@ -53,51 +96,110 @@ impl Clip {
     }
 }
 
-/// A clip of `background` (the frame size) with `object` (resized to `object_size`) crossing it left to right.
+/// Where an object is in a frame: its bounding box (top-left corner, width, height; an ellipse with a soft edge is
+/// cut from it) and whether its picture is mirrored.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Placement {
+    x0: usize,
+    y0: usize,
+    w: usize,
+    h: usize,
+    mirrored: bool,
+}
+
+/// The objects of frame `i` of `frames` in a `w × h` view, in drawing order (the last in front), for objects of side
+/// `s`.
+fn placements(motion: Motion, i: usize, frames: usize, (w, h): (usize, usize), s: usize) -> Vec<Placement> {
+    let t = if frames > 1 { i as f64 / (frames - 1) as f64 } else { 0.0 };
+    let at = |x: f64, y: f64, ow: usize, oh: usize, mirrored: bool| Placement {
+        x0: (x * (w - ow) as f64).round() as usize,
+        y0: (y * (h - oh) as f64).round() as usize,
+        w: ow,
+        h: oh,
+        mirrored,
+    };
+    match motion {
+        Motion::Crossing | Motion::Lights => vec![at(t, 0.55 + 0.1 * (t * std::f64::consts::TAU).sin(), s, s, false)],
+        Motion::Approaching => {
+            let side = ((s as f64 * (0.5 + 1.5 * t)).round() as usize).clamp(4, w.min(h) * 9 / 10);
+            vec![at(t, 0.6, side, side, false)]
+        }
+        Motion::TwoCrossing => vec![at(t, 0.45, s, s, false), at(1.0 - t, 0.65, s, s, true)],
+        Motion::StopAndGo => {
+            let (oh, ow) = (h * 6 / 10, h * 3 / 10);
+            // in over the first quarter (from the left edge to the middle), still for half the clip (longer than
+            // `temporal::SETTLE_FRAMES` in a clip of 20 frames or more), out over the last quarter
+            let x = if t < 0.25 {
+                2.0 * t
+            } else if t <= 0.75 {
+                0.5
+            } else {
+                0.5 + 2.0 * (t - 0.75)
+            };
+            vec![at(x, 0.7, ow, oh, false)]
+        }
+    }
+}
+
+/// A clip of `background` (the frame size) with `object` (resized to `object_size`) moving over it as `spec.motion`
+/// says.
 pub fn synthetic(background: &Planar, object: &Planar, spec: &ClipSpec) -> Clip {
     let (w, h) = (background.width, background.height);
     let n = w * h;
     let s = spec.object_size.min(w / 2).min(h / 2).max(4);
-    let obj = object.resize(s, s);
-    // the other scene: the view mirrored (the camera turned) and brighter (the lights went up)
+    let scene_change = spec.scene_change.filter(|_| spec.motion.changes_scene());
+    // the other scene: for a crossing, the view mirrored (the camera turned) and brighter (the lights went up); for
+    // the lights, the same view 20 % brighter
     let mut other = background.clone();
     for c in 0..3 {
         for y in 0..h {
             for x in 0..w {
-                other.data[c * n + y * w + x] = (background.data[c * n + y * w + (w - 1 - x)] * 1.35 + 0.05).min(1.0);
+                let v = &mut other.data[c * n + y * w + x];
+                *v = match spec.motion {
+                    Motion::Lights => (background.data[c * n + y * w + x] * 1.2).min(1.0),
+                    _ => (background.data[c * n + y * w + (w - 1 - x)] * 1.35 + 0.05).min(1.0),
+                };
             }
         }
     }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(spec.seed);
     let (mut frames, mut masks) = (Vec::new(), Vec::new());
-    let travel = (w - s) as f64;
     for i in 0..spec.frames {
-        let scene = if spec.scene_change.is_some_and(|c| i >= c) { &other } else { background };
+        let scene = if scene_change.is_some_and(|c| i >= c) { &other } else { background };
         let mut f = scene.clone();
-        let t = if spec.frames > 1 { i as f64 / (spec.frames - 1) as f64 } else { 0.0 };
-        let x0 = (t * travel).round() as usize;
-        let y0 = ((h - s) as f64 * (0.55 + 0.1 * (t * std::f64::consts::TAU).sin())).round() as usize;
         let mut mask = vec![false; n];
-        let r = s as f64 / 2.0;
-        for oy in 0..s {
-            for ox in 0..s {
-                let d = ((ox as f64 + 0.5 - r).powi(2) + (oy as f64 + 0.5 - r).powi(2)).sqrt();
-                let alpha = (r - d).clamp(0.0, 1.5) / 1.5; // a disc with a 1.5 px soft edge
-                if alpha <= 0.0 {
-                    continue;
-                }
-                let (x, y) = (x0 + ox, y0 + oy);
-                mask[y * w + x] = true;
-                for c in 0..3 {
-                    let p = &mut f.data[c * n + y * w + x];
-                    *p = (alpha as f32) * obj.data[c * s * s + oy * s + ox] + (1.0 - alpha as f32) * *p;
-                }
-            }
+        for p in placements(spec.motion, i, spec.frames, (w, h), s) {
+            draw(&mut f, &mut mask, &object.resize(p.w, p.h), p);
         }
         frames.push(camera_jpeg(f, &mut rng, spec));
         masks.push(mask);
     }
-    Clip { width: w, height: h, frames, object: masks, scene_change: spec.scene_change }
+    Clip { width: w, height: h, frames, object: masks, scene_change }
+}
+
+/// Draw `obj` (already at the placement's size) as an ellipse with a 1.5-px soft edge into `f`, marking what it covers
+/// in `mask`.
+fn draw(f: &mut Planar, mask: &mut [bool], obj: &Planar, p: Placement) {
+    let (w, n) = (f.width, f.width * f.height);
+    let (rx, ry) = (p.w as f64 / 2.0, p.h as f64 / 2.0);
+    for oy in 0..p.h {
+        for ox in 0..p.w {
+            // distance to the edge, in pixels along the smaller radius
+            let (dx, dy) = ((ox as f64 + 0.5 - rx) / rx, (oy as f64 + 0.5 - ry) / ry);
+            let d = (1.0 - (dx * dx + dy * dy).sqrt()) * rx.min(ry);
+            let alpha = d.clamp(0.0, 1.5) / 1.5;
+            if alpha <= 0.0 {
+                continue;
+            }
+            let (x, y) = (p.x0 + ox, p.y0 + oy);
+            mask[y * w + x] = true;
+            let sx = if p.mirrored { p.w - 1 - ox } else { ox };
+            for c in 0..3 {
+                let v = &mut f.data[c * n + y * w + x];
+                *v = (alpha as f32) * obj.data[c * p.w * p.h + oy * p.w + sx] + (1.0 - alpha as f32) * *v;
+            }
+        }
+    }
 }
 
 /// A camera panning across `scene` (larger than the frame): frame i is the `w × h` window of `scene` at

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use super::clip::{synthetic, Clip, ClipSpec};
+use super::clip::{synthetic, Clip, ClipSpec, Motion};
 use crate::engine::Model;
 use crate::imageio::{self, fit_size, Limits, Planar};
 use crate::transfer::temporal::{self, masked_difference, Previous, Start, StreamSettings};
@@ -159,16 +159,15 @@ fn mean(v: impl Iterator<Item = f64>) -> f64 {
     }
 }
 
-/// A strip of `count` consecutive frames from `first`: the camera frames, the cold results and the temporal ones,
-/// one row each.
-fn strip(rows: &[&[Planar]], first: usize, count: usize) -> Planar {
+/// A strip of the frames `picks`, one row per sequence of `rows` (camera frames, results).
+fn strip(rows: &[&[Planar]], picks: &[usize]) -> Planar {
     let (w, h) = (rows[0][0].width, rows[0][0].height);
-    let gap = 4;
+    let (gap, count) = (4, picks.len());
     let (sw, sh) = (count * w + (count - 1) * gap, rows.len() * h + (rows.len() - 1) * gap);
     let mut out = Planar { width: sw, height: sh, data: vec![1.0; 3 * sw * sh] };
     for (r, row) in rows.iter().enumerate() {
-        for k in 0..count {
-            let img = row[first + k].resize(w, h);
+        for (k, &pick) in picks.iter().enumerate() {
+            let img = row[pick].resize(w, h);
             for c in 0..3 {
                 for y in 0..h {
                     for x in 0..w {
@@ -183,6 +182,7 @@ fn strip(rows: &[&[Planar]], first: usize, count: usize) -> Planar {
 }
 
 pub struct StreamArgs<'a> {
+    pub motion: Motion,
     pub size: usize,
     pub frames: usize,
     pub background: &'a Path,
@@ -208,29 +208,37 @@ pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &Str
     opts.palette = temporal::STREAM_PALETTE;
     let settings = StreamSettings::new(temporal::DEFAULT_TEMPORAL_WEIGHT);
     let off = StreamSettings { enabled: false, ..settings };
-    let cut = spec.scene_change.unwrap_or(0);
+    let cut = clip.scene_change;
     // every frame a cold run, on the first `cold_frames` (a cold frame costs several times a temporal one) and on
     // the new scene's first frame (the reference for the scene change)
-    let k = a.cold_frames.clamp(2, cut);
+    let k = a.cold_frames.clamp(2, cut.unwrap_or(frames.len()));
     let mut cold = run_pass(model, &frames[..k], style, &opts, &off)?;
-    let fresh = run_pass(model, &frames[cut..cut + 1], style, &opts, &off)?;
+    let fresh = match cut {
+        Some(c) => Some(run_pass(model, &frames[c..c + 1], style, &opts, &off)?),
+        None => None,
+    };
     let warm = run_pass(model, &frames, style, &opts, &settings)?;
 
     // [5a] evaluations: partly changed frames (≤ 20 % of the pixels truly changed) against cold frames
     let small: Vec<usize> = (1..frames.len()).filter(|&i| clip.changed_fraction(i).is_some_and(|f| f <= 0.2)).collect();
     let partial_evals = mean(small.iter().map(|&i| warm.evaluations[i] as f64));
-    cold.evaluations.extend(&fresh.evaluations);
+    if let Some(f) = &fresh {
+        cold.evaluations.extend(&f.evaluations);
+        cold.seconds.extend(&f.seconds);
+    }
     let cold_evals = mean(cold.evaluations.iter().map(|&e| e as f64));
     let eval_ratio = partial_evals / cold_evals;
     let starts: Vec<&str> = warm.starts.iter().map(|s| s.as_str()).collect();
     println!(
-        "[5] camera stream at {}x{} ({} frames: an object crossing a still scene, noise σ {:.1}/255, JPEG q{}, \
-         new scene at frame {cut}); starts with temporal consistency: {}",
+        "[5] camera stream at {}x{} ({} frames of the clip `{}`, noise σ {:.1}/255, JPEG q{}{}); starts with temporal \
+         consistency: {}",
         w,
         h,
         frames.len(),
+        spec.motion.as_str(),
         spec.noise * 255.0,
         spec.jpeg_quality,
+        cut.map_or(String::new(), |c| format!(", new scene at frame {c}")),
         starts.join(" ")
     );
     println!(
@@ -246,7 +254,7 @@ pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &Str
     println!(
         "    seconds per frame: partly changed {:.1} with temporal consistency, cold {:.1}",
         mean(small.iter().map(|&i| warm.seconds[i])),
-        mean(cold.seconds.iter().chain(&fresh.seconds).copied())
+        mean(cold.seconds.iter().copied())
     );
     // [5b] flicker over the pixels that did not change, over the same frames 0..k
     let (f_cold, f_warm) = (flicker(&clip, &cold.images), flicker(&clip, &warm.images[..k]));
@@ -265,33 +273,24 @@ pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &Str
     );
     // [5d] the trail a moving object leaves (issue 20): where it has been against where it never was
     let (trail_warm, trail_cold) = trail_figure(&clip, &warm.images, &cold.images[..k]);
-    // [5c] the new scene: detected (a cold run) and no ghost of the old one — the result is the fresh cold run's
-    let detected = warm.starts.get(cut) == Some(&Start::Cold);
-    let all = vec![true; w * h];
-    let ghost = masked_difference(&warm.images[cut], &fresh.images[0], &all);
-    let old_new = masked_difference(&warm.images[cut], &warm.images[cut - 1], &all);
-    println!(
-        "    new scene at frame {cut}: changed {:.0} %, {} ; its result differs from a fresh cold run's by {:.2}/255 \
-         (the old scene's result differs by {:.1}/255): {}",
-        100.0 * warm.changed[cut].unwrap_or(f64::NAN),
-        if detected { "cold run" } else { "NOT a cold run" },
-        255.0 * ghost,
-        255.0 * old_new,
-        super::report::verdict(detected && ghost < 0.1 * old_new)
-    );
+    let (detected, ghost) = match (cut, &fresh) {
+        (Some(c), Some(f)) => scene_change_figure(&warm, &f.images[0], c),
+        _ => (None, None),
+    };
     // is the motion search worth it? the same clip with it off
     let no_motion = if a.compare_motion {
-        let with = (partial_evals, f_warm, f_all);
+        let with = (partial_evals, f_warm, f_all, trail_warm);
         without_motion(model, (&clip, &frames), style, &opts, &settings, (&small, k), with)?
     } else {
         serde_json::Value::Null
     };
     if let Some(path) = a.strip {
-        let first = 1;
-        let count = 5.min(k - first);
-        let s = strip(&[&frames, &cold.images, &warm.images], first, count);
+        // six frames spread over the clip: where an object has been shows in the later ones
+        let last = frames.len() - 1;
+        let picks: Vec<usize> = (0..6).map(|j| 1 + j * (last - 1) / 5).collect();
+        let s = strip(&[&frames, &warm.images], &picks);
         imageio::save_path(&s, path).with_context(|| format!("writing the strip {}", path.display()))?;
-        println!("    strip of frames {first}–{} (camera, cold runs, temporal): {}", first + count - 1, path.display());
+        println!("    strip of frames {picks:?} (camera, temporal): {}", path.display());
     }
     Ok(serde_json::json!({
         "width": w, "height": h, "frames": frames.len(), "scene_change": cut, "starts": starts,
@@ -301,7 +300,8 @@ pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &Str
         "flicker_cold": f_cold, "flicker_temporal": f_warm, "flicker_ratio": f_ratio,
         "trail_temporal": trail_warm.map(|t| t.0), "trail_untouched": trail_warm.map(|t| t.1),
         "trail_cold": trail_cold.map(|t| t.0),
-        "scene_change_detected": detected, "scene_change_vs_fresh_cold": ghost, "without_motion": no_motion,
+        "motion": spec.motion, "scene_change_detected": detected, "scene_change_vs_fresh_cold": ghost,
+        "without_motion": no_motion,
     }))
 }
 
@@ -312,7 +312,12 @@ fn bench_clip(a: &StreamArgs) -> Result<(Clip, ClipSpec, (usize, usize))> {
     let bg = imageio::load_path(a.background, &limits).with_context(|| format!("{}", a.background.display()))?;
     let obj = imageio::load_path(a.object, &limits).with_context(|| format!("{}", a.object.display()))?;
     let (w, h) = fit_size(bg.width, bg.height, a.size);
-    let spec = ClipSpec { frames: a.frames.max(4), scene_change: Some(a.frames.max(4) / 2), ..ClipSpec::default() };
+    let spec = ClipSpec {
+        motion: a.motion,
+        frames: a.frames.max(4),
+        scene_change: Some(a.frames.max(4) / 2),
+        ..ClipSpec::default()
+    };
     let clip = synthetic(&bg.resize(w, h), &obj, &spec);
     if let Some(dir) = a.clip_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -324,6 +329,25 @@ fn bench_clip(a: &StreamArgs) -> Result<(Clip, ClipSpec, (usize, usize))> {
     Ok((clip, spec, (w, h)))
 }
 
+/// [5c] the new scene at frame `cut`: detected (a cold run) and no ghost of the old one — the result is the fresh
+/// cold run's (`fresh`). Returns (detected, the difference to the fresh cold run).
+fn scene_change_figure(warm: &Pass, fresh: &Planar, cut: usize) -> (Option<bool>, Option<f64>) {
+    let all = vec![true; fresh.width * fresh.height];
+    let detected = warm.starts.get(cut) == Some(&Start::Cold);
+    let ghost = masked_difference(&warm.images[cut], fresh, &all);
+    let old_new = masked_difference(&warm.images[cut], &warm.images[cut - 1], &all);
+    println!(
+        "    new scene at frame {cut}: changed {:.0} %, {} ; its result differs from a fresh cold run's by {:.2}/255 \
+         (the old scene's result differs by {:.1}/255): {}",
+        100.0 * warm.changed[cut].unwrap_or(f64::NAN),
+        if detected { "cold run" } else { "NOT a cold run" },
+        255.0 * ghost,
+        255.0 * old_new,
+        super::report::verdict(detected && ghost < 0.1 * old_new)
+    );
+    (Some(detected), Some(ghost))
+}
+
 /// Is the motion search worth it? The same clip with it off, against `with` (partly changed frames' evaluations,
 /// flicker over frames 0..k, flicker over all frames) with it on.
 fn without_motion(
@@ -333,22 +357,26 @@ fn without_motion(
     opts: &StylizeOptions,
     settings: &StreamSettings,
     (small, k): (&[usize], usize),
-    (partial_evals, f_warm, f_all_warm): (f64, f64, f64),
+    (partial_evals, f_warm, f_all_warm, trail_warm): (f64, f64, f64, Option<Trail>),
 ) -> Result<serde_json::Value> {
     let off = StreamSettings { motion_px: 0, ..*settings };
     let p = run_pass(model, frames, style, opts, &off)?;
     let e = mean(small.iter().map(|&i| p.evaluations[i] as f64));
     let (f, f_all) = (flicker(clip, &p.images[..k]), flicker(clip, &p.images));
+    let t = trail(clip, &p.images);
     println!(
         "    without the motion search: partly changed frames {e:.1} evaluations (with it {partial_evals:.1}); \
-         flicker frames 0–{} {:.2} (with it {:.2}), all frames {:.2} (with it {:.2})",
+         flicker frames 0–{} {:.2} (with it {:.2}), all frames {:.2} (with it {:.2}); trail {:.2} (with it {:.2})",
         k - 1,
         255.0 * f,
         255.0 * f_warm,
         255.0 * f_all,
-        255.0 * f_all_warm
+        255.0 * f_all_warm,
+        255.0 * t.map_or(f64::NAN, |t| t.0),
+        255.0 * trail_warm.map_or(f64::NAN, |t| t.0)
     );
-    Ok(serde_json::json!({"partial_evaluations": e, "flicker": f, "flicker_all_frames": f_all}))
+    Ok(serde_json::json!({"partial_evaluations": e, "flicker": f, "flicker_all_frames": f_all,
+        "trail": t.map(|t| t.0)}))
 }
 
 #[cfg(test)]

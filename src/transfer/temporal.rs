@@ -316,7 +316,16 @@ pub struct Previous {
     /// The background plate: per pixel, the result of the last frame in which the pixel's scene had not changed
     /// since the frame before (so not covered by something moving), and that frame's content (blurred luminance).
     pub plate: Planar,
-    pub plate_content: Vec<f32>,
+    /// The frame's own colours where the plate was taken (compared with each new frame: `shows`).
+    pub plate_content: Planar,
+    /// What the plate held before something settled over it (an object that stopped for `SETTLE_FRAMES`), with its
+    /// colours: when the object leaves, the background it uncovers comes back from here.
+    pub underlay: Planar,
+    pub underlay_content: Planar,
+    /// Per pixel, for how many frames in a row its scene has not changed (0: it changed in the last frame).
+    pub still_frames: Vec<u16>,
+    /// Per pixel: the frame showed the plate's scene there (the still background, not something moving over it).
+    pub on_plate: Vec<bool>,
     /// The colour map of the last cold run (`Palette::Style`): the frames after it are carried by it.
     pub colour_map: Option<crate::transfer::color::ColourMap>,
 }
@@ -326,11 +335,13 @@ impl Previous {
     /// `v(x + dx, y + dy)`; what was outside the view is unknown (luminance +inf: changed whatever the frame shows;
     /// images 0, never held since its weight is 0).
     fn shifted(&self, w: usize, h: usize, dx: isize, dy: isize) -> Previous {
-        let planar = |p: &Planar| Planar {
+        let shifted = |p: &Planar, fill: f32| Planar {
             width: w,
             height: h,
-            data: p.data.chunks(w * h).flat_map(|c| shift_values(c, w, h, dx, dy, 0.0)).collect(),
+            data: p.data.chunks(w * h).flat_map(|c| shift_values(c, w, h, dx, dy, fill)).collect(),
         };
+        // images 0 outside the view (never held: weight 0), colours +inf (never matched)
+        let planar = |p: &Planar| shifted(p, 0.0);
         Previous {
             key: self.key.clone(),
             content: shift_values(&self.content, w, h, dx, dy, f32::INFINITY),
@@ -338,7 +349,31 @@ impl Previous {
             loss: self.loss,
             reference: self.reference,
             plate: planar(&self.plate),
-            plate_content: shift_values(&self.plate_content, w, h, dx, dy, f32::INFINITY),
+            plate_content: shifted(&self.plate_content, f32::INFINITY),
+            underlay: planar(&self.underlay),
+            underlay_content: shifted(&self.underlay_content, f32::INFINITY),
+            still_frames: shift_values(
+                &self.still_frames.iter().map(|a| *a as f32).collect::<Vec<_>>(),
+                w,
+                h,
+                dx,
+                dy,
+                0.0,
+            )
+            .into_iter()
+            .map(|a| a as u16)
+            .collect(),
+            on_plate: shift_values(
+                &self.on_plate.iter().map(|b| *b as u8 as f32).collect::<Vec<_>>(),
+                w,
+                h,
+                dx,
+                dy,
+                0.0,
+            )
+            .into_iter()
+            .map(|b| b > 0.5)
+            .collect(),
             colour_map: self.colour_map.clone(),
         }
     }
@@ -437,15 +472,14 @@ const UNCHANGED: f64 = 0.002;
 
 /// Decide how the frame `content` (at the result's size) starts, and set `opts` (the cold run's options)
 /// accordingly. `prev`: the usable previous frame (if any) with the change mask of the frame against it. Also
-/// returns, for a frame started from the previous one, the weight per pixel of "the scene did not change since the
-/// previous frame" (1: unchanged), from which the background plate is updated.
+/// returns, for a frame started from the previous one, what the background plate is updated from (`Held`).
 fn plan(
     prev: Option<(&Previous, ChangeMask)>,
     content: &Planar,
     cur: &[f32],
     settings: &StreamSettings,
     opts: &mut StylizeOptions,
-) -> (Plan, Option<Vec<f32>>) {
+) -> (Plan, Option<Held>) {
     let cold = Plan { start: Start::Cold, changed_fraction: None, pan: None };
     let Some((prev, mask)) = prev else {
         return (cold, None);
@@ -460,7 +494,7 @@ fn plan(
     // and the content elsewhere. Held: the previous result (weight u) and, beyond it, the plate (weight p).
     // What moved is carried along from the previous result (block-matching motion, checked per pixel); the rest of
     // the changed region starts from the content.
-    let plate = compare(&prev.plate_content, cur, w, h, &settings.change);
+    let shows = shows(prev, content, settings.change.threshold);
     let n = w * h;
     let moved = if start == Start::Partial && settings.motion_px > 0 {
         motion(&prev.content, cur, w, h, &mask.changed, settings.motion_px, settings.change.threshold)
@@ -478,16 +512,25 @@ fn plan(
     if start == Start::Partial {
         for i in 0..n {
             let u = mask.unchanged[i];
-            // beyond the unchanged part: the moved previous result, else the plate where it shows this scene
-            let (p, other): (f32, &dyn Fn(usize) -> f32) = match moved[i] {
-                Some(j) => (1.0, &move |c: usize| prev.result.data[c * n + j]),
-                None => (plate.unchanged[i], &move |c: usize| prev.plate.data[c * n + i]),
+            let (q, layer) = match shows[i] {
+                Shows::Plate => (1.0, &prev.plate),
+                Shows::Underlay => (1.0, &prev.underlay),
+                Shows::Other => (0.0, &prev.plate),
             };
-            let m = u + (1.0 - u) * p;
+            // the plate first where the frame shows its scene (q), then the previous result where nothing changed
+            // (u), then what moved along with it
+            // what moved is carried only from where the previous frame showed something other than the still
+            // scene: carrying the background from beside a passing object would drag its paint (and the object's,
+            // where the luminance matches by chance) into the background behind it
+            let moved_from = moved[i].filter(|&j| !prev.on_plate[j]);
+            let v = if moved_from.is_some() { 1.0 } else { 0.0 };
+            let m = q + (1.0 - q) * (u + (1.0 - u) * v);
             weights[i] = m;
             for c in 0..3 {
                 let j = c * n + i;
-                let held = if m > 0.0 { (u * prev.result.data[j] + (1.0 - u) * p * other(c)) / m } else { 0.0 };
+                let mv = moved_from.map_or(0.0, |k| prev.result.data[c * n + k]);
+                let rest = u * prev.result.data[j] + (1.0 - u) * v * mv;
+                let held = if m > 0.0 { (q * layer.data[j] + (1.0 - q) * rest) / m } else { 0.0 };
                 target.data[j] = held;
                 init.data[j] = m * held + (1.0 - m) * fresh.data[j];
             }
@@ -506,8 +549,55 @@ fn plan(
             opts.temporal = Some(TemporalInputs { previous: target, weights });
         }
     }
-    (Plan { start, changed_fraction: Some(mask.fraction), pan: None }, Some(mask.unchanged))
+    let held = Held { unchanged: mask.unchanged, shows };
+    (Plan { start, changed_fraction: Some(mask.fraction), pan: None }, Some(held))
 }
+
+/// Per pixel, whether `frame` shows the plate's scene — every channel within `threshold` of the colours the plate was
+/// taken from (`plate_content`) —, else the underlay's. Compared pixel by pixel, without the blur, the margin (`dilate_px`) and the
+/// ramp (`feather_px`) of the change mask between two frames: the plate holds a still scene, and what differs from
+/// it is the moving object itself. With the change mask's margin the background beside a moving object was repainted
+/// in every frame it passed, in a frame's few evaluations (the trail of issue 20: 17.7/255 at 192 px, against 8.3
+/// with a 2-px ramp and 1-px blur on luminance, against 1.1 here on the random-weight clip); on colour, not luminance,
+/// so that a red ball on a grey road of the same luminance is not taken for the road.
+fn shows(prev: &Previous, frame: &Planar, threshold: f32) -> Vec<Shows> {
+    let n = frame.width * frame.height;
+    let same =
+        |layer: &Planar, i: usize| (0..3).all(|c| (layer.data[c * n + i] - frame.data[c * n + i]).abs() <= threshold);
+    (0..n)
+        .map(|i| {
+            if same(&prev.plate_content, i) {
+                Shows::Plate
+            } else if same(&prev.underlay_content, i) {
+                Shows::Underlay
+            } else {
+                Shows::Other
+            }
+        })
+        .collect()
+}
+
+/// What a frame shows at a pixel: the plate's scene, the scene under the plate (an object that had stopped there has
+/// left), or something else (what moves, or what is new).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shows {
+    Plate,
+    Underlay,
+    Other,
+}
+
+/// Per pixel, for a frame started from the previous one: the weight of "the scene did not change since the previous
+/// frame" and of "the frame shows the plate's scene" (1: yes).
+struct Held {
+    unchanged: Vec<f32>,
+    shows: Vec<Shows>,
+}
+
+/// A pixel whose scene has not changed for this many frames in a row enters the plate even where the plate showed
+/// something else (an object that stopped, a scene that changed for good). Fewer frames would let the band beside
+/// a moving object — repainted in few evaluations while the object passed, then still for a frame or two — into the
+/// plate, and from there back into the background behind the object: the trail of issue 20.
+pub const SETTLE_FRAMES: u16 = 8;
 
 /// `content` mapped by the affine colour transform (3×3 and an offset) that best takes it to `painted` over the
 /// pixels where `unchanged` is 1 (least squares), clamped to [0, 1]; `content` itself when too few pixels fit.
@@ -605,13 +695,26 @@ pub fn stylize_frame(
         // the plate takes the result where the scene did not change since the previous frame
         (Some(p), Some(held)) => {
             let (mut plate, mut plate_content) = (p.plate.clone(), p.plate_content.clone());
+            let (mut underlay, mut underlay_content) = (p.underlay.clone(), p.underlay_content.clone());
             let n = content.width * content.height;
-            for (i, u) in held.iter().enumerate() {
-                if *u >= 1.0 {
-                    plate_content[i] = cur[i];
-                    for c in 0..3 {
-                        plate.data[c * n + i] = outcome.image.data[c * n + i];
+            let still_frames: Vec<u16> = (0..n)
+                .map(|i| if held.unchanged[i] >= 1.0 { p.still_frames[i].saturating_add(1) } else { 0 })
+                .collect();
+            for i in 0..n {
+                // the result enters the plate where it painted the plate's (or the underlay's) scene, held from the
+                // frame before, or where the scene has settled into something else — the plate then goes under it
+                let shown = held.shows[i] != Shows::Other;
+                if held.unchanged[i] < 1.0 || !(shown || still_frames[i] >= SETTLE_FRAMES) {
+                    continue;
+                }
+                for c in 0..3 {
+                    let j = c * n + i;
+                    if !shown {
+                        underlay.data[j] = plate.data[j];
+                        underlay_content.data[j] = plate_content.data[j];
                     }
+                    plate_content.data[j] = content.data[j];
+                    plate.data[j] = outcome.image.data[j];
                 }
             }
             Previous {
@@ -621,6 +724,10 @@ pub fn stylize_frame(
                 reference: p.reference,
                 plate,
                 plate_content,
+                underlay,
+                underlay_content,
+                still_frames,
+                on_plate: held.shows.iter().map(|s| *s != Shows::Other).collect(),
                 content: cur,
                 colour_map: p.colour_map.clone(),
             }
@@ -631,7 +738,11 @@ pub fn stylize_frame(
             loss,
             reference: loss,
             plate: outcome.image.clone(),
-            plate_content: cur.clone(),
+            plate_content: content.clone(),
+            underlay: outcome.image.clone(),
+            underlay_content: content.clone(),
+            still_frames: vec![0; cur.len()],
+            on_plate: vec![true; cur.len()],
             content: cur,
             colour_map: outcome.colour_map.clone(),
         },
