@@ -462,6 +462,13 @@ pub struct Plan {
     /// The camera panned: the previous frame, moved by (dx, dy) pixels of the result (the view now shows at (x, y)
     /// what the previous frame showed at (x + dx, y + dy)), is what the frame started from.
     pub pan: Option<(isize, isize)>,
+    /// Fraction of the pixels that show the still background again this frame (the plate's or the underlay's scene,
+    /// where the previous frame showed something else: what a moving object has left).
+    pub uncovered: Option<f64>,
+    /// Over those pixels, the mean |Δ| (0–1) of the result to the background's last result before the object came
+    /// (the plate): the trail of issue 20 as the stream itself sees it (the bench measures it against the clip's
+    /// known object masks).
+    pub trail: Option<f64>,
 }
 
 /// A frame started from the previous one stops once its loss is within this fraction of the last cold run's.
@@ -480,7 +487,7 @@ fn plan(
     settings: &StreamSettings,
     opts: &mut StylizeOptions,
 ) -> (Plan, Option<Held>) {
-    let cold = Plan { start: Start::Cold, changed_fraction: None, pan: None };
+    let cold = Plan { start: Start::Cold, changed_fraction: None, pan: None, uncovered: None, trail: None };
     let Some((prev, mask)) = prev else {
         return (cold, None);
     };
@@ -543,23 +550,31 @@ fn plan(
     // within TARGET_SLACK of the last cold run's loss (without the temporal term); besides, the early stop and the
     // evaluation budget
     opts.target_loss = Some(prev.reference * (1.0 + TARGET_SLACK));
+    // what shows the background again: held to its last result, which the trail is measured against
+    let uncovered: Vec<(usize, [f32; 3])> = (0..n)
+        .filter(|&i| start == Start::Partial && shows[i] != Shows::Other && !prev.on_plate[i])
+        .map(|i| (i, [0, 1, 2].map(|c| target.data[c * n + i])))
+        .collect();
+    let fraction = uncovered.len() as f64 / n.max(1) as f64;
     if settings.temporal_weight > 0.0 {
         // every exported objective has the term (manifest.json); a model without it paints frames unheld
         if opts.weights.set_term(TEMPORAL_TERM, settings.temporal_weight).is_ok() {
             opts.temporal = Some(TemporalInputs { previous: target, weights });
         }
     }
-    let held = Held { unchanged: mask.unchanged, shows };
-    (Plan { start, changed_fraction: Some(mask.fraction), pan: None }, Some(held))
+    let held = Held { unchanged: mask.unchanged, shows, uncovered };
+    let plan = Plan { start, changed_fraction: Some(mask.fraction), pan: None, uncovered: Some(fraction), trail: None };
+    (plan, Some(held))
 }
 
-/// Per pixel, whether `frame` shows the plate's scene — every channel within `threshold` of the colours the plate was
-/// taken from (`plate_content`) —, else the underlay's. Compared pixel by pixel, without the blur, the margin (`dilate_px`) and the
-/// ramp (`feather_px`) of the change mask between two frames: the plate holds a still scene, and what differs from
-/// it is the moving object itself. With the change mask's margin the background beside a moving object was repainted
-/// in every frame it passed, in a frame's few evaluations (the trail of issue 20: 17.7/255 at 192 px, against 8.3
-/// with a 2-px ramp and 1-px blur on luminance, against 1.1 here on the random-weight clip); on colour, not luminance,
-/// so that a red ball on a grey road of the same luminance is not taken for the road.
+/// Per pixel, whether `frame` shows the plate's scene — every channel within `threshold` of the colours the plate
+/// was taken from (`plate_content`) —, else the underlay's, else something else. Compared pixel by pixel, without the
+/// blur, the margin (`dilate_px`) and the ramp (`feather_px`) of the change mask between two frames: the plate holds a
+/// still scene, and what differs from it is the moving object itself. With the change mask's margin the background
+/// beside a moving object was repainted in every frame the object passed, in a frame's few evaluations, and held so
+/// (the trail of issue 20: 17.7/255 at 192 px on the real weights; on the random-weight clip at 128 px 15.8, 8.2 with
+/// a 2-px ramp on unblurred luminance, 1.1 without the ramp). On colour, not luminance, so that a red ball on a grey
+/// road of the same luminance is not taken for the road.
 fn shows(prev: &Previous, frame: &Planar, threshold: f32) -> Vec<Shows> {
     let n = frame.width * frame.height;
     let same =
@@ -591,6 +606,8 @@ enum Shows {
 struct Held {
     unchanged: Vec<f32>,
     shows: Vec<Shows>,
+    /// The pixels that show the still background again, with the colour they are held to.
+    uncovered: Vec<(usize, [f32; 3])>,
 }
 
 /// A pixel whose scene has not changed for this many frames in a row enters the plate even where the plate showed
@@ -691,6 +708,15 @@ pub fn stylize_frame(
     let outcome = stylize_with(model, content, styles, &opts, hooks)?;
     let l = outcome.final_losses();
     let loss = l.total - opts.weights.term(TEMPORAL_TERM) as f64 * l.term(TEMPORAL_TERM);
+    if let Some(h) = held.as_ref().filter(|h| !h.uncovered.is_empty()) {
+        let n = content.width * content.height;
+        let sum: f64 = h
+            .uncovered
+            .iter()
+            .map(|(i, held)| (0..3).map(|c| (outcome.image.data[c * n + i] - held[c]).abs() as f64).sum::<f64>())
+            .sum();
+        plan.trail = Some(sum / (3 * h.uncovered.len()) as f64);
+    }
     let kept = match (prev, held) {
         // the plate takes the result where the scene did not change since the previous frame
         (Some(p), Some(held)) => {
@@ -700,11 +726,11 @@ pub fn stylize_frame(
             let still_frames: Vec<u16> = (0..n)
                 .map(|i| if held.unchanged[i] >= 1.0 { p.still_frames[i].saturating_add(1) } else { 0 })
                 .collect();
-            for i in 0..n {
+            for (i, still) in still_frames.iter().enumerate() {
                 // the result enters the plate where it painted the plate's (or the underlay's) scene, held from the
                 // frame before, or where the scene has settled into something else — the plate then goes under it
                 let shown = held.shows[i] != Shows::Other;
-                if held.unchanged[i] < 1.0 || !(shown || still_frames[i] >= SETTLE_FRAMES) {
+                if held.unchanged[i] < 1.0 || !(shown || *still >= SETTLE_FRAMES) {
                     continue;
                 }
                 for c in 0..3 {
@@ -772,6 +798,10 @@ pub fn masked_difference(a: &Planar, b: &Planar, keep: &[bool]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn grey_of(img: &Planar, i: usize) -> f32 {
+        grey(img)[i]
+    }
 
     fn flat(w: usize, h: usize, v: f32) -> Planar {
         Planar { width: w, height: h, data: vec![v; 3 * w * h] }
@@ -845,6 +875,44 @@ mod tests {
         assert!(err < 0.01, "{err}");
         // nothing unchanged to fit on: the content itself
         assert_eq!(in_palette(&c, &painted, &vec![0.0; n]).data, c.data);
+    }
+
+    #[test]
+    fn the_plate_is_matched_on_colour_pixel_by_pixel() {
+        let (w, h) = (8, 4);
+        let n = w * h;
+        let grey = flat(w, h, 0.3);
+        let prev = Previous {
+            key: String::new(),
+            content: vec![0.3; n],
+            result: flat(w, h, 0.5),
+            loss: 1.0,
+            reference: 1.0,
+            plate: flat(w, h, 0.5),
+            plate_content: grey.clone(),
+            underlay: flat(w, h, 0.7),
+            underlay_content: flat(w, h, 0.9),
+            still_frames: vec![0; n],
+            on_plate: vec![true; n],
+            colour_map: None,
+        };
+        let mut frame = grey.clone();
+        // a red pixel of the grey's luminance (0.299 r + 0.587 g + 0.114 b = 0.3), a pixel showing the underlay,
+        // noise within the threshold
+        let (r, b) = (0.6f32, 0.0f32);
+        let g = (0.3 - 0.299 * r - 0.114 * b) / 0.587;
+        (frame.data[3], frame.data[n + 3], frame.data[2 * n + 3]) = (r, g, b);
+        assert!((grey_of(&frame, 3) - 0.3).abs() < 1e-6);
+        for c in 0..3 {
+            frame.data[c * n + 5] = 0.9;
+            frame.data[c * n + 6] += 0.04;
+        }
+        let s = shows(&prev, &frame, ChangeParams::DEFAULT.threshold);
+        assert_eq!(s[3], Shows::Other, "a red pixel is not the grey plate, whatever its luminance");
+        assert_eq!(s[5], Shows::Underlay);
+        assert_eq!(s[6], Shows::Plate, "noise within the threshold");
+        // no margin: the neighbours of what differs still show the plate
+        assert!([2, 4, 11].iter().all(|&i| s[i] == Shows::Plate));
     }
 
     #[test]

@@ -66,6 +66,10 @@ pub struct FrameRecord {
     pub changed_fraction: Option<f64>,
     /// The camera panned: [dx, dy] pixels (the previous frame moved by it is what this one started from).
     pub pan: Option<[isize; 2]>,
+    /// Fraction of the pixels showing the still background again (what a moving object has left).
+    pub uncovered: Option<f64>,
+    /// Mean |Δ| (0–255) there between the result and the background's last result before the object came.
+    pub trail: Option<f64>,
     pub evaluations: usize,
     pub loss: f64,
     pub temporal_loss: f64,
@@ -130,6 +134,8 @@ pub fn run(args: &StylizeArgs) -> Result<()> {
             start: plan.start.as_str(),
             changed_fraction: plan.changed_fraction,
             pan: plan.pan.map(|(dx, dy)| [dx, dy]),
+            uncovered: plan.uncovered,
+            trail: plan.trail.map(|t| 255.0 * t),
             evaluations: outcome.evaluations(),
             loss: l.total,
             temporal_loss: l.term(TEMPORAL_TERM),
