@@ -264,8 +264,9 @@ fn a_moving_object_leaves_no_trail() {
         let a = run_pass(&mut model, &f, &style, &opts, &on).unwrap();
         let (t, u) = trail(&c, &a.images).unwrap();
         eprintln!("{motion:?}: trail {:.2}/255, untouched {:.2}/255", 255.0 * t, 255.0 * u);
-        // before the fix: 15.8/255 against 3.3 on the crossing clip; now about 2 against 1
-        assert!(255.0 * t <= 4.0 && t <= 3.0 * u.max(1.0 / 255.0), "{motion:?}: trail {t} against untouched {u}");
+        // before the fix: 15.8/255 against 3.3 on the crossing clip; now about 2 against 1. Without the underlay the
+        // object that stopped left 3.9/255 (the background it had covered painted anew)
+        assert!(255.0 * t <= 3.0 && t <= 3.0 * u.max(1.0 / 255.0), "{motion:?}: trail {t} against untouched {u}");
         if motion != Motion::Crossing {
             continue;
         }
