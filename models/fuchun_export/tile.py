@@ -143,9 +143,13 @@ def build_tile_stats(weights: Weights, cfg: LossConfig, dtype=np.float32):
 
 
 def _masked_sum_sq(b, d, m):
-    """sum(m * d^2) (no mean: the runtime divides by the whole image's count)."""
-    sq = b.declare(b.op("Mul", [d, d], "tile_sq"), b.shapes[d])
-    return b.op("ReduceSum", [b.declare(b.op("Mul", [sq, m], "tile_msq"), b.shapes[d])], "tile_sum", keepdims=0)
+    """sum(m * d^2) (no mean: the runtime divides by the whole image's count), summed one axis at a time: a single
+    float32 ReduceSum over a block's 5 million values at relu1_1 was 5e-5 off (relative, against float64); row by
+    row, as the objective's means, it is within 1e-7."""
+    v = b.declare(b.op("Mul", [b.declare(b.op("Mul", [d, d], "tile_sq"), b.shapes[d]), m], "tile_msq"), b.shapes[d])
+    for axis in reversed(range(len(b.shapes[d]))):
+        v = b.op("ReduceSum", [v, b.i64([axis])], "tile_sum", keepdims=0)
+    return v
 
 
 def _stack(b, values):
