@@ -213,3 +213,89 @@ fn a_model_without_tile_graphs_or_a_tiny_budget_is_refused_with_the_fix() {
     // without a budget the same model loads as before
     Model::load(dir.path(), &RuntimeOptions::default()).unwrap();
 }
+
+/// Mean absolute difference between neighbouring rows (and columns) of an image, across the given borders and
+/// elsewhere.
+fn across_and_inside(img: &Planar, side: usize) -> (f64, f64) {
+    let (w, h) = (img.width, img.height);
+    let (mut across, mut inside, mut na, mut ni) = (0.0, 0.0, 0usize, 0usize);
+    for c in 0..3 {
+        let p = &img.data[c * w * h..(c + 1) * w * h];
+        for y in 0..h {
+            for x in 0..w {
+                for (ok, q, border) in [
+                    (x + 1 < w, y * w + x + 1, (x + 1).is_multiple_of(side)),
+                    (y + 1 < h, (y + 1) * w + x, (y + 1).is_multiple_of(side)),
+                ] {
+                    if !ok {
+                        continue;
+                    }
+                    let d = (p[y * w + x] - p[q]).abs() as f64;
+                    if border {
+                        across += d;
+                        na += 1;
+                    } else {
+                        inside += d;
+                        ni += 1;
+                    }
+                }
+            }
+        }
+    }
+    (across / na as f64, inside / ni as f64)
+}
+
+#[test]
+fn a_short_tiled_optimisation_has_no_seam_and_follows_the_whole_one() {
+    use fuchun::transfer::{stylize, NoHooks, StylizeOptions};
+    let mut model = load(&common::test_model());
+    let limits = Limits::default();
+    let content = imageio::load_path(&common::example("tubingen.jpg"), &limits).unwrap().resize(203, 157);
+    let style = imageio::load_path(&common::example("fuchun.jpg"), &limits).unwrap();
+    let mut opts = StylizeOptions::new(Weights::defaults(&model.manifest));
+    opts.image_size = 203;
+    opts.scales = vec![203];
+    opts.iterations = 12;
+    opts.tol = 0.0;
+    // histogram targets matched once, from the starting image: the whole objective matches relu4_1 one
+    // evaluation late and the tiled one to the image itself, which would make them two objectives
+    opts.hist_every = 0;
+    let whole = stylize(&mut model, &content, std::slice::from_ref(&style), &opts, &mut NoHooks).unwrap();
+    // 32-pixel tiles: 7 x 5 blocks, every fourth row and column of pixels borders two tiles
+    let side = 32;
+    opts.tile = Some(side);
+    let tiled = stylize(&mut model, &content, std::slice::from_ref(&style), &opts, &mut NoHooks).unwrap();
+    let changed: f64 = tiled.image.data.iter().zip(&content.data).map(|(a, b)| (a - b).abs() as f64).sum::<f64>()
+        / content.data.len() as f64;
+    assert!(changed > 0.01, "the optimisation hardly moved the image ({changed}): the test would see nothing");
+    let (across, inside) = across_and_inside(&tiled.image, side);
+    let (w_across, w_inside) = across_and_inside(&whole.image, side);
+    println!("tiled: across borders {across:.5}, inside {inside:.5}; whole: {w_across:.5}, {w_inside:.5}");
+    // no seam: the steps across the tile borders are those of the whole image's optimisation at the same places
+    let (ratio, w_ratio) = (across / inside, w_across / w_inside);
+    assert!((ratio / w_ratio - 1.0).abs() < 0.01, "across / inside borders: tiled {ratio}, untiled {w_ratio}");
+    // the tiled objective is the whole one: the optimisations end at the same image up to float32 rounding
+    // carried through 12 L-BFGS iterations (measured: 3e-6 at most)
+    let diff = tiled.image.data.iter().zip(&whole.image.data).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    let mean = tiled.image.data.iter().zip(&whole.image.data).map(|(a, b)| (a - b).abs() as f64).sum::<f64>()
+        / content.data.len() as f64;
+    println!("tiled against whole: max pixel difference {diff:.2e}, mean {mean:.2e}, moved {changed:.3}");
+    assert!(diff <= 1e-3, "tiled and whole optimisations differ by up to {diff} (mean {mean})");
+}
+
+#[test]
+fn style_targets_in_tiles_are_the_whole_images() {
+    let mut model = load(&common::test_model());
+    let limits = Limits::default();
+    let style = imageio::load_path(&common::example("fuchun.jpg"), &limits).unwrap().resize(301, 160);
+    let m = model.manifest.clone();
+    let whole = StyleTargets::from_features(&m, &model.features(&style.data, 160, 301).unwrap()).unwrap();
+    let tiled = tiled::style::style_targets(&mut model, &style.data, (160, 301), 48).unwrap();
+    assert_eq!(whole.tensors.keys().collect::<Vec<_>>(), tiled.tensors.keys().collect::<Vec<_>>());
+    for (name, t) in &whole.tensors {
+        let u = &tiled.tensors[name];
+        let scale = t.data.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        let err = t.data.iter().zip(&u.data).fold(0.0f32, |a, (x, y)| a.max((x - y).abs()));
+        assert!(err <= 1e-5 * scale, "{name}: max error {err} of {scale}");
+    }
+}

@@ -190,6 +190,8 @@ impl ProviderReport {
 pub struct Model {
     pub manifest: Manifest,
     pub provider: Provider,
+    /// The process's memory budget (MiB) the schedule plans each scale under (`transfer::tiled::budget`).
+    pub memory_budget_mb: Option<u64>,
     report: ProviderReport,
     /// Runs log at warning level: the sessions' verbose level is only for their creation (placement lines).
     pub(super) run_options: RunOptions,
@@ -429,6 +431,7 @@ impl Model {
                     return Ok(Model {
                         manifest,
                         provider: p,
+                        memory_budget_mb: opts.memory_budget_mb,
                         report,
                         run_options,
                         features,

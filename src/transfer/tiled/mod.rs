@@ -14,8 +14,11 @@
 //! Unlike the untiled path, every histogram layer is matched to the image being evaluated (the first pass computes
 //! them anyway), not only the full-resolution ones.
 
+pub mod budget;
+pub mod features;
 pub mod plan;
 pub mod stats;
+pub mod style;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
