@@ -299,7 +299,7 @@ pub fn tensorrt_profile(manifest: &Manifest, opts: &RuntimeOptions) -> Result<Op
 }
 
 /// A graph's TensorRT settings: cache key and profile strings over its dynamic inputs.
-fn graph_tensorrt(
+pub(super) fn graph_tensorrt(
     manifest: &Manifest,
     g: &GraphInfo,
     key: &str,
@@ -392,9 +392,13 @@ impl Model {
             list.push((stats, SessionUse::Occasional));
             list.push((grad, SessionUse::Hot));
         }
+        let tiles = [manifest.graphs.tile_stats.as_ref(), manifest.graphs.tile_grad.as_ref()];
         for (g, usage) in list {
             let key = verify_graph(&manifest, g)?;
-            let trt = graph_tensorrt(&manifest, g, &key, opts, profile);
+            // the tile graphs run on blocks, whatever the image: their own profile, one engine for every size
+            let is_tile = tiles.iter().any(|t| t.is_some_and(|t| std::ptr::eq(t, g)));
+            let shapes = if is_tile { super::tiles::tile_profile(&manifest) } else { profile };
+            let trt = graph_tensorrt(&manifest, g, &key, opts, shapes);
             graphs.push((g, usage, trt));
         }
         let explicit = opts.provider != Provider::Auto;

@@ -15,6 +15,7 @@
 use anyhow::{bail, Result};
 
 use super::plan::largest_block;
+use crate::engine::tiles::MAX_TILE;
 use crate::engine::Manifest;
 
 /// Resident before any image: the sessions (weights) and ONNX Runtime (measured: see the module's documentation).
@@ -63,8 +64,8 @@ pub fn estimate_mb(m: &Manifest, height: usize, width: usize, tile: Option<usize
 }
 
 /// The choice for a scale under `budget_mb` (None: no budget, the whole image and the history asked for).
-/// Whole when it fits with the history asked for; otherwise the largest tile that fits with that history, then
-/// with a shorter one down to `MIN_HISTORY`; an error naming the least that would do when nothing fits.
+/// Whole when it fits with the history asked for; otherwise the largest tile that fits with a history of at least
+/// `MIN_HISTORY`, and the longest history beside it; an error naming the least that would do when nothing fits.
 pub fn choose(m: &Manifest, height: usize, width: usize, history: usize, budget_mb: Option<u64>) -> Result<Choice> {
     let whole = |h| Choice { tile: None, history: h, estimate_mb: estimate_mb(m, height, width, None, h) as u64 };
     let Some(budget) = budget_mb else { return Ok(whole(history)) };
@@ -79,12 +80,15 @@ pub fn choose(m: &Manifest, height: usize, width: usize, history: usize, budget_
             whole(history).estimate_mb
         );
     };
-    let longest = height.max(width);
+    // at most MAX_TILE: the tile graphs' TensorRT profile ends there (engine::tiles)
+    let largest = height.max(width).min(MAX_TILE);
     let mut sides: Vec<usize> =
-        (1..=longest.div_ceil(t.align)).map(|k| k * t.align).filter(|s| *s >= MIN_TILE).collect();
+        (1..=largest.div_ceil(t.align)).map(|k| k * t.align).filter(|s| *s >= MIN_TILE).collect();
     sides.reverse();
-    for h in (MIN_HISTORY.min(history)..=history).rev() {
-        for &side in &sides {
+    // the largest tile first, with the longest history that fits beside it: a tile half as wide costs more than
+    // twice the time per evaluation (its margins), a history of 3 pairs instead of 10 some more iterations
+    for &side in &sides {
+        for h in (MIN_HISTORY.min(history)..=history).rev() {
             let c = Choice {
                 tile: Some(side),
                 history: h,
@@ -103,4 +107,36 @@ pub fn choose(m: &Manifest, height: usize, width: usize, history: usize, budget_
         MIN_TILE.max(t.align),
         MIN_HISTORY.min(history)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(name: &str) -> Manifest {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/out").join(name);
+        Manifest::load(&dir).expect("make models test-models first")
+    }
+
+    #[test]
+    fn whole_when_it_fits_tiles_under_the_budget_and_an_error_naming_the_fix() {
+        let m = manifest("vgg16-max");
+        for (w, h, budget) in
+            [(1024, 1024, 4000), (1024, 1024, 2000), (1920, 1080, 2000), (1920, 1080, 3000), (3840, 2160, 8000)]
+        {
+            let c = choose(&m, h, w, 10, Some(budget)).unwrap();
+            println!("{w}x{h} under {budget} MiB: {c:?}");
+            assert!(c.estimate_mb <= budget);
+            assert!(c.tile.is_none_or(|t| t % 16 == 0 && (MIN_TILE..=MAX_TILE).contains(&t)));
+        }
+        // no budget: whole, the history asked for
+        assert_eq!(choose(&m, 1080, 1920, 10, None).unwrap().tile, None);
+        // a small image under a large budget: whole
+        assert_eq!(
+            choose(&m, 256, 256, 10, Some(4000)).unwrap(),
+            Choice { tile: None, history: 10, estimate_mb: estimate_mb(&m, 256, 256, None, 10) as u64 }
+        );
+        let err = format!("{:#}", choose(&m, 2160, 3840, 10, Some(3000)).unwrap_err());
+        assert!(err.contains("--max-memory") && err.contains("3840x2160") && err.contains("at least"), "{err}");
+    }
 }
