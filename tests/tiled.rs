@@ -299,3 +299,26 @@ fn style_targets_in_tiles_are_the_whole_images() {
         assert!(err <= 1e-5 * scale, "{name}: max error {err} of {scale}");
     }
 }
+
+#[test]
+fn inputs_built_from_owned_activations_are_the_copied_ones() {
+    use fuchun::transfer::inputs::objective_inputs_owned;
+    let mut model = load(&common::test_model());
+    let limits = Limits::default();
+    let content = imageio::load_path(&common::example("tubingen.jpg"), &limits).unwrap().resize(120, 90);
+    let style_img = imageio::load_path(&common::example("fuchun.jpg"), &limits).unwrap().resize(120, 64);
+    let m = model.manifest.clone();
+    let style = StyleTargets::from_features(&m, &model.features(&style_img.data, 64, 120).unwrap()).unwrap();
+    let cf = model.features(&content.data, 90, 120).unwrap();
+    let weights = Weights::defaults(&m);
+    let copied = objective_inputs(&m, (120, 90), &cf, &style, &weights, &cf).unwrap();
+    let owned = objective_inputs_owned(&m, (120, 90), cf, &style, &weights).unwrap();
+    let mut names: Vec<&str> = copied.names().collect();
+    let mut other: Vec<&str> = owned.names().collect();
+    names.sort();
+    other.sort();
+    assert_eq!(names, other);
+    for n in names {
+        assert_eq!(copied.view(n), owned.view(n), "{n}");
+    }
+}

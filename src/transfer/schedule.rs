@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 
 use super::color;
 use super::histmatch;
-use super::inputs::{objective_inputs, set_temporal, TemporalInputs, Weights};
+use super::inputs::{objective_inputs, objective_inputs_owned, set_temporal, TemporalInputs, Weights};
 use super::optim::{Adam, Bounds, Control, EarlyStop, IterInfo, Lbfgs, Objective, StopReason, Summary};
 use super::targets::StyleTargets;
 use super::tiled;
@@ -532,9 +532,16 @@ pub fn stylize_with(
         let mut img = starting_image(x.as_ref(), opts, &content_s);
         // Inputs from the content's activations (the histogram targets too, for now); those activations (135 MB
         // at 512x512) are then dropped, before the starting image's are computed: only one set is alive at a time.
-        let mut inputs =
-            objective_inputs(&model.manifest, (w, h), &content_feats, &style, &opts.weights, &content_feats)?;
-        drop(content_feats);
+        let mut inputs = match plan.tile {
+            // moved, not copied: the image-sized buffers are most of a tiled scale's memory
+            Some(_) => objective_inputs_owned(&model.manifest, (w, h), content_feats, &style, &opts.weights)?,
+            None => {
+                let inputs =
+                    objective_inputs(&model.manifest, (w, h), &content_feats, &style, &opts.weights, &content_feats)?;
+                drop(content_feats);
+                inputs
+            }
+        };
         if si + 1 == scales.len() && opts.temporal.is_some() {
             set_temporal(&mut inputs, w, h, opts.temporal.as_ref())?;
         }

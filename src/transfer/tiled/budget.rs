@@ -23,9 +23,12 @@ pub const BASE_MB: f64 = 420.0;
 /// Image-sized vectors of the optimiser besides its history.
 pub const VECTORS: f64 = 6.0;
 /// One whole-image evaluation's working memory per pixel (objective.onnx's arena, prelude, matching scratch).
+/// Measured: 1024×768 whole peaked at 2877 MiB (the estimate says 3000).
 pub const WHOLE_BYTES_PER_PX: f64 = 2600.0;
-/// One block's working memory per pixel of the block (tile_grad.onnx's arena and the block's copies).
-pub const BLOCK_BYTES_PER_PX: f64 = 2600.0;
+/// One block's working memory per pixel of the block (tile_grad.onnx's arena and the block's copies). Measured:
+/// 1920×1080 in 544-px tiles (704² blocks) peaked at 3127 MiB, 2920 bytes per block pixel over the rest of the
+/// model; 1024×768 in 256-px tiles at 1472 MiB, 2770; rounded up.
+pub const BLOCK_BYTES_PER_PX: f64 = 3000.0;
 /// The fewest L-BFGS pairs a budget may cut the history to (fewer: many more iterations for the same loss).
 pub const MIN_HISTORY: usize = 3;
 /// The smallest tile side tried (below it the margins cost several times the tile's own work).
