@@ -156,6 +156,7 @@ fn every_runtime_knob_means_the_same_at_both_doors() {
         ("cudnn_conv_algo_search", "exhaustive", "\"exhaustive\""),
         ("cuda_arena_extend_strategy", "next_power_of_two", "\"next_power_of_two\""),
         ("gpu_mem_limit_mb", "100", "100"),
+        ("memory_budget_mb", "2048", "2048"),
     ];
     let here = |p: &std::path::Path| p.to_path_buf();
     let view = |r: &Runtime| format!("{:?} {:?} {:?}", r.options(&Door::Cli, &here).unwrap(), r.model, r.pooling);

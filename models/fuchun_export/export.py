@@ -1,4 +1,5 @@
-"""Command line: export features.onnx, objective.onnx, prelude.onnx (each with its .onnx.data weights) and manifest.json.
+"""Command line: export features.onnx, objective.onnx, prelude.onnx, tile_stats.onnx, tile_grad.onnx (each with its
+.onnx.data weights) and manifest.json.
 
     python -m fuchun_export --weights hed --out models/out/vgg16-max
     python -m fuchun_export --weights keras-h5 vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5 --out DIR
@@ -202,7 +203,36 @@ def _meaning(name):
     }.get(name, "loss of the term " + name[5:] + " (layer-weighted, before its term weight)")
 
 
-def manifest(weights, cfg, features, objective, files, prelude=None):
+def _tiled_meaning(name):
+    """Meanings of the tile graphs' own inputs and outputs (None for the names they share with the objective)."""
+    for prefix, text in (("gram_sum_", "raw Gram sum over the block's inner positions, sum_p F(p) F(p)^T"),
+                         ("shift_h_sum_", "raw sum over the inner head positions p of F(p) F(p + delta right)^T"),
+                         ("shift_v_sum_", "raw sum over the inner head positions p of F(p) F(p + delta down)^T"),
+                         ("style_adjoint_", "d total / d (Gram sum) of the whole image, [C,C] (runtime)"),
+                         ("shift_h_adjoint_", "d total / d (horizontal shifted-Gram sum) of the whole image (runtime)"),
+                         ("shift_v_adjoint_", "d total / d (vertical shifted-Gram sum) of the whole image (runtime)"),
+                         ("sums_", "the block's inner sums of squared differences of this term (per layer; tv: "
+                                   "horizontal, vertical), before the whole image's count and the weights")):
+        if name.startswith(prefix):
+            return f"{text} ({name[len(prefix):]})"
+    return {
+        "inner": "1 on the block's inner rectangle, 0 on its margin, [1,1,H,W]",
+        "content_factors": "per content layer term_weight * layer_weight / (C h w of the whole image)",
+        "hist_factors": "per histogram layer term_weight * layer_weight / (C h w of the whole image)",
+        "tv_factors": "term_weight / the whole image's pair count, horizontal and vertical",
+        "temporal_factor": "term_weight / (3 H W of the whole image)",
+        "grad": "the block's share of d total / d x (margin included: add it into the image's gradient)",
+    }.get(name)
+
+
+def _graph_entry(file, model, tiled=False):
+    def meaning(v):
+        return (_tiled_meaning(v.name) if tiled else None) or _meaning(v.name)
+    return {"file": file, "inputs": [_io(v, meaning(v)) for v in model.graph.input],
+            "outputs": [_io(v, meaning(v)) for v in model.graph.output]}
+
+
+def manifest(weights, cfg, features, objective, files, prelude=None, tiles=None):
     from .graph import layer_names
     layers = []
     for name in cfg.all_layers():
@@ -280,21 +310,36 @@ def manifest(weights, cfg, features, objective, files, prelude=None):
                             "inputs": [_io(v, _meaning(v.name)) for v in prelude.graph.input],
                             "outputs": [_io(v, _meaning(v.name)) for v in prelude.graph.output]}}
                if prelude is not None else {}),
+            **({"tile_stats": _graph_entry(files["tile_stats"], tiles[0], True),
+                "tile_grad": _graph_entry(files["tile_grad"], tiles[1], True)} if tiles is not None else {}),
         },
+        **({"tiling": tiling_entry(weights, cfg)} if tiles is not None else {}),
     }
+
+
+def tiling_entry(weights, cfg):
+    from .tile import geometry
+    reach, align, margin = geometry(weights, cfg)
+    return {"reach": reach, "align": align, "margin": margin,
+            "note": "tile_stats.onnx and tile_grad.onnx evaluate the objective block by block, exactly "
+                    "(models/README.md, 'Tiled evaluation'): inner rectangles at multiples of align (or the "
+                    "image border), each grown by margin px on its sides inside the image; float32 only"}
 
 
 def export(weights, cfg, out_dir, log=print, surgery=True):
     t0 = time.time()
     features, _, objective = build_all(weights, cfg, surgery=surgery)
     prelude = build_prelude(weights, cfg)
+    from .tile import build_tile_grad, build_tile_stats
+    tiles = (build_tile_stats(weights, cfg), build_tile_grad(weights, cfg, surgery=surgery))
     os.makedirs(out_dir, exist_ok=True)
-    graphs = {"features": features, "objective": objective, "prelude": prelude}
+    graphs = {"features": features, "objective": objective, "prelude": prelude, "tile_stats": tiles[0],
+              "tile_grad": tiles[1]}
     files = {k: f"{k}.onnx" for k, g in graphs.items() if g is not None}
     for stale in ("prelude.onnx", "prelude.onnx.data"):
         if prelude is None and os.path.exists(os.path.join(out_dir, stale)):
             os.remove(os.path.join(out_dir, stale))
-    man = manifest(weights, cfg, features, objective, files, prelude)
+    man = manifest(weights, cfg, features, objective, files, prelude, tiles)
     from .weights import sha256_file
     for key, model in ((k, graphs[k]) for k in files):
         onnx.checker.check_model(model)

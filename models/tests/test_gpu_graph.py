@@ -46,7 +46,7 @@ def exported(tmp_path_factory):
                          ("test-random", random_weights("vgg16", 1, 8), LossConfig(quantiles=64))):
         d = tmp_path_factory.mktemp(name)
         export(w, cfg, str(d), log=lambda *_: None)
-        for g in ("features", "objective", "prelude"):
+        for g in ("features", "objective", "prelude", "tile_stats", "tile_grad"):
             if os.path.exists(d / f"{g}.onnx"):
                 out[f"{name}/{g}"] = onnx.load(str(d / f"{g}.onnx"), load_external_data=False)
     return out

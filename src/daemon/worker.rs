@@ -173,11 +173,19 @@ static LOADING: Mutex<()> = Mutex::new(());
 fn load(worker: usize, setup: &WorkerSetup) -> Result<Model> {
     let _turn = LOADING.lock().unwrap_or_else(|e| e.into_inner());
     let mut model = Model::load(&setup.model_dir, &setup.runtime)?;
-    if setup.warmup.unwrap_or(model.provider != Provider::Cpu) && !setup.warmup_shapes.is_empty() {
+    // a shape the memory budget runs in tiles is not warmed up whole: that alone would pass the budget
+    let (m, budget) = (&model.manifest, model.memory_budget_mb);
+    let shapes: Vec<Shape> = setup
+        .warmup_shapes
+        .iter()
+        .copied()
+        .filter(|s| crate::transfer::tiled::budget::choose(m, s[0], s[1], 0, budget).is_ok_and(|c| c.tile.is_none()))
+        .collect();
+    if setup.warmup.unwrap_or(model.provider != Provider::Cpu) && !shapes.is_empty() {
         let t = Instant::now();
-        let n = setup.warmup_shapes.len();
+        let n = shapes.len();
         model.warm_up(
-            &setup.warmup_shapes,
+            &shapes,
             &mut |i, s| tracing::info!(worker, shape = %format!("{}x{}", s[1], s[0]), "warm-up {}/{n}", i + 1),
         )?;
         tracing::info!(worker, shapes = n, seconds = t.elapsed().as_secs_f64(), "warm-up done");

@@ -46,6 +46,9 @@ pub struct Manifest {
     pub forward_flops_per_pixel: f64,
     pub objective_flops_per_pixel: f64,
     pub graphs: Graphs,
+    /// Present with the tile graphs.
+    #[serde(default)]
+    pub tiling: Option<Tiling>,
     #[serde(skip)]
     pub dir: PathBuf,
 }
@@ -84,6 +87,24 @@ pub struct Graphs {
     /// image -> activations of `hist_exact_layers`; present iff that list is not empty.
     #[serde(default)]
     pub prelude: Option<GraphInfo>,
+    /// The objective block by block (models/README.md, "Tiled evaluation"): first pass, statistics.
+    #[serde(default)]
+    pub tile_stats: Option<GraphInfo>,
+    /// Second pass: each block's share of the gradient.
+    #[serde(default)]
+    pub tile_grad: Option<GraphInfo>,
+}
+
+/// The block geometry of the tile graphs (pixels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct Tiling {
+    /// How far beyond its own cell the deepest layer's activation depends on the image.
+    pub reach: usize,
+    /// Inner rectangles start at multiples of this (the deepest layer's stride).
+    pub align: usize,
+    /// Each block's inner rectangle is grown by this on every side inside the image: `reach` plus the largest
+    /// long-range shift, rounded up to `align`.
+    pub margin: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

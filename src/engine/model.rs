@@ -105,6 +105,13 @@ impl ObjectiveInputs {
         v.try_extract_tensor_mut::<f32>().ok().map(|(_, d)| d)
     }
 
+    /// The shape and values of an f32 input (the tiled objective crops the image-sized targets from them).
+    pub fn view(&self, name: &str) -> Option<(Vec<usize>, &[f32])> {
+        let v = self.values.iter().find(|(k, _)| k == name).map(|(_, v)| v)?;
+        let (shape, d) = v.try_extract_tensor::<f32>().ok()?;
+        Some((shape.iter().map(|x| *x as usize).collect(), d))
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.values.iter().map(|(k, _)| k.as_str())
     }
@@ -183,13 +190,17 @@ impl ProviderReport {
 pub struct Model {
     pub manifest: Manifest,
     pub provider: Provider,
+    /// The process's memory budget (MiB) the schedule plans each scale under (`transfer::tiled::budget`).
+    pub memory_budget_mb: Option<u64>,
     report: ProviderReport,
     /// Runs log at warning level: the sessions' verbose level is only for their creation (placement lines).
-    run_options: RunOptions,
+    pub(super) run_options: RunOptions,
     features: Session,
     objective: Session,
     prelude: Option<Session>,
     feature_outputs: Vec<String>,
+    /// tile_stats.onnx and tile_grad.onnx, when `RuntimeOptions::tiles` (see `engine::tiles`).
+    pub(super) tiles: Option<(Session, Session)>,
 }
 
 /// Matches one layer's activations (name, [channels, height, width], data) in place.
@@ -288,7 +299,7 @@ pub fn tensorrt_profile(manifest: &Manifest, opts: &RuntimeOptions) -> Result<Op
 }
 
 /// A graph's TensorRT settings: cache key and profile strings over its dynamic inputs.
-fn graph_tensorrt(
+pub(super) fn graph_tensorrt(
     manifest: &Manifest,
     g: &GraphInfo,
     key: &str,
@@ -369,9 +380,25 @@ impl Model {
         if let Some(g) = &manifest.graphs.prelude {
             list.push((g, SessionUse::Occasional));
         }
+        if opts.memory_budget_mb.is_some() {
+            let (Some(stats), Some(grad)) = (&manifest.graphs.tile_stats, &manifest.graphs.tile_grad) else {
+                bail!(
+                    "the model in {} has no tile graphs (tile_stats.onnx, tile_grad.onnx), which a memory budget \
+                     needs: re-export it with `make models`, or run without --max-memory",
+                    dir.display()
+                );
+            };
+            // the second pass runs once per block and evaluation: hot; the first is forward only
+            list.push((stats, SessionUse::Occasional));
+            list.push((grad, SessionUse::Hot));
+        }
+        let tiles = [manifest.graphs.tile_stats.as_ref(), manifest.graphs.tile_grad.as_ref()];
         for (g, usage) in list {
             let key = verify_graph(&manifest, g)?;
-            let trt = graph_tensorrt(&manifest, g, &key, opts, profile);
+            // the tile graphs run on blocks, whatever the image: their own profile, one engine for every size
+            let is_tile = tiles.iter().any(|t| t.is_some_and(|t| std::ptr::eq(t, g)));
+            let shapes = if is_tile { super::tiles::tile_profile(&manifest) } else { profile };
+            let trt = graph_tensorrt(&manifest, g, &key, opts, shapes);
             graphs.push((g, usage, trt));
         }
         let explicit = opts.provider != Provider::Auto;
@@ -395,7 +422,11 @@ impl Model {
                 None => {
                     let mut it = sessions.into_iter();
                     let (features, objective) = (it.next().unwrap(), it.next().unwrap());
-                    let prelude = it.next();
+                    let prelude = if manifest.graphs.prelude.is_some() { it.next() } else { None };
+                    let tiles = match (it.next(), it.next()) {
+                        (Some(a), Some(b)) => Some((a, b)),
+                        _ => None,
+                    };
                     let report =
                         ProviderReport { requested: opts.provider, provider: p, nodes: log.nodes(), fallbacks };
                     tracing::info!(provider = %p, requested = %opts.provider, report = %report.summary(), "execution provider");
@@ -404,12 +435,14 @@ impl Model {
                     return Ok(Model {
                         manifest,
                         provider: p,
+                        memory_budget_mb: opts.memory_budget_mb,
                         report,
                         run_options,
                         features,
                         objective,
                         prelude,
                         feature_outputs,
+                        tiles,
                     });
                 }
                 Some(OpenError::Model(e)) => return Err(e),

@@ -178,6 +178,9 @@ impl Default for TensorRtOptions {
     }
 }
 
+/// The smallest memory budget accepted: the process with the real model loaded and one small block.
+pub const MIN_MEMORY_BUDGET_MB: u64 = 512;
+
 /// Runtime settings shared by every session.
 #[derive(Debug, Clone, Default)]
 pub struct RuntimeOptions {
@@ -191,6 +194,10 @@ pub struct RuntimeOptions {
     /// The image shapes (height, width) this process expects to evaluate, style images included: the TensorRT
     /// optimisation profile covers them and `Model::warm_up` runs them.
     pub sizes: Vec<Shape>,
+    /// The memory budget of the process in MiB (`--max-memory`, `[model] memory_budget_mb`): with one, the tile
+    /// graphs (tile_stats.onnx, tile_grad.onnx) are loaded too and an image that does not fit is evaluated block by
+    /// block (`transfer::tiled`).
+    pub memory_budget_mb: Option<u64>,
 }
 
 impl RuntimeOptions {
@@ -201,6 +208,14 @@ impl RuntimeOptions {
         }
         if self.tensorrt.max_workspace_mb == Some(0) {
             bail!("tensorrt_max_workspace_mb must be at least 1 (leave it unset for ONNX Runtime's default)");
+        }
+        if let Some(mb) = self.memory_budget_mb {
+            if mb < MIN_MEMORY_BUDGET_MB {
+                bail!(
+                    "a memory budget (--max-memory / memory_budget_mb) of {mb} MiB is below the {MIN_MEMORY_BUDGET_MB} \
+                     MiB the model itself and one block need: give at least {MIN_MEMORY_BUDGET_MB}, or leave it unset"
+                );
+            }
         }
         if self.cuda.device_id < 0 {
             bail!("device_id must be >= 0, got {}", self.cuda.device_id);

@@ -99,6 +99,19 @@ pub struct BenchArgs {
     /// `fuchun stylize --content 'DIR/*.jpg'` on them.
     #[arg(long)]
     pub stream_clip_dir: Option<PathBuf>,
+    /// [6] kiosk sizes, WIDTHxHEIGHT each (e.g. 1024x1024,1920x1080): peak RSS and seconds per evaluation of
+    /// `fuchun stylize` under --kiosk-budget (tiled where the image does not fit); empty skips it (slow on a CPU).
+    #[arg(long, value_delimiter = ',', value_name = "WxH")]
+    pub kiosk: Vec<String>,
+    /// The memory budget (MiB) of [6].
+    #[arg(long, default_value_t = 2000)]
+    pub kiosk_budget: u64,
+    /// Iterations of each [6] run (one scale at the full size).
+    #[arg(long, default_value_t = 2)]
+    pub kiosk_iterations: usize,
+    /// [6] also without a budget (whole images), side by side.
+    #[arg(long)]
+    pub kiosk_whole: bool,
     /// Print the figures as one JSON object as well.
     #[arg(long)]
     pub json: bool,
@@ -236,7 +249,7 @@ impl Run<'_> {
         if args.memory_iterations > 0 {
             let (w, h) =
                 if args.content_aspect { fit(content.width, content.height, mem_size) } else { (mem_size, mem_size) };
-            let (rss, secs) = child_stylize_peak_rss(args, &content.resize(w, h), mem_size)?;
+            let (rss, secs) = child_stylize_peak_rss(args, &content.resize(w, h), mem_size, &[])?;
             println!(
                 "[2] memory: peak RSS {:.0} MB of `fuchun stylize` at {w}x{h} ({} iterations per scale, {secs:.0} s) \
                       (target ≤ 1200 MB): {}",
@@ -504,6 +517,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     r.warm()?;
     r.stream()?;
     r.compare_hist_every()?;
+    super::kiosk_bench::run(r.args, &r.content, &mut r.figures)?;
     println!("peak RSS: {:.0} MB", peak_rss().unwrap_or(0) as f64 / 1e6);
     if args.json {
         println!(
@@ -519,7 +533,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
 /// Run `fuchun stylize` on `content` in a child process with this bench's model options; its peak RSS (bytes, from
 /// wait4's rusage) and wall time.
-fn child_stylize_peak_rss(args: &BenchArgs, content: &crate::imageio::Planar, size: usize) -> Result<(f64, f64)> {
+/// `extra` arguments come last (the last of an option given twice wins).
+pub(super) fn child_stylize_peak_rss(
+    args: &BenchArgs,
+    content: &crate::imageio::Planar,
+    size: usize,
+    extra: &[String],
+) -> Result<(f64, f64)> {
     let dir = tempfile_dir()?;
     let input = dir.join("content.png");
     std::fs::write(&input, imageio::encode(content, imageio::OutputFormat::Png)?)?;
@@ -537,6 +557,7 @@ fn child_stylize_peak_rss(args: &BenchArgs, content: &crate::imageio::Planar, si
         .args(["--image-size", &size.to_string(), "--iterations", &args.memory_iterations.to_string(), "--tol", "0"])
         .args(["--hist-every", &args.hist_every.to_string(), "--provider", &args.model.provider.to_string()])
         .args(["--threads", &args.model.threads.to_string()])
+        .args(extra)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     if let Some(l) = &args.model.ort_library {

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod clip;
+pub mod kiosk_bench;
 pub mod pairs;
 pub mod peak;
 pub mod peers;

@@ -78,6 +78,11 @@ pub struct Runtime {
     /// CUDA: size limit of the memory arena in MiB (default: none).
     #[arg(long, value_name = "MIB")]
     pub gpu_mem_limit_mb: Option<u64>,
+    /// Memory budget of the process in MiB: an image whose evaluation does not fit is evaluated block by block,
+    /// exactly (the tile graphs), with the block size and the L-BFGS history chosen to stay under it. Default:
+    /// none (whole images only).
+    #[arg(long = "max-memory", visible_alias = "memory-budget-mb", value_name = "MIB")]
+    pub memory_budget_mb: Option<u64>,
 }
 
 impl Default for Runtime {
@@ -125,6 +130,7 @@ impl Runtime {
                 profile,
             },
             sizes: Vec::new(),
+            memory_budget_mb: self.memory_budget_mb,
         };
         o.validate()?;
         Ok(o)

@@ -8,6 +8,7 @@ pub mod optim;
 pub mod schedule;
 pub mod targets;
 pub mod temporal;
+pub mod tiled;
 
 pub use inputs::Weights;
 pub use schedule::{

@@ -9,9 +9,10 @@ use rand::{Rng, SeedableRng};
 
 use super::color;
 use super::histmatch;
-use super::inputs::{objective_inputs, set_temporal, TemporalInputs, Weights};
+use super::inputs::{objective_inputs, objective_inputs_owned, set_temporal, TemporalInputs, Weights};
 use super::optim::{Adam, Bounds, Control, EarlyStop, IterInfo, Lbfgs, Objective, StopReason, Summary};
 use super::targets::StyleTargets;
+use super::tiled;
 use crate::engine::{Losses, Model, ObjectiveInputs};
 use crate::imageio::{fit_size as fit, Planar};
 
@@ -98,6 +99,9 @@ pub struct StylizeOptions {
     /// The temporal term's inputs at the last scale (a camera stream's frame; `transfer::temporal`), whose weight
     /// is the `temporal` term's weight. None: the term is zero.
     pub temporal: Option<TemporalInputs>,
+    /// Tiles of this side at every scale whatever the memory budget (tests and measurements); None: the budget
+    /// decides (`tiled::budget`).
+    pub tile: Option<usize>,
 }
 
 impl StylizeOptions {
@@ -125,6 +129,7 @@ impl StylizeOptions {
             exact_losses: false,
             max_evaluations: None,
             temporal: None,
+            tile: None,
         }
     }
 
@@ -301,8 +306,16 @@ impl StyleSource for StyleImages<'_> {
                 let grow = min as f64 / sw.min(sh) as f64;
                 (sw, sh) = ((sw as f64 * grow).ceil() as usize, (sh as f64 * grow).ceil() as usize);
             }
-            let sf = model.features(&s.resize(sw, sh).data, sh, sw)?;
-            per_style.push(StyleTargets::from_features(&model.manifest, &sf)?);
+            // a style image whose activations would pass the memory budget: its statistics block by block
+            let plan = tiled::budget::choose(&model.manifest, sh, sw, 0, model.memory_budget_mb)?;
+            let resized = s.resize(sw, sh);
+            per_style.push(match plan.tile {
+                Some(side) => tiled::style::style_targets(model, &resized.data, (sh, sw), side)?,
+                None => {
+                    let sf = model.features(&resized.data, sh, sw)?;
+                    StyleTargets::from_features(&model.manifest, &sf)?
+                }
+            });
         }
         StyleTargets::blend(&per_style, &blend)
     }
@@ -366,6 +379,8 @@ struct Eval<'a, 'b> {
     style: &'a StyleTargets,
     /// 0: never re-match the histogram targets
     hist_every: usize,
+    /// Some(side): the objective runs in tiles of this side (`tiled`, chosen by the memory budget).
+    tile: Option<usize>,
     eval_seconds: f64,
     match_seconds: f64,
     width: usize,
@@ -389,8 +404,15 @@ impl Objective for Eval<'_, '_> {
         }
         let rematch = self.hist_every > 0 && (self.evaluations + 1).is_multiple_of(self.hist_every);
         let t = Instant::now();
-        let (losses, matching) =
-            histmatch::evaluate(self.model, x, self.height, self.width, self.inputs, grad, self.style, rematch)?;
+        let (losses, matching) = match self.tile {
+            Some(side) => {
+                let size = (self.height, self.width);
+                tiled::evaluate(self.model, x, size, self.inputs, grad, self.style, rematch, side)?
+            }
+            None => {
+                histmatch::evaluate(self.model, x, self.height, self.width, self.inputs, grad, self.style, rematch)?
+            }
+        };
         self.evaluations += 1;
         self.match_seconds += matching;
         self.eval_seconds += t.elapsed().as_secs_f64();
@@ -417,8 +439,19 @@ impl Objective for Eval<'_, '_> {
 pub const DEFAULT_HIST_EVERY: usize = 1;
 
 /// The loss of `img` with histogram targets matched to `img` itself (two evaluations).
-fn exact_losses(model: &mut Model, img: &Planar, style: &StyleTargets, inputs: &mut ObjectiveInputs) -> Result<Losses> {
+fn exact_losses(
+    model: &mut Model,
+    img: &Planar,
+    style: &StyleTargets,
+    inputs: &mut ObjectiveInputs,
+    tile: Option<usize>,
+) -> Result<Losses> {
     let mut grad = vec![0.0f32; img.data.len()];
+    if let Some(side) = tile {
+        // the tiled evaluation matches every histogram layer to the image itself: exact in one
+        let size = (img.height, img.width);
+        return Ok(tiled::evaluate(model, &img.data, size, inputs, &mut grad, style, true, side)?.0);
+    }
     histmatch::evaluate(model, &img.data, img.height, img.width, inputs, &mut grad, style, true)?;
     model.evaluate(&img.data, img.height, img.width, inputs, &mut grad, None)
 }
@@ -475,24 +508,55 @@ pub fn stylize_with(
         let content_s = content.resize(w, h);
         // style first: its activations are gone (only Grams and tables kept) before the content's are computed
         let style = styles.targets(model, longest)?;
-        let content_feats = model.features(&content_s.data, h, w)?;
+        // the memory budget decides whether this scale runs whole or in tiles, and the L-BFGS history
+        let history = match opts.optimizer {
+            Optimizer::Lbfgs { history } => history,
+            Optimizer::Adam { .. } => 0,
+        };
+        let mut plan = tiled::budget::choose(&model.manifest, h, w, history, model.memory_budget_mb)?;
+        if opts.tile.is_some() {
+            plan.tile = opts.tile;
+        }
+        if plan.tile.is_some() || plan.history != history {
+            tracing::info!(w, h, tile = ?plan.tile, history = plan.history, estimate_mb = plan.estimate_mb,
+                budget_mb = ?model.memory_budget_mb, "scale planned under the memory budget");
+        }
+        let m = &model.manifest;
+        // whole-image activations of a tiled scale would alone pass the budget: block by block, only the layers
+        // the inputs are made of
+        let needed: Vec<String> = m.content_layers.iter().chain(&m.hist_layers).cloned().collect();
+        let content_feats = match plan.tile {
+            Some(side) => tiled::features::features(model, &content_s.data, (h, w), side, &needed)?,
+            None => model.features(&content_s.data, h, w)?,
+        };
         let mut img = starting_image(x.as_ref(), opts, &content_s);
         // Inputs from the content's activations (the histogram targets too, for now); those activations (135 MB
         // at 512x512) are then dropped, before the starting image's are computed: only one set is alive at a time.
-        let mut inputs =
-            objective_inputs(&model.manifest, (w, h), &content_feats, &style, &opts.weights, &content_feats)?;
-        drop(content_feats);
+        let mut inputs = match plan.tile {
+            // moved, not copied: the image-sized buffers are most of a tiled scale's memory
+            Some(_) => objective_inputs_owned(&model.manifest, (w, h), content_feats, &style, &opts.weights)?,
+            None => {
+                let inputs =
+                    objective_inputs(&model.manifest, (w, h), &content_feats, &style, &opts.weights, &content_feats)?;
+                drop(content_feats);
+                inputs
+            }
+        };
         if si + 1 == scales.len() && opts.temporal.is_some() {
             set_temporal(&mut inputs, w, h, opts.temporal.as_ref())?;
         }
         // the first histogram targets: the starting image matched to the style
         let hist_used = !model.manifest.hist_layers.is_empty() && opts.weights.term("hist") != 0.0;
         if hist_used && img.data != content_s.data {
-            let start_feats = model.features(&img.data, h, w)?;
+            let hist_layers = model.manifest.hist_layers.clone();
+            let start_feats = match plan.tile {
+                Some(side) => tiled::features::features(model, &img.data, (h, w), side, &hist_layers)?,
+                None => model.features(&img.data, h, w)?,
+            };
             histmatch::update_targets(&model.manifest, &start_feats, &style, &mut inputs)?;
         }
         let is_last = si + 1 == scales.len();
-        let scale = ScaleRun { index: si, is_last, width: w, height: h, hist_used, start, t_scale };
+        let scale = ScaleRun { index: si, is_last, width: w, height: h, hist_used, start, t_scale, plan };
         let report = optimise_scale(model, &mut img, &mut inputs, &style, opts, hooks, &scale)?;
         let (iterations, evaluations, stop) = (report.iterations, report.evaluations, report.stop);
         reports.push(report);
@@ -547,6 +611,8 @@ struct ScaleRun {
     /// When the run started (evaluation records' times) and when the scale did.
     start: Instant,
     t_scale: Instant,
+    /// Whole or tiled, and the L-BFGS history, under the memory budget.
+    plan: tiled::budget::Choice,
 }
 
 /// The content as the transfer takes it: carried into the painting's colours with `Palette::Style` (the map given,
@@ -598,7 +664,7 @@ fn optimise_scale(
     hooks: &mut dyn Hooks,
     scale: &ScaleRun,
 ) -> Result<ScaleReport> {
-    let ScaleRun { index: si, is_last, width: w, height: h, hist_used, start, t_scale } = *scale;
+    let ScaleRun { index: si, is_last, width: w, height: h, hist_used, start, t_scale, plan } = *scale;
     let iterations = opts.iterations_at(si);
     hooks.scale_start(si, w, h, iterations);
     let mut early = EarlyStop::new(opts.tol_window.max(1), opts.tol);
@@ -613,6 +679,7 @@ fn optimise_scale(
         inputs: &mut *inputs,
         style,
         hist_every: if hist_used { opts.hist_every } else { 0 },
+        tile: plan.tile,
         eval_seconds: 0.0,
         match_seconds: 0.0,
         width: w,
@@ -647,7 +714,13 @@ fn optimise_scale(
         Control::Continue
     };
     let t_opt = Instant::now();
-    let summary = run_optimiser(opts, iterations, &mut img.data, &mut eval, &mut on_iter)?;
+    let summary = match opts.optimizer {
+        Optimizer::Lbfgs { history } if history != plan.history => {
+            let o = StylizeOptions { optimizer: Optimizer::Lbfgs { history: plan.history }, ..opts.clone() };
+            run_optimiser(&o, iterations, &mut img.data, &mut eval, &mut on_iter)?
+        }
+        _ => run_optimiser(opts, iterations, &mut img.data, &mut eval, &mut on_iter)?,
+    };
     if let Some(e) = iter_error {
         return Err(e);
     }
@@ -664,7 +737,7 @@ fn optimise_scale(
     let optimizer_seconds = t_opt.elapsed().as_secs_f64() - eval_seconds;
     // the optimisers kept the image in [0, 1] at every evaluation: what is returned is what was evaluated
     debug_assert!(img.data.iter().all(|v| (0.0..=1.0).contains(v)));
-    let exact = if opts.exact_losses { Some(exact_losses(model, img, style, inputs)?) } else { None };
+    let exact = if opts.exact_losses { Some(exact_losses(model, img, style, inputs, plan.tile)?) } else { None };
     Ok(ScaleReport {
         width: w,
         height: h,
