@@ -298,14 +298,15 @@ def _gram(b, f1, f2, channels):
     return b.op("MatMul", [a, b.op("Transpose", [c], perm=[1, 0])], "gram")
 
 
-def _shifted_pair(b, v, axis, d):
+def _shifted_pair(b, v, axis, d, stem=None):
     """(v[..., :-d], v[..., d:]) along `axis`, by Split with sizes computed at run time (onnx_ad reverses Split
     into a Concat with zeros for any image size; Slice would need a static shape). Both halves have the extent
     (extent - d) along `axis`: one symbol, declared for the broadcast undo (ad.py). The Splits' outputs are named
-    `shift_a{axis}_d{d}_*`: ad.py's shifted-Gram rule finds the pair by that name."""
+    `shift_a{axis}_d{d}_*` unless `stem` names them otherwise: ad.py's shifted-Gram rule finds the objective's pair
+    by that name."""
     extent = b.op("Gather", [b.op("Shape", [v]), b.i64([axis])], axis=0)        # [1]
     rest = b.op("Sub", [extent, b.i64([d])])
-    stem = f"shift_a{axis}_d{d}"
+    stem = stem or f"shift_a{axis}_d{d}"
     head, _ = b.op("Split", [v, b.op("Concat", [rest, b.i64([d])], axis=0)], stem, n_out=2, axis=axis)
     _, tail = b.op("Split", [v, b.op("Concat", [b.i64([d]), rest], axis=0)], stem, n_out=2, axis=axis)
     if v in b.shapes:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .graph import Builder, LossConfig, layer_info, layer_names, vgg_features
+from .graph import Builder, LossConfig, _shifted_pair, layer_info, layer_names, vgg_features
 from .weights import Weights
 
 FACTORS = {"content": "content_factors", "hist": "hist_factors"}
@@ -80,18 +80,9 @@ def _layer_mask(b, inner, stride, layer, cache):
 
 
 def _halves(b, v, axis, d):
-    """(v[..., :-d], v[..., d:]) along `axis` by Split with run-time sizes (named `tile_half`, not `shift_a*`: the
-    fused shifted-Gram rule of ad.py must not take them for the objective's)."""
-    extent = b.op("Gather", [b.op("Shape", [v]), b.i64([axis])], axis=0)
-    rest = b.op("Sub", [extent, b.i64([d])])
-    head, _ = b.op("Split", [v, b.op("Concat", [rest, b.i64([d])], axis=0)], "tile_half", n_out=2, axis=axis)
-    _, tail = b.op("Split", [v, b.op("Concat", [b.i64([d]), rest], axis=0)], "tile_half", n_out=2, axis=axis)
-    if v in b.shapes:
-        dims = list(b.shapes[v])
-        dims[axis] = f"{dims[axis]}_less_{d}"
-        b.declare(head, dims)
-        b.declare(tail, dims)
-    return head, tail
+    """(v[..., :-d], v[..., d:]) along `axis`, named `tile_half`, not `shift_a*`: the fused shifted-Gram rule of
+    ad.py must not take them for the objective's."""
+    return _shifted_pair(b, v, axis, d, stem="tile_half")
 
 
 def _flat(b, v, channels, sym):

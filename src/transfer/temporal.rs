@@ -352,35 +352,16 @@ impl Previous {
             plate_content: shifted(&self.plate_content, f32::INFINITY),
             underlay: planar(&self.underlay),
             underlay_content: shifted(&self.underlay_content, f32::INFINITY),
-            still_frames: shift_values(
-                &self.still_frames.iter().map(|a| *a as f32).collect::<Vec<_>>(),
-                w,
-                h,
-                dx,
-                dy,
-                0.0,
-            )
-            .into_iter()
-            .map(|a| a as u16)
-            .collect(),
-            on_plate: shift_values(
-                &self.on_plate.iter().map(|b| *b as u8 as f32).collect::<Vec<_>>(),
-                w,
-                h,
-                dx,
-                dy,
-                0.0,
-            )
-            .into_iter()
-            .map(|b| b > 0.5)
-            .collect(),
+            // what came into view has not been still, and has shown no plate
+            still_frames: shift_values(&self.still_frames, w, h, dx, dy, 0),
+            on_plate: shift_values(&self.on_plate, w, h, dx, dy, false),
             colour_map: self.colour_map.clone(),
         }
     }
 }
 
 /// `out(x, y) = v(x + dx, y + dy)` over a `w × h` image, `fill` where that falls outside.
-fn shift_values(v: &[f32], w: usize, h: usize, dx: isize, dy: isize, fill: f32) -> Vec<f32> {
+fn shift_values<T: Copy>(v: &[T], w: usize, h: usize, dx: isize, dy: isize, fill: T) -> Vec<T> {
     let mut out = vec![fill; w * h];
     for y in 0..h {
         let sy = y as isize + dy;
