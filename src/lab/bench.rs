@@ -89,6 +89,10 @@ pub struct BenchArgs {
     /// [5] also without the motion search (is it worth it?).
     #[arg(long)]
     pub stream_compare_motion: bool,
+    /// The palette of [5]'s frames: `content` (the photo's) or `style` (carried into the painting's colours);
+    /// default: the daemon's (`temporal::STREAM_PALETTE`).
+    #[arg(long)]
+    pub stream_palette: Option<crate::transfer::schedule::Palette>,
     /// The moving object of [5]'s clip (the background is --content).
     #[arg(long, default_value = "examples/astronaut.jpg")]
     pub stream_object: PathBuf,
@@ -398,6 +402,7 @@ impl Run<'_> {
                     cold_frames: args.stream_cold_frames,
                     iterations: args.stream_iterations,
                     compare_motion: args.stream_compare_motion,
+                    palette: args.stream_palette.unwrap_or(crate::transfer::temporal::STREAM_PALETTE),
                 };
                 let key = if motion == Motion::Crossing {
                     "stream".to_string()

@@ -14,6 +14,7 @@ use crate::engine::Model;
 use crate::imageio::{self, fit_size, Limits, Planar};
 use crate::transfer::temporal::{self, masked_difference, Previous, Start, StreamSettings};
 use crate::transfer::{CachedTargets, NoHooks, StyleImages, StylizeOptions};
+use crate::transfer::schedule::Palette;
 
 /// One pass over the clip.
 pub struct Pass {
@@ -80,6 +81,26 @@ pub fn flicker(clip: &Clip, images: &[Planar]) -> f64 {
         .filter_map(|i| clip.still_between(i).map(|still| masked_difference(&images[i], &images[i - 1], &still)))
         .collect();
     v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+/// [5e] how much the moving object is painted in the frames started from the previous one, against the cold runs
+/// of the same frames (frames 1..k): over the object's pixels, the mean |result − photo| of the temporal results
+/// over that of the cold runs. 1: the object painted as much as a cold run paints it; 0: the photo left as it came
+/// (issue 20: a growing or turning object is new content in every frame, and a frame that stops on the whole
+/// image's loss leaves it under-painted). None when the object shows in none of those frames.
+pub fn object_paint(clip: &Clip, photos: &[Planar], warm: &[Planar], cold: &[Planar]) -> Option<f64> {
+    let n = clip.width * clip.height;
+    let (mut w_sum, mut c_sum) = (0.0f64, 0.0f64);
+    for i in 1..cold.len().min(warm.len()).min(clip.object.len()) {
+        for p in (0..n).filter(|&p| clip.object[i][p]) {
+            for c in 0..3 {
+                let (j, photo) = (c * n + p, photos[i].data[c * n + p]);
+                w_sum += (warm[i].data[j] - photo).abs() as f64;
+                c_sum += (cold[i].data[j] - photo).abs() as f64;
+            }
+        }
+    }
+    (c_sum > 0.0).then(|| w_sum / c_sum)
 }
 
 /// [5d] of the bench: the trail of the temporal results over the whole clip, and of the cold runs over their frames,
@@ -195,6 +216,8 @@ pub struct StreamArgs<'a> {
     pub iterations: usize,
     /// Also run the clip without the motion search.
     pub compare_motion: bool,
+    /// The frames' palette (the daemon's: `temporal::STREAM_PALETTE`).
+    pub palette: Palette,
 }
 
 /// Figure [5]: prints the lines with their targets and returns them as JSON.
@@ -205,7 +228,7 @@ pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &Str
     opts.image_size = a.size;
     // a daemon style's default iteration budget per scale (`[styles.NAME] iterations`)
     opts.iterations = a.iterations;
-    opts.palette = temporal::STREAM_PALETTE;
+    opts.palette = a.palette;
     let settings = StreamSettings::new(temporal::DEFAULT_TEMPORAL_WEIGHT);
     let off = StreamSettings { enabled: false, ..settings };
     let cut = clip.scene_change;
@@ -273,6 +296,14 @@ pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &Str
     );
     // [5d] the trail a moving object leaves (issue 20): where it has been against where it never was
     let (trail_warm, trail_cold) = trail_figure(&clip, &warm.images, &cold.images[..k]);
+    let paint = object_paint(&clip, &frames, &warm.images, &cold.images[..k]);
+    if let Some(p) = paint {
+        println!(
+            "    the moving object's paint in frames 1–{} (mean |result − photo| over the object, temporal over cold \
+             runs; 1 = painted as a cold run paints it): {p:.2}",
+            k - 1
+        );
+    }
     let (detected, ghost) = match (cut, &fresh) {
         (Some(c), Some(f)) => scene_change_figure(&warm, &f.images[0], c),
         _ => (None, None),
@@ -299,7 +330,7 @@ pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &Str
         "partial_evaluations": partial_evals, "cold_evaluations": cold_evals, "evaluation_ratio": eval_ratio,
         "flicker_cold": f_cold, "flicker_temporal": f_warm, "flicker_ratio": f_ratio,
         "trail_temporal": trail_warm.map(|t| t.0), "trail_untouched": trail_warm.map(|t| t.1),
-        "trail_cold": trail_cold.map(|t| t.0),
+        "trail_cold": trail_cold.map(|t| t.0), "object_paint": paint,
         "motion": spec.motion, "scene_change_detected": detected, "scene_change_vs_fresh_cold": ghost,
         "without_motion": no_motion,
     }))
