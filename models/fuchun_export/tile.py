@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .gradient import objective_from_loss
 from .graph import Builder, LossConfig, _shifted_pair, layer_info, layer_names, vgg_features
 from .weights import Weights
 
@@ -149,7 +150,7 @@ def _stack(b, values):
 
 def build_tile_loss(weights: Weights, cfg: LossConfig, dtype=np.float32):
     """The second pass's forward graph: block x, inner mask, the block's crops of the targets, adjoints and factors
-    -> `total_scaled` (the surrogate S, differentiated by export.objective_from_loss) and the inner sums of the
+    -> `total_scaled` (the surrogate S, differentiated by gradient.objective_from_loss) and the inner sums of the
     additive terms (`sums_<term>`)."""
     b = Builder(dtype)
     arch = weights.arch
@@ -224,5 +225,4 @@ def build_tile_loss(weights: Weights, cfg: LossConfig, dtype=np.float32):
 def build_tile_grad(weights: Weights, cfg: LossConfig, dtype=np.float32, surgery=True):
     """tile_grad.onnx: the surrogate's gradient with respect to the block (the same onnx_ad pass and rewrites as
     objective.onnx)."""
-    from .export import objective_from_loss
     return objective_from_loss(build_tile_loss(weights, cfg, dtype), surgery)

@@ -43,6 +43,12 @@ pub enum Protocol {
     V311,
 }
 
+impl Protocol {
+    /// The largest packet MQTT can carry, either version (the remaining length is at most 268,435,455 bytes); here
+    /// beside the protocol, so that the configuration's checks and the client read it from one place.
+    pub const MAX_PACKET: usize = 268_435_455;
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
@@ -385,7 +391,7 @@ impl Config {
         if self.daemon.workers == 0 {
             bail!("daemon.workers must be at least 1");
         }
-        if self.daemon.max_payload_bytes > crate::daemon::mqtt::MQTT_MAX_PACKET as u64 {
+        if self.daemon.max_payload_bytes > Protocol::MAX_PACKET as u64 {
             bail!(
                 "daemon.max_payload_bytes = {} is more than MQTT can carry (268435455 bytes); keep it at or below \
                  the broker's own limit (Mosquitto: message_size_limit)",

@@ -169,7 +169,7 @@ impl Conn {
         // frame is refused by the daemon's own `max_payload_bytes` check, answered and acknowledged once.
         let max_packet = match cfg.mqtt.protocol {
             Protocol::V5 => (cfg.daemon.max_payload_bytes as usize).saturating_mul(2).max(32 << 20),
-            Protocol::V311 => mqtt::MQTT_MAX_PACKET,
+            Protocol::V311 => Protocol::MAX_PACKET,
         };
         let own_topic = topics.daemon_available(&shared.daemon_id);
         let (client, events) =

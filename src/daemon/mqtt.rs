@@ -67,9 +67,6 @@ pub fn check_response_topic(t: &str) -> Result<&str, String> {
     }
 }
 
-/// The largest packet MQTT can carry (the remaining length is at most 268,435,455 bytes).
-pub const MQTT_MAX_PACKET: usize = 268_435_455;
-
 /// Why a connection ended or could not be made (`EventLoop::poll`'s error).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Why {

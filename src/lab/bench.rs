@@ -8,120 +8,19 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use clap::Args;
 
+pub use super::bench_args::BenchArgs;
+use super::child::child_stylize_peak_rss;
 use super::clip::Motion;
 use super::report::verdict;
 use crate::engine::Model;
 use crate::imageio::fit_size as fit;
 use crate::imageio::{self, Limits, Planar};
 use crate::memory::{current_rss, peak_rss};
-use crate::settings::Runtime;
 use crate::transfer::histmatch;
 use crate::transfer::inputs::{objective_inputs, Weights};
-use crate::transfer::schedule::DEFAULT_HIST_EVERY;
 use crate::transfer::targets::StyleTargets;
 use crate::transfer::{stylize, EvalRecord, Hooks, Init, NoHooks, StylizeOptions};
-
-#[derive(Debug, Clone, Args)]
-pub struct BenchArgs {
-    #[command(flatten)]
-    pub model: Runtime,
-    /// Sizes to time one evaluation at: squares of this side (as the issue's table: 256 = 256²), or the content's
-    /// aspect with this longest side under --content-aspect. The memory run uses the largest.
-    #[arg(long, value_delimiter = ',', default_values_t = [128usize, 256, 512])]
-    pub sizes: Vec<usize>,
-    /// Timed evaluations per size (after one warm-up); the median is reported.
-    #[arg(long, default_value_t = 3)]
-    pub repeats: usize,
-    /// Size for the schedule comparison (0 skips it).
-    #[arg(long, default_value_t = 256)]
-    pub schedule_size: usize,
-    /// Evaluation budget of the single-scale reference run (the classic recipe: L-BFGS, 500 evaluations at the target
-    /// size, as the issue defines it).
-    #[arg(long, default_value_t = 500)]
-    pub schedule_evaluations: usize,
-    #[arg(long, default_value = "examples/tubingen.jpg")]
-    pub content: PathBuf,
-    #[arg(long, default_value = "examples/fuchun.jpg")]
-    pub style: PathBuf,
-    /// Keep the content image's aspect ratio in the evaluation table and the memory run instead of squares.
-    #[arg(long)]
-    pub content_aspect: bool,
-    /// Iterations per scale of the memory run (`fuchun stylize` at the largest size in a child process; more than
-    /// the L-BFGS history, so it is full; 0 skips it).
-    #[arg(long, default_value_t = 12)]
-    pub memory_iterations: usize,
-    /// Size for the warm-start measurement (0 skips it).
-    #[arg(long, default_value_t = 256)]
-    pub warm_size: usize,
-    /// Re-match the histogram targets every N evaluations in every run of the bench.
-    #[arg(long, default_value_t = DEFAULT_HIST_EVERY)]
-    pub hist_every: usize,
-    /// Compare these --hist-every values (time and exact final loss), e.g. 1,2,4,8; empty skips it.
-    #[arg(long, value_delimiter = ',')]
-    pub compare_hist_every: Vec<usize>,
-    #[arg(long, default_value_t = 256)]
-    pub compare_size: usize,
-    #[arg(long, default_value_t = 200)]
-    pub compare_iterations: usize,
-    /// Write the comparison's loss curves (hist_every_N.csv) to this directory.
-    #[arg(long)]
-    pub curves: Option<PathBuf>,
-    /// Size (longest side) of the camera-stream figure [5] (0 skips it).
-    #[arg(long, default_value_t = 256)]
-    pub stream_size: usize,
-    /// Frames of the synthetic clip of [5] (a new scene half-way).
-    #[arg(long, default_value_t = 20)]
-    pub stream_frames: usize,
-    /// The clips of [5], each a figure of its own: crossing (an object crossing, then a new scene), approaching
-    /// (growing as it comes towards the camera), two-crossing, stop-and-go (a person-sized object stops and
-    /// leaves), lights (the whole frame brightens by 20 %).
-    #[arg(long, value_enum, value_delimiter = ',', default_values = ["crossing"])]
-    pub stream_clip: Vec<Motion>,
-    /// Frames of [5]'s clip stylised as cold runs for the comparison (from the first; a cold frame costs several
-    /// temporal ones).
-    #[arg(long, default_value_t = 5)]
-    pub stream_cold_frames: usize,
-    /// Iterations per scale in [5] (the daemon's default for a style).
-    #[arg(long, default_value_t = 100)]
-    pub stream_iterations: usize,
-    /// [5] also without the motion search (is it worth it?).
-    #[arg(long)]
-    pub stream_compare_motion: bool,
-    /// The palette of [5]'s frames: `content` (the photo's) or `style` (carried into the painting's colours);
-    /// default: the daemon's (`temporal::STREAM_PALETTE`).
-    #[arg(long)]
-    pub stream_palette: Option<crate::transfer::schedule::Palette>,
-    /// The moving object of [5]'s clip (the background is --content).
-    #[arg(long, default_value = "examples/astronaut.jpg")]
-    pub stream_object: PathBuf,
-    /// Write a strip of consecutive frames of [5] (camera, cold runs, temporal) to this image.
-    #[arg(long)]
-    pub stream_strip: Option<PathBuf>,
-    /// Also write the frames of [5]'s clip (JPEG, as a camera sends them) to this directory, to run
-    /// `fuchun stylize --content 'DIR/*.jpg'` on them.
-    #[arg(long)]
-    pub stream_clip_dir: Option<PathBuf>,
-    /// [6] kiosk sizes, WIDTHxHEIGHT each (e.g. 1024x1024,1920x1080): peak RSS and seconds per evaluation of
-    /// `fuchun stylize` under --kiosk-budget (tiled where the image does not fit); empty skips it (slow on a CPU).
-    #[arg(long, value_delimiter = ',', value_name = "WxH")]
-    pub kiosk: Vec<String>,
-    /// The memory budget (MiB) of [6].
-    #[arg(long, default_value_t = 2000)]
-    pub kiosk_budget: u64,
-    /// Iterations of each [6] run (one scale at the full size).
-    #[arg(long, default_value_t = 2)]
-    pub kiosk_iterations: usize,
-    /// [6] also without a budget (whole images), side by side.
-    #[arg(long)]
-    pub kiosk_whole: bool,
-    /// Print the figures as one JSON object as well.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub peers: super::peers::PeerArgs,
-}
 
 /// FP32 matrix-multiply throughput of this machine: one large sgemm per core, all cores at once (GFLOP/s).
 pub fn sgemm_peak_gflops() -> f64 {
@@ -534,64 +433,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Run `fuchun stylize` on `content` in a child process with this bench's model options; its peak RSS (bytes, from
-/// wait4's rusage) and wall time.
-/// `extra` arguments come last (the last of an option given twice wins).
-pub(super) fn child_stylize_peak_rss(
-    args: &BenchArgs,
-    content: &crate::imageio::Planar,
-    size: usize,
-    extra: &[String],
-) -> Result<(f64, f64)> {
-    let dir = tempfile_dir()?;
-    let input = dir.join("content.png");
-    std::fs::write(&input, imageio::encode(content, imageio::OutputFormat::Png)?)?;
-    let exe = std::env::current_exe().context("locating the fuchun binary")?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("stylize")
-        .arg("--model")
-        .arg(args.model.cli_model_dir()?)
-        .arg("--content")
-        .arg(&input)
-        .arg("--style")
-        .arg(&args.style)
-        .arg("-o")
-        .arg(dir.join("out.png"))
-        .args(["--image-size", &size.to_string(), "--iterations", &args.memory_iterations.to_string(), "--tol", "0"])
-        .args(["--hist-every", &args.hist_every.to_string(), "--provider", &args.model.provider.to_string()])
-        .args(["--threads", &args.model.threads.to_string()])
-        .args(extra)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    if let Some(l) = &args.model.ort_library {
-        cmd.arg("--ort-library").arg(l);
-    }
-    let t = Instant::now();
-    let child = cmd.spawn().context("starting `fuchun stylize`")?;
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let secs = t.elapsed().as_secs_f64();
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut stderr);
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    if r != pid as libc::pid_t || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        anyhow::bail!("`fuchun stylize` for the memory figure failed: {}", stderr.trim());
-    }
-    Ok((usage.ru_maxrss as f64 * 1024.0, secs))
-}
-
-fn tempfile_dir() -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("fuchun-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
 }
 
 /// Loss after every evaluation.

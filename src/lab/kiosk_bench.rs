@@ -5,7 +5,8 @@
 
 use anyhow::{bail, Context, Result};
 
-use super::bench::{child_stylize_peak_rss, BenchArgs};
+use super::bench_args::BenchArgs;
+use super::child::child_stylize_peak_rss;
 use crate::engine::runtime::parse_shape;
 use crate::imageio::Planar;
 use crate::transfer::tiled::budget;

@@ -4,6 +4,8 @@
 //! measured peak and the synthetic clips. Nothing in the product (engine, transfer, daemon, stylize) depends on it.
 
 pub mod bench;
+pub mod bench_args;
+mod child;
 pub mod clip;
 pub mod kiosk_bench;
 pub mod pairs;
