@@ -15,7 +15,7 @@ use crate::transfer::temporal::{DEFAULT_TEMPORAL_WEIGHT, STREAM_PALETTE};
 use crate::transfer::{Init, Optimizer, Palette, StylizeOptions, Weights};
 
 /// The defaults that differ between uses, as data: a kiosk camera's frames are smaller and get fewer iterations than
-/// a single image, and streams keep the photo's palette (`temporal::STREAM_PALETTE`).
+/// a single image; streams take their palette from `temporal::STREAM_PALETTE`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Profile {
     pub image_size: usize,

@@ -287,12 +287,13 @@ pub const DEFAULT_MOTION_PX: usize = 16;
 /// Default evaluation budget of a frame started from the previous result (a cold 256 px frame takes 150–300).
 pub const DEFAULT_MAX_EVALUATIONS: usize = 60;
 
-/// The palette of camera streams and frame sequences unless one is given: the photo's own. Carried into the
-/// painting's colours, the frames' sensor noise is carried too (the colour map steepens where the painting's
-/// palette is spread wider than the frame's), so the content target of the unchanged pixels moves from frame to
-/// frame and a partly changed frame took 35–55 evaluations instead of 8–15 to come back to the cold run's loss
-/// (random-weight clip at 96 px, docs/quality.md); single images use `Palette::Style`.
-pub const STREAM_PALETTE: Palette = Palette::Content;
+/// The palette of camera streams and frame sequences unless one is given: the painting's, as for single images
+/// (issue 18: with the photo's own palette a daemon style missed the painting's colours on 11 of 12 bench pairs,
+/// palette 3.91 against 1.16). It used to be the photo's because the carried frames cost partly changed frames
+/// more; with the plate compared per pixel (issue 20) the real weights measure, at 192 px, evaluations 0.17 of a
+/// cold frame, flicker 0.17 of cold runs' and a trail of 4.5/255 on the crossing clip (the photo's palette: 0.09,
+/// 0.12, 3.7): inside the targets, and the moving object painted as a cold run paints it (docs/performance.md).
+pub const STREAM_PALETTE: Palette = Palette::Style;
 
 /// Default weight of the temporal term (with the default, normalised term weights; docs/performance.md).
 pub const DEFAULT_TEMPORAL_WEIGHT: f32 = 200.0;
