@@ -468,4 +468,26 @@ mod tests {
         let still = Clip { object: vec![vec![false; 6]; 4], ..clip() };
         assert_eq!(trail(&still, &results(None, 0.0)), None);
     }
+
+    #[test]
+    fn the_objects_paint_is_its_distance_from_the_photo_against_the_cold_runs() {
+        let c = clip();
+        let flat = |v: f32| Planar { width: 6, height: 1, data: vec![v; 18] };
+        let photos = vec![flat(0.5); 4];
+        // cold runs move the object's pixels 0.4 from the photo; temporal ones 0.2, then as far: 0.5, 1.0
+        let cold = vec![flat(0.9); 3];
+        assert!((object_paint(&c, &photos, &[flat(0.7), flat(0.7), flat(0.7)], &cold).unwrap() - 0.5).abs() < 1e-6);
+        assert!((object_paint(&c, &photos, &cold, &cold).unwrap() - 1.0).abs() < 1e-6);
+        // frame 0 (a cold frame in both) is left out; only the object's pixels count
+        let mut warm = vec![flat(0.9), flat(0.5), flat(0.5)];
+        warm[1].data[2] = 0.9;
+        warm[1].data[6 + 2] = 0.9;
+        warm[1].data[12 + 2] = 0.9;
+        warm[2].data[3] = 0.7;
+        let got = object_paint(&c, &photos, &warm, &cold).unwrap();
+        assert!((got - (3.0 * 0.4 + 0.2) / (6.0 * 0.4)).abs() < 1e-6, "{got}");
+        // no object in the compared frames: nothing to measure
+        let still = Clip { object: vec![vec![false; 6]; 4], ..clip() };
+        assert_eq!(object_paint(&still, &photos, &cold, &cold), None);
+    }
 }
