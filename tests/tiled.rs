@@ -322,3 +322,30 @@ fn inputs_built_from_owned_activations_are_the_copied_ones() {
         assert_eq!(copied.view(n), owned.view(n), "{n}");
     }
 }
+
+/// Under a memory budget the two hot sessions take turns (`Model::release_idle`): before tiled evaluations the whole
+/// objective's session is dropped if it ran (its ONNX Runtime arena with it), before whole ones the tile graph's,
+/// and each is created again when next needed, evaluating exactly as before. Without a budget nothing is dropped.
+#[test]
+fn the_hot_sessions_take_turns_under_a_budget() {
+    let mut model = load(&common::test_model());
+    let (w, h) = (96, 80);
+    let (x, style, mut inputs) = setup(&mut model, w, h, 3);
+    let mut g = vec![0.0f32; x.data.len()];
+    let first = model.evaluate(&x.data, h, w, &mut inputs, &mut g, None).unwrap();
+    assert!(model.release_idle(true), "the whole objective ran: its session is dropped before tiles");
+    assert!(!model.release_idle(true), "nothing ran since: nothing to drop");
+    let mut g2 = vec![0.0f32; x.data.len()];
+    let again = model.evaluate(&x.data, h, w, &mut inputs, &mut g2, None).unwrap();
+    assert_eq!((first.total, &g), (again.total, &g2), "the re-created session evaluates bit for bit as before");
+    // the whole objective is not dropped before whole evaluations, nor the tile graph before tiled ones
+    assert!(!model.release_idle(false));
+    tiled::evaluate(&mut model, &x.data, (h, w), &mut inputs, &mut g, &style, false, 32).unwrap();
+    assert!(model.release_idle(false), "tile_grad.onnx ran: dropped before whole evaluations");
+    tiled::evaluate(&mut model, &x.data, (h, w), &mut inputs, &mut g2, &style, false, 32).unwrap();
+    assert_eq!(g, g2, "the re-created tile graph evaluates bit for bit as before");
+    // without a budget the sessions stay (nothing plans memory there, and re-creating costs time)
+    let mut plain = Model::load(&common::test_model(), &RuntimeOptions::default()).unwrap();
+    plain.evaluate(&x.data, h, w, &mut inputs, &mut g, None).unwrap();
+    assert!(!plain.release_idle(true));
+}

@@ -12,9 +12,9 @@ use anyhow::{Context, Result};
 use super::clip::{synthetic, Clip, ClipSpec, Motion};
 use crate::engine::Model;
 use crate::imageio::{self, fit_size, Limits, Planar};
+use crate::transfer::schedule::Palette;
 use crate::transfer::temporal::{self, masked_difference, Previous, Start, StreamSettings};
 use crate::transfer::{CachedTargets, NoHooks, StyleImages, StylizeOptions};
-use crate::transfer::schedule::Palette;
 
 /// One pass over the clip.
 pub struct Pass {

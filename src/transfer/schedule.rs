@@ -521,6 +521,9 @@ pub fn stylize_with(
             tracing::info!(w, h, tile = ?plan.tile, history = plan.history, estimate_mb = plan.estimate_mb,
                 budget_mb = ?model.memory_budget_mb, "scale planned under the memory budget");
         }
+        // the plan is for this scale alone: the arena of the other kind of evaluation (whole scales before a tiled
+        // one, or a previous frame's tiles before whole coarse scales) must not stay resident beside it
+        model.release_idle(plan.tile.is_some());
         let m = &model.manifest;
         // whole-image activations of a tiled scale would alone pass the budget: block by block, only the layers
         // the inputs are made of
