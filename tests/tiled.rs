@@ -349,3 +349,41 @@ fn the_hot_sessions_take_turns_under_a_budget() {
     plain.evaluate(&x.data, h, w, &mut inputs, &mut g, None).unwrap();
     assert!(!plain.release_idle(true));
 }
+
+/// When the memory budget runs the last scale in tiles and no taper is given, the large-image schedule puts the
+/// evaluations at the coarse scales (a third per scale, at least a twentieth of the coarsest's); a run whose last
+/// scale fits whole keeps the same iterations at every scale, and an explicit taper is always followed.
+#[test]
+fn a_tiled_last_scale_gets_the_large_image_schedule() {
+    use fuchun::transfer::{stylize, NoHooks, StylizeOptions};
+    // 640x360 needs about 1077 MiB whole by the budget's model of this graph, 320x180 about 584: under 800 the
+    // coarse scale runs whole and the last in tiles
+    let opts = RuntimeOptions { memory_budget_mb: Some(800), ..Default::default() };
+    let mut model = Model::load(&common::test_model(), &opts).unwrap();
+    let limits = Limits::default();
+    let content = imageio::load_path(&common::example("tubingen.jpg"), &limits).unwrap().resize(640, 360);
+    let style = imageio::load_path(&common::example("fuchun.jpg"), &limits).unwrap();
+    let mut opts = StylizeOptions::new(Weights::defaults(&model.manifest));
+    opts.image_size = 640;
+    opts.scales = vec![320, 640];
+    opts.iterations = 6;
+    opts.tol = 0.0;
+    assert_eq!((opts.iterations_at(0, true), opts.iterations_at(1, true)), (6, 2));
+    assert_eq!((opts.iterations_at(0, false), opts.iterations_at(1, false)), (6, 6));
+    let out = stylize(&mut model, &content, std::slice::from_ref(&style), &opts, &mut NoHooks).unwrap();
+    let plan: Vec<(Option<usize>, usize)> = out.scales.iter().map(|s| (s.tile, s.iterations)).collect();
+    println!("large-image schedule: (tile, iterations) per scale {plan:?}");
+    assert!(plan[0].0.is_none() && plan[1].0.is_some(), "the budget should run only the last scale in tiles: {plan:?}");
+    assert!(plan[0].1 > 2 && plan[1].1 <= 2, "a third of the coarse scale's iterations at the last: {plan:?}");
+    assert_eq!((out.image.width, out.image.height), (640, 360));
+    // explicit taper 1: the last (tiled) scale gets as many as the first
+    opts.taper = Some(1.0);
+    opts.scales = vec![640];
+    opts.iterations = 3;
+    let out = stylize(&mut model, &content, std::slice::from_ref(&style), &opts, &mut NoHooks).unwrap();
+    assert!(out.scales[0].tile.is_some() && out.scales[0].iterations == 3, "{:?}", out.scales[0].iterations);
+    // large-image floor: from 600 iterations, the published 600/200/67/30
+    opts.taper = None;
+    opts.iterations = 600;
+    assert_eq!((0..4).map(|i| opts.iterations_at(i, true)).collect::<Vec<_>>(), vec![600, 200, 67, 30]);
+}

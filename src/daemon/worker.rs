@@ -376,7 +376,7 @@ fn process(
         "height": outcome.image.height,
         "scales": outcome.scales.iter().map(|s| serde_json::json!({
             "width": s.width, "height": s.height, "iterations": s.iterations, "evaluations": s.evaluations,
-            "stop": format!("{:?}", s.stop), "seconds": s.seconds,
+            "stop": format!("{:?}", s.stop), "seconds": s.seconds, "tile": s.tile,
         })).collect::<Vec<_>>(),
         "evaluations": evaluations,
         "warm_start": plan.start != Start::Cold,
