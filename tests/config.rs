@@ -138,3 +138,43 @@ fn temporal_settings_load_and_bad_ones_are_explained() {
     assert!(!s.enabled);
     assert_eq!((s.change.dilate_px, s.temporal_weight), (3, 50.0));
 }
+
+/// Kiosk sizes: a camera's max_size is accepted up to 3840 (4K UHD) and refused outside 16..=3840 with the range
+/// in the message; each camera's largest result is planned under [model] memory_budget_mb on the real manifest:
+/// 3840 px runs in tiles under a budget that holds it, and a budget too small is refused naming the camera and the
+/// settings to change.
+#[test]
+fn kiosk_sizes_are_accepted_up_to_4k_and_planned_under_the_budget() {
+    let style =
+        format!("[styles.ink]\nimages = [\"{}\"]\nimage_size = 3840\n", common::example("fuchun.jpg").display());
+    for bad in [0, 8, 3841, 38400] {
+        let e = load(&format!("{style}[cameras.lobby]\nmax_size = {bad}\n"));
+        assert!(e.contains("cameras.lobby.max_size") && e.contains("16 to 3840"), "{bad}: {e}");
+        let e = load(&format!("{style}[daemon]\ndefault_max_size = {bad}\n"));
+        assert!(e.contains("daemon.default_max_size") && e.contains("16 to 3840"), "{bad}: {e}");
+    }
+    let _g = ENV.lock().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.toml");
+    std::fs::write(&p, format!("{style}[daemon]\ndefault_max_size = 1024\n[cameras.lobby]\nmax_size = 3840\n"))
+        .unwrap();
+    let c = Config::load(&p).unwrap();
+    let m = fuchun::engine::Manifest::load(&common::root().join("models/out/vgg16-max")).unwrap();
+    // under 8000 MiB: 3840x2160 in tiles, the largest first
+    let plans = c.plan_frame_sizes(&m, Some(8000)).unwrap();
+    let (who, shape, plan) = &plans[0];
+    assert!(who.contains("lobby") && *shape == [2160, 3840] && plan.tile.is_some(), "{who} {shape:?} {plan:?}");
+    assert!(plan.estimate_mb <= 8000);
+    assert!(plans.iter().any(|(w, s, _)| w.contains("default_max_size") && *s == [576, 1024]), "{plans:?}");
+    // under 3000 MiB 3840x2160 cannot run even in the smallest tiles: refused, naming the camera and the fix
+    let e = format!("{:#}", c.plan_frame_sizes(&m, Some(3000)).unwrap_err());
+    assert!(
+        e.contains("camera lobby")
+            && e.contains("3840x2160")
+            && e.contains("max_size 3840")
+            && e.contains("memory_budget_mb"),
+        "{e}"
+    );
+    // without a budget it is planned whole (a warning, not a refusal: a GPU host may have the memory)
+    assert!(c.plan_frame_sizes(&m, None).unwrap()[0].2.tile.is_none());
+}

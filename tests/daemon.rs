@@ -477,3 +477,27 @@ fn camera_stream_starts_partly_changed_frames_from_the_previous_result_and_repor
     let other = probe.wait_n(&meta_topic, 22, T).remove(21).json();
     assert_eq!((other["style"].as_str(), start(&other).as_str()), (Some("scream"), "cold"));
 }
+
+/// A kiosk camera: a frame larger than the daemon's default size (256) with a max_size and style image_size of 640
+/// under a small [model] memory_budget_mb (the random-weight graph; 800 MiB by the budget's model of that graph:
+/// 320x180 fits whole, 640x360 does not). The coarse scale runs whole, the last in tiles with the large-image
+/// schedule (a third of the coarse scale's iterations), and the full-size result is published.
+#[test]
+fn a_kiosk_sized_frame_runs_in_tiles_under_the_memory_budget() {
+    let extra = "[model]\nmemory_budget_mb = 800\n\
+                 [styles.ink]\nimage_size = 640\nscales = [320]\niterations = 6\ntol = 0.0\n\
+                 [cameras.lobby]\nmax_size = 640\n";
+    let (prefix, probe, _d) = start("kiosk", extra);
+    probe.publish(&format!("{prefix}/lobby/frame"), jpeg(1280, 720, 0.4));
+    let img = probe.wait_n(&format!("{prefix}/lobby/stylized"), 1, Duration::from_secs(300)).remove(0);
+    let meta = probe.wait_n(&format!("{prefix}/lobby/stylized/meta"), 1, T).remove(0).json();
+    let decoded = imageio::decode(&img.payload, &Limits::default()).unwrap();
+    assert_eq!((decoded.width, decoded.height), (640, 360), "the full max_size result");
+    let scales = meta["scales"].as_array().unwrap();
+    println!("kiosk frame scales: {scales:?}");
+    assert_eq!(scales.len(), 2);
+    assert!(scales[0]["tile"].is_null() && scales[0]["width"] == 320, "{scales:?}");
+    assert!(scales[1]["tile"].as_u64().is_some() && scales[1]["width"] == 640, "{scales:?}");
+    assert!(scales[1]["iterations"].as_u64().unwrap() <= 2 && scales[0]["iterations"].as_u64().unwrap() > 2);
+    assert!(meta["losses"]["total"].as_f64().unwrap().is_finite());
+}

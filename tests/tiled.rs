@@ -322,3 +322,68 @@ fn inputs_built_from_owned_activations_are_the_copied_ones() {
         assert_eq!(copied.view(n), owned.view(n), "{n}");
     }
 }
+
+/// Under a memory budget the two hot sessions take turns (`Model::release_idle`): before tiled evaluations the whole
+/// objective's session is dropped if it ran (its ONNX Runtime arena with it), before whole ones the tile graph's,
+/// and each is created again when next needed, evaluating exactly as before. Without a budget nothing is dropped.
+#[test]
+fn the_hot_sessions_take_turns_under_a_budget() {
+    let mut model = load(&common::test_model());
+    let (w, h) = (96, 80);
+    let (x, style, mut inputs) = setup(&mut model, w, h, 3);
+    let mut g = vec![0.0f32; x.data.len()];
+    let first = model.evaluate(&x.data, h, w, &mut inputs, &mut g, None).unwrap();
+    assert!(model.release_idle(true), "the whole objective ran: its session is dropped before tiles");
+    assert!(!model.release_idle(true), "nothing ran since: nothing to drop");
+    let mut g2 = vec![0.0f32; x.data.len()];
+    let again = model.evaluate(&x.data, h, w, &mut inputs, &mut g2, None).unwrap();
+    assert_eq!((first.total, &g), (again.total, &g2), "the re-created session evaluates bit for bit as before");
+    // the whole objective is not dropped before whole evaluations, nor the tile graph before tiled ones
+    assert!(!model.release_idle(false));
+    tiled::evaluate(&mut model, &x.data, (h, w), &mut inputs, &mut g, &style, false, 32).unwrap();
+    assert!(model.release_idle(false), "tile_grad.onnx ran: dropped before whole evaluations");
+    tiled::evaluate(&mut model, &x.data, (h, w), &mut inputs, &mut g2, &style, false, 32).unwrap();
+    assert_eq!(g, g2, "the re-created tile graph evaluates bit for bit as before");
+    // without a budget the sessions stay (nothing plans memory there, and re-creating costs time)
+    let mut plain = Model::load(&common::test_model(), &RuntimeOptions::default()).unwrap();
+    plain.evaluate(&x.data, h, w, &mut inputs, &mut g, None).unwrap();
+    assert!(!plain.release_idle(true));
+}
+
+/// When the memory budget runs the last scale in tiles and no taper is given, the large-image schedule puts the
+/// evaluations at the coarse scales (a third per scale, at least a twentieth of the coarsest's); a run whose last
+/// scale fits whole keeps the same iterations at every scale, and an explicit taper is always followed.
+#[test]
+fn a_tiled_last_scale_gets_the_large_image_schedule() {
+    use fuchun::transfer::{stylize, NoHooks, StylizeOptions};
+    // 640x360 needs about 1077 MiB whole by the budget's model of this graph, 320x180 about 584: under 800 the
+    // coarse scale runs whole and the last in tiles
+    let opts = RuntimeOptions { memory_budget_mb: Some(800), ..Default::default() };
+    let mut model = Model::load(&common::test_model(), &opts).unwrap();
+    let limits = Limits::default();
+    let content = imageio::load_path(&common::example("tubingen.jpg"), &limits).unwrap().resize(640, 360);
+    let style = imageio::load_path(&common::example("fuchun.jpg"), &limits).unwrap();
+    let mut opts = StylizeOptions::new(Weights::defaults(&model.manifest));
+    opts.image_size = 640;
+    opts.scales = vec![320, 640];
+    opts.iterations = 6;
+    opts.tol = 0.0;
+    assert_eq!((opts.iterations_at(0, true), opts.iterations_at(1, true)), (6, 2));
+    assert_eq!((opts.iterations_at(0, false), opts.iterations_at(1, false)), (6, 6));
+    let out = stylize(&mut model, &content, std::slice::from_ref(&style), &opts, &mut NoHooks).unwrap();
+    let plan: Vec<(Option<usize>, usize)> = out.scales.iter().map(|s| (s.tile, s.iterations)).collect();
+    println!("large-image schedule: (tile, iterations) per scale {plan:?}");
+    assert!(plan[0].0.is_none() && plan[1].0.is_some(), "the budget should run only the last scale in tiles: {plan:?}");
+    assert!(plan[0].1 > 2 && plan[1].1 <= 2, "a third of the coarse scale's iterations at the last: {plan:?}");
+    assert_eq!((out.image.width, out.image.height), (640, 360));
+    // explicit taper 1: the last (tiled) scale gets as many as the first
+    opts.taper = Some(1.0);
+    opts.scales = vec![640];
+    opts.iterations = 3;
+    let out = stylize(&mut model, &content, std::slice::from_ref(&style), &opts, &mut NoHooks).unwrap();
+    assert!(out.scales[0].tile.is_some() && out.scales[0].iterations == 3, "{:?}", out.scales[0].iterations);
+    // large-image floor: from 600 iterations, the published 600/200/67/30
+    opts.taper = None;
+    opts.iterations = 600;
+    assert_eq!((0..4).map(|i| opts.iterations_at(i, true)).collect::<Vec<_>>(), vec![600, 200, 67, 30]);
+}

@@ -277,9 +277,12 @@ fn the_taper_gives_finer_scales_fewer_iterations() {
     opts.image_size = 64;
     opts.scales = vec![32, 48, 64];
     opts.iterations = 16;
-    opts.taper = 0.5;
+    opts.taper = Some(0.5);
     opts.tol = 0.0;
-    assert_eq!((0..3).map(|i| opts.iterations_at(i)).collect::<Vec<_>>(), vec![16, 8, 4]);
+    // an explicit taper is the schedule whether the last scale runs in tiles or not
+    for tiled in [false, true] {
+        assert_eq!((0..3).map(|i| opts.iterations_at(i, tiled)).collect::<Vec<_>>(), vec![16, 8, 4]);
+    }
     let out = stylize(&mut model, &content, std::slice::from_ref(&style), &opts, &mut NoHooks).unwrap();
     let its: Vec<usize> = out.scales.iter().map(|s| s.iterations).collect();
     assert!(its[0] > 8 && its[0] <= 16 && its[1] <= 8 && its[2] <= 4 && its[2] >= 1, "{its:?}");

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::engine::runtime::Shape;
-use crate::engine::RuntimeOptions;
+use crate::engine::{Manifest, RuntimeOptions};
 use crate::settings::transfer::CAMERA;
 use crate::settings::{Door, Runtime, Stream, Transfer};
 
@@ -273,6 +273,30 @@ pub struct CameraSettings {
     pub retain: bool,
 }
 
+/// The longest result side a camera may ask for (`max_size`, `default_max_size`): 4K UHD's long side. The exact
+/// tiled objective keeps the image-sized inputs whole (content targets, the histogram layers' global maps), so the
+/// memory grows with the result whatever the tiles: the budget's estimate is about 5,900 MiB at 3840×2160 and four
+/// times that at 8K (docs/performance.md); a larger value is a typo more likely than a kiosk.
+pub const MAX_RESULT_SIDE: usize = 3840;
+
+/// The smallest result side: the smallest style `image_size`.
+pub const MIN_RESULT_SIDE: usize = 16;
+
+/// Without a memory budget, a result whose whole evaluation is estimated above this (MiB) is warned about at start.
+pub const WHOLE_WARN_MB: u64 = 4096;
+
+/// A camera's `max_size` within [`MIN_RESULT_SIDE`, `MAX_RESULT_SIDE`].
+fn check_max_size(m: usize) -> Result<()> {
+    if !(MIN_RESULT_SIDE..=MAX_RESULT_SIDE).contains(&m) {
+        bail!(
+            "{m} is not a result size this daemon can produce: give {MIN_RESULT_SIDE} to {MAX_RESULT_SIDE} pixels \
+             (the result's longest side; 3840 is 4K UHD, whose tiled evaluation needs a [model] memory_budget_mb \
+             of about 6000 MiB)"
+        );
+    }
+    Ok(())
+}
+
 /// The largest configuration file read: a real one is a few KiB; a path to a device or a huge file fails fast.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
@@ -426,9 +450,15 @@ impl Config {
                 self.styles.keys().collect::<Vec<_>>()
             );
         }
+        if let Some(m) = self.daemon.default_max_size {
+            check_max_size(m).context("daemon.default_max_size")?;
+        }
         for (cam, c) in &self.cameras {
             if !valid_name(cam) {
                 bail!("camera name {cam:?} must be letters, digits, '_' or '-'");
+            }
+            if let Some(m) = c.max_size {
+                check_max_size(m).with_context(|| format!("cameras.{cam}.max_size"))?;
             }
             if let Some(s) = &c.style {
                 if !self.styles.contains_key(s) {
@@ -528,6 +558,52 @@ impl Config {
         profile.sort_unstable();
         profile.dedup();
         (frames, profile)
+    }
+
+    /// Every camera's largest result (its max_size, or daemon.default_max_size, under each style's image_size, at
+    /// frame_aspect) planned under the memory budget before the daemon says it is ready: a size the budget cannot
+    /// hold even in the smallest tiles is refused here, naming the camera and what to change, instead of failing
+    /// every frame. Without a budget a size whose whole evaluation needs more than `WHOLE_WARN_MB` is only warned
+    /// about (a GPU host may have the memory). Returns the plans, largest first: (camera, [height, width], plan).
+    pub fn plan_frame_sizes(
+        &self,
+        manifest: &Manifest,
+        budget_mb: Option<u64>,
+    ) -> Result<Vec<(String, Shape, crate::transfer::tiled::budget::Choice)>> {
+        let (aw, ah) = self.frame_aspect()?;
+        let mut caps: Vec<(String, Option<usize>)> =
+            vec![("cameras not listed (daemon.default_max_size)".into(), self.daemon.default_max_size)];
+        caps.extend(
+            self.cameras.iter().map(|(n, c)| (format!("camera {n}"), c.max_size.or(self.daemon.default_max_size))),
+        );
+        let mut out = Vec::new();
+        for (style, s) in &self.styles {
+            let t = &s.transfer;
+            for (who, cap) in &caps {
+                let size = cap.map_or(t.image_size(&CAMERA), |c| c.min(t.image_size(&CAMERA)));
+                let (w, h) = crate::imageio::fit_size(aw, ah, size);
+                let plan = crate::transfer::tiled::budget::choose(manifest, h, w, t.lbfgs_history, budget_mb)
+                    .with_context(|| {
+                        format!(
+                            "{who} with style {style}: results of {w}x{h} (the style's image_size {}{}) cannot run \
+                             under [model] memory_budget_mb; raise memory_budget_mb, or lower max_size or the style's \
+                             image_size",
+                            t.image_size(&CAMERA),
+                            cap.map_or(String::new(), |c| format!(", max_size {c}"))
+                        )
+                    })?;
+                if budget_mb.is_none() && plan.estimate_mb > WHOLE_WARN_MB {
+                    tracing::warn!(
+                        "{who} with style {style}: results of {w}x{h} run whole, about {} MiB (no [model] \
+                         memory_budget_mb): set memory_budget_mb to run them in tiles within it",
+                        plan.estimate_mb
+                    );
+                }
+                out.push((format!("{who}, style {style}"), [h, w], plan));
+            }
+        }
+        out.sort_by_key(|(_, s, _)| std::cmp::Reverse(s[0] * s[1]));
+        Ok(out)
     }
 
     /// The runtime settings `fuchun serve` (and `doctor`) use: [model] with the TensorRT profile over the

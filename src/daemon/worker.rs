@@ -170,9 +170,16 @@ pub struct WorkerSetup {
 /// Workers load one after the other, so that the second finds the TensorRT engines the first built in the cache.
 static LOADING: Mutex<()> = Mutex::new(());
 
-fn load(worker: usize, setup: &WorkerSetup) -> Result<Model> {
+fn load(worker: usize, setup: &WorkerSetup, cfg: &Config) -> Result<Model> {
     let _turn = LOADING.lock().unwrap_or_else(|e| e.into_inner());
     let mut model = Model::load(&setup.model_dir, &setup.runtime)?;
+    // every camera's result size planned under the budget now: one it cannot hold stops the start with the camera
+    // named, instead of failing each of its frames
+    let plans = cfg.plan_frame_sizes(&model.manifest, model.memory_budget_mb)?;
+    if let Some((who, [h, w], plan)) = plans.first() {
+        tracing::info!(worker, largest = %format!("{w}x{h}"), who, tile = ?plan.tile, history = plan.history,
+            estimate_mb = plan.estimate_mb, budget_mb = ?model.memory_budget_mb, "largest result planned");
+    }
     // a shape the memory budget runs in tiles is not warmed up whole: that alone would pass the budget
     let (m, budget) = (&model.manifest, model.memory_budget_mb);
     let shapes: Vec<Shape> = setup
@@ -200,7 +207,7 @@ pub fn run(
     setup: WorkerSetup,
     ready: std::sync::mpsc::Sender<Result<ProviderReport, String>>,
 ) {
-    let mut model = match load(worker, &setup) {
+    let mut model = match load(worker, &setup, &shared.config) {
         Ok(m) => {
             let _ = ready.send(Ok(m.provider_report().clone()));
             m
@@ -369,7 +376,7 @@ fn process(
         "height": outcome.image.height,
         "scales": outcome.scales.iter().map(|s| serde_json::json!({
             "width": s.width, "height": s.height, "iterations": s.iterations, "evaluations": s.evaluations,
-            "stop": format!("{:?}", s.stop), "seconds": s.seconds,
+            "stop": format!("{:?}", s.stop), "seconds": s.seconds, "tile": s.tile,
         })).collect::<Vec<_>>(),
         "evaluations": evaluations,
         "warm_start": plan.start != Start::Cold,

@@ -196,11 +196,78 @@ pub struct Model {
     /// Runs log at warning level: the sessions' verbose level is only for their creation (placement lines).
     pub(super) run_options: RunOptions,
     features: Session,
-    objective: Session,
+    objective: Hot,
     prelude: Option<Session>,
     feature_outputs: Vec<String>,
-    /// tile_stats.onnx and tile_grad.onnx, when `RuntimeOptions::tiles` (see `engine::tiles`).
-    pub(super) tiles: Option<(Session, Session)>,
+    /// tile_stats.onnx and tile_grad.onnx, when a memory budget is set (see `engine::tiles`).
+    pub(super) tiles: Option<(Session, Hot)>,
+    /// What re-creating a hot session needs (`Hot`).
+    pub(super) reopen: Reopen,
+}
+
+/// The runtime settings and the provider a hot session is re-created with.
+pub(super) struct Reopen {
+    opts: RuntimeOptions,
+    candidate: Candidate,
+}
+
+/// A session run many times per scale (objective.onnx, tile_grad.onnx) with ONNX Runtime's CPU arena. The arena
+/// keeps the largest working memory the session has ever run at until the session is dropped: ONNX Runtime has no
+/// call that returns it. Under a memory budget the two hot sessions take turns (`Model::release_idle`): the one not
+/// about to run is dropped, and created again (`get`) when it is next needed — otherwise a run whose coarse scales
+/// ran whole and whose last scale runs in tiles kept the whole scales' arena beside the tiles' (4.62 GiB under a
+/// 3000-MiB budget at 1920×1080: docs/performance.md).
+pub(super) struct Hot {
+    session: Option<Session>,
+    /// Ran since it was created: its arena holds a working memory.
+    used: bool,
+    graph: GraphInfo,
+    trt: GraphTensorRt,
+}
+
+impl Hot {
+    fn new(session: Session, graph: &GraphInfo, trt: GraphTensorRt) -> Hot {
+        Hot { session: Some(session), used: false, graph: graph.clone(), trt }
+    }
+
+    /// The session, created again (same provider and settings; the graph was verified at load) if it was
+    /// released.
+    pub(super) fn get(&mut self, manifest: &Manifest, reopen: &Reopen) -> Result<&mut Session> {
+        if self.session.is_none() {
+            let t = std::time::Instant::now();
+            let env = runtime::init(reopen.opts.library.as_deref())?;
+            let log = PlacementLog::default();
+            let s = open_session(
+                env,
+                &reopen.opts,
+                manifest,
+                &self.graph,
+                SessionUse::Hot,
+                &reopen.candidate,
+                &self.trt,
+                &log,
+            )
+            .map_err(|e| match e {
+                OpenError::Provider(e) | OpenError::Model(e) => {
+                    e.context(format!("re-creating the {} session", self.graph.file))
+                }
+            })?;
+            tracing::debug!(graph = %self.graph.file, seconds = t.elapsed().as_secs_f64(), "session re-created");
+            self.session = Some(s);
+        }
+        self.used = true;
+        Ok(self.session.as_mut().expect("created above"))
+    }
+
+    /// Drop the session if it ran since it was created (its arena goes back to the system).
+    fn release(&mut self) -> bool {
+        let released = self.used && self.session.is_some();
+        if released {
+            self.session = None;
+            self.used = false;
+        }
+        released
+    }
 }
 
 /// Matches one layer's activations (name, [channels, height, width], data) in place.
@@ -283,13 +350,26 @@ pub fn tensorrt_profile(manifest: &Manifest, opts: &RuntimeOptions) -> Result<Op
     if min[0] < m || min[1] < m {
         bail!("TensorRT profile min {}x{} is below this model's minimum size {m}x{m}", min[1], min[0]);
     }
-    let longest = opts.sizes.iter().map(|s| s[0].max(s[1])).max();
+    // under a memory budget the sizes it runs in tiles never reach these graphs whole (the tile graphs have their
+    // own profile, `tiles::tile_profile`): a profile up to a 3840-px kiosk frame would make TensorRT build engines
+    // for shapes that are never run, if it could build them at all
+    let sizes: Vec<Shape> = opts
+        .sizes
+        .iter()
+        .copied()
+        .filter(|s| {
+            opts.memory_budget_mb.is_none()
+                || crate::transfer::tiled::budget::choose(manifest, s[0], s[1], 0, opts.memory_budget_mb)
+                    .is_ok_and(|c| c.tile.is_none())
+        })
+        .collect();
+    let longest = sizes.iter().map(|s| s[0].max(s[1])).max();
     let max = match (spec.max, longest) {
         (Some(s), _) => s,
         (None, Some(l)) => [l.max(m), l.max(m)],
         (None, None) => return Ok(None),
     };
-    let largest = opts.sizes.iter().copied().max_by_key(|s| s[0] * s[1]);
+    let largest = sizes.iter().copied().max_by_key(|s| s[0] * s[1]);
     let opt = spec.opt.or(largest).unwrap_or(max);
     let opt = [opt[0].clamp(min[0], max[0]), opt[1].clamp(min[1], max[1])];
     if min[0] > max[0] || min[1] > max[1] {
@@ -420,13 +500,26 @@ impl Model {
             }
             let reason = match failure {
                 None => {
+                    let mut trts = graphs.iter().map(|(g, _, trt)| (*g, trt.clone()));
                     let mut it = sessions.into_iter();
-                    let (features, objective) = (it.next().unwrap(), it.next().unwrap());
-                    let prelude = if manifest.graphs.prelude.is_some() { it.next() } else { None };
+                    let features = it.next().unwrap();
+                    trts.next();
+                    let (g, trt) = trts.next().unwrap();
+                    let objective = Hot::new(it.next().unwrap(), g, trt);
+                    let prelude = if manifest.graphs.prelude.is_some() {
+                        trts.next();
+                        it.next()
+                    } else {
+                        None
+                    };
                     let tiles = match (it.next(), it.next()) {
-                        (Some(a), Some(b)) => Some((a, b)),
+                        (Some(a), Some(b)) => {
+                            let (g, trt) = trts.nth(1).unwrap();
+                            Some((a, Hot::new(b, g, trt)))
+                        }
                         _ => None,
                     };
+                    let reopen = Reopen { opts: opts.clone(), candidate: candidate.clone() };
                     let report =
                         ProviderReport { requested: opts.provider, provider: p, nodes: log.nodes(), fallbacks };
                     tracing::info!(provider = %p, requested = %opts.provider, report = %report.summary(), "execution provider");
@@ -443,6 +536,7 @@ impl Model {
                         prelude,
                         feature_outputs,
                         tiles,
+                        reopen,
                     });
                 }
                 Some(OpenError::Model(e)) => return Err(e),
@@ -479,12 +573,32 @@ impl Model {
         &self.report
     }
 
+    /// Before evaluations of one kind, whole images (`tiled` false: objective.onnx) or blocks (tile_grad.onnx):
+    /// under a memory budget on the CPU, the other kind's hot session is dropped if it ran, so that its arena (the
+    /// largest working memory it ever ran at) is not resident beside this kind's; it is created again when next
+    /// needed (about a second: `Hot`). Each scale's plan (`transfer::tiled::budget`) then holds for the process, not
+    /// only for that scale. On the GPU providers the working memory is the device's arena (`gpu_mem_limit_mb`), and
+    /// re-creating a TensorRT session would rebuild or reload its engines: nothing is dropped there. True when a
+    /// session was dropped.
+    pub fn release_idle(&mut self, tiled: bool) -> bool {
+        if self.memory_budget_mb.is_none() || self.provider != Provider::Cpu {
+            return false;
+        }
+        let released =
+            if tiled { self.objective.release() } else { self.tiles.as_mut().is_some_and(|(_, grad)| grad.release()) };
+        if released {
+            tracing::debug!(tiled, "the idle hot session's arena released");
+        }
+        released
+    }
+
     /// Run every graph once at each image shape (zeros as inputs) so that TensorRT engines, cuDNN algorithm choices
     /// and memory arenas are in place before the first real frame. `progress` is called before each shape.
     pub fn warm_up(&mut self, shapes: &[Shape], progress: &mut dyn FnMut(usize, Shape)) -> Result<()> {
         let manifest = &self.manifest;
+        let objective = self.objective.get(manifest, &self.reopen)?;
         let mut graphs: Vec<(&GraphInfo, &mut Session)> =
-            vec![(&manifest.graphs.features, &mut self.features), (&manifest.graphs.objective, &mut self.objective)];
+            vec![(&manifest.graphs.features, &mut self.features), (&manifest.graphs.objective, objective)];
         if let (Some(g), Some(s)) = (&manifest.graphs.prelude, self.prelude.as_mut()) {
             graphs.push((g, s));
         }
@@ -624,6 +738,7 @@ impl Model {
         }
         let outputs = self
             .objective
+            .get(&self.manifest, &self.reopen)?
             .run_with_options(feed, &self.run_options)
             .map_err(|e| anyhow!("running objective.onnx: {e}"))?;
         let scalar = |name: &str| -> Result<f64> {

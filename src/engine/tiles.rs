@@ -57,7 +57,7 @@ impl Model {
         };
         let (session, file) = match graph {
             TileGraph::Stats => (stats, "tile_stats.onnx"),
-            TileGraph::Grad => (grad, "tile_grad.onnx"),
+            TileGraph::Grad => (grad.get(&self.manifest, &self.reopen)?, "tile_grad.onnx"),
         };
         let mut feed: Vec<(std::borrow::Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
         for (name, shape, data) in inputs {

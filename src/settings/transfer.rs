@@ -46,9 +46,11 @@ pub struct Transfer {
     /// configured style 100.
     #[arg(long, value_name = "N")]
     pub iterations: Option<usize>,
-    /// Iterations of each scale over the next coarser one's (1: every scale --iterations).
-    #[arg(long, default_value_t = 1.0, value_name = "F")]
-    pub taper: f32,
+    /// Iterations of each scale over the next coarser one's (1: every scale --iterations). Default: 1, unless the
+    /// memory budget runs the last scale in tiles: then a third, each scale keeping at least a twentieth of the
+    /// coarsest's iterations (--iterations 600 gives 600/200/67/30): most evaluations where they are cheap.
+    #[arg(long, value_name = "F")]
+    pub taper: Option<f32>,
     /// Early stop: relative loss decrease over --tol-window iterations below this (0 disables).
     #[arg(long, default_value_t = 1e-2)]
     pub tol: f64,
@@ -193,7 +195,9 @@ impl Transfer {
         if self.iterations == Some(0) {
             bail!("{} must be at least 1", n("iterations"));
         }
-        check_taper(self.taper).with_context(|| n("taper"))?;
+        if let Some(t) = self.taper {
+            check_taper(t).with_context(|| n("taper"))?;
+        }
         if !(self.tol.is_finite() && self.tol >= 0.0) {
             bail!("{} must be a non-negative number, got {}", n("tol"), self.tol);
         }

@@ -61,8 +61,9 @@ pub struct StylizeOptions {
     pub iterations: usize,
     /// Iterations of a scale over those of the next coarser one (1: every scale the same). Below 1 the work goes
     /// where it is cheap: the coarse scales form the picture, the fine ones only refine it (published large-image
-    /// schedules run ≈ 600/200/66/30 from coarse to fine, a taper of 1/3).
-    pub taper: f32,
+    /// schedules run ≈ 600/200/66/30 from coarse to fine, a taper of 1/3). None: automatic — 1, unless the memory
+    /// budget runs the last scale in tiles, then the large-image schedule (`LARGE_TAPER`, `LARGE_FLOOR`).
+    pub taper: Option<f32>,
     /// Early stop when the loss fell by less than `tol` (relative) over `tol_window` iterations; 0 disables.
     pub tol: f64,
     pub tol_window: usize,
@@ -110,7 +111,7 @@ impl StylizeOptions {
             image_size: 512,
             scales: Vec::new(),
             iterations: 200,
-            taper: 1.0,
+            taper: None,
             tol: 1e-2,
             tol_window: 10,
             weights,
@@ -133,9 +134,15 @@ impl StylizeOptions {
         }
     }
 
-    /// Iterations of the `index`-th scale actually run (0: the coarsest); at least 1.
-    pub fn iterations_at(&self, index: usize) -> usize {
-        ((self.iterations as f64 * (self.taper as f64).powi(index as i32)).round() as usize).max(1)
+    /// Iterations of the `index`-th scale actually run (0: the coarsest); at least 1. `last_tiled`: the memory
+    /// budget runs the last scale in tiles (with `taper` None, the large-image schedule).
+    pub fn iterations_at(&self, index: usize, last_tiled: bool) -> usize {
+        let tapered = |t: f32| (self.iterations as f64 * (t as f64).powi(index as i32)).round() as usize;
+        match self.taper {
+            Some(t) => tapered(t).max(1),
+            None if last_tiled => tapered(LARGE_TAPER).max(self.iterations / LARGE_FLOOR).max(1),
+            None => self.iterations.max(1),
+        }
     }
 
     /// The scales actually used: explicit ones, or 128 doubling up to image_size (one scale when image_size ≤ 128).
@@ -143,6 +150,16 @@ impl StylizeOptions {
         scales_for(self.image_size, &self.scales)
     }
 }
+
+/// The large-image schedule's taper: each scale a third of the previous one's iterations. A tiled evaluation of
+/// the last scale costs hundreds of times one of the coarsest (1920×1080 in tiles: 148.5 s, 240×135 whole: 1.2 s,
+/// docs/performance.md), and the coarse scales form the picture while the fine ones refine its detail: so most
+/// evaluations go where they are cheap, as in published large-image schedules (≈ 600/200/66/30 coarse to fine).
+pub const LARGE_TAPER: f32 = 1.0 / 3.0;
+/// The large-image schedule gives every scale at least this fraction (1/20) of the coarsest's iterations, so the
+/// finest keep enough to refine (a pure third would leave 200/67/22/7/2 at five scales): from 600, exactly the
+/// published 600/200/67/30.
+pub const LARGE_FLOOR: usize = 20;
 
 /// A taper as given (CLI or configuration): positive and at most 4.
 pub fn check_taper(t: f32) -> Result<f32> {
@@ -249,6 +266,8 @@ pub struct ScaleReport {
     pub eval_seconds: f64,
     pub match_seconds: f64,
     pub optimizer_seconds: f64,
+    /// Some(side): the scale ran in tiles of this side (the memory budget's plan, or `StylizeOptions::tile`).
+    pub tile: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -495,6 +514,20 @@ pub fn stylize_with(
     hooks: &mut dyn Hooks,
 ) -> Result<Outcome> {
     let scales = fit_scales(&opts.resolved_scales()?, content.width, content.height, model.manifest.min_size)?;
+    let history = match opts.optimizer {
+        Optimizer::Lbfgs { history } => history,
+        Optimizer::Adam { .. } => 0,
+    };
+    // whether the budget runs the last scale in tiles decides the automatic schedule (`LARGE_TAPER`); tiles forced by
+    // `opts.tile` (tests, measurements) do not change it
+    let last_tiled = {
+        let (w, h) = fit(content.width, content.height, *scales.last().expect("at least one scale"));
+        tiled::budget::choose(&model.manifest, h, w, history, model.memory_budget_mb)?.tile.is_some()
+    };
+    if last_tiled && opts.taper.is_none() {
+        let its: Vec<usize> = (0..scales.len()).map(|i| opts.iterations_at(i, true)).collect();
+        tracing::info!(?scales, iterations = ?its, "the last scale runs in tiles: the large-image schedule");
+    }
     let start = Instant::now();
     let original = content;
     let (colour_map, carried) = carry_palette(content, styles, opts);
@@ -509,10 +542,6 @@ pub fn stylize_with(
         // style first: its activations are gone (only Grams and tables kept) before the content's are computed
         let style = styles.targets(model, longest)?;
         // the memory budget decides whether this scale runs whole or in tiles, and the L-BFGS history
-        let history = match opts.optimizer {
-            Optimizer::Lbfgs { history } => history,
-            Optimizer::Adam { .. } => 0,
-        };
         let mut plan = tiled::budget::choose(&model.manifest, h, w, history, model.memory_budget_mb)?;
         if opts.tile.is_some() {
             plan.tile = opts.tile;
@@ -521,6 +550,9 @@ pub fn stylize_with(
             tracing::info!(w, h, tile = ?plan.tile, history = plan.history, estimate_mb = plan.estimate_mb,
                 budget_mb = ?model.memory_budget_mb, "scale planned under the memory budget");
         }
+        // the plan is for this scale alone: the arena of the other kind of evaluation (whole scales before a tiled
+        // one, or a previous frame's tiles before whole coarse scales) must not stay resident beside it
+        model.release_idle(plan.tile.is_some());
         let m = &model.manifest;
         // whole-image activations of a tiled scale would alone pass the budget: block by block, only the layers
         // the inputs are made of
@@ -556,7 +588,8 @@ pub fn stylize_with(
             histmatch::update_targets(&model.manifest, &start_feats, &style, &mut inputs)?;
         }
         let is_last = si + 1 == scales.len();
-        let scale = ScaleRun { index: si, is_last, width: w, height: h, hist_used, start, t_scale, plan };
+        let iterations = opts.iterations_at(si, last_tiled);
+        let scale = ScaleRun { index: si, is_last, width: w, height: h, iterations, hist_used, start, t_scale, plan };
         let report = optimise_scale(model, &mut img, &mut inputs, &style, opts, hooks, &scale)?;
         let (iterations, evaluations, stop) = (report.iterations, report.evaluations, report.stop);
         reports.push(report);
@@ -606,6 +639,8 @@ struct ScaleRun {
     is_last: bool,
     width: usize,
     height: usize,
+    /// Iterations of this scale (`StylizeOptions::iterations_at`).
+    iterations: usize,
     /// The histogram term acts (its targets are re-matched during the scale).
     hist_used: bool,
     /// When the run started (evaluation records' times) and when the scale did.
@@ -664,8 +699,7 @@ fn optimise_scale(
     hooks: &mut dyn Hooks,
     scale: &ScaleRun,
 ) -> Result<ScaleReport> {
-    let ScaleRun { index: si, is_last, width: w, height: h, hist_used, start, t_scale, plan } = *scale;
-    let iterations = opts.iterations_at(si);
+    let ScaleRun { index: si, is_last, width: w, height: h, iterations, hist_used, start, t_scale, plan } = *scale;
     hooks.scale_start(si, w, h, iterations);
     let mut early = EarlyStop::new(opts.tol_window.max(1), opts.tol);
     let use_early = opts.tol > 0.0;
@@ -751,5 +785,6 @@ fn optimise_scale(
         eval_seconds,
         match_seconds,
         optimizer_seconds,
+        tile: plan.tile,
     })
 }
