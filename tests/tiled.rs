@@ -387,3 +387,53 @@ fn a_tiled_last_scale_gets_the_large_image_schedule() {
     opts.iterations = 600;
     assert_eq!((0..4).map(|i| opts.iterations_at(i, true)).collect::<Vec<_>>(), vec![600, 200, 67, 30]);
 }
+
+/// A tiled evaluation reports progress before each block (a kiosk frame's evaluation takes minutes on a CPU: the
+/// daemon's watchdog beats on it) and stops within the evaluation when the run is cancelled (a shutdown).
+#[test]
+fn a_tiled_evaluation_beats_per_block_and_stops_mid_evaluation_when_cancelled() {
+    use fuchun::transfer::schedule::Cancelled;
+    use fuchun::transfer::{stylize, EvalRecord, Hooks, StylizeOptions};
+    struct Count {
+        evaluations: usize,
+        blocks: usize,
+        cancel_after_blocks: Option<usize>,
+    }
+    impl Hooks for Count {
+        fn evaluation(&mut self, _rec: &EvalRecord) {
+            self.evaluations += 1;
+        }
+        fn progress(&mut self) {
+            self.blocks += 1;
+        }
+        fn cancelled(&self) -> bool {
+            self.cancel_after_blocks.is_some_and(|n| self.blocks >= n)
+        }
+    }
+    let mut model = load(&common::test_model());
+    let limits = Limits::default();
+    let content = imageio::load_path(&common::example("tubingen.jpg"), &limits).unwrap().resize(203, 157);
+    let style = imageio::load_path(&common::example("fuchun.jpg"), &limits).unwrap();
+    let mut opts = StylizeOptions::new(Weights::defaults(&model.manifest));
+    opts.image_size = 203;
+    opts.scales = vec![203];
+    opts.iterations = 2;
+    opts.tol = 0.0;
+    // 32-pixel tiles: 7 x 5 blocks, each visited by both passes of every evaluation
+    opts.tile = Some(32);
+    let mut count = Count { evaluations: 0, blocks: 0, cancel_after_blocks: None };
+    stylize(&mut model, &content, std::slice::from_ref(&style), &opts, &mut count).unwrap();
+    assert!(count.evaluations >= 2, "{} evaluations", count.evaluations);
+    assert_eq!(
+        count.blocks,
+        2 * 35 * count.evaluations,
+        "{} blocks in {} evaluations",
+        count.blocks,
+        count.evaluations
+    );
+    // cancelled after 10 blocks: the first evaluation stops there, not at its end
+    let mut count = Count { evaluations: 0, blocks: 0, cancel_after_blocks: Some(10) };
+    let e = stylize(&mut model, &content, std::slice::from_ref(&style), &opts, &mut count).unwrap_err();
+    assert!(e.downcast_ref::<Cancelled>().is_some(), "{e:#}");
+    assert_eq!((count.evaluations, count.blocks), (0, 10));
+}

@@ -154,6 +154,9 @@ impl Hooks for JobHooks<'_> {
     fn evaluation(&mut self, _rec: &EvalRecord) {
         self.shared.beat(self.worker);
     }
+    fn progress(&mut self) {
+        self.shared.beat(self.worker);
+    }
     fn cancelled(&self) -> bool {
         self.shared.abandon.load(Ordering::Relaxed)
     }

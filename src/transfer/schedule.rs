@@ -375,6 +375,9 @@ impl<S: StyleSource> StyleSource for CachedTargets<S> {
 pub trait Hooks {
     fn scale_start(&mut self, _scale: usize, _width: usize, _height: usize, _iterations: usize) {}
     fn evaluation(&mut self, _rec: &EvalRecord) {}
+    /// Part of an evaluation done: before each block of a tiled one (a kiosk-size evaluation takes minutes; a
+    /// watchdog that waited for whole evaluations would restart the daemon mid-frame).
+    fn progress(&mut self) {}
     /// After each accepted iteration; `image` is the current estimate (planar RGB).
     fn iteration(&mut self, _scale: usize, _iteration: usize, _image: &Planar) -> Result<()> {
         Ok(())
@@ -426,7 +429,16 @@ impl Objective for Eval<'_, '_> {
         let (losses, matching) = match self.tile {
             Some(side) => {
                 let size = (self.height, self.width);
-                tiled::evaluate(self.model, x, size, self.inputs, grad, self.style, rematch, side)?
+                let hooks = self.hooks;
+                let mut on_block = || {
+                    hooks.borrow_mut().progress();
+                    if hooks.borrow().cancelled() {
+                        bail!(Cancelled);
+                    }
+                    Ok(())
+                };
+                let (model, inputs, style) = (&mut *self.model, &mut *self.inputs, self.style);
+                tiled::evaluate_with(model, x, size, inputs, grad, style, rematch, side, &mut on_block)?
             }
             None => {
                 histmatch::evaluate(self.model, x, self.height, self.width, self.inputs, grad, self.style, rematch)?

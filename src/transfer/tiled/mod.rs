@@ -39,12 +39,30 @@ use crate::engine::{Losses, Model, ObjectiveInputs, TileGraph};
 pub fn evaluate(
     model: &mut Model,
     x: &[f32],
+    size: (usize, usize),
+    inputs: &mut ObjectiveInputs,
+    grad: &mut [f32],
+    style: &StyleTargets,
+    rematch: bool,
+    inner: usize,
+) -> Result<(Losses, f64)> {
+    evaluate_with(model, x, size, inputs, grad, style, rematch, inner, &mut || Ok(()))
+}
+
+/// `evaluate`, calling `on_block` before each block of both passes: one tiled evaluation of a kiosk frame on a CPU
+/// takes minutes (1920×1080 in small tiles: 9 minutes and more), so the daemon's watchdog is told of progress and a
+/// shutdown is seen per block, not per evaluation. An error from `on_block` (cancelled) ends the evaluation.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_with(
+    model: &mut Model,
+    x: &[f32],
     (height, width): (usize, usize),
     inputs: &mut ObjectiveInputs,
     grad: &mut [f32],
     style: &StyleTargets,
     rematch: bool,
     inner: usize,
+    on_block: &mut dyn FnMut() -> Result<()>,
 ) -> Result<(Losses, f64)> {
     if x.len() != 3 * height * width || grad.len() != x.len() {
         bail!("image buffer of {} values does not match {width}x{height}", x.len());
@@ -60,6 +78,7 @@ pub fn evaluate(
     // 1. statistics over the inner regions; the histogram layers' activations into their global maps
     let mut sums = Sums::default();
     for b in &blocks {
+        on_block()?;
         let o = b.outer;
         let xb = crop(x, image, (o.y0, o.height(), o.x0, o.width()));
         let mask = b.mask();
@@ -121,6 +140,7 @@ pub fn evaluate(
         .map(|t| t.name.clone())
         .collect();
     for b in &blocks {
+        on_block()?;
         let o = b.outer;
         let mut owned: Vec<(String, Vec<usize>, Vec<f32>)> = vec![
             ("x".into(), vec![1, 3, o.height(), o.width()], crop(x, image, (o.y0, o.height(), o.x0, o.width()))),
