@@ -288,7 +288,7 @@ pub const DEFAULT_MOTION_PX: usize = 16;
 pub const DEFAULT_MAX_EVALUATIONS: usize = 60;
 
 /// The palette of camera streams and frame sequences unless one is given: the painting's, as for single images
-/// (issue 18: with the photo's own palette a daemon style missed the painting's colours on 11 of 12 bench pairs,
+/// (issue 18: with the photo's own palette a daemon style missed the painting's colours on all 12 bench pairs,
 /// palette 3.91 against 1.16). It used to be the photo's because the carried frames cost partly changed frames
 /// more; with the plate compared per pixel (issue 20) the real weights measure, at 192 px, evaluations 0.17 of a
 /// cold frame, flicker 0.17 of cold runs' and a trail of 4.5/255 on the crossing clip (the photo's palette: 0.09,
