@@ -85,8 +85,8 @@ pub fn flicker(clip: &Clip, images: &[Planar]) -> f64 {
 
 /// [5e] how much the moving object is painted in the frames started from the previous one, against the cold runs
 /// of the same frames (frames 1..k): over the object's pixels, the mean |result − photo| of the temporal results
-/// over that of the cold runs. 1: the object painted as much as a cold run paints it; 0: the photo left as it came
-/// (issue 20: a growing or turning object is new content in every frame, and a frame that stops on the whole
+/// over that of the cold runs. 1: the object taken as far from the photo as a cold run takes it; 0: the photo left
+/// as it came. It sees colour, not strokes: a pale object without the painting's lines can score 1 (issue 20: a growing or turning object is new content in every frame, and a frame that stops on the whole
 /// image's loss leaves it under-painted). None when the object shows in none of those frames.
 pub fn object_paint(clip: &Clip, photos: &[Planar], warm: &[Planar], cold: &[Planar]) -> Option<f64> {
     let n = clip.width * clip.height;
@@ -300,7 +300,7 @@ pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &Str
     if let Some(p) = paint {
         println!(
             "    the moving object's paint in frames 1–{} (mean |result − photo| over the object, temporal over cold \
-             runs; 1 = painted as a cold run paints it): {p:.2}",
+             runs; 1 = as far from the photo as a cold run; colour, not strokes): {p:.2}",
             k - 1
         );
     }

@@ -292,7 +292,7 @@ pub const DEFAULT_MAX_EVALUATIONS: usize = 60;
 /// palette 3.91 against 1.16). It used to be the photo's because the carried frames cost partly changed frames
 /// more; with the plate compared per pixel (issue 20) the real weights measure, at 192 px, evaluations 0.17 of a
 /// cold frame, flicker 0.17 of cold runs' and a trail of 4.5/255 on the crossing clip (the photo's palette: 0.09,
-/// 0.12, 3.7): inside the targets, and the moving object painted as a cold run paints it (docs/performance.md).
+/// 0.12, 3.7): inside the targets (docs/performance.md).
 pub const STREAM_PALETTE: Palette = Palette::Style;
 
 /// Default weight of the temporal term (with the default, normalised term weights; docs/performance.md).
