@@ -86,8 +86,9 @@ pub fn flicker(clip: &Clip, images: &[Planar]) -> f64 {
 /// [5e] how much the moving object is painted in the frames started from the previous one, against the cold runs
 /// of the same frames (frames 1..k): over the object's pixels, the mean |result − photo| of the temporal results
 /// over that of the cold runs. 1: the object taken as far from the photo as a cold run takes it; 0: the photo left
-/// as it came. It sees colour, not strokes: a pale object without the painting's lines can score 1 (issue 20: a growing or turning object is new content in every frame, and a frame that stops on the whole
-/// image's loss leaves it under-painted). None when the object shows in none of those frames.
+/// as it came. It sees colour, not strokes: a pale object without the painting's lines can score 1 (issue 20: a
+/// growing or turning object is new content in every frame, and a frame that stops on the whole image's loss leaves
+/// it under-painted). None when the object shows in none of those frames.
 pub fn object_paint(clip: &Clip, photos: &[Planar], warm: &[Planar], cold: &[Planar]) -> Option<f64> {
     let n = clip.width * clip.height;
     let (mut w_sum, mut c_sum) = (0.0f64, 0.0f64);
