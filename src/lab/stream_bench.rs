@@ -104,6 +104,38 @@ pub fn object_paint(clip: &Clip, photos: &[Planar], warm: &[Planar], cold: &[Pla
     (c_sum > 0.0).then(|| w_sum / c_sum)
 }
 
+/// [5e] the moving object's strokes in the frames started from the previous one against the cold runs of the same
+/// frames (1..k): over the object's pixels (one in from its edge, so the object's own outline is left out), the mean
+/// luminance gradient magnitude (central differences) of the temporal results over that of the cold runs. 1: as
+/// much line and texture as a cold run draws; below: paler, softer (what `object_paint`, on colour, does not see).
+pub fn object_strokes(clip: &Clip, warm: &[Planar], cold: &[Planar]) -> Option<f64> {
+    let (w, h) = (clip.width, clip.height);
+    let n = w * h;
+    let grad = |img: &Planar, x: usize, y: usize| -> f64 {
+        let l = |x: usize, y: usize| {
+            let i = y * w + x;
+            (0.299 * img.data[i] + 0.587 * img.data[n + i] + 0.114 * img.data[2 * n + i]) as f64
+        };
+        let gx = l(x + 1, y) - l(x - 1, y);
+        let gy = l(x, y + 1) - l(x, y - 1);
+        (gx * gx + gy * gy).sqrt()
+    };
+    let (mut w_sum, mut c_sum) = (0.0f64, 0.0f64);
+    for i in 1..cold.len().min(warm.len()).min(clip.object.len()) {
+        let obj = &clip.object[i];
+        for y in 1..h.saturating_sub(1) {
+            for x in 1..w.saturating_sub(1) {
+                let p = y * w + x;
+                if obj[p] && obj[p - 1] && obj[p + 1] && obj[p - w] && obj[p + w] {
+                    w_sum += grad(&warm[i], x, y);
+                    c_sum += grad(&cold[i], x, y);
+                }
+            }
+        }
+    }
+    (c_sum > 0.0).then(|| w_sum / c_sum)
+}
+
 /// [5d] of the bench: the trail of the temporal results over the whole clip, and of the cold runs over their frames,
 /// printed against the target (≤ 8/255, and ≤ 3× the untouched pixels' drift where that is larger).
 fn trail_figure(clip: &Clip, warm: &[Planar], cold: &[Planar]) -> (Option<Trail>, Option<Trail>) {
@@ -298,10 +330,11 @@ pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &Str
     // [5d] the trail a moving object leaves (issue 20): where it has been against where it never was
     let (trail_warm, trail_cold) = trail_figure(&clip, &warm.images, &cold.images[..k]);
     let paint = object_paint(&clip, &frames, &warm.images, &cold.images[..k]);
-    if let Some(p) = paint {
+    let strokes = object_strokes(&clip, &warm.images, &cold.images[..k]);
+    if let (Some(p), Some(s)) = (paint, strokes) {
         println!(
-            "    the moving object's paint in frames 1–{} (mean |result − photo| over the object, temporal over cold \
-             runs; 1 = as far from the photo as a cold run; colour, not strokes): {p:.2}",
+            "    the moving object in frames 1–{}, temporal over cold runs: paint (mean |result − photo| over it) \
+             {p:.2}, strokes (mean luminance gradient inside it) {s:.2} (1 = as a cold run)",
             k - 1
         );
     }
@@ -331,7 +364,7 @@ pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &Str
         "partial_evaluations": partial_evals, "cold_evaluations": cold_evals, "evaluation_ratio": eval_ratio,
         "flicker_cold": f_cold, "flicker_temporal": f_warm, "flicker_ratio": f_ratio,
         "trail_temporal": trail_warm.map(|t| t.0), "trail_untouched": trail_warm.map(|t| t.1),
-        "trail_cold": trail_cold.map(|t| t.0), "object_paint": paint,
+        "trail_cold": trail_cold.map(|t| t.0), "object_paint": paint, "object_strokes": strokes,
         "motion": spec.motion, "scene_change_detected": detected, "scene_change_vs_fresh_cold": ghost,
         "without_motion": no_motion,
     }))
@@ -490,5 +523,23 @@ mod tests {
         // no object in the compared frames: nothing to measure
         let still = Clip { object: vec![vec![false; 6]; 4], ..clip() };
         assert_eq!(object_paint(&still, &photos, &cold, &cold), None);
+    }
+
+    #[test]
+    fn the_objects_strokes_are_its_inner_gradient_against_the_cold_runs() {
+        // a 5×5 object in the middle of 7×7 frames: its inner 3×3 pixels count
+        let (w, h) = (7, 7);
+        let obj: Vec<bool> = (0..w * h).map(|p| (1..6).contains(&(p % w)) && (1..6).contains(&(p / w))).collect();
+        let c =
+            Clip { width: w, height: h, frames: vec![Vec::new(); 2], object: vec![obj.clone(); 2], scene_change: None };
+        // a grey ramp rising by `a` a pixel from left to right: a luminance gradient of 2a at every inner pixel
+        let ramp = |a: f32| {
+            let px: Vec<f32> = (0..w * h).map(|p| 0.2 + a * (p % w) as f32).collect();
+            Planar { width: w, height: h, data: [px.clone(), px.clone(), px].concat() }
+        };
+        let got = object_strokes(&c, &[ramp(0.1), ramp(0.05)], &[ramp(0.1), ramp(0.1)]).unwrap();
+        assert!((got - 0.5).abs() < 1e-6, "{got}");
+        // flat cold runs: nothing to compare with
+        assert_eq!(object_strokes(&c, &[ramp(0.1), ramp(0.05)], &[ramp(0.0), ramp(0.0)]), None);
     }
 }
