@@ -85,6 +85,9 @@ pub struct StylizeOptions {
     pub seed: u64,
     /// Stop the last scale as soon as the total loss is at or below this (warm starts; benchmarks).
     pub target_loss: Option<f64>,
+    /// At the last scale, neither `target_loss` nor the early stop ends the run before this many evaluations (a
+    /// camera frame's new content: `transfer::temporal`); the evaluation budget still does.
+    pub min_evaluations: Option<usize>,
     /// Apply the early stop at the last scale too (default). The bench turns it off to measure the time to reach a
     /// loss.
     pub last_scale_early_stop: bool,
@@ -125,6 +128,7 @@ impl StylizeOptions {
             luminance_only: false,
             seed: 0,
             target_loss: None,
+            min_evaluations: None,
             last_scale_early_stop: true,
             hist_every: DEFAULT_HIST_EVERY,
             exact_losses: false,
@@ -751,10 +755,12 @@ fn optimise_scale(
                 return Control::Stop;
             }
         }
-        if is_last && opts.target_loss.is_some_and(|t| info.loss <= t) {
+        // new content must have had its evaluations before the run may stop on the whole image's loss
+        let may_stop = !is_last || opts.min_evaluations.is_none_or(|m| info.evaluations >= m);
+        if is_last && may_stop && opts.target_loss.is_some_and(|t| info.loss <= t) {
             return Control::Stop;
         }
-        if early_here && early.update(info.loss) {
+        if early_here && early.update(info.loss) && may_stop {
             return Control::Stop;
         }
         Control::Continue
