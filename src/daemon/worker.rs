@@ -24,6 +24,7 @@ use crate::imageio::fit_size as fit;
 use crate::imageio::{self, Limits, OutputFormat};
 use crate::transfer::schedule::Cancelled;
 use crate::transfer::temporal::{self, Previous, Start};
+use crate::transfer::tiled::budget;
 use crate::transfer::{EvalRecord, Hooks};
 
 pub struct Shared {
@@ -175,7 +176,11 @@ static LOADING: Mutex<()> = Mutex::new(());
 
 fn load(worker: usize, setup: &WorkerSetup, cfg: &Config) -> Result<Model> {
     let _turn = LOADING.lock().unwrap_or_else(|e| e.into_inner());
-    let mut model = Model::load(&setup.model_dir, &setup.runtime)?;
+    // the TensorRT profile covers the sizes that run whole; those the budget tiles never reach the whole graphs
+    let mut runtime = setup.runtime.clone();
+    let manifest = crate::engine::Manifest::load(&setup.model_dir)?;
+    runtime.sizes = budget::whole_sizes(&manifest, &runtime.sizes, runtime.memory_budget_mb);
+    let mut model = Model::load(&setup.model_dir, &runtime)?;
     // every camera's result size planned under the budget now: one it cannot hold stops the start with the camera
     // named, instead of failing each of its frames
     let plans = cfg.plan_frame_sizes(&model.manifest, model.memory_budget_mb)?;
@@ -185,12 +190,7 @@ fn load(worker: usize, setup: &WorkerSetup, cfg: &Config) -> Result<Model> {
     }
     // a shape the memory budget runs in tiles is not warmed up whole: that alone would pass the budget
     let (m, budget) = (&model.manifest, model.memory_budget_mb);
-    let shapes: Vec<Shape> = setup
-        .warmup_shapes
-        .iter()
-        .copied()
-        .filter(|s| crate::transfer::tiled::budget::choose(m, s[0], s[1], 0, budget).is_ok_and(|c| c.tile.is_none()))
-        .collect();
+    let shapes: Vec<Shape> = budget::whole_sizes(m, &setup.warmup_shapes, budget);
     if setup.warmup.unwrap_or(model.provider != Provider::Cpu) && !shapes.is_empty() {
         let t = Instant::now();
         let n = shapes.len();

@@ -350,19 +350,9 @@ pub fn tensorrt_profile(manifest: &Manifest, opts: &RuntimeOptions) -> Result<Op
     if min[0] < m || min[1] < m {
         bail!("TensorRT profile min {}x{} is below this model's minimum size {m}x{m}", min[1], min[0]);
     }
-    // under a memory budget the sizes it runs in tiles never reach these graphs whole (the tile graphs have their
-    // own profile, `tiles::tile_profile`): a profile up to a 3840-px kiosk frame would make TensorRT build engines
-    // for shapes that are never run, if it could build them at all
-    let sizes: Vec<Shape> = opts
-        .sizes
-        .iter()
-        .copied()
-        .filter(|s| {
-            opts.memory_budget_mb.is_none()
-                || crate::transfer::tiled::budget::choose(manifest, s[0], s[1], 0, opts.memory_budget_mb)
-                    .is_ok_and(|c| c.tile.is_none())
-        })
-        .collect();
+    // the callers pass only the sizes that run whole (`transfer::tiled::budget::whole_sizes`): under a memory budget
+    // a kiosk frame runs in tiles and never reaches these graphs whole
+    let sizes = &opts.sizes;
     let longest = sizes.iter().map(|s| s[0].max(s[1])).max();
     let max = match (spec.max, longest) {
         (Some(s), _) => s,

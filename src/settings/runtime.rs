@@ -159,7 +159,8 @@ impl Runtime {
     pub fn load(&self, sizes: &[Shape]) -> Result<Model> {
         let dir = self.cli_model_dir()?;
         let mut opts = self.cli_options()?;
-        opts.sizes = sizes.to_vec();
+        let manifest = crate::engine::Manifest::load(&dir)?;
+        opts.sizes = crate::transfer::tiled::budget::whole_sizes(&manifest, sizes, opts.memory_budget_mb);
         let model = Model::load(&dir, &opts)?;
         self.check_pooling(&model, &dir)?;
         tracing::info!(model = %dir.display(), provider = %model.provider_report().summary(), "model loaded");

@@ -72,6 +72,13 @@ pub fn estimate_mb(m: &Manifest, height: usize, width: usize, tile: Option<usize
 /// The choice for a scale under `budget_mb` (None: no budget, the whole image and the history asked for).
 /// Whole when it fits with the history asked for; otherwise the largest tile that fits with a history of at least
 /// `MIN_HISTORY`, and the longest history beside it; an error naming the least that would do when nothing fits.
+/// Of `sizes` ([height, width] each), those the budget runs whole: the shapes the whole-image graphs see (their
+/// TensorRT profile, the warm-up). A size it runs in tiles never reaches them, and a profile up to a 3840-px kiosk
+/// frame would have TensorRT build engines for shapes that are never run, if it could build them at all.
+pub fn whole_sizes(m: &Manifest, sizes: &[[usize; 2]], budget_mb: Option<u64>) -> Vec<[usize; 2]> {
+    sizes.iter().copied().filter(|s| choose(m, s[0], s[1], 0, budget_mb).is_ok_and(|c| c.tile.is_none())).collect()
+}
+
 pub fn choose(m: &Manifest, height: usize, width: usize, history: usize, budget_mb: Option<u64>) -> Result<Choice> {
     let whole = |h| Choice { tile: None, history: h, estimate_mb: estimate_mb(m, height, width, None, h) as u64 };
     let Some(budget) = budget_mb else { return Ok(whole(history)) };
