@@ -245,18 +245,25 @@ fn across_and_inside(img: &Planar, side: usize) -> (f64, f64) {
     (across / na as f64, inside / ni as f64)
 }
 
-#[test]
-fn a_short_tiled_optimisation_has_no_seam_and_follows_the_whole_one() {
-    use fuchun::transfer::{stylize, NoHooks, StylizeOptions};
-    let mut model = load(&common::test_model());
+/// A short single-scale run on the random-weight graph: Tübingen at 203×157 (odd sizes: border blocks of their own
+/// shape) with the Fuchun scroll, `iterations` L-BFGS iterations and no early stop.
+fn short_run(iterations: usize) -> (Model, Planar, Planar, fuchun::transfer::StylizeOptions) {
+    let model = load(&common::test_model());
     let limits = Limits::default();
     let content = imageio::load_path(&common::example("tubingen.jpg"), &limits).unwrap().resize(203, 157);
     let style = imageio::load_path(&common::example("fuchun.jpg"), &limits).unwrap();
-    let mut opts = StylizeOptions::new(Weights::defaults(&model.manifest));
+    let mut opts = fuchun::transfer::StylizeOptions::new(Weights::defaults(&model.manifest));
     opts.image_size = 203;
     opts.scales = vec![203];
-    opts.iterations = 12;
+    opts.iterations = iterations;
     opts.tol = 0.0;
+    (model, content, style, opts)
+}
+
+#[test]
+fn a_short_tiled_optimisation_has_no_seam_and_follows_the_whole_one() {
+    use fuchun::transfer::{stylize, NoHooks};
+    let (mut model, content, style, mut opts) = short_run(12);
     // histogram targets matched once, from the starting image: the whole objective matches relu4_1 one
     // evaluation late and the tiled one to the image itself, which would make them two objectives
     opts.hist_every = 0;
@@ -393,7 +400,7 @@ fn a_tiled_last_scale_gets_the_large_image_schedule() {
 #[test]
 fn a_tiled_evaluation_beats_per_block_and_stops_mid_evaluation_when_cancelled() {
     use fuchun::transfer::schedule::Cancelled;
-    use fuchun::transfer::{stylize, EvalRecord, Hooks, StylizeOptions};
+    use fuchun::transfer::{stylize, EvalRecord, Hooks};
     struct Count {
         evaluations: usize,
         blocks: usize,
@@ -410,15 +417,7 @@ fn a_tiled_evaluation_beats_per_block_and_stops_mid_evaluation_when_cancelled() 
             self.cancel_after_blocks.is_some_and(|n| self.blocks >= n)
         }
     }
-    let mut model = load(&common::test_model());
-    let limits = Limits::default();
-    let content = imageio::load_path(&common::example("tubingen.jpg"), &limits).unwrap().resize(203, 157);
-    let style = imageio::load_path(&common::example("fuchun.jpg"), &limits).unwrap();
-    let mut opts = StylizeOptions::new(Weights::defaults(&model.manifest));
-    opts.image_size = 203;
-    opts.scales = vec![203];
-    opts.iterations = 2;
-    opts.tol = 0.0;
+    let (mut model, content, style, mut opts) = short_run(2);
     // 32-pixel tiles: 7 x 5 blocks, each visited by both passes of every evaluation
     opts.tile = Some(32);
     let mut count = Count { evaluations: 0, blocks: 0, cancel_after_blocks: None };

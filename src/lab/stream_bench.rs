@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use super::clip::{synthetic, Clip, ClipSpec, Motion};
 use crate::engine::Model;
 use crate::imageio::{self, fit_size, Limits, Planar};
+use crate::transfer::color::luma;
 use crate::transfer::schedule::Palette;
 use crate::transfer::temporal::{self, masked_difference, Previous, Start, StreamSettings};
 use crate::transfer::{CachedTargets, NoHooks, StyleImages, StylizeOptions};
@@ -110,25 +111,20 @@ pub fn object_paint(clip: &Clip, photos: &[Planar], warm: &[Planar], cold: &[Pla
 /// much line and texture as a cold run draws; below: paler, softer (what `object_paint`, on colour, does not see).
 pub fn object_strokes(clip: &Clip, warm: &[Planar], cold: &[Planar]) -> Option<f64> {
     let (w, h) = (clip.width, clip.height);
-    let n = w * h;
-    let grad = |img: &Planar, x: usize, y: usize| -> f64 {
-        let l = |x: usize, y: usize| {
-            let i = y * w + x;
-            (0.299 * img.data[i] + 0.587 * img.data[n + i] + 0.114 * img.data[2 * n + i]) as f64
-        };
-        let gx = l(x + 1, y) - l(x - 1, y);
-        let gy = l(x, y + 1) - l(x, y - 1);
+    let grad = |l: &[f32], p: usize| -> f64 {
+        let (gx, gy) = ((l[p + 1] - l[p - 1]) as f64, (l[p + w] - l[p - w]) as f64);
         (gx * gx + gy * gy).sqrt()
     };
     let (mut w_sum, mut c_sum) = (0.0f64, 0.0f64);
     for i in 1..cold.len().min(warm.len()).min(clip.object.len()) {
         let obj = &clip.object[i];
+        let (lw, lc) = (luma(&warm[i]), luma(&cold[i]));
         for y in 1..h.saturating_sub(1) {
             for x in 1..w.saturating_sub(1) {
                 let p = y * w + x;
                 if obj[p] && obj[p - 1] && obj[p + 1] && obj[p - w] && obj[p + w] {
-                    w_sum += grad(&warm[i], x, y);
-                    c_sum += grad(&cold[i], x, y);
+                    w_sum += grad(&lw, p);
+                    c_sum += grad(&lc, p);
                 }
             }
         }

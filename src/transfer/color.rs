@@ -35,6 +35,12 @@ pub fn original_colors(stylized: &Planar, content: &Planar) -> Planar {
     out
 }
 
+/// The luminance (BT.601 Y) of `img`, one value per pixel.
+pub fn luma(img: &Planar) -> Vec<f32> {
+    let n = img.width * img.height;
+    (0..n).map(|i| rgb_to_ycbcr(img.data[i], img.data[n + i], img.data[2 * n + i]).0).collect()
+}
+
 /// The luminance (BT.601 Y) of `img` in all three channels.
 pub fn luminance(img: &Planar) -> Planar {
     let n = img.width * img.height;

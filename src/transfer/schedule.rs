@@ -534,12 +534,17 @@ pub fn stylize_with(
         Optimizer::Lbfgs { history } => history,
         Optimizer::Adam { .. } => 0,
     };
-    // whether the budget runs the last scale in tiles decides the automatic schedule (`LARGE_TAPER`); tiles forced by
-    // `opts.tile` (tests, measurements) do not change it
-    let last_tiled = {
-        let (w, h) = fit(content.width, content.height, *scales.last().expect("at least one scale"));
-        tiled::budget::choose(&model.manifest, h, w, history, model.memory_budget_mb)?.tile.is_some()
-    };
+    // the memory budget decides, per scale, whether it runs whole or in tiles, and the L-BFGS history; whether it
+    // runs the last scale in tiles decides the automatic schedule (`LARGE_TAPER`) — tiles forced by `opts.tile`
+    // (tests, measurements) do not change it
+    let plans = scales
+        .iter()
+        .map(|&longest| {
+            let (w, h) = fit(content.width, content.height, longest);
+            tiled::budget::choose(&model.manifest, h, w, history, model.memory_budget_mb)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let last_tiled = plans.last().expect("at least one scale").tile.is_some();
     if last_tiled && opts.taper.is_none() {
         let its: Vec<usize> = (0..scales.len()).map(|i| opts.iterations_at(i, true)).collect();
         tracing::info!(?scales, iterations = ?its, "the last scale runs in tiles: the large-image schedule");
@@ -557,8 +562,7 @@ pub fn stylize_with(
         let content_s = content.resize(w, h);
         // style first: its activations are gone (only Grams and tables kept) before the content's are computed
         let style = styles.targets(model, longest)?;
-        // the memory budget decides whether this scale runs whole or in tiles, and the L-BFGS history
-        let mut plan = tiled::budget::choose(&model.manifest, h, w, history, model.memory_budget_mb)?;
+        let mut plan = plans[si];
         if opts.tile.is_some() {
             plan.tile = opts.tile;
         }

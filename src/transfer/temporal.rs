@@ -10,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::color::luma;
 use super::inputs::TemporalInputs;
 use anyhow::Result;
 
@@ -70,11 +71,6 @@ pub struct ChangeMask {
     pub fraction: f64,
     /// Row-major, in [0, 1]: 1 far from any change, 0 on changed pixels, a ramp of `feather_px` between.
     pub unchanged: Vec<f32>,
-}
-
-fn grey(img: &Planar) -> Vec<f32> {
-    let n = img.width * img.height;
-    (0..n).map(|i| 0.299 * img.data[i] + 0.587 * img.data[n + i] + 0.114 * img.data[2 * n + i]).collect()
 }
 
 /// Box filter of radius `r` (mean over the (2r+1)² window clipped to the image), separable, O(1) per pixel.
@@ -160,7 +156,7 @@ fn compare(a: &[f32], b: &[f32], w: usize, h: usize, p: &ChangeParams) -> Change
 /// Blurred luminance, as the change mask compares it (row-major, one value per pixel).
 fn blurred_grey(img: &Planar, p: &ChangeParams) -> Vec<f32> {
     let (w, h) = (img.width, img.height);
-    box_blur(&box_blur(&grey(img), w, h, p.blur_px), w, h, p.blur_px)
+    box_blur(&box_blur(&luma(img), w, h, p.blur_px), w, h, p.blur_px)
 }
 
 /// Side of the blocks of the motion search, in pixels.
@@ -799,7 +795,7 @@ mod tests {
     use super::*;
 
     fn grey_of(img: &Planar, i: usize) -> f32 {
-        grey(img)[i]
+        luma(img)[i]
     }
 
     fn flat(w: usize, h: usize, v: f32) -> Planar {
