@@ -79,6 +79,10 @@ pub struct Clip {
     /// Per frame, row-major: true where the object covers the pixel.
     pub object: Vec<Vec<bool>>,
     pub scene_change: Option<usize>,
+    /// JPEG bytes of the first frame's scene with no object in it (the same noise and re-encoding): what a cold run
+    /// paints where the first frame's object was, to compare the stream's result with once the object has left
+    /// (`stream_bench::revealed`). Empty where the clip has none.
+    pub empty: Vec<u8>,
 }
 
 impl Clip {
@@ -174,7 +178,9 @@ pub fn synthetic(background: &Planar, object: &Planar, spec: &ClipSpec) -> Clip 
         frames.push(camera_jpeg(f, &mut rng, spec));
         masks.push(mask);
     }
-    Clip { width: w, height: h, frames, object: masks, scene_change }
+    // drawn after the frames, so that their noise is what it was before the clip had it
+    let empty = camera_jpeg(background.clone(), &mut rng, spec);
+    Clip { width: w, height: h, frames, object: masks, scene_change, empty }
 }
 
 /// Draw `obj` (already at the placement's size) as an ellipse with a 1.5-px soft edge into `f`, marking what it covers

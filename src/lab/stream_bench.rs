@@ -110,26 +110,71 @@ pub fn object_paint(clip: &Clip, photos: &[Planar], warm: &[Planar], cold: &[Pla
 /// luminance gradient magnitude (central differences) of the temporal results over that of the cold runs. 1: as
 /// much line and texture as a cold run draws; below: paler, softer (what `object_paint`, on colour, does not see).
 pub fn object_strokes(clip: &Clip, warm: &[Planar], cold: &[Planar]) -> Option<f64> {
-    let (w, h) = (clip.width, clip.height);
+    let frames = 1..cold.len().min(warm.len()).min(clip.object.len());
+    strokes(clip.width, clip.height, frames.map(|i| (clip.object[i].clone(), &warm[i], &cold[i])))
+}
+
+/// Over the inner pixels of each (mask, image, reference) — the mask's pixels whose four neighbours are in it too —
+/// the summed luminance gradient magnitude of the images over that of the references; None where the references
+/// have none.
+fn strokes<'a>(w: usize, h: usize, frames: impl Iterator<Item = (Vec<bool>, &'a Planar, &'a Planar)>) -> Option<f64> {
     let grad = |l: &[f32], p: usize| -> f64 {
         let (gx, gy) = ((l[p + 1] - l[p - 1]) as f64, (l[p + w] - l[p - w]) as f64);
         (gx * gx + gy * gy).sqrt()
     };
     let (mut w_sum, mut c_sum) = (0.0f64, 0.0f64);
-    for i in 1..cold.len().min(warm.len()).min(clip.object.len()) {
-        let obj = &clip.object[i];
-        let (lw, lc) = (luma(&warm[i]), luma(&cold[i]));
+    for (mask, image, reference) in frames {
+        let (li, lr) = (luma(image), luma(reference));
         for y in 1..h.saturating_sub(1) {
             for x in 1..w.saturating_sub(1) {
                 let p = y * w + x;
-                if obj[p] && obj[p - 1] && obj[p + 1] && obj[p - w] && obj[p + w] {
-                    w_sum += grad(&lw, p);
-                    c_sum += grad(&lc, p);
+                if mask[p] && mask[p - 1] && mask[p + 1] && mask[p - w] && mask[p + w] {
+                    w_sum += grad(&li, p);
+                    c_sum += grad(&lr, p);
                 }
             }
         }
     }
     (c_sum > 0.0).then(|| w_sum / c_sum)
+}
+
+/// Per frame i ≥ 1 (before a scene change), the pixels the object covered in the first frame and no longer covers:
+/// background the stream never saw before the object left it (the trail measure cannot see them).
+pub fn revealed_masks(clip: &Clip) -> Vec<(usize, Vec<bool>)> {
+    let end = clip.scene_change.unwrap_or(clip.object.len()).min(clip.object.len());
+    (1..end)
+        .map(|i| (i, clip.object[0].iter().zip(&clip.object[i]).map(|(a, b)| *a && !b).collect::<Vec<bool>>()))
+        .filter(|(_, m)| m.iter().any(|v| *v))
+        .collect()
+}
+
+/// [5f] what the first frame's object left, painted as a cold run paints the empty scene (issue 20: at 512 px a grey
+/// disc stayed where the approaching object had been in the first frame): over the revealed pixels of every frame
+/// (`revealed_masks`), (paint, strokes) of the temporal results against `empty`, a cold run of the scene without the
+/// object — paint as `object_paint` (mean |result − photo| over that of the cold run), strokes as `object_strokes`.
+/// 1: painted as a cold run paints it; the disc scored low on both. None where the object revealed nothing.
+pub fn revealed(
+    clip: &Clip,
+    photos: &[Planar],
+    warm: &[Planar],
+    empty_photo: &Planar,
+    empty: &Planar,
+) -> Option<(f64, f64)> {
+    let masks: Vec<(usize, Vec<bool>)> = revealed_masks(clip).into_iter().filter(|(i, _)| *i < warm.len()).collect();
+    let n = clip.width * clip.height;
+    let (mut w_sum, mut c_sum) = (0.0f64, 0.0f64);
+    for (i, mask) in &masks {
+        for p in (0..n).filter(|&p| mask[p]) {
+            for c in 0..3 {
+                let j = c * n + p;
+                w_sum += (warm[*i].data[j] - photos[*i].data[j]).abs() as f64;
+                c_sum += (empty.data[j] - empty_photo.data[j]).abs() as f64;
+            }
+        }
+    }
+    let paint = (c_sum > 0.0).then(|| w_sum / c_sum)?;
+    let lines = strokes(clip.width, clip.height, masks.into_iter().map(|(i, m)| (m, &warm[i], empty)))?;
+    Some((paint, lines))
 }
 
 /// [5d] of the bench: the trail of the temporal results over the whole clip, and of the cold runs over their frames,
@@ -270,6 +315,15 @@ pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &Str
         None => None,
     };
     let warm = run_pass(model, &frames, style, &opts, &settings)?;
+    // where the first frame's object has gone: the empty scene as a cold run paints it (one cold run more)
+    let empty = match revealed_masks(&clip).is_empty() {
+        true => None,
+        false => {
+            let photo = imageio::decode(&clip.empty, &Limits::default())?;
+            let painted = run_pass(model, std::slice::from_ref(&photo), style, &opts, &off)?;
+            Some((photo, painted.images.into_iter().next().context("no image")?))
+        }
+    };
 
     // [5a] evaluations: partly changed frames (≤ 20 % of the pixels truly changed) against cold frames
     let small: Vec<usize> = (1..frames.len()).filter(|&i| clip.changed_fraction(i).is_some_and(|f| f <= 0.2)).collect();
@@ -334,6 +388,14 @@ pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &Str
             k - 1
         );
     }
+    // [5f] what the first frame's object left: background never seen before
+    let uncovered = empty.as_ref().and_then(|(photo, painted)| revealed(&clip, &frames, &warm.images, photo, painted));
+    if let Some((p, s)) = uncovered {
+        println!(
+            "    where the first frame's object has gone (never seen as background), temporal over a cold run of the \
+             empty scene: paint {p:.2}, strokes {s:.2} (1 = as a cold run)"
+        );
+    }
     let (detected, ghost) = match (cut, &fresh) {
         (Some(c), Some(f)) => scene_change_figure(&warm, &f.images[0], c),
         _ => (None, None),
@@ -361,6 +423,7 @@ pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &Str
         "flicker_cold": f_cold, "flicker_temporal": f_warm, "flicker_ratio": f_ratio,
         "trail_temporal": trail_warm.map(|t| t.0), "trail_untouched": trail_warm.map(|t| t.1),
         "trail_cold": trail_cold.map(|t| t.0), "object_paint": paint, "object_strokes": strokes,
+        "revealed_paint": uncovered.map(|r| r.0), "revealed_strokes": uncovered.map(|r| r.1),
         "motion": spec.motion, "scene_change_detected": detected, "scene_change_vs_fresh_cold": ghost,
         "without_motion": no_motion,
     }))
@@ -444,6 +507,11 @@ fn without_motion(
 mod tests {
     use super::*;
 
+    /// A `w × h` clip with no frames and no object.
+    fn blank(w: usize, h: usize) -> Clip {
+        Clip { width: w, height: h, frames: Vec::new(), object: Vec::new(), scene_change: None, empty: Vec::new() }
+    }
+
     /// A 6×1 clip: the object covers pixel 2 in frame 1 and pixel 3 in frame 2, nothing in frames 0 and 3.
     fn clip() -> Clip {
         let mask = |p: Option<usize>| (0..6).map(|i| Some(i) == p).collect::<Vec<bool>>();
@@ -453,6 +521,7 @@ mod tests {
             frames: vec![Vec::new(); 4],
             object: vec![mask(None), mask(Some(2)), mask(Some(3)), mask(None)],
             scene_change: None,
+            empty: Vec::new(),
         }
     }
 
@@ -526,8 +595,7 @@ mod tests {
         // a 5×5 object in the middle of 7×7 frames: its inner 3×3 pixels count
         let (w, h) = (7, 7);
         let obj: Vec<bool> = (0..w * h).map(|p| (1..6).contains(&(p % w)) && (1..6).contains(&(p / w))).collect();
-        let c =
-            Clip { width: w, height: h, frames: vec![Vec::new(); 2], object: vec![obj.clone(); 2], scene_change: None };
+        let c = Clip { frames: vec![Vec::new(); 2], object: vec![obj.clone(); 2], ..blank(w, h) };
         // a grey ramp rising by `a` a pixel from left to right: a luminance gradient of 2a at every inner pixel
         let ramp = |a: f32| {
             let px: Vec<f32> = (0..w * h).map(|p| 0.2 + a * (p % w) as f32).collect();
@@ -537,5 +605,34 @@ mod tests {
         assert!((got - 0.5).abs() < 1e-6, "{got}");
         // flat cold runs: nothing to compare with
         assert_eq!(object_strokes(&c, &[ramp(0.1), ramp(0.05)], &[ramp(0.0), ramp(0.0)]), None);
+    }
+
+    #[test]
+    fn what_the_first_frames_object_left_is_compared_with_the_empty_scene_painted_cold() {
+        // 7×7 frames: a 5×5 object in the middle of frame 0, gone in frames 1 and 2; its inner 3×3 pixels count
+        let (w, h) = (7, 7);
+        let obj: Vec<bool> = (0..w * h).map(|p| (1..6).contains(&(p % w)) && (1..6).contains(&(p / w))).collect();
+        let c =
+            Clip { frames: vec![Vec::new(); 3], object: vec![obj, vec![false; 49], vec![false; 49]], ..blank(w, h) };
+        assert_eq!(revealed_masks(&c).len(), 2);
+        let ramp = |a: f32, base: f32| {
+            let px: Vec<f32> = (0..w * h).map(|p| base + a * (p % w) as f32).collect();
+            Planar { width: w, height: h, data: [px.clone(), px.clone(), px].concat() }
+        };
+        let photo = ramp(0.0, 0.5);
+        // the cold run paints lines (gradient 0.2) and moves the colours; the stream left a flat disc at the photo's
+        // colour in frame 1 and painted it half as far in frame 2
+        let empty = ramp(0.1, 0.2);
+        let warm = vec![photo.clone(), photo.clone(), ramp(0.05, 0.35)];
+        let (paint, strokes) =
+            revealed(&c, &[photo.clone(), photo.clone(), photo.clone()], &warm, &photo, &empty).unwrap();
+        assert!((strokes - 0.25).abs() < 1e-6, "{strokes}");
+        assert!((0.0..1.0).contains(&paint), "{paint}");
+        // painted as the cold run: 1 on both
+        let same = vec![photo.clone(), empty.clone(), empty.clone()];
+        let (p, s) = revealed(&c, &[photo.clone(), photo.clone(), photo.clone()], &same, &photo, &empty).unwrap();
+        assert!((p - 1.0).abs() < 1e-6 && (s - 1.0).abs() < 1e-6, "{p} {s}");
+        // nothing in the first frame: nothing revealed
+        assert!(revealed_masks(&Clip { object: vec![vec![false; 49]; 3], ..c.clone() }).is_empty());
     }
 }
