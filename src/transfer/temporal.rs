@@ -326,6 +326,9 @@ pub struct Previous {
     pub still_frames: Vec<u16>,
     /// Per pixel: the frame showed the plate's scene there (the still background, not something moving over it).
     pub on_plate: Vec<bool>,
+    /// Per pixel, for how many frames the result there has been painted since it was new content (followed along
+    /// what moved; `YOUNG_FRAMES` and more: settled — a cold run's pixels, the plate's).
+    pub age: Vec<u16>,
     /// The colour map of the last cold run (`Palette::Style`): the frames after it are carried by it.
     pub colour_map: Option<crate::transfer::color::ColourMap>,
 }
@@ -356,6 +359,8 @@ impl Previous {
             // what came into view has not been still, and has shown no plate
             still_frames: shift_values(&self.still_frames, w, h, dx, dy, 0),
             on_plate: shift_values(&self.on_plate, w, h, dx, dy, false),
+            // what came into view is new
+            age: shift_values(&self.age, w, h, dx, dy, 0),
             colour_map: self.colour_map.clone(),
         }
     }
@@ -462,6 +467,22 @@ pub const FRESH_SHARE: usize = 10;
 /// Below this changed fraction a frame counts as unchanged (isolated pixels that pass the threshold).
 const UNCHANGED: f64 = 0.002;
 
+/// New content is held by the temporal term only gradually over the frames after it was first painted: at
+/// `settle(age)` of the hold's weight, `age` the frames it has been painted (1 after its first frame), fully from
+/// `YOUNG_FRAMES` on. Held at full weight from its second frame, what a partly changed frame painted in its few
+/// evaluations stayed so: at 512 px a grey disc where the approaching object had been in the first frame (painted
+/// from the photo for a tenth of a cold run's evaluations, then frozen). Young pixels also keep their frame's
+/// evaluations at `FRESH_SHARE` or more, so a region new at frame t is painted for about four tenths of a cold run
+/// over frames t..t+3.
+pub const YOUNG_FRAMES: u16 = 4;
+
+/// The share of the temporal hold a pixel painted for `age` frames gets: (age / `YOUNG_FRAMES`)², 1 from then on —
+/// 1/16, 1/4, 9/16, 1: nearly free while the region is still far from converged, held as it settles.
+fn settle(age: u16) -> f32 {
+    let t = (age.min(YOUNG_FRAMES) as f32) / YOUNG_FRAMES as f32;
+    t * t
+}
+
 /// Decide how the frame `content` (at the result's size) starts, and set `opts` (the cold run's options)
 /// accordingly. `prev`: the usable previous frame (if any) with the change mask of the frame against it. Also
 /// returns, for a frame started from the previous one, what the background plate is updated from (`Held`).
@@ -501,6 +522,8 @@ fn plan(
     let mut init = prev.result.clone();
     let mut target = prev.result.clone();
     let mut weights = mask.unchanged.clone();
+    // the age of what holds each pixel: the previous result's there, or where it moved from; the plate is settled
+    let mut held_age = prev.age.clone();
     if start == Start::Partial {
         for i in 0..n {
             let u = mask.unchanged[i];
@@ -518,6 +541,11 @@ fn plan(
             let v = if moved_from.is_some() { 1.0 } else { 0.0 };
             let m = q + (1.0 - q) * (u + (1.0 - u) * v);
             weights[i] = m;
+            held_age[i] = match moved_from {
+                _ if q > 0.0 => YOUNG_FRAMES,
+                Some(k) if u < 0.5 => prev.age[k],
+                _ => prev.age[i],
+            };
             for c in 0..3 {
                 let j = c * n + i;
                 let mv = moved_from.map_or(0.0, |k| prev.result.data[c * n + k]);
@@ -528,6 +556,17 @@ fn plan(
             }
         }
     }
+    // new content (held by nothing: weight below one half) starts its age; young content is held at `settle` of its
+    // weight, so that it goes on being painted
+    let mut young = 0usize;
+    let age: Vec<u16> = (0..n)
+        .map(|i| {
+            let a = if weights[i] < 0.5 { 0 } else { held_age[i] };
+            weights[i] *= settle(a);
+            young += usize::from(a < YOUNG_FRAMES);
+            (a + 1).min(YOUNG_FRAMES)
+        })
+        .collect();
     opts.init = Init::Image(init);
     opts.scales = vec![opts.image_size];
     opts.max_evaluations = Some(settings.max_evaluations);
@@ -535,12 +574,13 @@ fn plan(
     // within TARGET_SLACK of the last cold run's loss (without the temporal term); besides, the early stop and the
     // evaluation budget
     opts.target_loss = Some(prev.reference * (1.0 + TARGET_SLACK));
-    // new content (held by nothing: not the plate, not the previous result, not moved along) gets at least a share
-    // of a cold frame's evaluations before the frame may stop on the whole image's loss: a small region barely moves
-    // that loss, and at 512 px a frame whose object left 5 % of the pixels new stopped after 2.6 evaluations, which
-    // left what it uncovered as the photo in the painting's colours, held from then on (a grey disc where the object
-    // had been in the first frame)
-    if start == Start::Partial && weights.iter().any(|&m| m < 0.5) {
+    // new and young content (not the plate, not the previous result, not moved along; or painted for fewer than
+    // `YOUNG_FRAMES` frames), over more than isolated pixels, gets at least a share of a cold frame's evaluations
+    // before the frame may stop on the whole image's loss: a small region barely moves that loss, and at 512 px a
+    // frame whose object left 5 % of the pixels new stopped after 2.6 evaluations, which left what it uncovered as
+    // the photo in the painting's colours, held from then on (a grey disc where the object had been in the first
+    // frame)
+    if young as f64 > UNCHANGED * n as f64 {
         opts.min_evaluations = Some(prev.reference_evaluations / FRESH_SHARE);
     }
     // what shows the background again: held to its last result, which the trail is measured against
@@ -555,7 +595,7 @@ fn plan(
             opts.temporal = Some(TemporalInputs { previous: target, weights });
         }
     }
-    let held = Held { unchanged: mask.unchanged, shows, uncovered };
+    let held = Held { unchanged: mask.unchanged, shows, uncovered, age };
     let plan = Plan { start, changed_fraction: Some(mask.fraction), pan: None, uncovered: Some(fraction), trail: None };
     (plan, Some(held))
 }
@@ -601,6 +641,8 @@ struct Held {
     shows: Vec<Shows>,
     /// The pixels that show the still background again, with the colour they are held to.
     uncovered: Vec<(usize, [f32; 3])>,
+    /// The result's `Previous::age` once the frame is painted.
+    age: Vec<u16>,
 }
 
 /// A pixel whose scene has not changed for this many frames in a row enters the plate even where the plate showed
@@ -748,6 +790,7 @@ pub fn stylize_frame(
                 underlay_content,
                 still_frames,
                 on_plate: held.shows.iter().map(|s| *s != Shows::Other).collect(),
+                age: held.age,
                 content: cur,
                 colour_map: p.colour_map.clone(),
             }
@@ -764,6 +807,7 @@ pub fn stylize_frame(
             underlay_content: content.clone(),
             still_frames: vec![0; cur.len()],
             on_plate: vec![true; cur.len()],
+            age: vec![YOUNG_FRAMES; cur.len()],
             content: cur,
             colour_map: outcome.colour_map.clone(),
         },
@@ -793,6 +837,7 @@ pub fn masked_difference(a: &Planar, b: &Planar, keep: &[bool]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transfer::inputs::Weights;
 
     fn grey_of(img: &Planar, i: usize) -> f32 {
         luma(img)[i]
@@ -890,6 +935,7 @@ mod tests {
             underlay_content: flat(w, h, 0.9),
             still_frames: vec![0; n],
             on_plate: vec![true; n],
+            age: vec![YOUNG_FRAMES; n],
             colour_map: None,
         };
         let mut frame = grey.clone();
@@ -917,5 +963,73 @@ mod tests {
         let b = flat(40, 30, 0.6);
         let m = change_mask(&a, &b, &ChangeParams::default());
         assert_eq!(m.fraction, 1.0);
+    }
+
+    #[test]
+    fn young_content_is_held_gradually_and_keeps_its_share_of_evaluations() {
+        let (w, h) = (48, 32);
+        let n = w * h;
+        let scene = flat(w, h, 0.3);
+        let settings = StreamSettings::new(DEFAULT_TEMPORAL_WEIGHT);
+        let cur = blurred_grey(&scene, &settings.change);
+        // a settled result except a 10×10 square painted for one frame so far
+        let square = |i: usize| (4..14).contains(&(i % w)) && (4..14).contains(&(i / w));
+        let prev = Previous {
+            key: String::new(),
+            content: cur.clone(),
+            result: flat(w, h, 0.5),
+            loss: 1.0,
+            reference: 1.0,
+            reference_evaluations: 100,
+            plate: flat(w, h, 0.5),
+            plate_content: scene.clone(),
+            underlay: flat(w, h, 0.5),
+            underlay_content: scene.clone(),
+            still_frames: vec![1; n],
+            on_plate: vec![true; n],
+            age: (0..n).map(|i| if square(i) { 1 } else { YOUNG_FRAMES }).collect(),
+            colour_map: None,
+        };
+        let weights = Weights {
+            terms: vec![(TEMPORAL_TERM.to_string(), 0.0)],
+            layers: Vec::new(),
+            style_side: Vec::new(),
+            normalize: true,
+        };
+        let planned = |frame: &Planar, prev: &Previous| {
+            let cur = blurred_grey(frame, &settings.change);
+            let mask = compare(&prev.content, &cur, w, h, &settings.change);
+            let mut opts = StylizeOptions::new(weights.clone());
+            let (plan, held) = plan(Some((prev, mask)), frame, &cur, &settings, &mut opts);
+            (plan, held.expect("started from the previous frame"), opts)
+        };
+        // nothing changed: the square is held at 1/16 of the weight, the rest fully; the frame keeps its share
+        let (p, held, opts) = planned(&scene, &prev);
+        assert_eq!(p.start, Start::Previous);
+        let t = opts.temporal.as_ref().expect("the temporal term is on");
+        assert_eq!(t.weights[5 * w + 5], settle(1));
+        assert_eq!(t.weights[20 * w + 30], 1.0);
+        assert_eq!((held.age[5 * w + 5], held.age[20 * w + 30]), (2, YOUNG_FRAMES));
+        assert_eq!(opts.min_evaluations, Some(100 / FRESH_SHARE));
+        // the ramp: nearly free at first, held fully from YOUNG_FRAMES on
+        assert!(settle(0) == 0.0 && settle(1) < 0.1 && settle(2) < settle(3) && settle(3) < 1.0);
+        assert_eq!(settle(YOUNG_FRAMES), 1.0);
+        assert_eq!(settle(YOUNG_FRAMES + 3), 1.0);
+        // settled everywhere: held fully, and free to stop on the loss alone
+        let settled = Previous { age: vec![YOUNG_FRAMES; n], ..prev.clone() };
+        let (_, held, opts) = planned(&scene, &settled);
+        assert!(opts.temporal.as_ref().unwrap().weights.iter().all(|&m| m == 1.0));
+        assert!(held.age.iter().all(|&a| a == YOUNG_FRAMES));
+        assert_eq!(opts.min_evaluations, None);
+        // something new (an unmatched patch of another colour): not held, its age starts at 1
+        let mut frame = scene.clone();
+        for i in (0..n).filter(|&i| (30..40).contains(&(i % w)) && (16..26).contains(&(i / w))) {
+            frame.data[i] = 0.9;
+        }
+        let (p, held, opts) = planned(&frame, &settled);
+        assert_eq!(p.start, Start::Partial);
+        assert_eq!(opts.temporal.as_ref().unwrap().weights[20 * w + 35], 0.0);
+        assert_eq!(held.age[20 * w + 35], 1);
+        assert_eq!(opts.min_evaluations, Some(100 / FRESH_SHARE));
     }
 }
