@@ -106,7 +106,11 @@ fn a_panning_camera_starts_each_frame_from_the_previous_result_moved_along() {
         // what came into view (a 4 px column and a 1 px row, grown by the dilation) changed; the rest did not
         let f = r["changed_fraction"].as_f64().unwrap();
         assert!(f > 0.04 && f < 0.4, "frame {i}: changed {f}");
+        // what came into view is still being painted (young) for a few frames, the rest is settled
+        let y = r["young"].as_f64().unwrap();
+        assert!(y > 0.0 && y < 0.5, "frame {i}: young {y}");
     }
+    assert!(a[0]["young"].is_null());
     assert!(b.iter().all(|r| r["start"] == "cold" && r["pan"].is_null()));
     let mean = |v: &[serde_json::Value], from: usize| -> f64 {
         v[from..].iter().map(|r| r["evaluations"].as_f64().unwrap()).sum::<f64>() / (v.len() - from) as f64

@@ -388,6 +388,7 @@ fn process(
         "pan": plan.pan.map(|(dx, dy)| [dx, dy]),
         "uncovered": plan.uncovered,
         "trail": plan.trail.map(|t| 255.0 * t),
+        "young": plan.young,
         "losses": losses,
         "durations_ms": {"queue": queued_ms, "decode": decode_ms, "stylize": stylize_ms, "encode": encode_ms, "total": total_ms},
         "provider": model.provider.to_string(),

@@ -456,6 +456,9 @@ pub struct Plan {
     /// (the plate): the trail of issue 20 as the stream itself sees it (the bench measures it against the clip's
     /// known object masks).
     pub trail: Option<f64>,
+    /// Fraction of the pixels still being painted: new this frame or painted for fewer than `YOUNG_FRAMES` frames
+    /// (held at `settle` of the temporal weight).
+    pub young: Option<f64>,
 }
 
 /// A frame started from the previous one stops once its loss is within this fraction of the last cold run's.
@@ -493,7 +496,8 @@ fn plan(
     settings: &StreamSettings,
     opts: &mut StylizeOptions,
 ) -> (Plan, Option<Held>) {
-    let cold = Plan { start: Start::Cold, changed_fraction: None, pan: None, uncovered: None, trail: None };
+    let cold =
+        Plan { start: Start::Cold, changed_fraction: None, pan: None, uncovered: None, trail: None, young: None };
     let Some((prev, mask)) = prev else {
         return (cold, None);
     };
@@ -596,7 +600,14 @@ fn plan(
         }
     }
     let held = Held { unchanged: mask.unchanged, shows, uncovered, age };
-    let plan = Plan { start, changed_fraction: Some(mask.fraction), pan: None, uncovered: Some(fraction), trail: None };
+    let plan = Plan {
+        start,
+        changed_fraction: Some(mask.fraction),
+        pan: None,
+        uncovered: Some(fraction),
+        trail: None,
+        young: Some(young as f64 / n.max(1) as f64),
+    };
     (plan, Some(held))
 }
 
@@ -1006,6 +1017,7 @@ mod tests {
         // nothing changed: the square is held at 1/16 of the weight, the rest fully; the frame keeps its share
         let (p, held, opts) = planned(&scene, &prev);
         assert_eq!(p.start, Start::Previous);
+        assert_eq!(p.young, Some(100.0 / n as f64));
         let t = opts.temporal.as_ref().expect("the temporal term is on");
         assert_eq!(t.weights[5 * w + 5], settle(1));
         assert_eq!(t.weights[20 * w + 30], 1.0);

@@ -70,6 +70,8 @@ pub struct FrameRecord {
     pub uncovered: Option<f64>,
     /// Mean |Δ| (0–255) there between the result and the background's last result before the object came.
     pub trail: Option<f64>,
+    /// Fraction of the pixels still being painted (new, or painted for fewer than 4 frames: held only partly).
+    pub young: Option<f64>,
     pub evaluations: usize,
     pub loss: f64,
     pub temporal_loss: f64,
@@ -136,6 +138,7 @@ pub fn run(args: &StylizeArgs) -> Result<()> {
             pan: plan.pan.map(|(dx, dy)| [dx, dy]),
             uncovered: plan.uncovered,
             trail: plan.trail.map(|t| 255.0 * t),
+            young: plan.young,
             evaluations: outcome.evaluations(),
             loss: l.total,
             temporal_loss: l.term(TEMPORAL_TERM),
