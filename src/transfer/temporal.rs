@@ -128,16 +128,20 @@ fn dilate(m: &[bool], w: usize, h: usize, r: usize) -> Vec<bool> {
     pass(&rows, h, w, &|x, y| y * w + x)
 }
 
-/// The change mask between `prev` and `cur` (same size): both blurred, compared on luminance, thresholded, dilated;
-/// the soft `unchanged` map ramps over `feather_px` pixels outside the changed region.
+/// The change mask between `prev` and `cur` (same size): both blurred, compared per colour channel, thresholded,
+/// dilated; the soft `unchanged` map ramps over `feather_px` pixels outside the changed region.
 pub fn change_mask(prev: &Planar, cur: &Planar, p: &ChangeParams) -> ChangeMask {
     assert_eq!((prev.width, prev.height), (cur.width, cur.height), "frames of different sizes");
-    compare(&blurred_grey(prev, p), &blurred_grey(cur, p), cur.width, cur.height, p)
+    compare(&blurred_colour(prev, p), &blurred_colour(cur, p), cur.width, cur.height, p)
 }
 
-/// The change mask from the blurred luminances (`blurred_grey`) of two frames of `w × h`.
+/// The change mask from blurred planes of two frames of `w × h` (`blurred_colour`: a pixel changed where any plane
+/// moved by more than the threshold).
 fn compare(a: &[f32], b: &[f32], w: usize, h: usize, p: &ChangeParams) -> ChangeMask {
-    let raw: Vec<bool> = a.iter().zip(b).map(|(x, y)| (x - y).abs() > p.threshold).collect();
+    let n = w * h;
+    let planes = a.len() / n.max(1);
+    let raw: Vec<bool> =
+        (0..n).map(|i| (0..planes).any(|c| (a[c * n + i] - b[c * n + i]).abs() > p.threshold)).collect();
     let changed = dilate(&raw, w, h, p.dilate_px);
     let fraction = changed.iter().filter(|c| **c).count() as f64 / (w * h).max(1) as f64;
     // the ramp: unchanged pixels within feather_px of a change get a weight growing with the distance (from a box
@@ -153,10 +157,19 @@ fn compare(a: &[f32], b: &[f32], w: usize, h: usize, p: &ChangeParams) -> Change
     ChangeMask { width: w, height: h, changed, fraction, unchanged }
 }
 
-/// Blurred luminance, as the change mask compares it (row-major, one value per pixel).
+/// Blurred luminance, as the motion search and the pan search compare it (row-major, one value per pixel).
 fn blurred_grey(img: &Planar, p: &ChangeParams) -> Vec<f32> {
     let (w, h) = (img.width, img.height);
     box_blur(&box_blur(&luma(img), w, h, p.blur_px), w, h, p.blur_px)
+}
+
+/// Blurred colour planes (R, G, B, row-major), as the change mask compares them. On colour, not luminance: where a
+/// moving object had about the background's luminance, a mask on luminance called the pixels it left (or reached)
+/// unchanged, and the temporal term held them to the previous result — at 512 px a ring of the first frame's object
+/// stayed in the background after it had gone (issue 20).
+fn blurred_colour(img: &Planar, p: &ChangeParams) -> Vec<f32> {
+    let (w, h) = (img.width, img.height);
+    img.data.chunks(w * h).flat_map(|c| box_blur(&box_blur(c, w, h, p.blur_px), w, h, p.blur_px)).collect()
 }
 
 /// Side of the blocks of the motion search, in pixels.
@@ -302,8 +315,11 @@ pub const TEMPORAL_TERM: &str = "temporal";
 pub struct Previous {
     /// What must match for the previous frame to be used (style and its settings).
     pub key: String,
-    /// The content at the result's size, as compared: its blurred luminance (one value per pixel of `result`).
+    /// The content at the result's size, as the motion and pan searches compare it: its blurred luminance (one value
+    /// per pixel of `result`).
     pub content: Vec<f32>,
+    /// The content at the result's size, as the change mask compares it: its blurred colour planes.
+    pub colour: Vec<f32>,
     pub result: Planar,
     /// The total loss the result reached, without the temporal term.
     pub loss: f64,
@@ -348,6 +364,7 @@ impl Previous {
         Previous {
             key: self.key.clone(),
             content: shift_values(&self.content, w, h, dx, dy, f32::INFINITY),
+            colour: self.colour.chunks(w * h).flat_map(|c| shift_values(c, w, h, dx, dy, f32::INFINITY)).collect(),
             result: planar(&self.result),
             loss: self.loss,
             reference: self.reference,
@@ -423,7 +440,7 @@ const PAN_FROM: f64 = 0.2;
 fn panned(
     prev: &Previous,
     still: &ChangeMask,
-    cur: &[f32],
+    (cur, cur_colour): (&[f32], &[f32]),
     s: &StreamSettings,
 ) -> Option<(Previous, ChangeMask, (isize, isize))> {
     let (w, h) = (still.width, still.height);
@@ -435,7 +452,7 @@ fn panned(
         return None;
     }
     let moved = prev.shifted(w, h, dx, dy);
-    let mask = compare(&moved.content, cur, w, h, &s.change);
+    let mask = compare(&moved.colour, cur_colour, w, h, &s.change);
     (mask.fraction < still.fraction / 2.0).then_some((moved, mask, (dx, dy)))
 }
 
@@ -735,16 +752,22 @@ pub fn stylize_frame(
 ) -> Result<(Outcome, Plan, Previous)> {
     let mut opts = opts.clone();
     let cur = blurred_grey(content, &settings.change);
+    let cur_colour = blurred_colour(content, &settings.change);
     let (w, h) = (content.width, content.height);
     // the previous frame is used for the same style and size; compared as it was, or moved along a camera pan
     let usable = prev.filter(|p| {
-        settings.enabled && p.key == key && (p.result.width, p.result.height) == (w, h) && p.content.len() == cur.len()
+        settings.enabled
+            && p.key == key
+            && (p.result.width, p.result.height) == (w, h)
+            && p.content.len() == cur.len()
+            && p.colour.len() == cur_colour.len()
     });
-    let still = usable.map(|p| compare(&p.content, &cur, w, h, &settings.change));
-    let (moved, mask, pan) = match usable.zip(still.as_ref()).and_then(|(p, m)| panned(p, m, &cur, settings)) {
-        Some((p, m, d)) => (Some(p), Some(m), Some(d)),
-        None => (None, still, None),
-    };
+    let still = usable.map(|p| compare(&p.colour, &cur_colour, w, h, &settings.change));
+    let (moved, mask, pan) =
+        match usable.zip(still.as_ref()).and_then(|(p, m)| panned(p, m, (&cur, &cur_colour), settings)) {
+            Some((p, m, d)) => (Some(p), Some(m), Some(d)),
+            None => (None, still, None),
+        };
     let prev = moved.as_ref().or(usable);
     let (mut plan, held) = plan(prev.zip(mask), content, &cur, settings, &mut opts);
     plan.pan = pan.filter(|_| plan.start != Start::Cold);
@@ -803,6 +826,7 @@ pub fn stylize_frame(
                 on_plate: held.shows.iter().map(|s| *s != Shows::Other).collect(),
                 age: held.age,
                 content: cur,
+                colour: cur_colour,
                 colour_map: p.colour_map.clone(),
             }
         }
@@ -820,6 +844,7 @@ pub fn stylize_frame(
             on_plate: vec![true; cur.len()],
             age: vec![YOUNG_FRAMES; cur.len()],
             content: cur,
+            colour: cur_colour,
             colour_map: outcome.colour_map.clone(),
         },
     };
@@ -936,6 +961,7 @@ mod tests {
         let prev = Previous {
             key: String::new(),
             content: vec![0.3; n],
+            colour: vec![0.3; 3 * n],
             result: flat(w, h, 0.5),
             loss: 1.0,
             reference: 1.0,
@@ -988,6 +1014,7 @@ mod tests {
         let prev = Previous {
             key: String::new(),
             content: cur.clone(),
+            colour: blurred_colour(&scene, &settings.change),
             result: flat(w, h, 0.5),
             loss: 1.0,
             reference: 1.0,
@@ -1009,7 +1036,7 @@ mod tests {
         };
         let planned = |frame: &Planar, prev: &Previous| {
             let cur = blurred_grey(frame, &settings.change);
-            let mask = compare(&prev.content, &cur, w, h, &settings.change);
+            let mask = compare(&prev.colour, &blurred_colour(frame, &settings.change), w, h, &settings.change);
             let mut opts = StylizeOptions::new(weights.clone());
             let (plan, held) = plan(Some((prev, mask)), frame, &cur, &settings, &mut opts);
             (plan, held.expect("started from the previous frame"), opts)
@@ -1043,5 +1070,26 @@ mod tests {
         assert_eq!(opts.temporal.as_ref().unwrap().weights[20 * w + 35], 0.0);
         assert_eq!(held.age[20 * w + 35], 1);
         assert_eq!(opts.min_evaluations, Some(100 / FRESH_SHARE));
+    }
+
+    #[test]
+    fn a_change_of_colour_at_the_same_luminance_is_a_change() {
+        // a red square of the grey background's luminance: a mask on luminance saw nothing there
+        let (w, h) = (48, 32);
+        let n = w * h;
+        let grey = flat(w, h, 0.3);
+        let mut frame = grey.clone();
+        let (r, b) = (0.6f32, 0.0f32);
+        let g = (0.3 - 0.299 * r - 0.114 * b) / 0.587;
+        for i in (0..n).filter(|&i| (20..30).contains(&(i % w)) && (10..20).contains(&(i / w))) {
+            (frame.data[i], frame.data[n + i], frame.data[2 * n + i]) = (r, g, b);
+        }
+        let p = ChangeParams::default();
+        let lum = compare(&blurred_grey(&grey, &p), &blurred_grey(&frame, &p), w, h, &p);
+        assert_eq!(lum.fraction, 0.0, "the same luminance");
+        let m = change_mask(&grey, &frame, &p);
+        assert!(m.changed[15 * w + 25] && m.unchanged[15 * w + 25] == 0.0);
+        assert!(m.fraction >= 100.0 / n as f64);
+        assert_eq!(m.unchanged[2 * w + 2], 1.0, "far from the square");
     }
 }
