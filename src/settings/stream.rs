@@ -24,7 +24,8 @@ pub struct Stream {
     #[arg(long, hide = true)]
     #[serde(skip)]
     pub no_temporal: bool,
-    /// A pixel changed when any of its blurred colour channels differs from the previous frame's by more than this (0–1).
+    /// A pixel changed when any of its blurred colour channels differs from the previous frame's by more than this
+    /// (0–1).
     #[arg(long, default_value_t = ChangeParams::DEFAULT.threshold, value_name = "T")]
     pub change_threshold: f32,
     /// Radius of the box blur (applied twice) before comparing, in pixels of the result.
