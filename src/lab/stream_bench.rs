@@ -111,13 +111,13 @@ pub fn object_paint(clip: &Clip, photos: &[Planar], warm: &[Planar], cold: &[Pla
 /// much line and texture as a cold run draws; below: paler, softer (what `object_paint`, on colour, does not see).
 pub fn object_strokes(clip: &Clip, warm: &[Planar], cold: &[Planar]) -> Option<f64> {
     let frames = 1..cold.len().min(warm.len()).min(clip.object.len());
-    strokes(clip.width, clip.height, frames.map(|i| (clip.object[i].clone(), &warm[i], &cold[i])))
+    strokes(clip.width, clip.height, frames.map(|i| (&clip.object[i][..], &warm[i], &cold[i])))
 }
 
 /// Over the inner pixels of each (mask, image, reference) — the mask's pixels whose four neighbours are in it too —
 /// the summed luminance gradient magnitude of the images over that of the references; None where the references
 /// have none.
-fn strokes<'a>(w: usize, h: usize, frames: impl Iterator<Item = (Vec<bool>, &'a Planar, &'a Planar)>) -> Option<f64> {
+fn strokes<'a>(w: usize, h: usize, frames: impl Iterator<Item = (&'a [bool], &'a Planar, &'a Planar)>) -> Option<f64> {
     let grad = |l: &[f32], p: usize| -> f64 {
         let (gx, gy) = ((l[p + 1] - l[p - 1]) as f64, (l[p + w] - l[p - w]) as f64);
         (gx * gx + gy * gy).sqrt()
@@ -173,7 +173,7 @@ pub fn revealed(
         }
     }
     let paint = (c_sum > 0.0).then(|| w_sum / c_sum)?;
-    let lines = strokes(clip.width, clip.height, masks.into_iter().map(|(i, m)| (m, &warm[i], empty)))?;
+    let lines = strokes(clip.width, clip.height, masks.iter().map(|(i, m)| (&m[..], &warm[*i], empty)))?;
     Some((paint, lines))
 }
 
