@@ -303,3 +303,50 @@ fn a_moving_object_leaves_no_trail() {
         assert!(fa <= fb / 5.0, "flicker {fa} against cold runs {fb}");
     }
 }
+
+/// Issue 20: what a partly changed frame shows for the first time (held by nothing: not the background plate, not the
+/// previous result, not moved along) is formed first at the cold schedule's coarsest scale, for as many evaluations
+/// as the cold run spent there, then refined at the full scale within the frame's budget — while what the previous
+/// frame painted starts the full scale as it was, and stays.
+#[test]
+fn new_content_is_formed_at_the_coarse_scale_first() {
+    use fuchun::transfer::temporal::stylize_frame;
+    use fuchun::transfer::{CachedTargets, NoHooks, StyleImages};
+    let c = clip(256, 4, 48);
+    let f = frames(&c).unwrap();
+    let mut model = Model::load(&common::test_model(), &RuntimeOptions::default()).unwrap();
+    let style = imageio::load_path(&common::example("fuchun.jpg"), &Limits::default()).unwrap();
+    let mut opts = StylizeOptions::new(Weights::defaults(&model.manifest));
+    opts.image_size = 256;
+    opts.iterations = 30;
+    opts.palette = fuchun::transfer::Palette::Content;
+    let settings = StreamSettings::new(DEFAULT_TEMPORAL_WEIGHT);
+    let images = std::slice::from_ref(&style);
+    let mut source = CachedTargets::new(StyleImages { images, blend: Vec::new(), style_scale: 1.0 });
+    let mut frame = |prev: Option<&fuchun::transfer::temporal::Previous>, i: usize| {
+        stylize_frame(&mut model, prev, "k", &f[i], &settings, &opts, &mut source, &mut NoHooks).unwrap()
+    };
+    let (cold, plan, prev) = frame(None, 0);
+    assert_eq!(plan.start, Start::Cold);
+    let widths: Vec<usize> = cold.scales.iter().map(|s| s.width).collect();
+    assert_eq!(widths, [128, 256]);
+    assert_eq!(prev.coarse_evaluations, cold.scales[0].evaluations);
+    let (next, plan, _) = frame(Some(&prev), 1);
+    assert_eq!(plan.start, Start::Partial);
+    let widths: Vec<usize> = next.scales.iter().map(|s| s.width).collect();
+    assert_eq!(widths, [128, 256], "new content: the coarse scale first");
+    let e: Vec<usize> = next.scales.iter().map(|s| s.evaluations).collect();
+    eprintln!("cold {:?}, partial {e:?}", cold.scales.iter().map(|s| s.evaluations).collect::<Vec<_>>());
+    assert!(
+        e[0] >= prev.coarse_evaluations,
+        "the coarse scale ran {} of the cold run's {}",
+        e[0],
+        prev.coarse_evaluations
+    );
+    assert!(e[1] <= settings.max_evaluations, "the full scale keeps the frame's budget: {}", e[1]);
+    // what nothing touched starts the full scale as the previous frame painted it, and is held there
+    let still = c.still_between(1).unwrap();
+    let d = fuchun::transfer::temporal::masked_difference(&next.image, &cold.image, &still);
+    eprintln!("still pixels moved {:.2}/255", 255.0 * d);
+    assert!(255.0 * d < 1.5, "still pixels moved {:.2}/255", 255.0 * d);
+}

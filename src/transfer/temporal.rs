@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::color::luma;
+use super::color;
 use super::inputs::TemporalInputs;
 use anyhow::Result;
 
@@ -158,9 +158,16 @@ fn compare(a: &[f32], b: &[f32], w: usize, h: usize, p: &ChangeParams) -> Change
 }
 
 /// Blurred luminance, as the motion search and the pan search compare it (row-major, one value per pixel).
+#[cfg(test)]
 fn blurred_grey(img: &Planar, p: &ChangeParams) -> Vec<f32> {
-    let (w, h) = (img.width, img.height);
-    box_blur(&box_blur(&luma(img), w, h, p.blur_px), w, h, p.blur_px)
+    grey(&blurred_colour(img, p))
+}
+
+/// The luminance of colour planes (R, G, B, row-major): of `blurred_colour`'s, the blurred luminance the motion and
+/// pan searches compare (the blur and the luminance are both linear, so the order does not matter).
+fn grey(colour: &[f32]) -> Vec<f32> {
+    let n = colour.len() / 3;
+    (0..n).map(|i| color::rgb_to_ycbcr(colour[i], colour[n + i], colour[2 * n + i]).0).collect()
 }
 
 /// Blurred colour planes (R, G, B, row-major), as the change mask compares them. On colour, not luminance: where a
@@ -315,10 +322,8 @@ pub const TEMPORAL_TERM: &str = "temporal";
 pub struct Previous {
     /// What must match for the previous frame to be used (style and its settings).
     pub key: String,
-    /// The content at the result's size, as the motion and pan searches compare it: its blurred luminance (one value
-    /// per pixel of `result`).
-    pub content: Vec<f32>,
-    /// The content at the result's size, as the change mask compares it: its blurred colour planes.
+    /// The content at the result's size, as the change mask compares it: its blurred colour planes (and, through
+    /// `grey`, the motion and pan searches: their luminance).
     pub colour: Vec<f32>,
     pub result: Planar,
     /// The total loss the result reached, without the temporal term.
@@ -329,6 +334,9 @@ pub struct Previous {
     /// The evaluations of the last cold run (all scales): a frame's new content gets at least a share of them
     /// (`FRESH_SHARE`).
     pub reference_evaluations: usize,
+    /// The evaluations of the last cold run's coarsest scale (0 when it ran one scale): a frame with new content
+    /// runs that scale for at least as many.
+    pub coarse_evaluations: usize,
     /// The background plate: per pixel, the result of the last frame in which the pixel's scene had not changed
     /// since the frame before (so not covered by something moving), and that frame's content (blurred luminance).
     pub plate: Planar,
@@ -346,7 +354,7 @@ pub struct Previous {
     /// what moved; `YOUNG_FRAMES` and more: settled — a cold run's pixels, the plate's).
     pub age: Vec<u16>,
     /// The colour map of the last cold run (`Palette::Style`): the frames after it are carried by it.
-    pub colour_map: Option<crate::transfer::color::ColourMap>,
+    pub colour_map: Option<color::ColourMap>,
 }
 
 impl Previous {
@@ -363,12 +371,12 @@ impl Previous {
         let planar = |p: &Planar| shifted(p, 0.0);
         Previous {
             key: self.key.clone(),
-            content: shift_values(&self.content, w, h, dx, dy, f32::INFINITY),
             colour: self.colour.chunks(w * h).flat_map(|c| shift_values(c, w, h, dx, dy, f32::INFINITY)).collect(),
             result: planar(&self.result),
             loss: self.loss,
             reference: self.reference,
             reference_evaluations: self.reference_evaluations,
+            coarse_evaluations: self.coarse_evaluations,
             plate: planar(&self.plate),
             plate_content: shifted(&self.plate_content, f32::INFINITY),
             underlay: planar(&self.underlay),
@@ -447,7 +455,7 @@ fn panned(
     if s.motion_px == 0 || still.fraction <= PAN_FROM {
         return None;
     }
-    let (dx, dy) = global_shift(&prev.content, cur, w, h, s.motion_px);
+    let (dx, dy) = global_shift(&grey(&prev.colour), cur, w, h, s.motion_px);
     if (dx, dy) == (0, 0) {
         return None;
     }
@@ -531,7 +539,7 @@ fn plan(
     let shows = shows(prev, content, settings.change.threshold);
     let n = w * h;
     let moved = if start == Start::Partial && settings.motion_px > 0 {
-        motion(&prev.content, cur, w, h, &mask.changed, settings.motion_px, settings.change.threshold)
+        motion(&grey(&prev.colour), cur, w, h, &mask.changed, settings.motion_px, settings.change.threshold)
     } else {
         vec![None; n]
     };
@@ -579,31 +587,52 @@ fn plan(
     }
     // new content (held by nothing: weight below one half) starts its age; young content is held at `settle` of its
     // weight, so that it goes on being painted
-    let mut young = 0usize;
+    let (mut young, mut new) = (0usize, 0usize);
+    let keep = weights.clone();
     let age: Vec<u16> = (0..n)
         .map(|i| {
             let a = if weights[i] < 0.5 { 0 } else { held_age[i] };
             weights[i] *= settle(a);
             young += usize::from(a < YOUNG_FRAMES);
+            new += usize::from(a == 0);
             (a + 1).min(YOUNG_FRAMES)
         })
         .collect();
-    opts.init = Init::Image(init);
-    opts.scales = vec![opts.image_size];
+    let some = |count: usize| count as f64 > UNCHANGED * n as f64;
+    // new content, over more than isolated pixels, is formed first at the cold schedule's coarsest scale, for as many
+    // evaluations as the last cold run spent there, in the context of the held image (held there too, resized), and
+    // the full scale starts from that where the content is new: a region painted at the full scale alone, from the
+    // frame in the painting's colours, kept the photo's look for the frames it took to settle, and at 512 px the
+    // place the approaching object had stood in the first frame stayed a visible disc (the large strokes form at
+    // the coarse scales). The coarse scale costs 1/16 of a full-size evaluation at 512 px (128 px).
+    let coarse = opts.resolved_scales().ok().and_then(|s| s.first().copied()).filter(|&s| s < opts.image_size);
+    let frame_iterations = opts.iterations.min(settings.max_evaluations);
+    // new and young content (not the plate, not the previous result, not moved along; or painted for fewer than
+    // `YOUNG_FRAMES` frames), over more than isolated pixels, gets at least a share of a cold frame's evaluations
+    // at the full scale before the frame may stop on the whole image's loss: a small region barely moves that loss,
+    // and at 512 px a frame whose object left 5 % of the pixels new stopped after 2.6 evaluations, which left what it
+    // uncovered as the photo in the painting's colours, held from then on
+    let last_min = if some(young) { prev.reference_evaluations / FRESH_SHARE } else { 0 };
+    match coarse {
+        Some(c) if start == Start::Partial && some(new) && opts.iterations > 0 => {
+            let coarse_iterations = opts.iterations_at(0, false);
+            opts.scales = vec![c, opts.image_size];
+            opts.init = Init::Held { image: init, keep };
+            opts.iterations = coarse_iterations;
+            opts.taper = Some(frame_iterations as f32 / coarse_iterations as f32);
+            opts.min_evaluations = vec![prev.coarse_evaluations, last_min];
+        }
+        _ => {
+            opts.scales = vec![opts.image_size];
+            opts.init = Init::Image(init);
+            opts.iterations = frame_iterations;
+            opts.min_evaluations = vec![last_min];
+        }
+    }
     opts.max_evaluations = Some(settings.max_evaluations);
-    opts.iterations = opts.iterations.min(settings.max_evaluations);
     // within TARGET_SLACK of the last cold run's loss (without the temporal term); besides, the early stop and the
     // evaluation budget
     opts.target_loss = Some(prev.reference * (1.0 + TARGET_SLACK));
-    // new and young content (not the plate, not the previous result, not moved along; or painted for fewer than
-    // `YOUNG_FRAMES` frames), over more than isolated pixels, gets at least a share of a cold frame's evaluations
-    // before the frame may stop on the whole image's loss: a small region barely moves that loss, and at 512 px a
-    // frame whose object left 5 % of the pixels new stopped after 2.6 evaluations, which left what it uncovered as
-    // the photo in the painting's colours, held from then on (a grey disc where the object had been in the first
-    // frame)
-    if young as f64 > UNCHANGED * n as f64 {
-        opts.min_evaluations = Some(prev.reference_evaluations / FRESH_SHARE);
-    }
     // what shows the background again: held to its last result, which the trail is measured against
     let uncovered: Vec<(usize, [f32; 3])> = (0..n)
         .filter(|&i| start == Start::Partial && shows[i] != Shows::Other && !prev.on_plate[i])
@@ -751,15 +780,14 @@ pub fn stylize_frame(
     hooks: &mut dyn Hooks,
 ) -> Result<(Outcome, Plan, Previous)> {
     let mut opts = opts.clone();
-    let cur = blurred_grey(content, &settings.change);
     let cur_colour = blurred_colour(content, &settings.change);
+    let cur = grey(&cur_colour);
     let (w, h) = (content.width, content.height);
     // the previous frame is used for the same style and size; compared as it was, or moved along a camera pan
     let usable = prev.filter(|p| {
         settings.enabled
             && p.key == key
             && (p.result.width, p.result.height) == (w, h)
-            && p.content.len() == cur.len()
             && p.colour.len() == cur_colour.len()
     });
     let still = usable.map(|p| compare(&p.colour, &cur_colour, w, h, &settings.change));
@@ -818,6 +846,7 @@ pub fn stylize_frame(
                 loss,
                 reference: p.reference,
                 reference_evaluations: p.reference_evaluations,
+                coarse_evaluations: p.coarse_evaluations,
                 plate,
                 plate_content,
                 underlay,
@@ -825,7 +854,6 @@ pub fn stylize_frame(
                 still_frames,
                 on_plate: held.shows.iter().map(|s| *s != Shows::Other).collect(),
                 age: held.age,
-                content: cur,
                 colour: cur_colour,
                 colour_map: p.colour_map.clone(),
             }
@@ -836,6 +864,10 @@ pub fn stylize_frame(
             loss,
             reference: loss,
             reference_evaluations: outcome.evaluations(),
+            coarse_evaluations: match outcome.scales.as_slice() {
+                [first, _, ..] => first.evaluations,
+                _ => 0,
+            },
             plate: outcome.image.clone(),
             plate_content: content.clone(),
             underlay: outcome.image.clone(),
@@ -843,7 +875,6 @@ pub fn stylize_frame(
             still_frames: vec![0; cur.len()],
             on_plate: vec![true; cur.len()],
             age: vec![YOUNG_FRAMES; cur.len()],
-            content: cur,
             colour: cur_colour,
             colour_map: outcome.colour_map.clone(),
         },
@@ -876,7 +907,7 @@ mod tests {
     use crate::transfer::inputs::Weights;
 
     fn grey_of(img: &Planar, i: usize) -> f32 {
-        luma(img)[i]
+        color::luma(img)[i]
     }
 
     fn flat(w: usize, h: usize, v: f32) -> Planar {
@@ -960,12 +991,12 @@ mod tests {
         let grey = flat(w, h, 0.3);
         let prev = Previous {
             key: String::new(),
-            content: vec![0.3; n],
             colour: vec![0.3; 3 * n],
             result: flat(w, h, 0.5),
             loss: 1.0,
             reference: 1.0,
             reference_evaluations: 100,
+            coarse_evaluations: 40,
             plate: flat(w, h, 0.5),
             plate_content: grey.clone(),
             underlay: flat(w, h, 0.7),
@@ -1008,17 +1039,16 @@ mod tests {
         let n = w * h;
         let scene = flat(w, h, 0.3);
         let settings = StreamSettings::new(DEFAULT_TEMPORAL_WEIGHT);
-        let cur = blurred_grey(&scene, &settings.change);
         // a settled result except a 10×10 square painted for one frame so far
         let square = |i: usize| (4..14).contains(&(i % w)) && (4..14).contains(&(i / w));
         let prev = Previous {
             key: String::new(),
-            content: cur.clone(),
             colour: blurred_colour(&scene, &settings.change),
             result: flat(w, h, 0.5),
             loss: 1.0,
             reference: 1.0,
             reference_evaluations: 100,
+            coarse_evaluations: 40,
             plate: flat(w, h, 0.5),
             plate_content: scene.clone(),
             underlay: flat(w, h, 0.5),
@@ -1049,7 +1079,8 @@ mod tests {
         assert_eq!(t.weights[5 * w + 5], settle(1));
         assert_eq!(t.weights[20 * w + 30], 1.0);
         assert_eq!((held.age[5 * w + 5], held.age[20 * w + 30]), (2, YOUNG_FRAMES));
-        assert_eq!(opts.min_evaluations, Some(100 / FRESH_SHARE));
+        assert_eq!(opts.min_evaluations, vec![100 / FRESH_SHARE]);
+        assert_eq!(opts.scales, vec![opts.image_size], "nothing new: the full scale alone");
         // the ramp: nearly free at first, held fully from YOUNG_FRAMES on
         assert!(settle(0) == 0.0 && settle(1) < 0.1 && settle(2) < settle(3) && settle(3) < 1.0);
         assert_eq!(settle(YOUNG_FRAMES), 1.0);
@@ -1059,7 +1090,7 @@ mod tests {
         let (_, held, opts) = planned(&scene, &settled);
         assert!(opts.temporal.as_ref().unwrap().weights.iter().all(|&m| m == 1.0));
         assert!(held.age.iter().all(|&a| a == YOUNG_FRAMES));
-        assert_eq!(opts.min_evaluations, None);
+        assert_eq!(opts.min_evaluations, vec![0]);
         // something new (an unmatched patch of another colour): not held, its age starts at 1
         let mut frame = scene.clone();
         for i in (0..n).filter(|&i| (30..40).contains(&(i % w)) && (16..26).contains(&(i / w))) {
@@ -1069,7 +1100,14 @@ mod tests {
         assert_eq!(p.start, Start::Partial);
         assert_eq!(opts.temporal.as_ref().unwrap().weights[20 * w + 35], 0.0);
         assert_eq!(held.age[20 * w + 35], 1);
-        assert_eq!(opts.min_evaluations, Some(100 / FRESH_SHARE));
+        // ... and formed first at the cold schedule's coarsest scale, for as many evaluations as the cold run spent
+        // there, then at the full scale for the frame's budget, starting from the coarse result where it is new and
+        // from the previous result where that holds
+        assert_eq!(opts.scales, vec![128, opts.image_size]);
+        assert_eq!(opts.min_evaluations, vec![40, 100 / FRESH_SHARE]);
+        assert_eq!((opts.iterations_at(0, false), opts.iterations_at(1, false)), (200, settings.max_evaluations));
+        let Init::Held { keep, .. } = &opts.init else { panic!("a held start: {:?}", opts.init) };
+        assert_eq!((keep[20 * w + 35], keep[5 * w + 5]), (0.0, 1.0));
     }
 
     #[test]
