@@ -87,18 +87,6 @@ impl Planar {
     }
 }
 
-/// One value per pixel of a `from` (width, height) image, resized to `to` as `Planar::resize` resizes images, kept
-/// within the values' own range (the filter overshoots at edges; weights and masks must stay in theirs).
-pub fn resize_plane(v: &[f32], from: (usize, usize), to: (usize, usize)) -> Vec<f32> {
-    if from == to || v.is_empty() {
-        return v.to_vec();
-    }
-    let (lo, hi) = v.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
-    let grey = Planar { width: from.0, height: from.1, data: v.repeat(3) };
-    let out = grey.resize(to.0, to.1);
-    out.data[..to.0 * to.1].iter().map(|x| x.clamp(lo, hi)).collect()
-}
-
 /// The error for an image whose output would be under the model's minimum side, naming the side that is short.
 pub fn too_small(width: usize, height: usize, out_w: usize, out_h: usize, min: usize) -> ImageError {
     let (side, input, output) = if out_w < out_h { ("width", width, out_w) } else { ("height", height, out_h) };
@@ -577,20 +565,6 @@ pub fn save_path(img: &Planar, path: &Path) -> Result<(), ImageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_resized_plane_stays_within_its_values() {
-        // a hard edge: the filter overshoots it, the plane must not (weights and masks stay in [0, 1])
-        let (w, h) = (16, 8);
-        let v: Vec<f32> = (0..w * h).map(|i| if i % w < 8 { 0.0 } else { 1.0 }).collect();
-        for to in [(40, 20), (8, 4)] {
-            let r = resize_plane(&v, (w, h), to);
-            assert_eq!(r.len(), to.0 * to.1);
-            assert!(r.iter().all(|x| (0.0..=1.0).contains(x)));
-            assert_eq!((r[0], r[to.0 - 1]), (0.0, 1.0), "the sides keep their values");
-        }
-        assert_eq!(resize_plane(&v, (w, h), (w, h)), v);
-    }
 
     fn gradient(w: usize, h: usize) -> Planar {
         let mut p = Planar::new(w, h);

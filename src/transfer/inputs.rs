@@ -178,17 +178,6 @@ pub struct TemporalInputs {
     pub weights: Vec<f32>,
 }
 
-impl TemporalInputs {
-    /// The same inputs for a `width × height` image (a coarser scale of the frame): both resized.
-    pub fn resize(&self, width: usize, height: usize) -> TemporalInputs {
-        let from = (self.previous.width, self.previous.height);
-        TemporalInputs {
-            previous: self.previous.resize(width, height),
-            weights: crate::imageio::resize_plane(&self.weights, from, (width, height)),
-        }
-    }
-}
-
 /// Set the temporal term's inputs for a `width × height` image: `t`'s, or zeros (the term then has neither value
 /// nor gradient).
 pub fn set_temporal(inp: &mut ObjectiveInputs, width: usize, height: usize, t: Option<&TemporalInputs>) -> Result<()> {

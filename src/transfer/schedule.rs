@@ -14,7 +14,7 @@ use super::optim::{Adam, Bounds, Control, EarlyStop, IterInfo, Lbfgs, Objective,
 use super::targets::StyleTargets;
 use super::tiled;
 use crate::engine::{Losses, Model, ObjectiveInputs};
-use crate::imageio::{fit_size as fit, resize_plane, Planar};
+use crate::imageio::{fit_size as fit, Planar};
 
 /// Where the optimisation starts.
 #[derive(Debug, Clone)]
@@ -24,14 +24,6 @@ pub enum Init {
     Noise,
     /// A given image (resized to the first scale); also used for warm starts.
     Image(Planar),
-    /// A given image, kept where `keep` is 1 (one value per pixel of `image`, 0–1): the first scale starts from it
-    /// resized, every later scale from it where `keep` is 1 and from the previous scale's result, upsampled, where it
-    /// is 0 (blended between). A camera frame's new content is so formed at a coarse scale, in the context of what
-    /// the previous frame painted, while what that frame painted starts the full scale as it was.
-    Held {
-        image: Planar,
-        keep: Vec<f32>,
-    },
 }
 
 /// Which colours the content is taken in: its own, or carried into the style's first (`color::carry`): then the
@@ -93,11 +85,9 @@ pub struct StylizeOptions {
     pub seed: u64,
     /// Stop the last scale as soon as the total loss is at or below this (warm starts; benchmarks).
     pub target_loss: Option<f64>,
-    /// Per scale, neither `target_loss` nor the early stop ends it before this many evaluations (a camera frame's
-    /// new content: `transfer::temporal`); the evaluation budget still does. Aligned with the scales from the last:
-    /// the last entry is the last scale's, the one before it the scale before's (a coarse scale skipped for the
-    /// image's shape takes its entry with it); missing entries: no minimum.
-    pub min_evaluations: Vec<usize>,
+    /// At the last scale, neither `target_loss` nor the early stop ends the run before this many evaluations (a
+    /// camera frame's new content: `transfer::temporal`); the evaluation budget still does.
+    pub min_evaluations: Option<usize>,
     /// Apply the early stop at the last scale too (default). The bench turns it off to measure the time to reach a
     /// loss.
     pub last_scale_early_stop: bool,
@@ -108,10 +98,10 @@ pub struct StylizeOptions {
     /// After each scale, evaluate the result once more with histogram targets matched to the result itself: the
     /// exact loss, independent of `hist_every` (costs two evaluations per scale; for comparisons).
     pub exact_losses: bool,
-    /// Evaluation budget of the last scale (L-BFGS); the coarser scales' and the default: 1.25 × iterations + 5.
+    /// Evaluation budget per scale (L-BFGS); default: 1.25 × iterations + 5.
     pub max_evaluations: Option<usize>,
-    /// The temporal term's inputs at the last scale's size (a camera stream's frame; `transfer::temporal`), resized
-    /// for the coarser ones, whose weight is the `temporal` term's weight. None: the term is zero.
+    /// The temporal term's inputs at the last scale (a camera stream's frame; `transfer::temporal`), whose weight
+    /// is the `temporal` term's weight. None: the term is zero.
     pub temporal: Option<TemporalInputs>,
     /// Tiles of this side at every scale whatever the memory budget (tests and measurements); None: the budget
     /// decides (`tiled::budget`).
@@ -138,7 +128,7 @@ impl StylizeOptions {
             luminance_only: false,
             seed: 0,
             target_loss: None,
-            min_evaluations: Vec::new(),
+            min_evaluations: None,
             last_scale_early_stop: true,
             hist_every: DEFAULT_HIST_EVERY,
             exact_losses: false,
@@ -157,11 +147,6 @@ impl StylizeOptions {
             None if last_tiled => tapered(LARGE_TAPER).max(self.iterations / LARGE_FLOOR).max(1),
             None => self.iterations.max(1),
         }
-    }
-
-    /// The minimum evaluations of the `index`-th of `count` scales (`min_evaluations`, aligned from the last).
-    pub fn min_evaluations_at(&self, index: usize, count: usize) -> usize {
-        (self.min_evaluations.len() + index).checked_sub(count).map_or(0, |k| self.min_evaluations[k])
     }
 
     /// The scales actually used: explicit ones, or 128 doubling up to image_size (one scale when image_size ≤ 128).
@@ -609,8 +594,8 @@ pub fn stylize_with(
                 inputs
             }
         };
-        if let Some(t) = opts.temporal.as_ref() {
-            set_temporal(&mut inputs, w, h, Some(&t.resize(w, h)))?;
+        if si + 1 == scales.len() && opts.temporal.is_some() {
+            set_temporal(&mut inputs, w, h, opts.temporal.as_ref())?;
         }
         // the first histogram targets: the starting image matched to the style
         let hist_used = !model.manifest.hist_layers.is_empty() && opts.weights.term("hist") != 0.0;
@@ -624,19 +609,7 @@ pub fn stylize_with(
         }
         let is_last = si + 1 == scales.len();
         let iterations = opts.iterations_at(si, last_tiled);
-        let min_evaluations = opts.min_evaluations_at(si, scales.len());
-        let scale = ScaleRun {
-            index: si,
-            is_last,
-            width: w,
-            height: h,
-            iterations,
-            min_evaluations,
-            hist_used,
-            start,
-            t_scale,
-            plan,
-        };
+        let scale = ScaleRun { index: si, is_last, width: w, height: h, iterations, hist_used, start, t_scale, plan };
         let report = optimise_scale(model, &mut img, &mut inputs, &style, opts, hooks, &scale)?;
         let (iterations, evaluations, stop) = (report.iterations, report.evaluations, report.stop);
         reports.push(report);
@@ -656,16 +629,18 @@ pub fn stylize_with(
 fn run_optimiser(
     opts: &StylizeOptions,
     iterations: usize,
-    max_evaluations: usize,
     x: &mut [f32],
     eval: &mut dyn Objective,
     on_iter: &mut dyn FnMut(&IterInfo, &[f32]) -> Control,
 ) -> Result<Summary> {
     Ok(match opts.optimizer {
-        Optimizer::Lbfgs { history } => {
-            Lbfgs { history: history.max(1), max_iterations: iterations, max_evaluations, bounds: Some(Bounds::UNIT) }
-                .minimize(x, eval, on_iter)?
+        Optimizer::Lbfgs { history } => Lbfgs {
+            history: history.max(1),
+            max_iterations: iterations,
+            max_evaluations: opts.max_evaluations.unwrap_or(iterations + iterations / 4 + 5),
+            bounds: Some(Bounds::UNIT),
         }
+        .minimize(x, eval, on_iter)?,
         Optimizer::Adam { learning_rate } => Adam {
             learning_rate,
             beta1: 0.9,
@@ -686,8 +661,6 @@ struct ScaleRun {
     height: usize,
     /// Iterations of this scale (`StylizeOptions::iterations_at`).
     iterations: usize,
-    /// Neither the target loss nor the early stop ends the scale before this many evaluations.
-    min_evaluations: usize,
     /// The histogram term acts (its targets are re-matched during the scale).
     hist_used: bool,
     /// When the run started (evaluation records' times) and when the scale did.
@@ -721,16 +694,9 @@ fn carry_palette(
 fn starting_image(previous: Option<&Planar>, opts: &StylizeOptions, content_s: &Planar) -> Planar {
     let (w, h) = (content_s.width, content_s.height);
     match (previous, &opts.init) {
-        (Some(prev), Init::Held { image, keep }) => {
-            let (prev, image, keep) =
-                (prev.resize(w, h), image.resize(w, h), resize_plane(keep, (image.width, image.height), (w, h)));
-            let n = w * h;
-            let data = (0..3 * n).map(|j| keep[j % n] * image.data[j] + (1.0 - keep[j % n]) * prev.data[j]).collect();
-            Planar { width: w, height: h, data }
-        }
         (Some(prev), _) => prev.resize(w, h),
         (None, Init::Content) => content_s.clone(),
-        (None, Init::Image(p) | Init::Held { image: p, .. }) => p.resize(w, h),
+        (None, Init::Image(p)) => p.resize(w, h),
         (None, Init::Noise) => {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
             let mut p = Planar::new(w, h);
@@ -753,18 +719,7 @@ fn optimise_scale(
     hooks: &mut dyn Hooks,
     scale: &ScaleRun,
 ) -> Result<ScaleReport> {
-    let ScaleRun {
-        index: si,
-        is_last,
-        width: w,
-        height: h,
-        iterations,
-        min_evaluations,
-        hist_used,
-        start,
-        t_scale,
-        plan,
-    } = *scale;
+    let ScaleRun { index: si, is_last, width: w, height: h, iterations, hist_used, start, t_scale, plan } = *scale;
     hooks.scale_start(si, w, h, iterations);
     let mut early = EarlyStop::new(opts.tol_window.max(1), opts.tol);
     let use_early = opts.tol > 0.0;
@@ -805,7 +760,7 @@ fn optimise_scale(
             }
         }
         // new content must have had its evaluations before the run may stop on the whole image's loss
-        let may_stop = info.evaluations >= min_evaluations;
+        let may_stop = !is_last || opts.min_evaluations.is_none_or(|m| info.evaluations >= m);
         if is_last && may_stop && opts.target_loss.is_some_and(|t| info.loss <= t) {
             return Control::Stop;
         }
@@ -814,17 +769,13 @@ fn optimise_scale(
         }
         Control::Continue
     };
-    let max_evaluations = match opts.max_evaluations {
-        Some(m) if is_last => m,
-        _ => iterations + iterations / 4 + 5,
-    };
     let t_opt = Instant::now();
     let summary = match opts.optimizer {
         Optimizer::Lbfgs { history } if history != plan.history => {
             let o = StylizeOptions { optimizer: Optimizer::Lbfgs { history: plan.history }, ..opts.clone() };
-            run_optimiser(&o, iterations, max_evaluations, &mut img.data, &mut eval, &mut on_iter)?
+            run_optimiser(&o, iterations, &mut img.data, &mut eval, &mut on_iter)?
         }
-        _ => run_optimiser(opts, iterations, max_evaluations, &mut img.data, &mut eval, &mut on_iter)?,
+        _ => run_optimiser(opts, iterations, &mut img.data, &mut eval, &mut on_iter)?,
     };
     if let Some(e) = iter_error {
         return Err(e);
@@ -858,55 +809,4 @@ fn optimise_scale(
         optimizer_seconds,
         tile: plan.tile,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn flat(w: usize, h: usize, v: f32) -> Planar {
-        Planar { width: w, height: h, data: vec![v; 3 * w * h] }
-    }
-
-    fn options() -> StylizeOptions {
-        StylizeOptions::new(Weights { terms: Vec::new(), layers: Vec::new(), style_side: Vec::new(), normalize: true })
-    }
-
-    #[test]
-    fn a_held_start_keeps_the_image_where_held_and_the_coarse_result_elsewhere() {
-        let (w, h) = (32, 24);
-        let n = w * h;
-        let square = |i: usize| (8..16).contains(&(i % w)) && (8..16).contains(&(i / w));
-        let keep: Vec<f32> = (0..n).map(|i| if square(i) { 0.0 } else { 1.0 }).collect();
-        let mut opts = options();
-        opts.init = Init::Held { image: flat(w, h, 0.8), keep };
-        // the first scale: the image, resized
-        let first = starting_image(None, &opts, &flat(16, 12, 0.5));
-        assert_eq!((first.width, first.height), (16, 12));
-        assert!(first.data.iter().all(|v| (v - 0.8).abs() < 1e-5));
-        // a later scale: the coarse result (upsampled) where nothing holds, the image where it does, and every
-        // channel alike
-        let next = starting_image(Some(&flat(16, 12, 0.2)), &opts, &flat(w, h, 0.5));
-        for c in 0..3 {
-            assert!((next.data[c * n + 12 * w + 12] - 0.2).abs() < 1e-5, "inside the square");
-            assert!((next.data[c * n + 2 * w + 2] - 0.8).abs() < 1e-5, "far from it");
-        }
-        // an image start ignores the previous scale's result only at the first scale
-        opts.init = Init::Image(flat(w, h, 0.8));
-        assert!(starting_image(Some(&flat(16, 12, 0.2)), &opts, &flat(w, h, 0.5))
-            .data
-            .iter()
-            .all(|v| (v - 0.2).abs() < 1e-5));
-    }
-
-    #[test]
-    fn minimum_evaluations_are_aligned_from_the_last_scale() {
-        let mut opts = options();
-        assert_eq!((0..3).map(|i| opts.min_evaluations_at(i, 3)).collect::<Vec<_>>(), [0, 0, 0]);
-        opts.min_evaluations = vec![40, 10];
-        assert_eq!((0..3).map(|i| opts.min_evaluations_at(i, 3)).collect::<Vec<_>>(), [0, 40, 10]);
-        assert_eq!((0..2).map(|i| opts.min_evaluations_at(i, 2)).collect::<Vec<_>>(), [40, 10]);
-        // a coarse scale skipped for the image's shape takes its entry with it
-        assert_eq!(opts.min_evaluations_at(0, 1), 10);
-    }
 }
