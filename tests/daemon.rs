@@ -454,7 +454,9 @@ fn camera_stream_starts_partly_changed_frames_from_the_previous_result_and_repor
         assert!(f > 0.0 && f < 0.6, "frame {i}: changed {f}");
         let e = m["evaluations"].as_u64().unwrap();
         assert!(e <= 60, "frame {i}: {e} evaluations, over daemon.temporal.max_evaluations");
-        assert_eq!(m["scales"].as_array().unwrap().len(), 1, "one scale, the result's");
+        // one scale, the result's, after a crop around new content where there is some (within the same budget)
+        let scales = m["scales"].as_array().unwrap();
+        assert!((1..=2).contains(&scales.len()), "frame {i}: {m}");
         partial_evals.push(e as f64);
     }
     // the stats: 18 partly changed frames and their mean evaluations (as the metas say)

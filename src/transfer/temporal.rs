@@ -789,6 +789,11 @@ pub fn stylize_frame(
     if let (Some(h), Init::Image(init)) = (held.as_ref().filter(|_| plan.start == Start::Partial), &opts.init) {
         if let Some((image, scales)) = paint_new(model, content, init, &h.keep, cold, &opts, styles, hooks)? {
             opts.init = Init::Image(image);
+            // the crop and the frame share the frame's budget (`max_evaluations`)
+            let spent: usize = scales.iter().map(|s| s.evaluations).sum();
+            let left = settings.max_evaluations.saturating_sub(spent).max(1);
+            opts.max_evaluations = Some(left);
+            opts.iterations = opts.iterations.min(left);
             first = scales;
         }
     }
@@ -943,6 +948,10 @@ fn paint_new(
         data: crate::transfer::tiled::plan::crop(&p.data, [3, h, w], (y0, ch, x0, cw)),
     };
     let mut opts = cold.clone();
+    // at most half the frame's budget: the frame itself runs on what is left
+    let budget = (frame.max_evaluations.unwrap_or(cold.iterations) / 2).max(1);
+    opts.iterations = opts.iterations.min(budget);
+    opts.max_evaluations = Some(budget);
     opts.image_size = cw.max(ch);
     opts.scales = vec![cw.max(ch)];
     opts.init = Init::Image(cut(init));
