@@ -336,7 +336,8 @@ fn new_content_is_painted_in_a_crop_around_it_first() {
     // the crop holds what is new with its margin (the object of 48 px moved: the two positions and 32 px around
     // them), and is well under the frame
     assert!(crop.0 >= 48 && crop.1 >= 48 && crop.0 * crop.1 * 2 <= whole.0 * whole.1, "crop {crop:?}");
-    // painted as a cold run's scale is (its iterations and early stop), the frame then within its budget
+    // painted as a cold run's scale is (its iterations and early stop) within half the frame's budget, the frame
+    // then within the budget
     assert!(next.scales[0].evaluations > settings.max_evaluations.min(30) / 2, "{:?}", next.scales[0].evaluations);
     assert!(next.scales[1].evaluations <= settings.max_evaluations);
     // what nothing touched stays as the previous frame painted it

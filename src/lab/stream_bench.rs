@@ -23,8 +23,8 @@ pub struct Pass {
     pub starts: Vec<Start>,
     pub changed: Vec<Option<f64>>,
     pub evaluations: Vec<usize>,
-    /// The evaluations in full-size evaluations: each scale's evaluations × its pixels over the frame's (a coarse
-    /// scale's evaluation costs a fraction of a full-size one; `work`).
+    /// The evaluations in full-size evaluations: each scale's evaluations × its pixels over the frame's (an
+    /// evaluation of a coarse scale or of a crop costs a fraction of a full-size one; `work`).
     pub work: Vec<f64>,
     pub seconds: Vec<f64>,
 }
@@ -357,7 +357,7 @@ pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &Str
     }
     let cold_evals = mean(cold.evaluations.iter().map(|&e| e as f64));
     let eval_ratio = partial_evals / cold_evals;
-    // what a frame costs: a partly changed frame with new content runs a coarse scale too, whose evaluations cost a
+    // what a frame costs: a partly changed frame with new content paints a crop of it first, whose evaluations cost a
     // fraction of a full-size one — as a cold run's coarse scales do
     let (partial_work, cold_work) = (mean(small.iter().map(|&i| warm.work[i])), mean(cold.work.iter().copied()));
     let work_ratio = partial_work / cold_work;

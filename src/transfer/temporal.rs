@@ -14,7 +14,9 @@ use super::color;
 use super::inputs::TemporalInputs;
 use anyhow::Result;
 
-use super::schedule::{stylize_with, Hooks, Init, Outcome, Palette, StyleSource, StylizeOptions};
+use super::schedule::{stylize_with, Hooks, Init, Outcome, Palette, ScaleReport, StyleSource, StylizeOptions};
+use super::targets::StyleTargets;
+use super::tiled::plan::crop;
 use crate::engine::Model;
 use crate::imageio::Planar;
 
@@ -539,9 +541,10 @@ fn plan(
     } else {
         vec![None; n]
     };
-    // what is new starts from the frame in the painting's colours (an affine colour map from the frame to the
-    // previous result, fitted where nothing changed): from the photo's own colours the few evaluations of a partly
-    // changed frame leave it visibly unpainted, and the next frame would then hold it so
+    // what is new starts from the frame in the painting's colours, as a cold run does: by the last cold run's colour
+    // map, or without one (the photo's palette) by an affine colour map from the frame to the previous result,
+    // fitted where nothing changed — from the photo's own colours the few evaluations of a partly changed frame leave
+    // it visibly unpainted, and the next frame would then hold it so
     let fresh = match (&prev.colour_map, start) {
         (_, Start::Previous | Start::Cold) => content.clone(),
         (Some(map), _) => map.apply(content),
@@ -787,9 +790,11 @@ pub fn stylize_frame(
     // what is new is painted first in a crop around it, then the frame as a whole
     let mut first = Vec::new();
     if let (Some(h), Init::Image(init)) = (held.as_ref().filter(|_| plan.start == Start::Partial), &opts.init) {
-        if let Some((image, scales)) = paint_new(model, content, init, &h.keep, cold, &opts, styles, hooks)? {
+        // the crop and the frame share the frame's budget (`max_evaluations`): the crop at most half of it, the frame
+        // what is left
+        let budget = (settings.max_evaluations / 2).max(1);
+        if let Some((image, scales)) = paint_new(model, content, init, &h.keep, cold, &opts, budget, styles, hooks)? {
             opts.init = Init::Image(image);
-            // the crop and the frame share the frame's budget (`max_evaluations`)
             let spent: usize = scales.iter().map(|s| s.evaluations).sum();
             let left = settings.max_evaluations.saturating_sub(spent).max(1);
             opts.max_evaluations = Some(left);
@@ -890,7 +895,7 @@ struct AtSize<'a> {
 }
 
 impl StyleSource for AtSize<'_> {
-    fn targets(&mut self, model: &mut Model, _longest: usize) -> Result<crate::transfer::StyleTargets> {
+    fn targets(&mut self, model: &mut Model, _longest: usize) -> Result<StyleTargets> {
         self.inner.targets(model, self.longest)
     }
     fn colours(&self) -> Option<color::ColourSample> {
@@ -899,8 +904,8 @@ impl StyleSource for AtSize<'_> {
 }
 
 /// New content (`keep` below one half: held by nothing) over more than isolated pixels, painted as a cold run's last
-/// scale paints, in a crop around it (its bounding box with a margin of `NEW_MARGIN`), the rest of the crop held by
-/// the frame's temporal term: returns the frame's starting image `init` with the new content from that crop, and the
+/// scale paints (within `budget` evaluations), in a crop around it (its bounding box with a margin of `NEW_MARGIN`), the
+/// rest of the crop held by the frame's temporal term: returns the frame's starting image `init` with the new content from that crop, and the
 /// crop's scale reports. The frame's style loss is the whole image's: where the rest of the frame is painted, its
 /// statistics already match the painting's and hardly pull on a region of a few percent of the pixels, so a new
 /// region started from the frame in the painting's colours stayed pale and unpainted for the frames it took to be
@@ -915,9 +920,10 @@ fn paint_new(
     keep: &[f32],
     cold: &StylizeOptions,
     frame: &StylizeOptions,
+    budget: usize,
     styles: &mut dyn StyleSource,
     hooks: &mut dyn Hooks,
-) -> Result<Option<(Planar, Vec<crate::transfer::ScaleReport>)>> {
+) -> Result<Option<(Planar, Vec<ScaleReport>)>> {
     let (w, h) = (content.width, content.height);
     let n = w * h;
     let new: Vec<usize> = (0..n).filter(|&i| keep[i] < 0.5).collect();
@@ -942,14 +948,8 @@ fn paint_new(
     if cw < min || ch < min || (cw * ch) as f64 > NEW_CROP_MAX * n as f64 {
         return Ok(None);
     }
-    let cut = |p: &Planar| Planar {
-        width: cw,
-        height: ch,
-        data: crate::transfer::tiled::plan::crop(&p.data, [3, h, w], (y0, ch, x0, cw)),
-    };
+    let cut = |p: &Planar| Planar { width: cw, height: ch, data: crop(&p.data, [3, h, w], (y0, ch, x0, cw)) };
     let mut opts = cold.clone();
-    // at most half the frame's budget: the frame itself runs on what is left
-    let budget = (frame.max_evaluations.unwrap_or(cold.iterations) / 2).max(1);
     opts.iterations = opts.iterations.min(budget);
     opts.max_evaluations = Some(budget);
     opts.image_size = cw.max(ch);
@@ -957,10 +957,10 @@ fn paint_new(
     opts.init = Init::Image(cut(init));
     opts.weights = frame.weights.clone();
     opts.colour_map = frame.colour_map.clone();
-    opts.temporal = frame.temporal.as_ref().map(|t| TemporalInputs {
-        previous: cut(&t.previous),
-        weights: crate::transfer::tiled::plan::crop(&t.weights, [1, h, w], (y0, ch, x0, cw)),
-    });
+    opts.temporal = frame
+        .temporal
+        .as_ref()
+        .map(|t| TemporalInputs { previous: cut(&t.previous), weights: crop(&t.weights, [1, h, w], (y0, ch, x0, cw)) });
     let mut at = AtSize { inner: styles, longest: w.max(h) };
     let outcome = stylize_with(model, &cut(content), &mut at, &opts, hooks)?;
     let mut out = init.clone();
