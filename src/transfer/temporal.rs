@@ -583,7 +583,20 @@ fn plan(
                 let rest = u * prev.result.data[j] + (1.0 - u) * v * mv;
                 let held = if m > 0.0 { (q * layer.data[j] + (1.0 - q) * rest) / m } else { 0.0 };
                 target.data[j] = held;
-                init.data[j] = m * held + (1.0 - m) * fresh.data[j];
+            }
+        }
+        // what is new starts in the tone of the painted pixels around it, not only in the painting's palette: the
+        // cold run's colour map is a global one, and the strokes of the painting darken and lighten regions apart
+        // (where the approaching object stood in the first frame of the 512-px clip, the trees behind it started
+        // 0.3 lighter than the painted trees beside them and stayed a pale disc; issue 20)
+        let settled: Vec<f32> =
+            (0..n).map(|i| if weights[i] >= 1.0 && held_age[i] >= YOUNG_FRAMES { 1.0 } else { 0.0 }).collect();
+        let radius = ((w.max(h) as f64 * NEW_MARGIN).round() as usize).max(4);
+        let toned = local_tone(&fresh, &target, &settled, radius);
+        for (i, m) in weights.iter().enumerate() {
+            for c in 0..3 {
+                let j = c * n + i;
+                init.data[j] = m * target.data[j] + (1.0 - m) * toned.data[j];
             }
         }
     }
@@ -691,6 +704,44 @@ struct Held {
 /// a moving object — repainted in few evaluations while the object passed, then still for a frame or two — into the
 /// plate, and from there back into the background behind the object: the trail of issue 20.
 pub const SETTLE_FRAMES: u16 = 8;
+
+/// The share of a window that must be settled, painted pixels for `local_tone` to carry the content fully into
+/// their tone; below it the local map fades out towards the global one.
+const TONE_SUPPORT: f32 = 0.1;
+
+/// How far `local_tone`'s gain is drawn towards 1 (a variance, in [0, 1]² units: a standard deviation of 13/255):
+/// where the painted pixels around are flat the map only shifts the tone, it does not flatten what is new.
+const TONE_EPS: f32 = 2.5e-3;
+
+/// `fresh` (the frame in the painting's palette) carried, channel by channel, into the tone of the painted pixels
+/// around it: at each pixel, the gain and offset that best take `fresh` to `painted` over the pixels `held` marks
+/// (1) within a square window of radius `r` — the local linear model of a guided filter (He et al. 2010) with its
+/// gain drawn towards 1 by `TONE_EPS` — faded out where the window holds less than `TONE_SUPPORT` of such pixels.
+fn local_tone(fresh: &Planar, painted: &Planar, held: &[f32], r: usize) -> Planar {
+    let (w, h) = (fresh.width, fresh.height);
+    let n = w * h;
+    let share = box_blur(held, w, h, r);
+    let mut out = fresh.clone();
+    for c in 0..3 {
+        let (x, y) = (&fresh.data[c * n..(c + 1) * n], &painted.data[c * n..(c + 1) * n]);
+        let mean = |f: &dyn Fn(usize) -> f32| box_blur(&(0..n).map(|i| held[i] * f(i)).collect::<Vec<_>>(), w, h, r);
+        let (sx, sy) = (mean(&|i| x[i]), mean(&|i| y[i]));
+        let (sxx, sxy) = (mean(&|i| x[i] * x[i]), mean(&|i| x[i] * y[i]));
+        for i in 0..n {
+            let s = share[i];
+            if s <= 0.0 {
+                continue;
+            }
+            let (mx, my) = (sx[i] / s, sy[i] / s);
+            let vxx = (sxx[i] / s - mx * mx).max(0.0);
+            let vxy = sxy[i] / s - mx * my;
+            let a = ((vxy + TONE_EPS) / (vxx + TONE_EPS)).clamp(0.0, 2.0);
+            let t = (s / TONE_SUPPORT).min(1.0);
+            out.data[c * n + i] = (t * (a * x[i] + my - a * mx) + (1.0 - t) * x[i]).clamp(0.0, 1.0);
+        }
+    }
+    out
+}
 
 /// `content` mapped by the affine colour transform (3×3 and an offset) that best takes it to `painted` over the
 /// pixels where `unchanged` is 1 (least squares), clamped to [0, 1]; `content` itself when too few pixels fit.
@@ -1116,6 +1167,42 @@ mod tests {
         assert_eq!(s[6], Shows::Plate, "noise within the threshold");
         // no margin: the neighbours of what differs still show the plate
         assert!([2, 4, 11].iter().all(|&i| s[i] == Shows::Plate));
+    }
+
+    #[test]
+    fn new_content_takes_the_tone_of_the_painted_pixels_around_it() {
+        // a 40×30 frame painted darker than its palette map (0.5 x + 0.1 per channel) on the left, with a gradient
+        // content; the right third is new (held by nothing)
+        let (w, h) = (40, 30);
+        let n = w * h;
+        let mut fresh = flat(w, h, 0.0);
+        for i in 0..n {
+            for c in 0..3 {
+                fresh.data[c * n + i] = 0.2 + 0.6 * ((i % w) as f32 / w as f32) * (1.0 + c as f32 / 4.0) / 1.5;
+            }
+        }
+        let mut painted = fresh.clone();
+        painted.data.iter_mut().for_each(|v| *v = 0.5 * *v + 0.1);
+        let held: Vec<f32> = (0..n).map(|i| if i % w < 27 { 1.0 } else { 0.0 }).collect();
+        let toned = local_tone(&fresh, &painted, &held, 10);
+        // near the painted pixels the new ones go most of the way to the same map (the gain drawn towards 1 keeps
+        // the rest); beyond the window's reach they keep the palette
+        for y in 0..h {
+            for c in 0..3 {
+                let j = c * n + y * w + 30;
+                let map = 0.5 * fresh.data[j] + 0.1;
+                let (off, before) = ((toned.data[j] - map).abs(), (fresh.data[j] - map).abs());
+                assert!(off < 0.3 * before, "{} at x 30: {off} of {before}", toned.data[j]);
+            }
+        }
+        let far = local_tone(&fresh, &painted, &held, 1);
+        assert_eq!(far.data[y_x(5, 35, w)], fresh.data[y_x(5, 35, w)]);
+        // with nothing painted around, the palette map stays as it is
+        assert_eq!(local_tone(&fresh, &painted, &vec![0.0; n], 10).data, fresh.data);
+    }
+
+    fn y_x(y: usize, x: usize, w: usize) -> usize {
+        y * w + x
     }
 
     #[test]
