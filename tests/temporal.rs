@@ -346,3 +346,46 @@ fn new_content_is_painted_in_a_crop_around_it_first() {
     eprintln!("still pixels moved {:.2}/255", 255.0 * d);
     assert!(255.0 * d < 1.5, "still pixels moved {:.2}/255", 255.0 * d);
 }
+
+/// Two objects crossing the view apart: what each left new is painted in a crop of its own (one box around both
+/// would be most of the frame, and get none), within the frame's half of the budget together.
+#[test]
+fn separate_new_regions_are_painted_in_crops_of_their_own() {
+    use fuchun::lab::clip::{synthetic, ClipSpec, Motion};
+    use fuchun::transfer::temporal::stylize_frame;
+    use fuchun::transfer::{CachedTargets, NoHooks, StyleImages};
+    let bg = imageio::load_path(&common::example("tubingen.jpg"), &Limits::default()).unwrap();
+    let obj = imageio::load_path(&common::example("astronaut.jpg"), &Limits::default()).unwrap();
+    let (w, h) = imageio::fit_size(bg.width, bg.height, 256);
+    let spec = ClipSpec {
+        motion: Motion::TwoCrossing,
+        frames: 10,
+        scene_change: None,
+        object_size: 28,
+        ..ClipSpec::default()
+    };
+    let f = frames(&synthetic(&bg.resize(w, h), &obj, &spec)).unwrap();
+    let mut model = Model::load(&common::test_model(), &RuntimeOptions::default()).unwrap();
+    let style = imageio::load_path(&common::example("fuchun.jpg"), &Limits::default()).unwrap();
+    let mut opts = StylizeOptions::new(Weights::defaults(&model.manifest));
+    opts.image_size = 256;
+    opts.iterations = 30;
+    let settings = StreamSettings::new(DEFAULT_TEMPORAL_WEIGHT);
+    let images = std::slice::from_ref(&style);
+    let mut source = CachedTargets::new(StyleImages { images, blend: Vec::new(), style_scale: 1.0 });
+    let (_, _, prev) =
+        stylize_frame(&mut model, None, "k", &f[0], &settings, &opts, &mut source, &mut NoHooks).unwrap();
+    let (next, plan, _) =
+        stylize_frame(&mut model, Some(&prev), "k", &f[1], &settings, &opts, &mut source, &mut NoHooks).unwrap();
+    assert_eq!(plan.start, Start::Partial);
+    let sizes: Vec<(usize, usize)> = next.scales.iter().map(|s| (s.width, s.height)).collect();
+    let evals: Vec<usize> = next.scales.iter().map(|s| s.evaluations).collect();
+    eprintln!("scales {sizes:?}, evaluations {evals:?}");
+    assert_eq!(sizes.len(), 3, "two crops, then the frame: {sizes:?}");
+    assert_eq!(sizes[2], (w, h));
+    let crops = sizes[0].0 * sizes[0].1 + sizes[1].0 * sizes[1].1;
+    assert!(crops * 2 <= w * h, "crops {sizes:?} in a {w}x{h} frame");
+    assert!(
+        evals[0] + evals[1] <= settings.max_evaluations / 2 && evals.iter().sum::<usize>() <= settings.max_evaluations
+    );
+}

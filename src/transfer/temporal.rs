@@ -955,14 +955,14 @@ impl StyleSource for AtSize<'_> {
 }
 
 /// New content (`keep` below one half: held by nothing) over more than isolated pixels, painted as a cold run's last
-/// scale paints (within `budget` evaluations), in a crop around it (its bounding box with a margin of `NEW_MARGIN`), the
-/// rest of the crop held by the frame's temporal term: returns the frame's starting image `init` with the new content from that crop, and the
-/// crop's scale reports. The frame's style loss is the whole image's: where the rest of the frame is painted, its
-/// statistics already match the painting's and hardly pull on a region of a few percent of the pixels, so a new
-/// region started from the frame in the painting's colours stayed pale and unpainted for the frames it took to be
-/// held (at 512 px a disc where the approaching object had stood in the first frame: issue 20). In the crop the
-/// new region is a large part of the statistics. None when there is nothing new, or the crop would be most of
-/// the frame.
+/// scale paints, in a crop around each separate region of it (`new_regions`: its bounding box with a margin of
+/// `NEW_MARGIN`), the rest of the crop held by the frame's temporal term; the crops share `budget` evaluations.
+/// Returns the frame's starting image `init` with the new content from the crops, and the crops' scale reports. The
+/// frame's style loss is the whole image's: where the rest of the frame is painted, its statistics already match the
+/// painting's and hardly pull on a region of a few percent of the pixels, so a new region started from the frame in
+/// the painting's colours stayed pale and unpainted for the frames it took to be held (at 512 px a disc where the
+/// approaching object had stood in the first frame: issue 20). In the crop the new region is a large part of the
+/// statistics. None when there is nothing new, or the crops would be most of the frame.
 #[allow(clippy::too_many_arguments)]
 fn paint_new(
     model: &mut Model,
@@ -977,13 +977,9 @@ fn paint_new(
 ) -> Result<Option<(Planar, Vec<ScaleReport>)>> {
     let (w, h) = (content.width, content.height);
     let n = w * h;
-    let new: Vec<usize> = (0..n).filter(|&i| keep[i] < 0.5).collect();
-    if new.len() as f64 <= UNCHANGED * n as f64 {
+    let new: Vec<bool> = keep.iter().map(|k| *k < 0.5).collect();
+    if new.iter().filter(|v| **v).count() as f64 <= UNCHANGED * n as f64 {
         return Ok(None);
-    }
-    let (mut x0, mut y0, mut x1, mut y1) = (w, h, 0, 0);
-    for &i in &new {
-        (x0, y0, x1, y1) = (x0.min(i % w), y0.min(i / w), x1.max(i % w + 1), y1.max(i / w + 1));
     }
     let margin = ((w.max(h) as f64 * NEW_MARGIN).round() as usize).max(16);
     let min = model.manifest.min_size;
@@ -994,37 +990,85 @@ fn paint_new(
         let a = a.saturating_sub(short.div_ceil(2));
         (a, (a + (b - a).max(min)).min(side))
     };
-    let ((x0, x1), (y0, y1)) = (grow(x0, x1, w), grow(y0, y1, h));
-    let (cw, ch) = (x1 - x0, y1 - y0);
-    if cw < min || ch < min || (cw * ch) as f64 > NEW_CROP_MAX * n as f64 {
+    let crops: Vec<[usize; 4]> = new_regions(&new, w, h, margin)
+        .into_iter()
+        .map(|[x0, y0, x1, y1]| {
+            let ((x0, x1), (y0, y1)) = (grow(x0, x1, w), grow(y0, y1, h));
+            [x0, y0, x1, y1]
+        })
+        .collect();
+    let area: usize = crops.iter().map(|[x0, y0, x1, y1]| (x1 - x0) * (y1 - y0)).sum();
+    if crops.iter().any(|[x0, y0, x1, y1]| x1 - x0 < min || y1 - y0 < min) || area as f64 > NEW_CROP_MAX * n as f64 {
         return Ok(None);
     }
-    let cut = |p: &Planar| Planar { width: cw, height: ch, data: crop(&p.data, [3, h, w], (y0, ch, x0, cw)) };
-    let mut opts = cold.clone();
-    opts.iterations = opts.iterations.min(budget);
-    opts.max_evaluations = Some(budget);
-    opts.image_size = cw.max(ch);
-    opts.scales = vec![cw.max(ch)];
-    opts.init = Init::Image(cut(init));
-    opts.weights = frame.weights.clone();
-    opts.colour_map = frame.colour_map.clone();
-    opts.temporal = frame
-        .temporal
-        .as_ref()
-        .map(|t| TemporalInputs { previous: cut(&t.previous), weights: crop(&t.weights, [1, h, w], (y0, ch, x0, cw)) });
-    let mut at = AtSize { inner: styles, longest: w.max(h) };
-    let outcome = stylize_with(model, &cut(content), &mut at, &opts, hooks)?;
     let mut out = init.clone();
-    for y in y0..y1 {
-        for x in x0..x1 {
-            let (i, k) = (y * w + x, (y - y0) * cw + (x - x0));
-            for c in 0..3 {
-                let j = c * n + i;
-                out.data[j] = keep[i] * init.data[j] + (1.0 - keep[i]) * outcome.image.data[c * cw * ch + k];
+    let mut reports = Vec::new();
+    let mut at = AtSize { inner: styles, longest: w.max(h) };
+    for (k, &[x0, y0, x1, y1]) in crops.iter().enumerate() {
+        // what the earlier crops did not spend is left to the later ones
+        let spent: usize = reports.iter().map(|r: &ScaleReport| r.evaluations).sum();
+        let share = (budget.saturating_sub(spent) / (crops.len() - k)).max(1);
+        let (cw, ch) = (x1 - x0, y1 - y0);
+        let cut = |p: &Planar| Planar { width: cw, height: ch, data: crop(&p.data, [3, h, w], (y0, ch, x0, cw)) };
+        let mut opts = cold.clone();
+        opts.iterations = opts.iterations.min(share);
+        opts.max_evaluations = Some(share);
+        opts.image_size = cw.max(ch);
+        opts.scales = vec![cw.max(ch)];
+        opts.init = Init::Image(cut(&out));
+        opts.weights = frame.weights.clone();
+        opts.colour_map = frame.colour_map.clone();
+        opts.temporal = frame.temporal.as_ref().map(|t| TemporalInputs {
+            previous: cut(&t.previous),
+            weights: crop(&t.weights, [1, h, w], (y0, ch, x0, cw)),
+        });
+        let outcome = stylize_with(model, &cut(content), &mut at, &opts, hooks)?;
+        for y in y0..y1 {
+            for x in x0..x1 {
+                let (i, k) = (y * w + x, (y - y0) * cw + (x - x0));
+                for c in 0..3 {
+                    let j = c * n + i;
+                    out.data[j] = keep[i] * init.data[j] + (1.0 - keep[i]) * outcome.image.data[c * cw * ch + k];
+                }
             }
         }
+        reports.extend(outcome.scales);
     }
-    Ok(Some((out, outcome.scales)))
+    Ok(Some((out, reports)))
+}
+
+/// The bounding boxes ([x0, y0, x1, y1), pixels) of the separate regions of `new`: connected once each is grown by
+/// `margin` (regions nearer than that share a crop, whose margins would overlap anyway). Two people crossing a
+/// camera's view apart, one box around both would be most of the frame and get no crop.
+fn new_regions(new: &[bool], w: usize, h: usize, margin: usize) -> Vec<[usize; 4]> {
+    let grown = dilate(new, w, h, margin.div_ceil(2));
+    let mut label = vec![usize::MAX; w * h];
+    let mut boxes = Vec::new();
+    let mut stack = Vec::new();
+    for seed in 0..w * h {
+        if !grown[seed] || label[seed] != usize::MAX {
+            continue;
+        }
+        let id = boxes.len();
+        let mut b = [w, h, 0, 0];
+        label[seed] = id;
+        stack.push(seed);
+        while let Some(i) = stack.pop() {
+            let (x, y) = (i % w, i / w);
+            if new[i] {
+                b = [b[0].min(x), b[1].min(y), b[2].max(x + 1), b[3].max(y + 1)];
+            }
+            let near = [(x > 0, i.wrapping_sub(1)), (x + 1 < w, i + 1), (y > 0, i.wrapping_sub(w)), (y + 1 < h, i + w)];
+            for (inside, j) in near {
+                if inside && grown[j] && label[j] == usize::MAX {
+                    label[j] = id;
+                    stack.push(j);
+                }
+            }
+        }
+        boxes.push(b);
+    }
+    boxes
 }
 
 /// Mean absolute difference of two images over the pixels where `keep` is true (all channels), in [0, 1].
@@ -1167,6 +1211,26 @@ mod tests {
         assert_eq!(s[6], Shows::Plate, "noise within the threshold");
         // no margin: the neighbours of what differs still show the plate
         assert!([2, 4, 11].iter().all(|&i| s[i] == Shows::Plate));
+    }
+
+    #[test]
+    fn separate_new_regions_get_boxes_of_their_own() {
+        let (w, h) = (100, 60);
+        let mut new = vec![false; w * h];
+        let mut mark = |x0: usize, y0: usize, x1: usize, y1: usize| {
+            for y in y0..y1 {
+                new[y * w + x0..y * w + x1].iter_mut().for_each(|v| *v = true);
+            }
+        };
+        mark(5, 5, 15, 20);
+        mark(70, 30, 90, 50);
+        // 6 px from the first: one region with it under a margin of 10 (grown by 5 each)
+        mark(21, 10, 25, 12);
+        let boxes = new_regions(&new, w, h, 10);
+        assert_eq!(boxes, vec![[5, 5, 25, 20], [70, 30, 90, 50]]);
+        // under a margin of 4 the small one is apart
+        assert_eq!(new_regions(&new, w, h, 4).len(), 3);
+        assert!(new_regions(&vec![false; w * h], w, h, 10).is_empty());
     }
 
     #[test]
