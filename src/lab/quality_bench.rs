@@ -147,8 +147,22 @@ pub fn run(args: &QualityArgs) -> Result<()> {
     let mut model = args.model.load(&[])?;
     let mut rows = Vec::new();
     println!(
-        "{:<20} {:>5} {:>6} {:>7} | {:>7} {:>7} {:>9} {:>6} | photo: {:>5} | colour transfer: {:>5} {:>5} {:>5}",
-        "pair", "size", "evals", "time s", "palette", "texture", "structure", "layout", "pal", "pal", "tex", "str"
+        "{:<20} {:>5} {:>6} {:>7} | {:>7} {:>7} {:>9} {:>6} {:>6} | photo: {:>5} {:>6} | colour transfer: {:>5} {:>5} \
+         {:>5}",
+        "pair",
+        "size",
+        "evals",
+        "time s",
+        "palette",
+        "texture",
+        "structure",
+        "layout",
+        "border",
+        "pal",
+        "border",
+        "pal",
+        "tex",
+        "str"
     );
     for &size in &args.sizes {
         let mut sheet = Vec::new();
@@ -202,8 +216,8 @@ pub fn run(args: &QualityArgs) -> Result<()> {
                 snapshots: probe.snapshots,
             };
             println!(
-                "{:<20} {:>5} {:>6} {:>7.1} | {:>7.2} {:>7.3} {:>9.3} {:>6.3} | photo: {:>5.2} | colour transfer: {:>5.2} \
-                 {:>5.2} {:>5.2}{}",
+                "{:<20} {:>5} {:>6} {:>7.1} | {:>7.2} {:>7.3} {:>9.3} {:>6.3} {:>6.1} | photo: {:>5.2} {:>6.1} | colour \
+                 transfer: {:>5.2} {:>5.2} {:>5.2}{}",
                 row.pair,
                 size,
                 row.evaluations,
@@ -212,7 +226,9 @@ pub fn run(args: &QualityArgs) -> Result<()> {
                 result.texture,
                 result.structure,
                 result.layout,
+                result.border,
                 row.content.palette,
+                row.content.border,
                 row.colour_transfer.palette,
                 row.colour_transfer.texture,
                 row.colour_transfer.structure,
@@ -249,8 +265,8 @@ fn summary(rows: &[Row]) {
         rows.iter().map(f).fold(if max { f64::MIN } else { f64::MAX }, |a, b| if max { a.max(b) } else { a.min(b) })
     };
     println!(
-        "mean: palette {:.2} (worst {:.2}), texture {:.3} (worst {:.3}), structure {:.3} (worst {:.3}), layout {:.3}; \
-         {} of {} meet every target; {:.0} evaluations, {:.1} s per image",
+        "mean: palette {:.2} (worst {:.2}), texture {:.3} (worst {:.3}), structure {:.3} (worst {:.3}), layout {:.3}, border \
+         {:.1} (worst {:.1}); {} of {} meet every target; {:.0} evaluations, {:.1} s per image",
         mean(&|r| r.result.palette),
         worst(&|r| r.result.palette, true),
         mean(&|r| r.result.texture),
@@ -258,6 +274,8 @@ fn summary(rows: &[Row]) {
         mean(&|r| r.result.structure),
         worst(&|r| r.result.structure, false),
         mean(&|r| r.result.layout),
+        mean(&|r| r.result.border),
+        worst(&|r| r.result.border, true),
         rows.iter().filter(|r| r.meets).count(),
         rows.len(),
         mean(&|r| r.evaluations as f64),

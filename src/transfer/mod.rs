@@ -1,6 +1,7 @@
 //! Transfer: targets, optimisers and the coarse-to-fine schedule that turns a content image and style images
 //! into a stylised image.
 
+pub mod canvas;
 pub mod color;
 pub mod histmatch;
 pub mod inputs;

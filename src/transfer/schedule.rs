@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use rand::{Rng, SeedableRng};
 
+use super::canvas;
 use super::color;
 use super::histmatch;
 use super::inputs::{objective_inputs, objective_inputs_owned, set_temporal, TemporalInputs, Weights};
@@ -106,6 +107,10 @@ pub struct StylizeOptions {
     /// Tiles of this side at every scale whatever the memory budget (tests and measurements); None: the budget
     /// decides (`tiled::budget`).
     pub tile: Option<usize>,
+    /// The last scale's canvas from an earlier run of the same size (`Outcome::canvas`: a stream's previous frame):
+    /// the last scale starts with its margin instead of a reflection of the image (`canvas`). Another size, or
+    /// None: reflected.
+    pub margin: Option<Planar>,
 }
 
 impl StylizeOptions {
@@ -135,6 +140,7 @@ impl StylizeOptions {
             max_evaluations: None,
             temporal: None,
             tile: None,
+            margin: None,
         }
     }
 
@@ -277,6 +283,8 @@ pub struct ScaleReport {
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub image: Planar,
+    /// The image with the margin it was optimised in at the last scale (`canvas`; `StylizeOptions::margin`).
+    pub canvas: Planar,
     pub scales: Vec<ScaleReport>,
     /// The colour map that carried the content into the style's colours (`Palette::Style`).
     pub colour_map: Option<color::ColourMap>,
@@ -409,8 +417,10 @@ struct Eval<'a, 'b> {
     tile: Option<usize>,
     eval_seconds: f64,
     match_seconds: f64,
+    /// The canvas evaluated (`canvas`) and the image inside it (what the records name).
     width: usize,
     height: usize,
+    image: (usize, usize),
     scale: usize,
     iteration: &'a Cell<usize>,
     evaluations: usize,
@@ -458,8 +468,8 @@ impl Objective for Eval<'_, '_> {
         }
         self.hooks.borrow_mut().evaluation(&EvalRecord {
             scale: self.scale,
-            width: self.width,
-            height: self.height,
+            width: self.image.0,
+            height: self.image.1,
             iteration: self.iteration.get(),
             evaluation: self.evaluations,
             losses: losses.clone(),
@@ -537,10 +547,12 @@ pub fn stylize_with(
     // the memory budget decides, per scale, whether it runs whole or in tiles, and the L-BFGS history; whether it
     // runs the last scale in tiles decides the automatic schedule (`LARGE_TAPER`) — tiles forced by `opts.tile`
     // (tests, measurements) do not change it
+    // planned for the canvas (`canvas::MARGIN` beyond the image on every side), which is what is evaluated
     let plans = scales
         .iter()
         .map(|&longest| {
             let (w, h) = fit(content.width, content.height, longest);
+            let (w, h) = (w + 2 * canvas::MARGIN, h + 2 * canvas::MARGIN);
             tiled::budget::choose(&model.manifest, h, w, history, model.memory_budget_mb)
         })
         .collect::<Result<Vec<_>>>()?;
@@ -556,10 +568,13 @@ pub fn stylize_with(
     let mut reports = Vec::new();
     let mut x: Option<Planar> = None;
     for (si, &longest) in scales.iter().enumerate() {
-        let (w, h) = fit(content.width, content.height, longest);
-        model.check_size(h, w)?;
+        let (iw, ih) = fit(content.width, content.height, longest);
+        model.check_size(ih, iw)?;
         let t_scale = Instant::now();
-        let content_s = content.resize(w, h);
+        // from here on the scale works on the canvas: the image and its free margin (`canvas`)
+        let content_i = content.resize(iw, ih);
+        let content_s = canvas::extend(&content_i);
+        let (w, h) = (content_s.width, content_s.height);
         // style first: its activations are gone (only Grams and tables kept) before the content's are computed
         let style = styles.targets(model, longest)?;
         let mut plan = plans[si];
@@ -581,7 +596,12 @@ pub fn stylize_with(
             Some(side) => tiled::features::features(model, &content_s.data, (h, w), side, &needed)?,
             None => model.features(&content_s.data, h, w)?,
         };
-        let mut img = starting_image(x.as_ref(), opts, &content_s);
+        let previous = x.as_ref().map(canvas::inner);
+        let mut img = canvas::extend(&starting_image(previous.as_ref(), opts, &content_i));
+        let is_last = si + 1 == scales.len();
+        if let Some(m) = opts.margin.as_ref().filter(|m| is_last && (m.width, m.height) == (w, h)) {
+            canvas::take_margin(&mut img, m);
+        }
         // Inputs from the content's activations (the histogram targets too, for now); those activations (135 MB
         // at 512x512) are then dropped, before the starting image's are computed: only one set is alive at a time.
         let mut inputs = match plan.tile {
@@ -594,8 +614,22 @@ pub fn stylize_with(
                 inputs
             }
         };
-        if si + 1 == scales.len() && opts.temporal.is_some() {
-            set_temporal(&mut inputs, w, h, opts.temporal.as_ref())?;
+        if si + 1 == scales.len() {
+            if let Some(t) = &opts.temporal {
+                if (t.previous.width, t.previous.height) != (iw, ih) || t.weights.len() != iw * ih {
+                    bail!(
+                        "temporal inputs of {}x{} ({} weights) for a {iw}x{ih} image",
+                        t.previous.width,
+                        t.previous.height,
+                        t.weights.len()
+                    );
+                }
+                let on_canvas = TemporalInputs {
+                    previous: canvas::extend(&t.previous),
+                    weights: canvas::extend_weights(&t.weights, iw, ih),
+                };
+                set_temporal(&mut inputs, w, h, Some(&on_canvas))?;
+            }
         }
         // the first histogram targets: the starting image matched to the style
         let hist_used = !model.manifest.hist_layers.is_empty() && opts.weights.term("hist") != 0.0;
@@ -607,21 +641,21 @@ pub fn stylize_with(
             };
             histmatch::update_targets(&model.manifest, &start_feats, &style, &mut inputs)?;
         }
-        let is_last = si + 1 == scales.len();
         let iterations = opts.iterations_at(si, last_tiled);
         let scale = ScaleRun { index: si, is_last, width: w, height: h, iterations, hist_used, start, t_scale, plan };
         let report = optimise_scale(model, &mut img, &mut inputs, &style, opts, hooks, &scale)?;
         let (iterations, evaluations, stop) = (report.iterations, report.evaluations, report.stop);
         reports.push(report);
-        tracing::debug!(scale = si, w, h, iterations, evaluations, loss = reports[si].last.total, reason = ?stop,
-            "scale done");
+        tracing::debug!(scale = si, w = iw, h = ih, iterations, evaluations, loss = reports[si].last.total,
+            reason = ?stop, "scale done");
         x = Some(img);
     }
-    let mut image = x.expect("at least one scale");
+    let canvas = x.expect("at least one scale");
+    let mut image = canvas::inner(&canvas);
     if opts.original_colors {
         image = color::original_colors(&image, original);
     }
-    Ok(Outcome { image, scales: reports, colour_map })
+    Ok(Outcome { image, canvas, scales: reports, colour_map })
 }
 
 /// The chosen optimiser on `x` for `iterations` (L-BFGS: at most `max_evaluations`, by default 1.25 × iterations + 5),
@@ -657,6 +691,7 @@ fn run_optimiser(
 struct ScaleRun {
     index: usize,
     is_last: bool,
+    /// The canvas (`canvas`: the image and its margin).
     width: usize,
     height: usize,
     /// Iterations of this scale (`StylizeOptions::iterations_at`).
@@ -720,7 +755,9 @@ fn optimise_scale(
     scale: &ScaleRun,
 ) -> Result<ScaleReport> {
     let ScaleRun { index: si, is_last, width: w, height: h, iterations, hist_used, start, t_scale, plan } = *scale;
-    hooks.scale_start(si, w, h, iterations);
+    // what the hooks and the report see is the image, not the canvas it is optimised on
+    let (iw, ih) = (w - 2 * canvas::MARGIN, h - 2 * canvas::MARGIN);
+    hooks.scale_start(si, iw, ih, iterations);
     let mut early = EarlyStop::new(opts.tol_window.max(1), opts.tol);
     let use_early = opts.tol > 0.0;
     let early_here = use_early && (!is_last || opts.last_scale_early_stop);
@@ -738,6 +775,7 @@ fn optimise_scale(
         match_seconds: 0.0,
         width: w,
         height: h,
+        image: (iw, ih),
         scale: si,
         iteration: &iteration,
         evaluations: 0,
@@ -753,7 +791,7 @@ fn optimise_scale(
         *accepted.borrow_mut() = Some(latest.borrow().clone());
         let mut hooks = shared.borrow_mut();
         if hooks.wants_image(si, info.iteration) {
-            let p = Planar { width: w, height: h, data: xs.to_vec() };
+            let p = canvas::inner(&Planar { width: w, height: h, data: xs.to_vec() });
             if let Err(e) = hooks.iteration(si, info.iteration, &p) {
                 iter_error = Some(e);
                 return Control::Stop;
@@ -795,8 +833,8 @@ fn optimise_scale(
     debug_assert!(img.data.iter().all(|v| (0.0..=1.0).contains(v)));
     let exact = if opts.exact_losses { Some(exact_losses(model, img, style, inputs, plan.tile)?) } else { None };
     Ok(ScaleReport {
-        width: w,
-        height: h,
+        width: iw,
+        height: ih,
         iterations: summary.iterations,
         evaluations,
         first,

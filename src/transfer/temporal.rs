@@ -328,6 +328,9 @@ pub struct Previous {
     /// `grey`, the motion and pan searches: their luminance).
     pub colour: Vec<f32>,
     pub result: Planar,
+    /// The result with the margin it was optimised in (`Outcome::canvas`): the next frame starts with that margin.
+    /// None after a camera pan (what lies beyond the view moved).
+    pub canvas: Option<Planar>,
     /// The total loss the result reached, without the temporal term.
     pub loss: f64,
     /// The loss of the last cold run of this stream: what a frame started from the previous one must come close to
@@ -372,6 +375,7 @@ impl Previous {
             key: self.key.clone(),
             colour: self.colour.chunks(w * h).flat_map(|c| shift_values(c, w, h, dx, dy, f32::INFINITY)).collect(),
             result: planar(&self.result),
+            canvas: None,
             loss: self.loss,
             reference: self.reference,
             reference_evaluations: self.reference_evaluations,
@@ -853,6 +857,11 @@ pub fn stylize_frame(
             first = scales;
         }
     }
+    if plan.start != Start::Cold {
+        // the margin as the previous frame left it: started from a reflection, the frame's loss would first have to
+        // come down by what painting the margin again takes before it could reach the cold run's (target_loss)
+        opts.margin = prev.and_then(|p| p.canvas.clone());
+    }
     let mut outcome = stylize_with(model, content, styles, &opts, hooks)?;
     first.append(&mut outcome.scales);
     outcome.scales = first;
@@ -896,6 +905,7 @@ pub fn stylize_frame(
             Previous {
                 key: key.to_string(),
                 result: outcome.image.clone(),
+                canvas: Some(outcome.canvas.clone()),
                 loss,
                 reference: p.reference,
                 reference_evaluations: p.reference_evaluations,
@@ -913,6 +923,7 @@ pub fn stylize_frame(
         _ => Previous {
             key: key.to_string(),
             result: outcome.image.clone(),
+            canvas: Some(outcome.canvas.clone()),
             loss,
             reference: loss,
             reference_evaluations: outcome.evaluations(),
@@ -1182,6 +1193,7 @@ mod tests {
             key: String::new(),
             colour: vec![0.3; 3 * n],
             result: flat(w, h, 0.5),
+            canvas: None,
             loss: 1.0,
             reference: 1.0,
             reference_evaluations: 100,
@@ -1289,6 +1301,7 @@ mod tests {
             key: String::new(),
             colour: blurred_colour(&scene, &settings.change),
             result: flat(w, h, 0.5),
+            canvas: None,
             loss: 1.0,
             reference: 1.0,
             reference_evaluations: 100,
