@@ -74,10 +74,7 @@ const BORDER_BASE: std::ops::Range<usize> = 3..12;
 /// median of the next ones (`BORDER_BASE`), in 1/255.
 fn edge_profile(img: &Planar) -> [[f64; BORDER_ROWS]; 4] {
     let (w, h) = (img.width, img.height);
-    let n = w * h;
-    let y: Vec<f64> = (0..n)
-        .map(|i| 255.0 * (0.299 * img.data[i] + 0.587 * img.data[n + i] + 0.114 * img.data[2 * n + i]) as f64)
-        .collect();
+    let y: Vec<f64> = crate::transfer::color::luma(img).iter().map(|&v| 255.0 * v as f64).collect();
     let rows: Vec<f64> = (0..h).map(|r| y[r * w..(r + 1) * w].iter().sum::<f64>() / w as f64).collect();
     let cols: Vec<f64> = (0..w).map(|c| (0..h).map(|r| y[r * w + c]).sum::<f64>() / h as f64).collect();
     let side = |profile: &dyn Fn(usize) -> f64| {
@@ -428,9 +425,9 @@ mod tests {
                         "left" => c == 1,
                         _ => c == w - 2,
                     };
-                    for ch in 0..3 {
-                        let v = &mut p.data[(ch * h + r) * w + c];
-                        if hit {
+                    if hit {
+                        for ch in 0..3 {
+                            let v = &mut p.data[(ch * h + r) * w + c];
                             *v = (*v + 20.0 / 255.0).min(1.0);
                         }
                     }

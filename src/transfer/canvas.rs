@@ -8,6 +8,10 @@
 //! else), that answer is drawn in the margin, which is cut away: the image's own border rows are inner pixels of the
 //! canvas and get the same treatment as the rest.
 
+use anyhow::Result;
+
+use super::inputs::TemporalInputs;
+use super::tiled::plan::crop;
 use crate::imageio::Planar;
 
 /// Pixels of free canvas on every side of the image (enough for the dotted rows, two to three pixels deep, to
@@ -49,8 +53,15 @@ pub fn extend(img: &Planar) -> Planar {
     }
 }
 
+/// The temporal term's inputs for a `w × h` image, on its canvas: the previous result reflected like the image, the
+/// weights zero in the margin (`extend_weights`).
+pub fn extend_temporal(t: &TemporalInputs, w: usize, h: usize) -> Result<TemporalInputs> {
+    t.check(w, h)?;
+    Ok(TemporalInputs { previous: extend(&t.previous), weights: extend_weights(&t.weights, w, h) })
+}
+
 /// Per-pixel weights ([h, w]) on the canvas: zero in the margin (the temporal term holds only the image's pixels).
-pub fn extend_weights(weights: &[f32], w: usize, h: usize) -> Vec<f32> {
+fn extend_weights(weights: &[f32], w: usize, h: usize) -> Vec<f32> {
     let pw = w + 2 * MARGIN;
     let mut out = vec![0.0; pw * (h + 2 * MARGIN)];
     for (y, row) in weights.chunks_exact(w).enumerate() {
@@ -79,14 +90,13 @@ pub fn take_margin(canvas: &mut Planar, from: &Planar) {
 
 /// The image inside a canvas made by `extend`.
 pub fn inner(canvas: &Planar) -> Planar {
-    let (w, h) = (canvas.width - 2 * MARGIN, canvas.height - 2 * MARGIN);
-    let mut data = Vec::with_capacity(3 * w * h);
-    for ch in 0..3 {
-        for y in 0..h {
-            data.extend_from_slice(&canvas.data[(ch * canvas.height + y + MARGIN) * canvas.width + MARGIN..][..w]);
-        }
-    }
-    Planar { width: w, height: h, data }
+    inner_of(&canvas.data, canvas.width, canvas.height)
+}
+
+/// The image inside the planar RGB canvas `data` of `width × height` (the optimiser's variables, uncopied).
+pub fn inner_of(data: &[f32], width: usize, height: usize) -> Planar {
+    let (w, h) = (width - 2 * MARGIN, height - 2 * MARGIN);
+    Planar { width: w, height: h, data: crop(data, [3, height, width], (MARGIN, h, MARGIN, w)) }
 }
 
 #[cfg(test)]

@@ -178,19 +178,27 @@ pub struct TemporalInputs {
     pub weights: Vec<f32>,
 }
 
+impl TemporalInputs {
+    /// Whether these are inputs for a `width × height` image.
+    pub fn check(&self, width: usize, height: usize) -> Result<()> {
+        if (self.previous.width, self.previous.height) != (width, height) || self.weights.len() != width * height {
+            bail!(
+                "temporal inputs of {}x{} ({} weights) for a {width}x{height} image",
+                self.previous.width,
+                self.previous.height,
+                self.weights.len()
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Set the temporal term's inputs for a `width × height` image: `t`'s, or zeros (the term then has neither value
 /// nor gradient).
 pub fn set_temporal(inp: &mut ObjectiveInputs, width: usize, height: usize, t: Option<&TemporalInputs>) -> Result<()> {
     let (prev, weights) = match t {
         Some(t) => {
-            if (t.previous.width, t.previous.height) != (width, height) || t.weights.len() != width * height {
-                bail!(
-                    "temporal inputs of {}x{} ({} weights) for a {width}x{height} image",
-                    t.previous.width,
-                    t.previous.height,
-                    t.weights.len()
-                );
-            }
+            t.check(width, height)?;
             (t.previous.data.clone(), t.weights.clone())
         }
         None => (vec![0.0; 3 * width * height], vec![0.0; width * height]),

@@ -616,19 +616,7 @@ pub fn stylize_with(
         };
         if si + 1 == scales.len() {
             if let Some(t) = &opts.temporal {
-                if (t.previous.width, t.previous.height) != (iw, ih) || t.weights.len() != iw * ih {
-                    bail!(
-                        "temporal inputs of {}x{} ({} weights) for a {iw}x{ih} image",
-                        t.previous.width,
-                        t.previous.height,
-                        t.weights.len()
-                    );
-                }
-                let on_canvas = TemporalInputs {
-                    previous: canvas::extend(&t.previous),
-                    weights: canvas::extend_weights(&t.weights, iw, ih),
-                };
-                set_temporal(&mut inputs, w, h, Some(&on_canvas))?;
+                set_temporal(&mut inputs, w, h, Some(&canvas::extend_temporal(t, iw, ih)?))?;
             }
         }
         // the first histogram targets: the starting image matched to the style
@@ -791,7 +779,7 @@ fn optimise_scale(
         *accepted.borrow_mut() = Some(latest.borrow().clone());
         let mut hooks = shared.borrow_mut();
         if hooks.wants_image(si, info.iteration) {
-            let p = canvas::inner(&Planar { width: w, height: h, data: xs.to_vec() });
+            let p = canvas::inner_of(xs, w, h);
             if let Err(e) = hooks.iteration(si, info.iteration, &p) {
                 iter_error = Some(e);
                 return Control::Stop;
