@@ -142,7 +142,20 @@ impl TensorInfo {
     }
 }
 
+/// The largest tile side the memory budget chooses: beyond it the margins cost little anyway, and it bounds the
+/// blocks' shapes, so that one TensorRT engine of the tile graphs (`Manifest::tile_profile`) serves every image size.
+pub const MAX_TILE: usize = 1024;
+
 impl Manifest {
+    /// The TensorRT profile (min, opt, max `[height, width]`) of the tile graphs: from the model's minimum size to
+    /// the largest block (a `MAX_TILE` tile and its margins), optimised for a 512-pixel tile's block. None for a
+    /// model without tile graphs.
+    pub fn tile_profile(&self) -> Option<[[usize; 2]; 3]> {
+        let t = self.tiling?;
+        let side = |tile: usize| (tile + 2 * t.margin).max(self.min_size);
+        Some([[self.min_size, self.min_size], [side(512), side(512)], [side(MAX_TILE), side(MAX_TILE)]])
+    }
+
     pub fn load(dir: &Path) -> Result<Manifest> {
         let path = dir.join("manifest.json");
         let text = std::fs::read_to_string(&path).with_context(|| {

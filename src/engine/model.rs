@@ -467,7 +467,7 @@ impl Model {
             let key = verify_graph(&manifest, g)?;
             // the tile graphs run on blocks, whatever the image: their own profile, one engine for every size
             let is_tile = tiles.iter().any(|t| t.is_some_and(|t| std::ptr::eq(t, g)));
-            let shapes = if is_tile { super::tiles::tile_profile(&manifest) } else { profile };
+            let shapes = if is_tile { manifest.tile_profile() } else { profile };
             let trt = graph_tensorrt(&manifest, g, &key, opts, shapes);
             graphs.push((g, usage, trt));
         }
@@ -835,4 +835,33 @@ fn check_signature(session: &Session, g: &GraphInfo, path: &Path) -> Result<()> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::manifest::MAX_TILE;
+
+    /// Statically (no GPU here): the profile strings ONNX Runtime's TensorRT provider would get for the tile graphs
+    /// of the exported test model cover the largest block in every input, the targets at their layers' strides.
+    #[test]
+    fn the_tile_graphs_profile_covers_the_largest_block() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/out/test-random");
+        let m = Manifest::load(&dir).expect("make test-models first");
+        let t = m.tiling.unwrap();
+        let [min, opt, max] = m.tile_profile().unwrap();
+        let block = MAX_TILE + 2 * t.margin;
+        assert_eq!((min, opt[0], max), ([m.min_size, m.min_size], 512 + 2 * t.margin, [block, block]));
+        for g in [m.graphs.tile_stats.as_ref().unwrap(), m.graphs.tile_grad.as_ref().unwrap()] {
+            let trt = graph_tensorrt(&m, g, &"0".repeat(64), &RuntimeOptions::default(), m.tile_profile());
+            let p = trt.profile.expect("every dynamic input has a profile entry");
+            assert!(p[2].contains(&format!("x:1x3x{block}x{block}")), "{}", p[2]);
+            assert!(p[2].contains(&format!("inner:1x1x{block}x{block}")), "{}", p[2]);
+            for l in m.hist_layers.iter().filter(|_| g.file == "tile_grad.onnx") {
+                let (c, s) = (m.layer(l).unwrap().channels, m.layer(l).unwrap().stride);
+                assert!(p[2].contains(&format!("hist_target_{l}:1x{c}x{}x{}", block / s, block / s)), "{}", p[2]);
+            }
+            assert!(trt.cache_key.starts_with(g.file.trim_end_matches(".onnx")));
+        }
+    }
 }

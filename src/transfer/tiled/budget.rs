@@ -15,7 +15,7 @@
 use anyhow::{bail, Result};
 
 use super::plan::largest_block;
-use crate::engine::tiles::MAX_TILE;
+use crate::engine::manifest::MAX_TILE;
 use crate::engine::Manifest;
 
 /// Resident before any image: the sessions (weights) and ONNX Runtime (measured: see the module's documentation).
@@ -93,7 +93,7 @@ pub fn choose(m: &Manifest, height: usize, width: usize, history: usize, budget_
             whole(history).estimate_mb
         );
     };
-    // at most MAX_TILE: the tile graphs' TensorRT profile ends there (engine::tiles)
+    // at most MAX_TILE: the tile graphs' TensorRT profile ends there (`Manifest::tile_profile`)
     let largest = height.max(width).min(MAX_TILE);
     let mut sides: Vec<usize> =
         (1..=largest.div_ceil(t.align)).map(|k| k * t.align).filter(|s| *s >= MIN_TILE).collect();
