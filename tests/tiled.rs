@@ -274,9 +274,12 @@ fn a_short_tiled_optimisation_has_no_seam_and_follows_the_whole_one() {
     let side = 32;
     opts.tile = Some(side);
     let tiled = stylize(&mut model, &content, std::slice::from_ref(&style), &opts, &mut NoHooks).unwrap();
-    let changed: f64 = tiled.image.data.iter().zip(&content.data).map(|(a, b)| (a - b).abs() as f64).sum::<f64>()
+    // against where the optimisation started (the photo carried into the painting's colours), not the photo: the
+    // carry alone moves it by 0.26
+    let start = tiled.colour_map.as_ref().map_or_else(|| content.clone(), |m| m.apply(&content));
+    let changed: f64 = tiled.image.data.iter().zip(&start.data).map(|(a, b)| (a - b).abs() as f64).sum::<f64>()
         / content.data.len() as f64;
-    assert!(changed > 0.01, "the optimisation hardly moved the image ({changed}): the test would see nothing");
+    assert!(changed > 0.005, "the optimisation hardly moved the image ({changed}): the test would see nothing");
     let (across, inside) = across_and_inside(&tiled.image, side);
     let (w_across, w_inside) = across_and_inside(&whole.image, side);
     println!("tiled: across borders {across:.5}, inside {inside:.5}; whole: {w_across:.5}, {w_inside:.5}");
