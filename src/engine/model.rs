@@ -136,6 +136,9 @@ pub struct ProviderReport {
     /// Nodes per ONNX Runtime execution provider over all the model's sessions, as ONNX Runtime reports them
     /// after partitioning (a TensorRT engine counts as one node); None: ONNX Runtime did not say (unknown).
     pub nodes: Option<BTreeMap<String, usize>>,
+    /// Operator types per provider (provider → operator type → nodes), as ONNX Runtime lists them when the
+    /// partition is split; empty when it listed none.
+    pub ops: BTreeMap<String, BTreeMap<String, usize>>,
     /// The attempts that failed before, each "provider: reason".
     pub fallbacks: Vec<String>,
 }
@@ -148,15 +151,28 @@ impl ProviderReport {
         self.nodes.as_ref().map(|m| m.iter().filter(|(k, _)| k.as_str() != main).map(|(_, n)| n).sum())
     }
 
-    /// One line for logs and `doctor`: the provider and what runs outside it.
+    /// The operator types of the nodes outside the selected provider: provider → operator type → nodes.
+    pub fn ops_outside(&self) -> BTreeMap<&str, &BTreeMap<String, usize>> {
+        let main = runtime::ep_name(self.provider);
+        self.ops.iter().filter(|(k, _)| k.as_str() != main).map(|(k, v)| (k.as_str(), v)).collect()
+    }
+
+    /// One line for logs and `doctor`: the provider and what runs outside it (with the operator types, most
+    /// nodes first, where ONNX Runtime listed them).
     pub fn summary(&self) -> String {
         let main = runtime::ep_name(self.provider);
         let placement = match &self.nodes {
             None => "nodes outside it: unknown (ONNX Runtime reported no placement)".to_string(),
             Some(m) => {
                 let inside = m.get(main).copied().unwrap_or(0);
-                let outside: Vec<String> =
-                    m.iter().filter(|(k, _)| k.as_str() != main).map(|(k, n)| format!("{n} on {k}")).collect();
+                let outside: Vec<String> = m
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != main)
+                    .map(|(k, n)| match self.ops.get(k) {
+                        Some(ops) => format!("{n} on {k}: {}", top_ops(ops, 8)),
+                        None => format!("{n} on {k}"),
+                    })
+                    .collect();
                 if outside.is_empty() {
                     format!("all {inside} nodes on {main}")
                 } else {
@@ -182,9 +198,21 @@ impl ProviderReport {
             "provider": self.provider.to_string(),
             "nodes": self.nodes,
             "nodes_outside": self.nodes_outside(),
+            "ops_outside": self.ops_outside(),
             "fallbacks": self.fallbacks,
         })
     }
+}
+
+/// "Shape ×120, Gather ×60, …": the `most` operator types with the most nodes, then how many types are left out.
+fn top_ops(ops: &BTreeMap<String, usize>, most: usize) -> String {
+    let mut v: Vec<(&String, &usize)> = ops.iter().collect();
+    v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let mut parts: Vec<String> = v.iter().take(most).map(|(op, n)| format!("{op} ×{n}")).collect();
+    if v.len() > most {
+        parts.push(format!("{} more type(s)", v.len() - most));
+    }
+    parts.join(", ")
 }
 
 pub struct Model {
@@ -510,8 +538,13 @@ impl Model {
                         _ => None,
                     };
                     let reopen = Reopen { opts: opts.clone(), candidate: candidate.clone() };
-                    let report =
-                        ProviderReport { requested: opts.provider, provider: p, nodes: log.nodes(), fallbacks };
+                    let report = ProviderReport {
+                        requested: opts.provider,
+                        provider: p,
+                        nodes: log.nodes(),
+                        ops: log.ops(),
+                        fallbacks,
+                    };
                     tracing::info!(provider = %p, requested = %opts.provider, report = %report.summary(), "execution provider");
                     let feature_outputs = manifest.graphs.features.outputs.iter().map(|o| o.name.clone()).collect();
                     let run_options = run_options()?;
@@ -841,6 +874,36 @@ fn check_signature(session: &Session, g: &GraphInfo, path: &Path) -> Result<()> 
 mod tests {
     use super::*;
     use crate::engine::manifest::MAX_TILE;
+
+    #[test]
+    fn the_report_names_the_operator_types_outside_the_provider() {
+        let ops = |v: &[(&str, usize)]| v.iter().map(|(k, n)| (k.to_string(), *n)).collect::<BTreeMap<_, _>>();
+        let cpu: Vec<(&str, usize)> =
+            (0..10).map(|i| (["A", "B", "C", "D", "E", "F", "G", "H", "I", "J"][i], i + 1)).collect();
+        let r = ProviderReport {
+            requested: Provider::Cuda,
+            provider: Provider::Cuda,
+            nodes: Some(ops(&[("CUDAExecutionProvider", 1087), ("CPUExecutionProvider", 55)])),
+            ops: [
+                ("CPUExecutionProvider".to_string(), ops(&cpu)),
+                ("CUDAExecutionProvider".into(), ops(&[("Conv", 1)])),
+            ]
+            .into(),
+            fallbacks: vec![],
+        };
+        assert_eq!(
+            r.summary(),
+            "cuda (1087 node(s) on CUDAExecutionProvider, 55 outside it (55 on CPUExecutionProvider: J ×10, I ×9, \
+             H ×8, G ×7, F ×6, E ×5, D ×4, C ×3, 2 more type(s)))"
+        );
+        let j = r.to_json();
+        assert_eq!(j["nodes_outside"], 55);
+        assert_eq!(j["ops_outside"]["CPUExecutionProvider"]["A"], 1);
+        assert!(j["ops_outside"].get("CUDAExecutionProvider").is_none());
+        // a partition ONNX Runtime did not list keeps the plain count
+        let plain = ProviderReport { ops: BTreeMap::new(), ..r };
+        assert!(plain.summary().ends_with("55 outside it (55 on CPUExecutionProvider))"), "{}", plain.summary());
+    }
 
     /// Statically (no GPU here): the profile strings ONNX Runtime's TensorRT provider would get for the tile graphs
     /// of the exported test model cover the largest block in every input, the targets at their layers' strides.

@@ -528,18 +528,24 @@ pub struct GraphTensorRt {
 }
 
 /// Collects what ONNX Runtime logs about node placement while sessions are created (its verbose "Node
-/// placements" lines); warnings and errors of those sessions go on to `tracing`.
+/// placements" lines, and under each provider's header the nodes it got, one `OpType (name)` a line); warnings
+/// and errors of those sessions go on to `tracing`.
 #[derive(Clone, Default)]
-pub struct PlacementLog(Arc<Mutex<Vec<String>>>);
+pub struct PlacementLog(Arc<Mutex<Placements>>);
+
+#[derive(Default)]
+struct Placements {
+    lines: Vec<String>,
+    /// The last message was a placement header or one of its node lines: an indented `OpType (name)` that
+    /// follows belongs to that header's provider.
+    in_block: bool,
+}
 
 impl PlacementLog {
     fn logger(&self) -> ort::logging::LoggerFunction {
-        let lines = self.0.clone();
+        let state = self.0.clone();
         Arc::new(move |level: LogLevel, _category: &str, id: &str, location: &str, message: &str| {
-            let m = message.trim_start();
-            if m.starts_with("All nodes placed on [") || m.starts_with("Node(s) placed on [") {
-                lines.lock().unwrap().push(m.to_string());
-            }
+            state.lock().unwrap().take(message);
             match level {
                 LogLevel::Warning => tracing::warn!(target: "ort", session = id, location, "{message}"),
                 LogLevel::Error | LogLevel::Fatal => {
@@ -552,15 +558,54 @@ impl PlacementLog {
 
     /// Forget what was collected (before another attempt).
     pub fn clear(&self) {
-        self.0.lock().unwrap().clear();
+        let mut s = self.0.lock().unwrap();
+        s.lines.clear();
+        s.in_block = false;
     }
 
     /// Nodes per execution provider over every session created since the last `clear`, parsed from
     /// `All nodes placed on [EP]. Number of nodes: N` and `Node(s) placed on [EP]. Number of nodes: N`. None when
     /// ONNX Runtime logged no such line (other versions may word it differently): placement unknown.
     pub fn nodes(&self) -> Option<BTreeMap<String, usize>> {
-        parse_placements(&self.0.lock().unwrap())
+        parse_placements(&self.0.lock().unwrap().lines)
     }
+
+    /// The operator types of the nodes under each provider's header (only a split partition lists them):
+    /// provider → operator type → nodes. Empty when ONNX Runtime listed none.
+    pub fn ops(&self) -> BTreeMap<String, BTreeMap<String, usize>> {
+        parse_ops(&self.0.lock().unwrap().lines)
+    }
+}
+
+impl Placements {
+    fn take(&mut self, message: &str) {
+        let m = message.trim_start();
+        if m.starts_with("All nodes placed on [") || m.starts_with("Node(s) placed on [") {
+            self.lines.push(m.to_string());
+            self.in_block = true;
+        } else if self.in_block && message.starts_with("  ") && node_ops(m).is_some() {
+            // ONNX Runtime indents the nodes under their header: kept indented, so the parsers tell them apart
+            self.lines.push(format!("  {m}"));
+        } else {
+            self.in_block = false;
+        }
+    }
+}
+
+/// The operator types of one node line: `OpType (name)`, or several such joined by ", "; None when the line is
+/// not that.
+fn node_ops(line: &str) -> Option<Vec<&str>> {
+    let ops: Option<Vec<&str>> = line
+        .split("), ")
+        .map(|part| {
+            let op = part.split([' ', '(']).next().unwrap_or("");
+            let ident = op.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && op.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            let rest = part[op.len()..].trim_start();
+            (ident && (rest.is_empty() || rest.starts_with('('))).then_some(op)
+        })
+        .collect();
+    ops.filter(|o| !o.is_empty())
 }
 
 /// See [`PlacementLog::nodes`].
@@ -568,15 +613,35 @@ pub fn parse_placements(lines: &[String]) -> Option<BTreeMap<String, usize>> {
     let mut out = BTreeMap::new();
     let mut any = false;
     for l in lines {
-        let Some(rest) = l.split_once("placed on [").map(|(_, r)| r) else { continue };
-        let Some((ep, tail)) = rest.split_once(']') else { continue };
-        let Some(n) = tail.split("Number of nodes:").nth(1).and_then(|n| n.trim().parse::<usize>().ok()) else {
-            continue;
-        };
+        let Some((ep, n)) = placement_header(l) else { continue };
         *out.entry(ep.to_string()).or_insert(0) += n;
         any = true;
     }
     any.then_some(out)
+}
+
+/// `(provider, nodes)` of a placement header line.
+fn placement_header(line: &str) -> Option<(&str, usize)> {
+    let rest = line.split_once("placed on [").map(|(_, r)| r)?;
+    let (ep, tail) = rest.split_once(']')?;
+    let n = tail.split("Number of nodes:").nth(1).and_then(|n| n.trim().parse::<usize>().ok())?;
+    Some((ep, n))
+}
+
+/// See [`PlacementLog::ops`].
+pub fn parse_ops(lines: &[String]) -> BTreeMap<String, BTreeMap<String, usize>> {
+    let mut out: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    let mut current: Option<&str> = None;
+    for l in lines {
+        if let Some((ep, _)) = placement_header(l) {
+            current = Some(ep);
+        } else if let (Some(ep), true) = (current, l.starts_with("  ")) {
+            for op in node_ops(l.trim_start()).unwrap_or_default() {
+                *out.entry(ep.to_string()).or_default().entry(op.to_string()).or_insert(0) += 1;
+            }
+        }
+    }
+    out
 }
 
 /// A session builder for one attempt: the candidate's provider registered (TensorRT with CUDA, then CPU, behind
@@ -717,6 +782,45 @@ mod tests {
         assert_eq!(m["CUDAExecutionProvider"], 5);
         assert_eq!(parse_placements(&["something else".to_string()]), None);
         assert_eq!(parse_placements(&[]), None);
+    }
+
+    #[test]
+    fn the_logger_keeps_the_nodes_listed_under_each_providers_header() {
+        // the messages as ONNX Runtime sends them while it creates a session split between CUDA and the CPU
+        // (session_state.cc, VerifyEachNodeIsAssignedToAnEp), with unrelated verbose lines around them
+        let log = PlacementLog::default();
+        let logger = log.logger();
+        for m in [
+            "  Conv (not a placement: before any header)",
+            "Node placements",
+            " Node(s) placed on [CUDAExecutionProvider]. Number of nodes: 3",
+            "  Conv (conv1_1)",
+            "  MemcpyFromHost (Memcpy)",
+            "  Relu (relu1_1)",
+            " Node(s) placed on [CPUExecutionProvider]. Number of nodes: 4",
+            "  Shape (/Shape)",
+            "  Gather (/Gather_1)",
+            "  Shape (/Shape_2)",
+            "  ScatterND (/ScatterND), ScatterND (/ScatterND_1)",
+            "Session successfully initialized.",
+            "  Conv (not a placement: after the block)",
+            "All nodes placed on [CPUExecutionProvider]. Number of nodes: 5",
+        ] {
+            logger(LogLevel::Verbose, "", "s", "session_state.cc:1345 VerifyEachNodeIsAssignedToAnEp", m);
+        }
+        let nodes = log.nodes().unwrap();
+        assert_eq!(nodes["CUDAExecutionProvider"], 3);
+        assert_eq!(nodes["CPUExecutionProvider"], 9);
+        let ops = log.ops();
+        let cuda: Vec<(&str, usize)> = ops["CUDAExecutionProvider"].iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(cuda, [("Conv", 1), ("MemcpyFromHost", 1), ("Relu", 1)]);
+        let cpu: Vec<(&str, usize)> = ops["CPUExecutionProvider"].iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(cpu, [("Gather", 1), ("ScatterND", 2), ("Shape", 2)]);
+        log.clear();
+        assert_eq!(log.nodes(), None);
+        assert!(log.ops().is_empty());
+        assert_eq!(node_ops("Session successfully initialized."), None);
+        assert_eq!(node_ops("Conv"), Some(vec!["Conv"]));
     }
 
     #[test]
