@@ -190,6 +190,69 @@ pub fn revealed(
     Some((paint, lines))
 }
 
+/// The width (px) of the ring `rim_masks` takes outside the first frame's object: the ink outline a painting's strokes
+/// draw around an object lies a few pixels outside it (issue 20: at 512 px a thin dark ring stayed where the
+/// approaching object had stood), about a hundredth of the frame's longest side, at least 3 so that the ring has
+/// inner pixels for `strokes`.
+pub fn rim_px(w: usize, h: usize) -> usize {
+    (w.max(h) as f64 / 96.0).round().max(3.0) as usize
+}
+
+/// `mask` grown by `r` pixels (a square neighbourhood).
+fn grow(mask: &[bool], w: usize, h: usize, r: usize) -> Vec<bool> {
+    let mut rows = vec![false; w * h];
+    for y in 0..h {
+        for x in 0..w {
+            rows[y * w + x] = (x.saturating_sub(r)..(x + r + 1).min(w)).any(|k| mask[y * w + k]);
+        }
+    }
+    let mut out = vec![false; w * h];
+    for y in 0..h {
+        for x in 0..w {
+            out[y * w + x] = (y.saturating_sub(r)..(y + r + 1).min(h)).any(|k| rows[k * w + x]);
+        }
+    }
+    out
+}
+
+/// Per frame i ≥ 1 (before a scene change), the ring of `r` pixels just outside the first frame's object, where
+/// frame i shows background: not covered by the object now nor within `r` of it (its own outline there is the
+/// painting's, not a residue). Background in the first frame too, so neither the trail nor `revealed` looks there.
+pub fn rim_masks(clip: &Clip, r: usize) -> Vec<(usize, Vec<bool>)> {
+    let (w, h) = (clip.width, clip.height);
+    let end = clip.scene_change.unwrap_or(clip.object.len()).min(clip.object.len());
+    let Some(first) = clip.object.first() else { return Vec::new() };
+    let ring: Vec<bool> = grow(first, w, h, r).iter().zip(first).map(|(g, o)| *g && !o).collect();
+    (1..end)
+        .map(|i| {
+            let near = grow(&clip.object[i], w, h, r);
+            (i, ring.iter().zip(&near).map(|(a, b)| *a && !b).collect::<Vec<bool>>())
+        })
+        .filter(|(_, m)| m.iter().any(|v| *v))
+        .collect()
+}
+
+/// [5g] the rim the first frame's object left (issue 20): over `rim_masks` of the frames `images` has (from frame
+/// 1), (how much darker the images are than `empty` — a cold run of the scene without the object — in mean
+/// luminance, 0–1; their strokes over the empty scene's, as `object_strokes`). An outline held from the first
+/// frame reads as darker and as more strokes than the empty scene painted cold; a cold run of the frame, whose
+/// object is elsewhere, is the comparison. None where the ring is empty in every frame.
+pub fn rim(clip: &Clip, images: &[Planar], empty: &Planar) -> Option<(f64, f64)> {
+    let masks: Vec<(usize, Vec<bool>)> =
+        rim_masks(clip, rim_px(clip.width, clip.height)).into_iter().filter(|(i, _)| *i < images.len()).collect();
+    let le = luma(empty);
+    let (mut dark, mut count) = (0.0f64, 0usize);
+    for (i, mask) in &masks {
+        let li = luma(&images[*i]);
+        for p in (0..mask.len()).filter(|&p| mask[p]) {
+            dark += (le[p] - li[p]) as f64;
+            count += 1;
+        }
+    }
+    let lines = strokes(clip.width, clip.height, masks.iter().map(|(i, m)| (&m[..], &images[*i], empty)))?;
+    (count > 0).then(|| (dark / count as f64, lines))
+}
+
 /// [5d] of the bench: the trail of the temporal results over the whole clip, and of the cold runs over their frames,
 /// printed against the target (≤ 8/255, and ≤ 3× the untouched pixels' drift where that is larger).
 fn trail_figure(clip: &Clip, warm: &[Planar], cold: &[Planar]) -> (Option<Trail>, Option<Trail>) {
@@ -427,6 +490,20 @@ pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &Str
              empty scene: paint {p:.2}, strokes {s:.2} (1 = as a cold run)"
         );
     }
+    // [5g] the rim it left: the outline drawn around it in the first frame, outside its own pixels
+    let rims =
+        empty.as_ref().map(|(_, painted)| (rim(&clip, &warm.images, painted), rim(&clip, &cold.images[..k], painted)));
+    if let Some((Some((dw, sw)), cold_rim)) = rims {
+        let (dc, sc) = cold_rim.unwrap_or((f64::NAN, f64::NAN));
+        println!(
+            "    rim of the first frame's object ({} px outside it, background now), against a cold run of the empty \
+             scene: temporal {:.2}/255 darker, strokes {sw:.2}; cold runs of frames 1–{} {:.2}/255, strokes {sc:.2}",
+            rim_px(w, h),
+            255.0 * dw,
+            k - 1,
+            255.0 * dc
+        );
+    }
     let (detected, ghost) = match (cut, &fresh) {
         (Some(c), Some(f)) => scene_change_figure(&warm, &f.images[0], c),
         _ => (None, None),
@@ -456,6 +533,8 @@ pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &Str
         "trail_temporal": trail_warm.map(|t| t.0), "trail_untouched": trail_warm.map(|t| t.1),
         "trail_cold": trail_cold.map(|t| t.0), "object_paint": paint, "object_strokes": strokes,
         "revealed_paint": uncovered.map(|r| r.0), "revealed_strokes": uncovered.map(|r| r.1),
+        "rim_darker_temporal": rims.and_then(|r| r.0).map(|r| r.0), "rim_strokes_temporal": rims.and_then(|r| r.0).map(|r| r.1),
+        "rim_darker_cold": rims.and_then(|r| r.1).map(|r| r.0), "rim_strokes_cold": rims.and_then(|r| r.1).map(|r| r.1),
         "motion": spec.motion, "scene_change_detected": detected, "scene_change_vs_fresh_cold": ghost,
         "without_motion": no_motion,
     }))
@@ -666,5 +745,39 @@ mod tests {
         assert!((p - 1.0).abs() < 1e-6 && (s - 1.0).abs() < 1e-6, "{p} {s}");
         // nothing in the first frame: nothing revealed
         assert!(revealed_masks(&Clip { object: vec![vec![false; 49]; 3], ..c.clone() }).is_empty());
+    }
+
+    #[test]
+    fn the_rim_is_the_ring_outside_the_first_frames_object_compared_with_the_empty_scene() {
+        // 20×20 frames: a 6×6 object at (4..10, 4..10) in frame 0, at the right edge (14..20) in frame 1; the ring of
+        // rim_px = 3 around the first object, away from the second
+        let (w, h) = (20, 20);
+        let square = |x0: usize, x1: usize| -> Vec<bool> {
+            (0..w * h).map(|p| (x0..x1).contains(&(p % w)) && (4..10).contains(&(p / w))).collect()
+        };
+        let c = Clip { frames: vec![Vec::new(); 2], object: vec![square(4, 10), square(14, 20)], ..blank(w, h) };
+        assert_eq!(rim_px(w, h), 3);
+        let masks = rim_masks(&c, 3);
+        assert_eq!(masks.len(), 1);
+        let m = &masks[0].1;
+        // a ring pixel, an object pixel, a pixel next to the second object, a far one
+        assert!(m[3 * w + 3] && m[12 * w + 6] && !m[6 * w + 6] && !m[6 * w + 12] && !m[18 * w + 18]);
+        // the ring (12² − 6²) less its two columns within 3 px of the second object (x 11, 12; y 1..13)
+        assert_eq!(m.iter().filter(|v| **v).count(), 12 * 12 - 36 - 2 * 12);
+        // the empty scene painted as a ramp (strokes everywhere); frame 1 as it, or with a dark outline on the ring
+        let ramp: Vec<f32> = (0..w * h).map(|p| 0.5 + 0.01 * (p % w) as f32).collect();
+        let empty = Planar { width: w, height: h, data: [ramp.clone(), ramp.clone(), ramp.clone()].concat() };
+        let (d, s) = rim(&c, &[empty.clone(), empty.clone()], &empty).unwrap();
+        assert!(d.abs() < 1e-9 && (s - 1.0).abs() < 1e-9, "{d} {s}");
+        let mut inked = empty.clone();
+        for p in (0..w * h).filter(|&p| m[p]) {
+            for ch in 0..3 {
+                inked.data[ch * w * h + p] -= 0.2;
+            }
+        }
+        let (d, _) = rim(&c, &[empty.clone(), inked], &empty).unwrap();
+        assert!((d - 0.2).abs() < 1e-5, "{d}");
+        // no object in the first frame: no rim
+        assert!(rim_masks(&Clip { object: vec![vec![false; w * h]; 2], ..c.clone() }, 3).is_empty());
     }
 }
