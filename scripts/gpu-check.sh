@@ -54,6 +54,17 @@ if [ -z "$ort" ]; then
     [ -n "$capi" ] && ort="$(ls "$capi"/libonnxruntime.so* 2>/dev/null | sort | tail -n 1)"
 fi
 [ -n "$ort" ] && [ -f "$ort" ] || die "ONNX Runtime not found: pass --ort-library PATH (libonnxruntime.so of onnxruntime-gpu)"
+# CUDA, cuDNN and TensorRT from pip's nvidia-* / tensorrt wheels (PyTorch's, or onnxruntime-gpu[cuda,cudnn]): ONNX
+# Runtime's Python package loads them itself, a Rust program finds them only on the loader's path (on the H200 of
+# 2026-12-04 CUDA 13's were in site-packages/nvidia/cu13/lib and nvidia/cudnn/lib)
+pylibs="$(python3 -c '
+import glob, os, sys
+dirs = set()
+for p in sys.path:
+    for pat in ("nvidia/*/lib", "tensorrt_libs"):
+        dirs.update(d for d in glob.glob(os.path.join(p, pat)) if os.path.isdir(d))
+print(":".join(sorted(dirs)))' 2>/dev/null || true)"
+[ -n "$pylibs" ] && export LD_LIBRARY_PATH="$pylibs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 [ -f "$model/manifest.json" ] || die "no exported model in $model: run \`make models\` or pass --model DIR"
 content="$repo/examples/tubingen.jpg"; style="$repo/examples/fuchun.jpg"
 [ -f "$content" ] && [ -f "$style" ] || die "the example images are missing ($content, $style)"
@@ -61,6 +72,7 @@ mkdir -p "$out" || die "cannot create $out"
 cache="$out/tensorrt-cache"
 
 echo "== gpu-check: binary $binary, ONNX Runtime $ort, model $model, ${size}px × $iterations iterations, logs in $out"
+[ -n "$pylibs" ] && echo "   libraries from Python wheels on LD_LIBRARY_PATH: $pylibs"
 command -v nvidia-smi >/dev/null && nvidia-smi -L
 failures=0
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }

@@ -204,6 +204,24 @@ impl ProviderReport {
     }
 }
 
+/// A provider that failed because the dynamic loader did not find a library it needs (on the H200 of 2026-12-04:
+/// TensorRT's `libnvinfer.so.10`; CUDA's libraries when they come from pip's `nvidia-*` wheels, which ONNX Runtime's
+/// Python package loads itself and a Rust program does not): the reason, with the fix added.
+fn with_library_hint(reason: String) -> String {
+    let missing = reason
+        .split_once(": cannot open shared object file")
+        .and_then(|(before, _)| before.rsplit([' ', ':']).next())
+        .filter(|lib| lib.contains(".so"));
+    match missing {
+        Some(lib) => format!(
+            "{reason} (the dynamic loader did not find {lib}: install the library, or add the folder that holds it to \
+             LD_LIBRARY_PATH — CUDA, cuDNN and TensorRT from pip's nvidia-* and tensorrt wheels are in their \
+             site-packages/nvidia/*/lib and tensorrt_libs folders)"
+        ),
+        None => reason,
+    }
+}
+
 /// "Shape ×120, Gather ×60, …": the `most` operator types with the most nodes, then how many types are left out.
 fn top_ops(ops: &BTreeMap<String, usize>, most: usize) -> String {
     let mut v: Vec<(&String, &usize)> = ops.iter().collect();
@@ -563,7 +581,7 @@ impl Model {
                     });
                 }
                 Some(OpenError::Model(e)) => return Err(e),
-                Some(OpenError::Provider(e)) => format!("{e:#}"),
+                Some(OpenError::Provider(e)) => with_library_hint(format!("{e:#}")),
             };
             drop(sessions);
             if explicit {
@@ -874,6 +892,22 @@ fn check_signature(session: &Session, g: &GraphInfo, path: &Path) -> Result<()> 
 mod tests {
     use super::*;
     use crate::engine::manifest::MAX_TILE;
+
+    #[test]
+    fn a_missing_library_gets_the_fix_named() {
+        // ONNX Runtime 1.31.1's words on the H200 without TensorRT
+        let r =
+            "registering the TensorRT provider: /onnxruntime_src/onnxruntime/core/session/provider_bridge_ort.cc:2043 \
+                 onnxruntime::Provider& onnxruntime::ProviderLibrary::Get() [ONNXRuntimeError] : 1 : FAIL : Failed to \
+                 load library /root/g/lib/libonnxruntime_providers_tensorrt.so with error: libnvinfer.so.10: cannot \
+                 open shared object file: No such file or directory\n";
+        let h = with_library_hint(r.to_string());
+        assert!(
+            h.starts_with(r) && h.contains("did not find libnvinfer.so.10: ") && h.contains("LD_LIBRARY_PATH"),
+            "{h}"
+        );
+        assert_eq!(with_library_hint("CUDA failure 2: out of memory".into()), "CUDA failure 2: out of memory");
+    }
 
     #[test]
     fn the_report_names_the_operator_types_outside_the_provider() {
