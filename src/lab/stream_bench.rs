@@ -14,7 +14,7 @@ use crate::engine::Model;
 use crate::imageio::{self, fit_size, Limits, Planar};
 use crate::transfer::color::luma;
 use crate::transfer::schedule::Palette;
-use crate::transfer::temporal::{self, masked_difference, Previous, Start, StreamSettings};
+use crate::transfer::temporal::{self, dilate, masked_difference, Previous, Start, StreamSettings};
 use crate::transfer::{CachedTargets, NoHooks, StyleImages, StylizeOptions};
 
 /// One pass over the clip.
@@ -198,23 +198,6 @@ pub fn rim_px(w: usize, h: usize) -> usize {
     (w.max(h) as f64 / 96.0).round().max(3.0) as usize
 }
 
-/// `mask` grown by `r` pixels (a square neighbourhood).
-fn grow(mask: &[bool], w: usize, h: usize, r: usize) -> Vec<bool> {
-    let mut rows = vec![false; w * h];
-    for y in 0..h {
-        for x in 0..w {
-            rows[y * w + x] = (x.saturating_sub(r)..(x + r + 1).min(w)).any(|k| mask[y * w + k]);
-        }
-    }
-    let mut out = vec![false; w * h];
-    for y in 0..h {
-        for x in 0..w {
-            out[y * w + x] = (y.saturating_sub(r)..(y + r + 1).min(h)).any(|k| rows[k * w + x]);
-        }
-    }
-    out
-}
-
 /// Per frame i ≥ 1 (before a scene change), the ring of `r` pixels just outside the first frame's object, where
 /// frame i shows background: not covered by the object now nor within `r` of it (its own outline there is the
 /// painting's, not a residue). Background in the first frame too, so neither the trail nor `revealed` looks there.
@@ -222,10 +205,10 @@ pub fn rim_masks(clip: &Clip, r: usize) -> Vec<(usize, Vec<bool>)> {
     let (w, h) = (clip.width, clip.height);
     let end = clip.scene_change.unwrap_or(clip.object.len()).min(clip.object.len());
     let Some(first) = clip.object.first() else { return Vec::new() };
-    let ring: Vec<bool> = grow(first, w, h, r).iter().zip(first).map(|(g, o)| *g && !o).collect();
+    let ring: Vec<bool> = dilate(first, w, h, r).iter().zip(first).map(|(g, o)| *g && !o).collect();
     (1..end)
         .map(|i| {
-            let near = grow(&clip.object[i], w, h, r);
+            let near = dilate(&clip.object[i], w, h, r);
             (i, ring.iter().zip(&near).map(|(a, b)| *a && !b).collect::<Vec<bool>>())
         })
         .filter(|(_, m)| m.iter().any(|v| *v))

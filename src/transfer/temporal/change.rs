@@ -85,7 +85,7 @@ pub(super) fn box_blur(v: &[f32], w: usize, h: usize, r: usize) -> Vec<f32> {
 }
 
 /// Grow the true pixels by `r` (square window), separably.
-pub(super) fn dilate(m: &[bool], w: usize, h: usize, r: usize) -> Vec<bool> {
+pub fn dilate(m: &[bool], w: usize, h: usize, r: usize) -> Vec<bool> {
     if r == 0 {
         return m.to_vec();
     }

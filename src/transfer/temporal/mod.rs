@@ -17,7 +17,7 @@ mod plan;
 
 use anyhow::Result;
 
-pub use change::{change_mask, ChangeMask, ChangeParams};
+pub use change::{change_mask, dilate, ChangeMask, ChangeParams};
 pub use plan::{SETTLE_FRAMES, YOUNG_FRAMES};
 
 use super::color;
