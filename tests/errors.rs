@@ -173,11 +173,7 @@ fn ort_library_not_onnxruntime() {
 }
 
 fn copy_model(to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(common::test_model()).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
+    common::copy_dir(&common::test_model(), to);
 }
 
 #[test]

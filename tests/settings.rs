@@ -49,7 +49,7 @@ fn transfer_sample(knob: &str, m: &Manifest) -> Option<(String, String)> {
         "style_layers" => Some((format!("{}:1", m.style_layers[0]), format!("\"{}:1\"", m.style_layers[0]))),
         "shift_layers" => Some((m.shift_layers[0].layer.clone(), format!("{:?}", m.shift_layers[0].layer))),
         "hist_layers" => Some((m.hist_layers[0].clone(), format!("{:?}", m.hist_layers[0]))),
-        "layer_norm" => s("false", "false"),
+        "layer_norm" | "refine" => s("false", "false"),
         "style_blend_weights" => s("1,2", "[1.0, 2.0]"),
         "style_scale" => s("0.5", "0.5"),
         "init" => Some((init.clone(), format!("{init:?}"))),

@@ -197,10 +197,7 @@ fn a_model_without_tile_graphs_or_a_tiny_budget_is_refused_with_the_fix() {
     assert!(err.contains("--max-memory") && err.contains("at least"), "{err}");
     // a copy of the test model whose manifest lists no tile graphs (an export from before them)
     let dir = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(common::test_model()).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
-    }
+    common::copy_dir(&common::test_model(), dir.path());
     let path = dir.path().join("manifest.json");
     let mut man: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let graphs = man["graphs"].as_object_mut().unwrap();

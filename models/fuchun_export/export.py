@@ -235,7 +235,36 @@ def tiling_entry(weights, cfg):
                     "image border), each grown by margin px on its sides inside the image; float32 only"}
 
 
-def export(weights, cfg, out_dir, log=print, surgery=True):
+# The finest scale's objective (`refine/`, a model directory of its own): the model's layers down to this one only.
+# At the output size the coarser scales have already laid out the picture; what is left is fine strokes, which the
+# shallow layers carry. Up to relu3_1 VGG16's forward pass is 39 % of the one up to relu5_1, and on the bench pairs
+# the results were as painted, with more of the scene (docs/quality.md, "The finest scale with the shallow layers").
+DEFAULT_REFINE_DEEPEST = "relu3_1"
+
+
+def refine_config(cfg, arch, deepest):
+    """`cfg` restricted to the layers down to `deepest` (content weights kept, shift deltas kept), or None when a
+    term the model has would lose every layer (the finest scale then runs the whole objective)."""
+    from .graph import layer_names
+    order = layer_names(arch)
+    if deepest not in order:
+        raise ConfigError(f"--refine-deepest {deepest!r} is not a layer of {arch}: use one of "
+                          f"{', '.join(l for l in order if l.startswith('relu'))}, or '' for none")
+    keep = lambda l: order.index(l) <= order.index(deepest)
+    content = [(l, w) for l, w in zip(cfg.content_layers, cfg.content_weights) if keep(l)]
+    style = [l for l in cfg.style_layers if keep(l)]
+    shift = {l: d for l, d in cfg.shift_layers.items() if keep(l)}
+    hist = [l for l in cfg.hist_layers if keep(l)]
+    if not content or not style or (cfg.shift_layers and not shift) or (cfg.hist_layers and not hist):
+        return None
+    if (content, style, shift, hist) == (list(zip(cfg.content_layers, cfg.content_weights)), cfg.style_layers,
+                                         cfg.shift_layers, cfg.hist_layers):
+        return None     # nothing deeper to leave out: the refinement would be the objective itself
+    return LossConfig([l for l, _ in content], style, shift, hist, cfg.quantiles, cfg.pooling,
+                      content_weights=[w for _, w in content])
+
+
+def export(weights, cfg, out_dir, log=print, surgery=True, refine_deepest=DEFAULT_REFINE_DEEPEST):
     t0 = time.time()
     features, _, objective = build_all(weights, cfg, surgery=surgery)
     prelude = build_prelude(weights, cfg)
@@ -250,6 +279,15 @@ def export(weights, cfg, out_dir, log=print, surgery=True):
             os.remove(os.path.join(out_dir, stale))
     man = manifest(weights, cfg, features, objective, files, prelude, tiles)
     from .weights import sha256_file
+    refine_dir = os.path.join(out_dir, "refine")
+    refine = refine_config(cfg, weights.arch, refine_deepest) if refine_deepest else None
+    if refine is not None:
+        export(weights, refine, refine_dir, log=log, surgery=surgery, refine_deepest=None)
+        man["refine"] = {"dir": "refine", "deepest_layer": refine_deepest,
+                         "manifest_sha256": sha256_file(os.path.join(refine_dir, "manifest.json"))}
+    elif os.path.isdir(refine_dir):
+        import shutil
+        shutil.rmtree(refine_dir)   # a refinement of an earlier export with other layers
     for key, model in ((k, graphs[k]) for k in files):
         onnx.checker.check_model(model)
         # The weights go to an external data file beside the graph: ONNX Runtime then keeps one copy of them
@@ -322,6 +360,9 @@ def main(argv=None):
                    help="LAYER:DELTA list for the long-range term (delta in feature pixels); '' disables it")
     p.add_argument("--hist-layers", default="relu1_1,relu4_1", help="'' disables the histogram term")
     p.add_argument("--quantiles", type=int, default=256, help="quantiles per channel in the histogram targets")
+    p.add_argument("--refine-deepest", default=DEFAULT_REFINE_DEEPEST,
+                   help="also export the finest scale's objective (refine/) with the layers down to this one; "
+                        "'' exports none")
     p.add_argument("--keep-conv-transpose", action="store_true",
                    help="export onnx_ad's gradient graph without the surgery (ConvTranspose rewrite, seed axis, ReLU masks), for A/B measurements")
     a = p.parse_args(argv)
@@ -340,7 +381,7 @@ def main(argv=None):
         content, content_weights = parse_weighted(a.content_layers, "content-layers")
         cfg = LossConfig(content, parse_layers(a.style_layers), parse_shift(a.shift_layers),
                          parse_layers(a.hist_layers), a.quantiles, a.pooling, content_weights=content_weights)
-        export(w, cfg, a.out, surgery=not a.keep_conv_transpose)
+        export(w, cfg, a.out, surgery=not a.keep_conv_transpose, refine_deepest=a.refine_deepest)
     except (WeightsError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -167,3 +167,33 @@ def test_bad_input_gives_clear_error(tmp_path, case):
     assert needle in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_refinement_keeps_the_shallow_layers_and_is_named_by_its_manifest(tmp_path):
+    """The finest scale's objective (refine/): the layers down to relu3_1 with their weights and deltas; none when a
+    term would lose every layer, or when nothing is left out; a bad layer name is a clear error."""
+    from fuchun_export.export import refine_config
+    from fuchun_export.graph import ConfigError, LossConfig
+    cfg = LossConfig()
+    r = refine_config(cfg, "vgg16", "relu3_1")
+    assert r.content_layers == ["relu2_1", "relu3_1"] and r.content_weights == [0.3, 1.0]
+    assert r.style_layers == ["relu1_1", "relu2_1", "relu3_1"]
+    assert r.shift_layers == {"relu2_1": 8, "relu3_1": 4} and r.hist_layers == ["relu1_1"]
+    assert refine_config(LossConfig(content_layers=["relu4_2"]), "vgg16", "relu3_1") is None
+    assert refine_config(cfg, "vgg16", "relu5_1") is None
+    with pytest.raises(ConfigError, match="not a layer"):
+        refine_config(cfg, "vgg16", "relu9_1")
+    out = tmp_path / "m"
+    r = cli("--weights", "random", "--width-divisor", "8", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    man = json.load(open(out / "manifest.json"))
+    sub = json.load(open(out / "refine" / "manifest.json"))
+    assert man["refine"]["dir"] == "refine" and man["refine"]["deepest_layer"] == "relu3_1"
+    assert "refine" not in sub and sub["style_layers"] == ["relu1_1", "relu2_1", "relu3_1"]
+    assert sub["forward_flops_per_pixel"] < 0.5 * man["forward_flops_per_pixel"]
+    import hashlib
+    assert man["refine"]["manifest_sha256"] == hashlib.sha256(open(out / "refine" / "manifest.json", "rb").read()).hexdigest()
+    # exported again without it: the stale refinement goes
+    r = cli("--weights", "random", "--width-divisor", "8", "--out", str(out), "--refine-deepest", "")
+    assert r.returncode == 0, r.stderr
+    assert not (out / "refine").exists() and "refine" not in json.load(open(out / "manifest.json"))

@@ -188,12 +188,16 @@ fn providers(dir: &Path, base: &RuntimeOptions, probe_shape: [usize; 2], checks:
         if p == Provider::Cpu {
             model_line = Some(match &r {
                 Ok((model, _)) => Ok(format!(
-                    "{} ({} {}, {} weights, graphs match the manifest, min size {})",
+                    "{} ({} {}, {} weights, graphs match the manifest, min size {}; {})",
                     dir.display(),
                     model.manifest.architecture,
                     model.manifest.pooling,
                     model.manifest.weights.kind,
-                    model.manifest.min_size
+                    model.manifest.min_size,
+                    match &model.manifest.refine {
+                        Some(r) => format!("the finest scale refines with the layers down to {}", r.deepest_layer),
+                        None => "no refinement: every scale runs the whole objective".to_string(),
+                    }
                 )),
                 Err(e) => Err(anyhow!("{e:#}")),
             });

@@ -49,8 +49,22 @@ pub struct Manifest {
     /// Present with the tile graphs.
     #[serde(default)]
     pub tiling: Option<Tiling>,
+    /// The finest scale's objective: a model directory of its own with the layers down to `deepest_layer` only
+    /// (`transfer::schedule`, "refine"). Absent: every scale runs this objective.
+    #[serde(default)]
+    pub refine: Option<RefineInfo>,
     #[serde(skip)]
     pub dir: PathBuf,
+}
+
+/// Where the refinement's model directory is, and what it leaves out.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RefineInfo {
+    /// Relative to this model's directory.
+    pub dir: String,
+    pub deepest_layer: String,
+    /// Of the refinement's manifest.json, as exported with this one (a stale refinement is refused).
+    pub manifest_sha256: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

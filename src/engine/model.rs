@@ -9,7 +9,7 @@ use ort::session::{OutputSelector, RunOptions, Session};
 use ort::value::{DynValue, Tensor, TensorRef};
 use sha2::{Digest, Sha256};
 
-use super::manifest::{GraphInfo, Manifest, TensorInfo};
+use super::manifest::{GraphInfo, Manifest, RefineInfo, TensorInfo};
 use super::runtime::{self, Candidate, GraphTensorRt, PlacementLog, Provider, RuntimeOptions, SessionUse, Shape};
 
 /// Activations of one layer, `[C, h, w]` row-major.
@@ -249,6 +249,8 @@ pub struct Model {
     pub(super) tiles: Option<(Session, Hot)>,
     /// What re-creating a hot session needs (`Hot`).
     pub(super) reopen: Reopen,
+    /// The finest scale's objective (`Manifest::refine`), loaded with the same provider and settings.
+    pub refine: Option<Box<Model>>,
 }
 
 /// The runtime settings and the provider a hot session is re-created with.
@@ -324,6 +326,34 @@ fn sha256_file(path: &Path) -> Result<String> {
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The refinement's model (`Manifest::refine`), checked against the manifest that names it and loaded with the
+/// provider `candidate` that runs the main one.
+fn load_refinement(main: &Manifest, r: &RefineInfo, opts: &RuntimeOptions, candidate: &Candidate) -> Result<Model> {
+    let dir = main.dir.join(&r.dir);
+    let path = dir.join("manifest.json");
+    let got = sha256_file(&path).with_context(|| {
+        format!(
+            "the model's finest-scale objective ({}) is missing: copy the whole model directory, or re-export \
+             with `make models`",
+            dir.display()
+        )
+    })?;
+    if got != r.manifest_sha256 {
+        bail!(
+            "{} does not match the model's manifest (sha256 {got}, manifest says {}): the directories come from \
+             different exports; re-export with `make models`",
+            path.display(),
+            r.manifest_sha256
+        );
+    }
+    let refine = Model::load_with(&dir, opts, std::slice::from_ref(candidate))
+        .with_context(|| format!("loading the finest-scale objective {}", dir.display()))?;
+    if refine.manifest.refine.is_some() {
+        bail!("{} names a refinement of its own: re-export with `make models`", path.display());
+    }
+    Ok(refine)
 }
 
 /// The sha256 of a graph and its weights as the manifest records them (computed when the manifest has none).
@@ -566,6 +596,10 @@ impl Model {
                     tracing::info!(provider = %p, requested = %opts.provider, report = %report.summary(), "execution provider");
                     let feature_outputs = manifest.graphs.features.outputs.iter().map(|o| o.name.clone()).collect();
                     let run_options = run_options()?;
+                    let refine = match &manifest.refine {
+                        Some(r) => Some(Box::new(load_refinement(&manifest, r, opts, candidate)?)),
+                        None => None,
+                    };
                     return Ok(Model {
                         manifest,
                         provider: p,
@@ -578,6 +612,7 @@ impl Model {
                         feature_outputs,
                         tiles,
                         reopen,
+                        refine,
                     });
                 }
                 Some(OpenError::Model(e)) => return Err(e),
@@ -633,6 +668,12 @@ impl Model {
         released
     }
 
+    /// Under a memory budget on the CPU, both hot sessions dropped if they ran (their arenas): before the finest
+    /// scale runs the refinement's objective (`refine`) instead of this one's. True when a session was dropped.
+    pub fn release_hot(&mut self) -> bool {
+        self.release_idle(true) | self.release_idle(false)
+    }
+
     /// Run every graph once at each image shape (zeros as inputs) so that TensorRT engines, cuDNN algorithm choices
     /// and memory arenas are in place before the first real frame. `progress` is called before each shape.
     pub fn warm_up(&mut self, shapes: &[Shape], progress: &mut dyn FnMut(usize, Shape)) -> Result<()> {
@@ -663,6 +704,11 @@ impl Model {
                     anyhow!("warm-up of {} at {}x{} on {}: {e}", g.file, shape[1], shape[0], self.provider)
                 })?;
             }
+        }
+        // the finest scale's objective is built (TensorRT engines, cuDNN choices) before the first frame too; it
+        // runs at the output size, the largest of the shapes
+        if let (Some(r), Some(&last)) = (self.refine.as_deref_mut(), shapes.iter().max_by_key(|s| s[0] * s[1])) {
+            r.warm_up(&[last], &mut |_, _| {})?;
         }
         Ok(())
     }

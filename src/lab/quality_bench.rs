@@ -78,6 +78,19 @@ struct Row {
     colour_transfer: Measures,
     meets: bool,
     snapshots: Vec<Snapshot>,
+    /// Each scale's share of the run (the schedule's cost, coarse to fine); empty with `--measure`.
+    scales: Vec<ScaleCost>,
+}
+
+/// One scale of a run: its size, evaluations and seconds.
+#[derive(Debug, Clone, serde::Serialize)]
+struct ScaleCost {
+    width: usize,
+    height: usize,
+    evaluations: usize,
+    seconds: f64,
+    /// Ran the model's refinement (`StylizeOptions::refine`).
+    refined: bool,
 }
 
 /// Collects the last scale's snapshots.
@@ -184,18 +197,29 @@ pub fn run(args: &QualityArgs) -> Result<()> {
                 snapshots: Vec::new(),
             };
             let t0 = Instant::now();
-            let (img, evaluations, loss) = match &args.measure {
+            let (img, evaluations, loss, scales) = match &args.measure {
                 Some(dir) => {
                     let path = dir.join(format!("{}_{size}.png", p.name));
                     let img =
                         imageio::load_path(&path, &limits).with_context(|| format!("--measure: {}", path.display()))?;
-                    (img, 0, f64::NAN)
+                    (img, 0, f64::NAN, Vec::new())
                 }
                 None => {
                     let outcome = stylize(&mut model, &content, std::slice::from_ref(&style), &opts, &mut probe)
                         .with_context(|| format!("pair {}", p.name))?;
                     let (loss, evaluations) = (outcome.final_losses().total, outcome.evaluations());
-                    (outcome.image, evaluations, loss)
+                    let scales = outcome
+                        .scales
+                        .iter()
+                        .map(|s| ScaleCost {
+                            width: s.width,
+                            height: s.height,
+                            evaluations: s.evaluations,
+                            seconds: s.seconds,
+                            refined: s.refined,
+                        })
+                        .collect();
+                    (outcome.image, evaluations, loss, scales)
                 }
             };
             let seconds = t0.elapsed().as_secs_f64();
@@ -214,6 +238,7 @@ pub fn run(args: &QualityArgs) -> Result<()> {
                 colour_transfer: measure(&colour_transfer(&content_s, &style), &content_s, &style),
                 meets: meets(&result),
                 snapshots: probe.snapshots,
+                scales,
             };
             println!(
                 "{:<20} {:>5} {:>6} {:>7.1} | {:>7.2} {:>7.3} {:>9.3} {:>6.3} {:>6.1} | photo: {:>5.2} {:>6.1} | colour \
@@ -234,6 +259,17 @@ pub fn run(args: &QualityArgs) -> Result<()> {
                 row.colour_transfer.structure,
                 if row.meets { "" } else { "  (misses)" }
             );
+            if !row.scales.is_empty() {
+                let per: Vec<String> = row
+                    .scales
+                    .iter()
+                    .map(|s| {
+                        let how = if s.refined { " (refine)" } else { "" };
+                        format!("{}x{}{how}: {} in {:.1} s", s.width, s.height, s.evaluations, s.seconds)
+                    })
+                    .collect();
+                println!("{:<20} scales: {}", "", per.join(", "));
+            }
             let path = args.out.join(format!("{}_{size}.png", p.name));
             imageio::save_path(&img, &path).with_context(|| format!("saving {}", path.display()))?;
             sheet.push([content_s, style.fit_longest(size), img]);

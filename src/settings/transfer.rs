@@ -51,6 +51,12 @@ pub struct Transfer {
     /// coarsest's iterations (--iterations 600 gives 600/200/67/30): most evaluations where they are cheap.
     #[arg(long, value_name = "F")]
     pub taper: Option<f32>,
+    /// The finest scale refines the picture the coarser scales laid out with the model's shallow layers only (its
+    /// `refine/` objective: down to relu3_1), at about 60 % of an evaluation's time; false: the whole objective at
+    /// every scale.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
+          default_missing_value = "true", value_name = "BOOL")]
+    pub refine: bool,
     /// Early stop: relative loss decrease over --tol-window iterations below this (0 disables).
     #[arg(long, default_value_t = 1e-2)]
     pub tol: f64,
@@ -327,6 +333,7 @@ impl Transfer {
         o.tol = self.tol;
         o.tol_window = self.tol_window;
         o.hist_every = self.hist_every;
+        o.refine = self.refine;
         o.style_blend = self.style_blend_weights.clone();
         o.style_scale = self.style_scale;
         o.init = match self.init.as_str() {

@@ -86,6 +86,39 @@ impl Weights {
         Ok(())
     }
 
+    /// These weights (for the model `from`) for `to`, a model with some of `from`'s layers (the finest scale's
+    /// refinement, `Manifest::refine`): the term weights as they are; each group's weights of the layers `to` keeps,
+    /// found by name and scaled so that the group sums to what it sums to here (as `select_layers` normalises a
+    /// choice of layers). None when a term that acts here would keep no layer with a weight: the refinement could
+    /// not follow these settings (e.g. `--style-layers relu5_1`).
+    pub fn restricted(&self, from: &Manifest, to: &Manifest) -> Option<Weights> {
+        if to.terms != from.terms {
+            return None;
+        }
+        let mut layers = Vec::new();
+        for g in &to.layer_groups {
+            let names = from.group_layers(&g.term)?;
+            let here = self.layers(&g.term);
+            let kept: Vec<f32> =
+                g.layers.iter().map(|l| names.iter().position(|n| n == l).map_or(0.0, |i| here[i])).collect();
+            let (sum_here, sum_kept) = (here.iter().sum::<f32>(), kept.iter().sum::<f32>());
+            if sum_kept <= 0.0 {
+                if sum_here > 0.0 && self.term(&g.term) != 0.0 {
+                    return None;
+                }
+                layers.push((g.term.clone(), kept));
+                continue;
+            }
+            layers.push((g.term.clone(), kept.iter().map(|w| w * sum_here / sum_kept).collect()));
+        }
+        Some(Weights {
+            terms: self.terms.clone(),
+            layers,
+            style_side: self.style_side.clone(),
+            normalize: self.normalize,
+        })
+    }
+
     /// The per-layer weights of the group `term` (empty for a term without layers).
     pub fn layers(&self, term: &str) -> &[f32] {
         self.layers.iter().find(|(t, _)| t == term).map(|(_, v)| v.as_slice()).unwrap_or(&[])

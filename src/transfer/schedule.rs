@@ -107,6 +107,11 @@ pub struct StylizeOptions {
     /// Tiles of this side at every scale whatever the memory budget (tests and measurements); None: the budget
     /// decides (`tiled::budget`).
     pub tile: Option<usize>,
+    /// The finest scale runs the model's refinement (`Manifest::refine`: its layers down to relu3_1 only) when the
+    /// run has coarser scales before it or starts from an image (a stream's frame): the picture is laid out by then,
+    /// and what is left is fine strokes, which the shallow layers carry, at about 60 % of an evaluation's time
+    /// (docs/quality.md). False, or a model without one: every scale runs the whole objective.
+    pub refine: bool,
     /// The last scale's canvas from an earlier run of the same size (`Outcome::canvas`: a stream's previous frame):
     /// the last scale starts with its margin instead of a reflection of the image (`canvas`). Another size, or
     /// None: reflected.
@@ -141,6 +146,7 @@ impl StylizeOptions {
             temporal: None,
             tile: None,
             margin: None,
+            refine: true,
         }
     }
 
@@ -278,6 +284,8 @@ pub struct ScaleReport {
     pub optimizer_seconds: f64,
     /// Some(side): the scale ran in tiles of this side (the memory budget's plan, or `StylizeOptions::tile`).
     pub tile: Option<usize>,
+    /// The scale ran the model's refinement (`StylizeOptions::refine`), not the whole objective.
+    pub refined: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -548,12 +556,30 @@ pub fn stylize_with(
     // runs the last scale in tiles decides the automatic schedule (`LARGE_TAPER`) — tiles forced by `opts.tile`
     // (tests, measurements) do not change it
     // planned for the canvas (`canvas::MARGIN` beyond the image on every side), which is what is evaluated
+    // the finest scale's objective: the refinement's, with these weights carried over to its layers
+    let refine_weights = match &model.refine {
+        Some(r) if opts.refine && (scales.len() > 1 || matches!(opts.init, Init::Image(_))) => {
+            let w = opts.weights.restricted(&model.manifest, &r.manifest);
+            if w.is_none() {
+                tracing::info!(
+                    "the finest scale runs the whole objective: the chosen layers leave the refinement none"
+                );
+            }
+            w
+        }
+        _ => None,
+    };
     let plans = scales
         .iter()
-        .map(|&longest| {
+        .enumerate()
+        .map(|(si, &longest)| {
             let (w, h) = fit(content.width, content.height, longest);
             let (w, h) = (w + 2 * canvas::MARGIN, h + 2 * canvas::MARGIN);
-            tiled::budget::choose(&model.manifest, h, w, history, model.memory_budget_mb)
+            let m = match (&model.refine, &refine_weights) {
+                (Some(r), Some(_)) if si + 1 == scales.len() => &r.manifest,
+                _ => &model.manifest,
+            };
+            tiled::budget::choose(m, h, w, history, model.memory_budget_mb)
         })
         .collect::<Result<Vec<_>>>()?;
     let last_tiled = plans.last().expect("at least one scale").tile.is_some();
@@ -585,8 +611,21 @@ pub fn stylize_with(
             tracing::info!(w, h, tile = ?plan.tile, history = plan.history, estimate_mb = plan.estimate_mb,
                 budget_mb = ?model.memory_budget_mb, "scale planned under the memory budget");
         }
+        let is_last = si + 1 == scales.len();
+        // the finest scale may run the refinement (the style targets above are the whole model's: a superset of
+        // its layers' by name, and what the daemon's cache holds); the rest of the scale is the evaluating model's
+        let refining = is_last && refine_weights.is_some();
+        let weights = if refining { refine_weights.as_ref().expect("checked") } else { &opts.weights };
         // the plan is for this scale alone: the arena of the other kind of evaluation (whole scales before a tiled
-        // one, or a previous frame's tiles before whole coarse scales) must not stay resident beside it
+        // one, or a previous frame's tiles before whole coarse scales) must not stay resident beside it, nor the
+        // whole model's while the refinement runs
+        if refining {
+            model.release_hot();
+        }
+        let model: &mut Model = match model.refine.as_deref_mut() {
+            Some(r) if refining => r,
+            _ => &mut *model,
+        };
         model.release_idle(plan.tile.is_some());
         let m = &model.manifest;
         // whole-image activations of a tiled scale would alone pass the budget: block by block, only the layers
@@ -598,7 +637,6 @@ pub fn stylize_with(
         };
         let previous = x.as_ref().map(canvas::inner);
         let mut img = canvas::extend(&starting_image(previous.as_ref(), opts, &content_i));
-        let is_last = si + 1 == scales.len();
         if let Some(m) = opts.margin.as_ref().filter(|m| is_last && (m.width, m.height) == (w, h)) {
             canvas::take_margin(&mut img, m);
         }
@@ -606,10 +644,10 @@ pub fn stylize_with(
         // at 512x512) are then dropped, before the starting image's are computed: only one set is alive at a time.
         let mut inputs = match plan.tile {
             // moved, not copied: the image-sized buffers are most of a tiled scale's memory
-            Some(_) => objective_inputs_owned(&model.manifest, (w, h), content_feats, &style, &opts.weights)?,
+            Some(_) => objective_inputs_owned(&model.manifest, (w, h), content_feats, &style, weights)?,
             None => {
                 let inputs =
-                    objective_inputs(&model.manifest, (w, h), &content_feats, &style, &opts.weights, &content_feats)?;
+                    objective_inputs(&model.manifest, (w, h), &content_feats, &style, weights, &content_feats)?;
                 drop(content_feats);
                 inputs
             }
@@ -620,7 +658,7 @@ pub fn stylize_with(
             }
         }
         // the first histogram targets: the starting image matched to the style
-        let hist_used = !model.manifest.hist_layers.is_empty() && opts.weights.term("hist") != 0.0;
+        let hist_used = !model.manifest.hist_layers.is_empty() && weights.term("hist") != 0.0;
         if hist_used && img.data != content_s.data {
             let hist_layers = model.manifest.hist_layers.clone();
             let start_feats = match plan.tile {
@@ -631,7 +669,8 @@ pub fn stylize_with(
         }
         let iterations = opts.iterations_at(si, last_tiled);
         let scale = ScaleRun { index: si, is_last, width: w, height: h, iterations, hist_used, start, t_scale, plan };
-        let report = optimise_scale(model, &mut img, &mut inputs, &style, opts, hooks, &scale)?;
+        let mut report = optimise_scale(model, &mut img, &mut inputs, &style, opts, hooks, &scale)?;
+        report.refined = refining;
         let (iterations, evaluations, stop) = (report.iterations, report.evaluations, report.stop);
         reports.push(report);
         tracing::debug!(scale = si, w = iw, h = ih, iterations, evaluations, loss = reports[si].last.total,
@@ -834,5 +873,6 @@ fn optimise_scale(
         match_seconds,
         optimizer_seconds,
         tile: plan.tile,
+        refined: false,
     })
 }

@@ -123,3 +123,16 @@ pub fn example_clip(longest: usize, frames: usize, object: usize) -> fuchun::lab
     };
     fuchun::lab::clip::synthetic(&bg.resize(w, h), &obj, &spec)
 }
+
+/// A copy of a directory tree (a model directory with its refinement, `refine/`).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}

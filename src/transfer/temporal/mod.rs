@@ -116,6 +116,9 @@ pub struct Previous {
     /// The evaluations of the last cold run (all scales): a frame's new content gets at least a share of them
     /// (`FRESH_SHARE`).
     pub reference_evaluations: usize,
+    /// The last cold run's finest scale ran the model's refinement (`StylizeOptions::refine`): a frame started from
+    /// the previous one runs the same objective, whose loss it compares with `reference`.
+    pub reference_refined: bool,
     /// The background plate: per pixel, the result of the last frame in which the pixel's scene had not changed
     /// since the frame before (so not covered by something moving), and that frame's content (blurred luminance).
     pub plate: Planar,
@@ -156,6 +159,7 @@ impl Previous {
             loss: self.loss,
             reference: self.reference,
             reference_evaluations: self.reference_evaluations,
+            reference_refined: self.reference_refined,
             plate: planar(&self.plate),
             plate_content: shifted(&self.plate_content, f32::INFINITY),
             underlay: planar(&self.underlay),
@@ -335,6 +339,7 @@ pub fn stylize_frame(
                 loss,
                 reference: p.reference,
                 reference_evaluations: p.reference_evaluations,
+                reference_refined: p.reference_refined,
                 plate,
                 plate_content,
                 underlay,
@@ -353,6 +358,7 @@ pub fn stylize_frame(
             loss,
             reference: loss,
             reference_evaluations: outcome.evaluations(),
+            reference_refined: outcome.scales.last().is_some_and(|s| s.refined),
             plate: outcome.image.clone(),
             plate_content: content.clone(),
             underlay: outcome.image.clone(),

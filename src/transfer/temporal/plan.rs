@@ -129,6 +129,9 @@ pub(super) fn plan(
         .collect();
     opts.init = Init::Image(init);
     opts.scales = vec![opts.image_size];
+    // one scale from an image refines (`StylizeOptions::refine`) when the cold run's finest scale did: the frame's
+    // loss is compared with that run's
+    opts.refine = prev.reference_refined;
     opts.iterations = opts.iterations.min(settings.max_evaluations);
     // new and young content (not the plate, not the previous result, not moved along; or painted for fewer than
     // `YOUNG_FRAMES` frames), over more than isolated pixels, gets at least a share of a cold frame's evaluations
@@ -371,6 +374,7 @@ mod tests {
             loss: 1.0,
             reference: 1.0,
             reference_evaluations: 100,
+            reference_refined: false,
             plate: flat(w, h, 0.5),
             plate_content: grey.clone(),
             underlay: flat(w, h, 0.7),
@@ -447,6 +451,7 @@ mod tests {
             loss: 1.0,
             reference: 1.0,
             reference_evaluations: 100,
+            reference_refined: false,
             plate: flat(w, h, 0.5),
             plate_content: scene.clone(),
             underlay: flat(w, h, 0.5),
