@@ -558,10 +558,6 @@ pub fn stylize_with(
         Optimizer::Lbfgs { history } => history,
         Optimizer::Adam { .. } => 0,
     };
-    // the memory budget decides, per scale, whether it runs whole or in tiles, and the L-BFGS history; whether it
-    // runs the last scale in tiles decides the automatic schedule (`LARGE_TAPER`) — tiles forced by `opts.tile`
-    // (tests, measurements) do not change it
-    // planned for the canvas (`canvas::MARGIN` beyond the image on every side), which is what is evaluated
     // the finest scale's objective: the refinement's, with these weights carried over to its layers
     let refine_weights = match &model.refine {
         Some(r) if opts.refine && (scales.len() > 1 || matches!(opts.init, Init::Image(_))) => {
@@ -575,14 +571,21 @@ pub fn stylize_with(
         }
         _ => None,
     };
+    // the one place that says which scale runs the refinement (its plan, its model, its weights, its budget)
+    let refines = |si: usize| si + 1 == scales.len() && refine_weights.is_some();
+    // the memory budget decides, per scale, whether it runs whole or in tiles, and the L-BFGS history; whether it
+    // runs the last scale in tiles decides the automatic schedule (`LARGE_TAPER`) — tiles forced by `opts.tile`
+    // (tests, measurements) do not change it
+    // planned for the canvas (`canvas::MARGIN` beyond the image on every side), which is what is evaluated, with
+    // the manifest of the model that evaluates it
     let plans = scales
         .iter()
         .enumerate()
         .map(|(si, &longest)| {
             let (w, h) = fit(content.width, content.height, longest);
             let (w, h) = (w + 2 * canvas::MARGIN, h + 2 * canvas::MARGIN);
-            let m = match (&model.refine, &refine_weights) {
-                (Some(r), Some(_)) if si + 1 == scales.len() => &r.manifest,
+            let m = match &model.refine {
+                Some(r) if refines(si) => &r.manifest,
                 _ => &model.manifest,
             };
             tiled::budget::choose(m, h, w, history, model.memory_budget_mb)
@@ -620,7 +623,7 @@ pub fn stylize_with(
         let is_last = si + 1 == scales.len();
         // the finest scale may run the refinement (the style targets above are the whole model's: a superset of
         // its layers' by name, and what the daemon's cache holds); the rest of the scale is the evaluating model's
-        let refining = is_last && refine_weights.is_some();
+        let refining = refines(si);
         let weights = if refining { refine_weights.as_ref().expect("checked") } else { &opts.weights };
         // the plan is for this scale alone: the arena of the other kind of evaluation (whole scales before a tiled
         // one, or a previous frame's tiles before whole coarse scales) must not stay resident beside it, nor the
@@ -677,9 +680,19 @@ pub fn stylize_with(
         if refining && scales.len() > 1 {
             iterations = iterations.min(opts.iterations.div_ceil(REFINE_SHARE).max(1));
         }
-        let scale = ScaleRun { index: si, is_last, width: w, height: h, iterations, hist_used, start, t_scale, plan };
-        let mut report = optimise_scale(model, &mut img, &mut inputs, &style, opts, hooks, &scale)?;
-        report.refined = refining;
+        let scale = ScaleRun {
+            index: si,
+            is_last,
+            width: w,
+            height: h,
+            iterations,
+            hist_used,
+            start,
+            t_scale,
+            plan,
+            refined: refining,
+        };
+        let report = optimise_scale(model, &mut img, &mut inputs, &style, opts, hooks, &scale)?;
         let (iterations, evaluations, stop) = (report.iterations, report.evaluations, report.stop);
         reports.push(report);
         tracing::debug!(scale = si, w = iw, h = ih, iterations, evaluations, loss = reports[si].last.total,
@@ -739,6 +752,8 @@ struct ScaleRun {
     t_scale: Instant,
     /// Whole or tiled, and the L-BFGS history, under the memory budget.
     plan: tiled::budget::Choice,
+    /// The model's refinement evaluates it (`StylizeOptions::refine`).
+    refined: bool,
 }
 
 /// The content as the transfer takes it: carried into the painting's colours with `Palette::Style` (the map given,
@@ -790,7 +805,8 @@ fn optimise_scale(
     hooks: &mut dyn Hooks,
     scale: &ScaleRun,
 ) -> Result<ScaleReport> {
-    let ScaleRun { index: si, is_last, width: w, height: h, iterations, hist_used, start, t_scale, plan } = *scale;
+    let ScaleRun { index: si, is_last, width: w, height: h, iterations, hist_used, start, t_scale, plan, refined } =
+        *scale;
     // what the hooks and the report see is the image, not the canvas it is optimised on
     let (iw, ih) = (w - 2 * canvas::MARGIN, h - 2 * canvas::MARGIN);
     hooks.scale_start(si, iw, ih, iterations);
@@ -882,6 +898,6 @@ fn optimise_scale(
         match_seconds,
         optimizer_seconds,
         tile: plan.tile,
-        refined: false,
+        refined,
     })
 }
