@@ -335,6 +335,39 @@ fn inputs_built_from_owned_activations_are_the_copied_ones() {
     }
 }
 
+/// A tiled scale's first histogram targets are gathered into the targets' own buffers and matched there
+/// (`tiled::features::match_start`, no second image-sized map): the same targets as the whole image's activations
+/// matched by `histmatch::update_targets`, on every histogram layer, with odd-sized border blocks.
+#[test]
+fn first_histogram_targets_matched_in_place_are_the_whole_images() {
+    use fuchun::transfer::histmatch;
+    let mut model = load(&common::test_model());
+    let (w, h) = (131, 97);
+    let (x, style, mut in_place) = setup(&mut model, w, h, 5);
+    let (_, _, mut whole) = setup(&mut model, w, h, 5);
+    let m = model.manifest.clone();
+    assert!(!m.hist_layers.is_empty(), "the test graph has no histogram layer: the test would see nothing");
+    let xf = model.features(&x.data, h, w).unwrap();
+    // the targets of another image than `x`'s first, so that matching to x must change them
+    let other = model.features(&x.data.iter().map(|v| 1.0 - v).collect::<Vec<_>>(), h, w).unwrap();
+    histmatch::update_targets(&m, &other, &style, &mut whole).unwrap();
+    histmatch::update_targets(&m, &other, &style, &mut in_place).unwrap();
+    let stale: Vec<Vec<f32>> =
+        m.hist_layers.iter().map(|l| in_place.view(&format!("hist_target_{l}")).unwrap().1.to_vec()).collect();
+    histmatch::update_targets(&m, &xf, &style, &mut whole).unwrap();
+    tiled::features::match_start(&mut model, &x.data, (h, w), 32, &style, &mut in_place).unwrap();
+    for (l, stale) in m.hist_layers.iter().zip(&stale) {
+        let name = format!("hist_target_{l}");
+        let (a, b) = (whole.view(&name).unwrap().1, in_place.view(&name).unwrap().1);
+        let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let err = a.iter().zip(b).fold(0.0f32, |m, (p, q)| m.max((p - q).abs()));
+        println!("{l}: largest difference {err:.2e} of {scale:.2e}");
+        assert!(err <= 1e-5 * scale, "{l}: matched in place differs by {err} (scale {scale})");
+        let moved = b.iter().zip(stale).fold(0.0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(moved > 1e-2 * scale, "{l}: the targets hardly changed ({moved}): the test would see nothing");
+    }
+}
+
 /// Under a memory budget the two hot sessions take turns (`Model::release_idle`): before tiled evaluations the whole
 /// objective's session is dropped if it ran (its ONNX Runtime arena with it), before whole ones the tile graph's,
 /// and each is created again when next needed, evaluating exactly as before. Without a budget nothing is dropped.

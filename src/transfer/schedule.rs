@@ -669,12 +669,14 @@ pub fn stylize_with(
         // the first histogram targets: the starting image matched to the style
         let hist_used = !model.manifest.hist_layers.is_empty() && weights.term("hist") != 0.0;
         if hist_used && img.data != content_s.data {
-            let hist_layers = model.manifest.hist_layers.clone();
-            let start_feats = match plan.tile {
-                Some(side) => tiled::features::features(model, &img.data, (h, w), side, &hist_layers)?,
-                None => model.features(&img.data, h, w)?,
-            };
-            histmatch::update_targets(&model.manifest, &start_feats, &style, &mut inputs)?;
+            match plan.tile {
+                // in the targets' own buffers: no second image-sized map beside them
+                Some(side) => tiled::features::match_start(model, &img.data, (h, w), side, &style, &mut inputs)?,
+                None => {
+                    let start_feats = model.features(&img.data, h, w)?;
+                    histmatch::update_targets(&model.manifest, &start_feats, &style, &mut inputs)?;
+                }
+            }
         }
         let mut iterations = opts.iterations_at(si, last_tiled);
         if refining && scales.len() > 1 {

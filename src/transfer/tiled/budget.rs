@@ -25,13 +25,13 @@ pub const VECTORS: f64 = 6.0;
 /// One whole-image evaluation's working memory per pixel (objective.onnx's arena, prelude, matching scratch).
 /// Measured: 1024×768 whole peaked at 2877 MiB (the estimate says 3000).
 pub const WHOLE_BYTES_PER_PX: f64 = 2600.0;
-/// One block's working memory per pixel of the block (tile_grad.onnx's arena and the block's copies). Measured:
-/// 1920×1080 in 544-px tiles (704² blocks) peaked at 3127 MiB; 1024×768 in 288-px tiles (448² blocks) after
-/// coarse scales whose sessions were released (`Model::release_idle`) at 1524 MiB, where 3000 bytes a block pixel
-/// estimated 1498: 3000 was fitted on runs of one or two iterations, whose L-BFGS history held one or two pairs
-/// while the estimate counted every pair, so the block's own cost was underrated by that much. 3400 covers both
-/// measured peaks (estimates 3166 and 1575, the history counted in full as it is in a long run).
-pub const BLOCK_BYTES_PER_PX: f64 = 3400.0;
+/// One block's working memory per pixel of the block (tile_grad.onnx's arena and the block's copies). Measured
+/// (peak RSS of `fuchun stylize`, the history counted in full): the whole objective at 1920×1080 in 544-px tiles
+/// (704² blocks) 3127 MiB, at 1024×768 in 288-px tiles (448²) after released coarse scales 1524 MiB — 3400 bytes
+/// a block pixel covered both; the refinement (`refine/`, to relu3_1) at 1920×1080 in 588-px tiles (644² blocks)
+/// 3152 MiB where 3400 estimated 2995: ONNX Runtime's CPU arena grows in steps, so a block costs more per pixel
+/// at some sizes than at others. 3800 covers every measured peak (estimates 3355, 1651 and 3153).
+pub const BLOCK_BYTES_PER_PX: f64 = 3800.0;
 /// The fewest L-BFGS pairs a budget may cut the history to (fewer: many more iterations for the same loss).
 pub const MIN_HISTORY: usize = 3;
 /// The smallest tile side tried (below it the margins cost several times the tile's own work).
