@@ -234,10 +234,11 @@ pub const TARGET_SLACK: f64 = 0.05;
 
 /// The crop that paints a partly changed frame's new content first (`new_content::paint_new`) runs at most
 /// 1/`CROP_SHARE` of the last cold run's evaluations. Measured on the crossing clip at 256 px (real weights): with
-/// half the frame's budget (30) it ran all 30 and the frame 10, 0.37 of a cold frame's evaluations; with 1/8 (13)
-/// 0.21, the object's and the uncovered region's strokes the same (0.88 and 0.79–0.80 of a cold run's), trail and
-/// flicker the same.
-pub const CROP_SHARE: usize = 8;
+/// half the frame's budget (30) it ran all 30 and the frame 10, 0.37 of a cold frame's evaluations (0.47 weighted
+/// by pixels); with 1/8 (13) 0.21 (0.33; 0.34 on the lights clip, over the target), the object's and the uncovered
+/// region's strokes the same (0.88 and 0.79–0.80 of a cold run's), trail and flicker the same. 1/10: as much as
+/// the frame itself gets after it (`FRESH_SHARE`).
+pub const CROP_SHARE: usize = 10;
 
 /// A partly changed frame with new content runs at least 1/`FRESH_SHARE` of the last cold run's evaluations.
 pub const FRESH_SHARE: usize = 10;
