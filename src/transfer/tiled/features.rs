@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use anyhow::{anyhow, bail, Result};
 
 use super::plan::{crop, plan};
+use super::stats::channels_stride;
 use crate::engine::{FeatureMap, Model, ObjectiveInputs};
-use crate::transfer::histmatch;
 use crate::transfer::targets::StyleTargets;
 
 /// The activations of `wanted` layers of `image` (`height × width`, RGB planar), in tiles of side `inner`.
@@ -21,7 +21,8 @@ pub fn features(
 ) -> Result<BTreeMap<String, FeatureMap>> {
     let mut out: BTreeMap<String, FeatureMap> = BTreeMap::new();
     for l in wanted {
-        let (c, h, w) = layer_shape(model, l, height, width)?;
+        let (c, s) = channels_stride(&model.manifest, l)?;
+        let (h, w) = (height / s, width / s);
         out.insert(l.clone(), FeatureMap { channels: c, height: h, width: w, data: vec![0.0; c * h * w] });
     }
     let mut dst: Vec<(&str, &mut [f32])> = out.iter_mut().map(|(l, f)| (l.as_str(), &mut f.data[..])).collect();
@@ -50,19 +51,7 @@ pub fn match_start(
         let mut dst: Vec<(&str, &mut [f32])> = layers.iter().map(String::as_str).zip(buffers).collect();
         fill(model, image, (height, width), inner, &mut dst)?;
     }
-    for (l, name) in layers.iter().zip(&names) {
-        let (c, h, w) = layer_shape(model, l, height, width)?;
-        let target = inputs.get_mut(name).ok_or_else(|| anyhow!("no {name}"))?;
-        histmatch::match_layer_in_place(model.manifest.quantiles, l, [c, h, w], target, style)?;
-    }
-    Ok(())
-}
-
-/// Channels, height and width of `layer`'s activations of a `height × width` image.
-fn layer_shape(model: &Model, layer: &str, height: usize, width: usize) -> Result<(usize, usize, usize)> {
-    let info = model.manifest.layer(layer).ok_or_else(|| anyhow!("layer {layer} is not in the manifest"))?;
-    let s = info.stride.max(1);
-    Ok((info.channels, height / s, width / s))
+    super::match_in_place(&model.manifest, inputs, (height, width), style)
 }
 
 /// Fill each `(layer, map)` of `dst` (`[C, height / stride, width / stride]`) with `image`'s activations, block by
@@ -77,11 +66,12 @@ fn fill(
     let tiling = model.manifest.tiling.ok_or_else(|| anyhow!("the model has no tiling geometry: re-export it"))?;
     let mut shapes = Vec::with_capacity(dst.len());
     for (l, d) in dst.iter() {
-        let (c, h, w) = layer_shape(model, l, height, width)?;
+        let (c, s) = channels_stride(&model.manifest, l)?;
+        let (h, w) = (height / s, width / s);
         if d.len() != c * h * w {
             bail!("a map of {} values for {l}'s activations of a {width}x{height} image ({c}x{h}x{w})", d.len());
         }
-        shapes.push((c, h, w, model.manifest.layer(l).map_or(1, |x| x.stride.max(1))));
+        shapes.push((c, h, w, s));
     }
     for b in plan(height, width, inner, tiling.margin, tiling.align) {
         let o = b.outer;

@@ -29,7 +29,7 @@ use self::plan::{crop, plan, Block};
 use self::stats::{channels_stride, global, input, Sums};
 use super::histmatch;
 use super::targets::StyleTargets;
-use crate::engine::{Losses, Model, ObjectiveInputs, TileGraph};
+use crate::engine::{Losses, Manifest, Model, ObjectiveInputs, TileGraph};
 
 /// One tiled evaluation of `x` (`height × width`, RGB planar) with tiles of side `inner` (rounded down to the
 /// manifest's `align`): the losses (as `Model::evaluate`'s) and the seconds spent matching histograms; `grad`
@@ -96,11 +96,7 @@ pub fn evaluate_with(
     }
     let t = Instant::now();
     if rematch {
-        for l in &m.hist_layers {
-            let (c, s) = channels_stride(&m, l)?;
-            let target = inputs.get_mut(&format!("hist_target_{l}")).ok_or_else(|| anyhow!("no hist_target_{l}"))?;
-            histmatch::match_layer_in_place(m.quantiles, l, [c, height / s, width / s], target, style)?;
-        }
+        match_in_place(&m, inputs, (height, width), style)?;
     }
     let match_seconds = t.elapsed().as_secs_f64();
 
@@ -224,6 +220,22 @@ pub fn evaluate_with(
         .filter(|(_, v)| !v.is_empty())
         .collect();
     Ok((losses, match_seconds))
+}
+
+/// Match every histogram layer's global map (the `hist_target_<layer>` input of a `height × width` image, holding
+/// that layer's activations) to the style, in place: the whole image's ranks.
+pub fn match_in_place(
+    m: &Manifest,
+    inputs: &mut ObjectiveInputs,
+    (height, width): (usize, usize),
+    style: &StyleTargets,
+) -> Result<()> {
+    for l in &m.hist_layers {
+        let (c, s) = channels_stride(m, l)?;
+        let target = inputs.get_mut(&format!("hist_target_{l}")).ok_or_else(|| anyhow!("no hist_target_{l}"))?;
+        histmatch::match_layer_in_place(m.quantiles, l, [c, height / s, width / s], target, style)?;
+    }
+    Ok(())
 }
 
 /// Copy a block's inner activations of a histogram layer (`feat_<layer>` of tile_stats.onnx, `[1, C, h, w]`)
