@@ -58,6 +58,7 @@ fn transfer_sample(knob: &str, m: &Manifest) -> Option<(String, String)> {
         "learning_rate" => s("0.1", "0.1"),
         "original_colors" | "luminance_only" => s("true", "true"),
         "palette" => s("content", "\"content\""),
+        "palette_finish" => s("0.25", "0.25"),
         "seed" => s("9", "9"),
         _ => None,
     }

@@ -214,6 +214,9 @@ fn frame_sequence_errors_name_the_problem() {
     assert!(e.contains("threshold must be in (0, 1)"), "{e}");
     let e = run(&dir.path().join("*.jpg"), &dir.path().join("out"), &["--luminance-only"]);
     assert!(e.contains("--original-colors"), "{e}");
+    // a stream's frames start from the previous result: it cannot be finished in other colours
+    let e = run(&dir.path().join("*.jpg"), &dir.path().join("out"), &["--palette-finish", "0.5"]);
+    assert!(e.contains("--palette-finish is not available for frame sequences"), "{e}");
 }
 
 /// On the real weights: what the bench measures ([5]), on a short clip at a small size.

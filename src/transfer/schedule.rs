@@ -80,6 +80,10 @@ pub struct StylizeOptions {
     /// With `Palette::Style`: a colour map fitted before, used instead of fitting one to this content (a camera
     /// stream's frames are carried by their cold frame's map, so that what did not change keeps its colour).
     pub colour_map: Option<color::ColourMap>,
+    /// With `Palette::Style`: after the last scale, the result is carried this far (0–1) towards the painting's
+    /// colours by a colour map fitted to it (`color::finish`). Camera streams and frame sequences leave it at 0:
+    /// each frame starts from, and is held to, the previous result, which must be the optimiser's own.
+    pub palette_finish: f32,
     /// Luminance-only transfer (Gatys et al. 2017): style and content as luminance, the style's matched to the
     /// content's mean and variance; the result keeps the content's colours. Applies to `stylize` (style images).
     pub luminance_only: bool,
@@ -135,6 +139,7 @@ impl StylizeOptions {
             original_colors: false,
             palette: Palette::Style,
             colour_map: None,
+            palette_finish: 0.0,
             luminance_only: false,
             seed: 0,
             target_loss: None,
@@ -703,6 +708,13 @@ pub fn stylize_with(
     }
     let canvas = x.expect("at least one scale");
     let mut image = canvas::inner(&canvas);
+    // only a run that carried the content into the painting's colours is finished in them (not `--palette
+    // content`, `--original-colors`, or a stream's frame carried by its cold frame's map)
+    if opts.palette_finish > 0.0 && carried.is_some() && opts.colour_map.is_none() {
+        if let Some(sample) = styles.colours() {
+            image = color::finish(&image, &sample, opts.palette_finish);
+        }
+    }
     if opts.original_colors {
         image = color::original_colors(&image, original);
     }
