@@ -63,7 +63,7 @@ fn the_defaults_keep_the_painting_and_the_scene_on_the_readme_pair() {
     assert!((figure(&m, "palette") - palette).abs() < 0.05 && (figure(&m, "texture") - texture).abs() < 0.02);
 }
 
-/// `--palette-finish` (a single image's default, 0.5) on the pair whose palette the style terms pull furthest from
+/// `--palette-finish` (the default, 1) on the pair whose palette the style terms pull furthest from
 /// the painting's (Starry Night's blues and yellows): the finished result is nearer the painting's colours, and
 /// keeps its strokes and the scene.
 #[test]
@@ -75,7 +75,7 @@ fn the_palette_finish_brings_starry_night_back_and_keeps_the_strokes() {
         (figure(&v, "palette"), figure(&v, "texture"), figure(&v, "structure"))
     };
     let (p0, t0, s0) = run("0");
-    let (p1, t1, s1) = run("0.5");
+    let (p1, t1, s1) = run("1");
     eprintln!("palette {p0:.2} -> {p1:.2}, texture {t0:.3} -> {t1:.3}, structure {s0:.3} -> {s1:.3}");
     assert!(p1 < 0.8 * p0, "the finish did not move the palette: {p0} -> {p1}");
     assert!(t1 < t0 + 0.03, "the finish lost texture: {t0} -> {t1}");

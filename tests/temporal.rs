@@ -10,6 +10,7 @@ use fuchun::engine::{Model, RuntimeOptions};
 use fuchun::imageio::{self, Limits, Planar};
 use fuchun::lab::clip::Clip;
 use fuchun::lab::stream_bench::{flicker, frames, run_pass};
+use fuchun::settings::transfer::DEFAULT_PALETTE_FINISH;
 use fuchun::transfer::temporal::{Start, StreamSettings, DEFAULT_TEMPORAL_WEIGHT};
 use fuchun::transfer::{StylizeOptions, Weights};
 
@@ -214,9 +215,8 @@ fn frame_sequence_errors_name_the_problem() {
     assert!(e.contains("threshold must be in (0, 1)"), "{e}");
     let e = run(&dir.path().join("*.jpg"), &dir.path().join("out"), &["--luminance-only"]);
     assert!(e.contains("--original-colors"), "{e}");
-    // a stream's frames start from the previous result: it cannot be finished in other colours
-    let e = run(&dir.path().join("*.jpg"), &dir.path().join("out"), &["--palette-finish", "0.5"]);
-    assert!(e.contains("--palette-finish is not available for frame sequences"), "{e}");
+    let e = run(&dir.path().join("*.jpg"), &dir.path().join("out"), &["--palette-finish", "1.5"]);
+    assert!(e.contains("--palette-finish must be between 0 and 1"), "{e}");
 }
 
 /// On the real weights: what the bench measures ([5]), on a short clip at a small size.
@@ -279,6 +279,8 @@ fn a_moving_object_leaves_no_trail() {
     let daemon = (Motion::Crossing, 12, fuchun::transfer::temporal::STREAM_PALETTE);
     for (motion, frames, palette) in runs.into_iter().chain([daemon]) {
         opts.palette = palette;
+        // the daemon publishes its frames finished in the painting's colours (`--palette-finish`)
+        opts.palette_finish = if palette == Palette::Content { 0.0 } else { DEFAULT_PALETTE_FINISH };
         let spec = ClipSpec { motion, frames, scene_change: Some(frames / 2), ..ClipSpec::default() };
         let c = synthetic(&bg.resize(w, h), &obj, &spec);
         let f = fuchun::lab::stream_bench::frames(&c).unwrap();
@@ -305,6 +307,56 @@ fn a_moving_object_leaves_no_trail() {
         let (fa, fb) = (flicker(&c, &a.images[..3]), flicker(&c, &b.images));
         assert!(fa <= fb / 5.0, "flicker {fa} against cold runs {fb}");
     }
+}
+
+/// `--palette-finish` on a stream: every frame is published through its cold frame's finish, while the next frame
+/// goes on from the unfinished result — so a frame started from the previous one neither starts from colours the
+/// optimiser must first undo, nor gets a map of its own (what did not change keeps its colour).
+#[test]
+fn stream_frames_are_published_through_their_cold_frame_finish() {
+    use fuchun::transfer::temporal::stylize_frame;
+    use fuchun::transfer::{CachedTargets, NoHooks, Palette, StyleImages};
+    let mut model = Model::load(&common::test_model(), &RuntimeOptions::default()).unwrap();
+    let style = imageio::load_path(&common::example("starry_night.jpg"), &Limits::default()).unwrap();
+    // the scene changes at frame 3: the first three are one cold frame and two partly changed ones
+    let c = clip(96, 6, 20);
+    let f = frames(&c).unwrap()[..3].to_vec();
+    let mut opts = StylizeOptions::new(Weights::defaults(&model.manifest));
+    opts.image_size = 96;
+    opts.iterations = 20;
+    opts.palette = Palette::Style;
+    opts.palette_finish = DEFAULT_PALETTE_FINISH;
+    let settings = StreamSettings::new(DEFAULT_TEMPORAL_WEIGHT);
+    let images = std::slice::from_ref(&style);
+    let mut source = CachedTargets::new(StyleImages { images, blend: Vec::new(), style_scale: 1.0 });
+    let mut prev = None;
+    let mut finishes = Vec::new();
+    for (i, frame) in f.iter().enumerate() {
+        let (w, h) = imageio::fit_size(frame.width, frame.height, 96);
+        let content = frame.resize(w, h);
+        let (outcome, plan, kept) =
+            stylize_frame(&mut model, prev.as_ref(), "k", &content, &settings, &opts, &mut source, &mut NoHooks)
+                .unwrap();
+        assert_eq!(plan.start, if i == 0 { Start::Cold } else { Start::Partial }, "frame {i}");
+        let finish = kept.finish.clone().expect("a stream carried into the painting's colours is finished");
+        // published finished; kept (what the next frame starts from and is held to) unfinished
+        assert_eq!(outcome.image.data, finish.apply(&kept.result).data, "frame {i}");
+        let moved = outcome.image.data.iter().zip(&kept.result.data).map(|(a, b)| (a - b).abs()).sum::<f32>();
+        assert!(moved / outcome.image.data.len() as f32 > 1e-3, "frame {i}: the finish changed nothing");
+        finishes.push(finish);
+        prev = Some(kept);
+    }
+    // the partly changed frames reuse the cold frame's map: the same colour comes out the same in every frame
+    let probe = f[0].resize(32, 24);
+    let a = finishes[0].apply(&probe);
+    assert!(finishes[1..].iter().all(|m| m.apply(&probe).data == a.data));
+    // without the finish the frames are published as optimised
+    opts.palette_finish = 0.0;
+    let (outcome, _, kept) =
+        stylize_frame(&mut model, None, "k", &f[0].resize(96, 64), &settings, &opts, &mut source, &mut NoHooks)
+            .unwrap();
+    assert!(kept.finish.is_none());
+    assert_eq!(outcome.image.data, kept.result.data);
 }
 
 /// Issue 20: what a partly changed frame shows for the first time (held by nothing: not the background plate, not the

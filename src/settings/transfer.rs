@@ -21,8 +21,7 @@ pub struct Profile {
     pub image_size: usize,
     pub iterations: usize,
     pub palette: Palette,
-    /// `--palette-finish`: a single image is finished in the painting's colours; streams cannot be (each frame
-    /// starts from the previous result).
+    /// `--palette-finish`.
     pub palette_finish: f32,
 }
 
@@ -30,16 +29,17 @@ pub struct Profile {
 pub const SINGLE_IMAGE: Profile =
     Profile { image_size: 512, iterations: 200, palette: Palette::Style, palette_finish: DEFAULT_PALETTE_FINISH };
 /// `fuchun stylize` on a frame sequence.
-pub const FRAME_SEQUENCE: Profile = Profile { palette: STREAM_PALETTE, palette_finish: 0.0, ..SINGLE_IMAGE };
+pub const FRAME_SEQUENCE: Profile = Profile { palette: STREAM_PALETTE, ..SINGLE_IMAGE };
 /// A configured style of `fuchun serve` (camera frames).
-pub const CAMERA: Profile = Profile { image_size: 256, iterations: 100, palette: STREAM_PALETTE, palette_finish: 0.0 };
+pub const CAMERA: Profile =
+    Profile { image_size: 256, iterations: 100, palette: STREAM_PALETTE, palette_finish: DEFAULT_PALETTE_FINISH };
 
-/// How far a single image is finished in the painting's colours (`--palette-finish`). Half: on the 12 bench pairs
-/// at 256 px the mean palette distance 1.08 → 0.68 (the two Starry Night pairs 2.01 / 1.63 → 1.36 / 1.24, inside
-/// the 1.5 target), texture 0.462 → 0.452, structure within 0.01; all the way (1) reaches 0.51 but flattens
-/// light/dark contrasts (structure 0.825 → 0.807, the cat under Starry Night 0.583: below the 0.6 bound).
-/// docs/quality.md has the figures.
-pub const DEFAULT_PALETTE_FINISH: f32 = 0.5;
+/// How far a result is finished in the painting's colours (`--palette-finish`; a stream's frames by their cold
+/// frame's map, `temporal::Previous::finish`): the chroma all the way, the luminance `color::FINISH_LUMA_SHARE` of
+/// it. On the 12 bench pairs at 256 px: mean palette distance 1.08 → 0.64 (the two Starry Night pairs 2.01 / 1.63 →
+/// 1.16 / 1.12, inside the 1.5 target), texture 0.462 → 0.446, structure 0.825 → 0.822 (docs/quality.md, where
+/// the other amounts and luminance shares tried are).
+pub const DEFAULT_PALETTE_FINISH: f32 = 1.0;
 
 /// The transfer settings. Optional knobs without a default here take the profile's (image size, iterations,
 /// palette) or the model's (term weights, layers; manifest.json).
@@ -158,10 +158,11 @@ pub struct Transfer {
     #[arg(long, value_name = "style|content")]
     #[serde(deserialize_with = "super::opt_from_str")]
     pub palette: Option<Palette>,
-    /// With --palette style: after the transfer, carry the result this far (0–1) towards the painting's colours by
-    /// a colour map fitted to it — the style terms pull colours apart where the painting's are far from each other.
-    /// Default: 0.5 for a single image; frame sequences and camera streams cannot (each frame starts from the
-    /// previous result).
+    /// With --palette style: after the transfer, carry the result's colours this far (0–1) towards the painting's by
+    /// a colour map fitted to it — the style terms pull colours apart where the painting's are far from each other;
+    /// the chroma all of it, the luminance (the scene's light and dark) a third.
+    /// Frame sequences and camera streams publish every frame through their last cold frame's finish and go on
+    /// from the unfinished result. Default: 1.
     #[arg(long, value_name = "F")]
     pub palette_finish: Option<f32>,
     /// Luminance-only transfer (Gatys et al. 2017): the style's luminance, matched to the content's mean and
@@ -270,13 +271,6 @@ impl Transfer {
                 "{} is not available for frame sequences and camera streams: use {}",
                 door.name("luminance_only"),
                 door.name("original_colors")
-            );
-        }
-        if self.palette_finish.is_some_and(|f| f > 0.0) {
-            bail!(
-                "{} is not available for frame sequences and camera streams: each frame starts from the previous \
-                 result, which must stay the optimiser's own; leave it out (or give 0)",
-                door.name("palette_finish")
             );
         }
         Ok(())

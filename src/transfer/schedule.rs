@@ -81,8 +81,8 @@ pub struct StylizeOptions {
     /// stream's frames are carried by their cold frame's map, so that what did not change keeps its colour).
     pub colour_map: Option<color::ColourMap>,
     /// With `Palette::Style`: after the last scale, the result is carried this far (0–1) towards the painting's
-    /// colours by a colour map fitted to it (`color::finish`). Camera streams and frame sequences leave it at 0:
-    /// each frame starts from, and is held to, the previous result, which must be the optimiser's own.
+    /// colours by a colour map fitted to it (`color::finish`). A stream's frames are optimised unfinished (the next
+    /// frame starts from them) and finished by `temporal::stylize_frame` with the cold frame's map.
     pub palette_finish: f32,
     /// Luminance-only transfer (Gatys et al. 2017): style and content as luminance, the style's matched to the
     /// content's mean and variance; the result keeps the content's colours. Applies to `stylize` (style images).

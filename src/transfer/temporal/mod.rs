@@ -137,6 +137,9 @@ pub struct Previous {
     pub age: Vec<u16>,
     /// The colour map of the last cold run (`Palette::Style`): the frames after it are carried by it.
     pub colour_map: Option<color::ColourMap>,
+    /// The last cold run's finish (`StylizeOptions::palette_finish`): every frame's result is published through it,
+    /// while `result`, the plate and the canvas stay the optimiser's own (the next frame starts from them).
+    pub finish: Option<color::Finish>,
 }
 
 impl Previous {
@@ -170,6 +173,7 @@ impl Previous {
             // what came into view is new
             age: shift_values(&self.age, w, h, dx, dy, 0),
             colour_map: self.colour_map.clone(),
+            finish: self.finish.clone(),
         }
     }
 }
@@ -258,6 +262,9 @@ pub fn stylize_frame(
 ) -> Result<(Outcome, Plan, Previous)> {
     let cold = opts;
     let mut opts = cold.clone();
+    // the frame is optimised unfinished (the next one starts from it and is held to it) and finished below, by the
+    // cold frame's map, for publishing only
+    opts.palette_finish = 0.0;
     let cur_colour = blurred_colour(content, &settings.change);
     let cur = grey(&cur_colour);
     let (w, h) = (content.width, content.height);
@@ -361,6 +368,7 @@ pub fn stylize_frame(
                 age: held.age,
                 colour: cur_colour,
                 colour_map: p.colour_map.clone(),
+                finish: p.finish.clone(),
             }
         }
         _ => Previous {
@@ -380,8 +388,18 @@ pub fn stylize_frame(
             age: vec![YOUNG_FRAMES; cur.len()],
             colour: cur_colour,
             colour_map: outcome.colour_map.clone(),
+            // only a frame carried into the painting's colours is finished in them (as `stylize_with` decides)
+            finish: match (&outcome.colour_map, styles.colours()) {
+                (Some(_), Some(sample)) if cold.palette_finish > 0.0 && cold.colour_map.is_none() => {
+                    Some(color::Finish::fit(&outcome.image, &sample, cold.palette_finish))
+                }
+                _ => None,
+            },
         },
     };
+    if let Some(f) = &kept.finish {
+        outcome.image = f.apply(&outcome.image);
+    }
     Ok((outcome, plan, kept))
 }
 

@@ -97,6 +97,8 @@ pub(super) fn paint_new(
         opts.init = Init::Image(cut(&out));
         opts.weights = frame.weights.clone();
         opts.colour_map = frame.colour_map.clone();
+        // merged into the frame's unfinished state (`stylize_frame` finishes the frame)
+        opts.palette_finish = 0.0;
         opts.temporal = frame.temporal.as_ref().map(|t| TemporalInputs {
             previous: cut(&t.previous),
             weights: crop(&t.weights, [1, h, w], (y0, ch, x0, cw)),

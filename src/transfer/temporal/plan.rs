@@ -383,6 +383,7 @@ mod tests {
             on_plate: vec![true; n],
             age: vec![YOUNG_FRAMES; n],
             colour_map: None,
+            finish: None,
         };
         let mut frame = grey.clone();
         // a red pixel of the grey's luminance (0.299 r + 0.587 g + 0.114 b = 0.3), a pixel showing the underlay,
@@ -460,6 +461,7 @@ mod tests {
             on_plate: vec![true; n],
             age: (0..n).map(|i| if square(i) { 1 } else { YOUNG_FRAMES }).collect(),
             colour_map: None,
+            finish: None,
         };
         let weights = Weights {
             terms: vec![(TEMPORAL_TERM.to_string(), 0.0)],
