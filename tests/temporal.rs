@@ -231,6 +231,7 @@ fn real_weights_partly_changed_frames_cost_less_and_flicker_less() {
     opts.iterations = 100;
     // what the daemon and frame sequences use
     opts.palette = fuchun::transfer::temporal::STREAM_PALETTE;
+    opts.palette_finish = fuchun::settings::transfer::CAMERA.palette_finish;
     let on = StreamSettings::new(DEFAULT_TEMPORAL_WEIGHT);
     let off = StreamSettings { enabled: false, ..on };
     let a = run_pass(&mut model, &f, &style, &opts, &on).unwrap();

@@ -302,6 +302,9 @@ impl Run<'_> {
                     iterations: args.stream_iterations,
                     compare_motion: args.stream_compare_motion,
                     palette: args.stream_palette.unwrap_or(crate::transfer::temporal::STREAM_PALETTE),
+                    palette_finish: args
+                        .stream_palette_finish
+                        .unwrap_or(crate::settings::transfer::CAMERA.palette_finish),
                 };
                 let key = if motion == Motion::Crossing {
                     "stream".to_string()

@@ -78,6 +78,10 @@ pub struct BenchArgs {
     /// default: the daemon's (`temporal::STREAM_PALETTE`).
     #[arg(long)]
     pub stream_palette: Option<crate::transfer::schedule::Palette>,
+    /// How far [5]'s frames are finished in the painting's colours (`--palette-finish`; 0: not at all); default:
+    /// a daemon style's.
+    #[arg(long, value_name = "F")]
+    pub stream_palette_finish: Option<f32>,
     /// The moving object of [5]'s clip (the background is --content).
     #[arg(long, default_value = "examples/astronaut.jpg")]
     pub stream_object: PathBuf,

@@ -351,6 +351,8 @@ pub struct StreamArgs<'a> {
     pub compare_motion: bool,
     /// The frames' palette (the daemon's: `temporal::STREAM_PALETTE`).
     pub palette: Palette,
+    /// How far the frames are finished in the painting's colours (the daemon's: `settings::transfer::CAMERA`).
+    pub palette_finish: f32,
 }
 
 /// Figure [5]: prints the lines with their targets and returns them as JSON.
@@ -362,6 +364,7 @@ pub fn figures(model: &mut Model, style: &Planar, opts: &StylizeOptions, a: &Str
     // a daemon style's default iteration budget per scale (`[styles.NAME] iterations`)
     opts.iterations = a.iterations;
     opts.palette = a.palette;
+    opts.palette_finish = a.palette_finish;
     let settings = StreamSettings::new(temporal::DEFAULT_TEMPORAL_WEIGHT);
     let off = StreamSettings { enabled: false, ..settings };
     let cut = clip.scene_change;
