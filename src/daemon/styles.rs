@@ -100,11 +100,7 @@ impl StyleSource for Style {
         Ok(t)
     }
 
-    fn colours(&self) -> Option<crate::transfer::color::ColourSample> {
-        crate::transfer::color::ColourSample::of(
-            &self.images,
-            &self.config.transfer.style_blend_weights,
-            crate::transfer::schedule::PALETTE_SIDE,
-        )
+    fn colours(&self, side: usize) -> Option<crate::transfer::color::ColourSample> {
+        crate::transfer::color::ColourSample::of(&self.images, &self.config.transfer.style_blend_weights, side)
     }
 }

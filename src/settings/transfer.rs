@@ -36,9 +36,10 @@ pub const CAMERA: Profile =
 
 /// How far a result is finished in the painting's colours (`--palette-finish`; a stream's frames by their cold
 /// frame's map, `temporal::Previous::finish`): the chroma all the way, the luminance `color::FINISH_LUMA_SHARE` of
-/// it. On the 12 bench pairs at 256 px: mean palette distance 1.08 → 0.64 (the two Starry Night pairs 2.01 / 1.63 →
-/// 1.16 / 1.12, inside the 1.5 target), texture 0.462 → 0.446, structure 0.825 → 0.822 (docs/quality.md, where
-/// the other amounts and luminance shares tried are).
+/// it. On the 12 bench pairs: at 256 px mean palette distance 1.08 → 0.55 (the two Starry Night pairs 2.01 / 1.63
+/// → 0.82 / 0.70, inside the 1.5 target), texture 0.462 → 0.444, structure 0.825 → 0.819; at 512 px 0.93 → 0.50
+/// (1.79 / 1.29 → 0.72 / 0.63), 0.363 → 0.343, 0.830 → 0.824 (docs/quality.md, where the other amounts and
+/// luminance shares tried are).
 pub const DEFAULT_PALETTE_FINISH: f32 = 1.0;
 
 /// The transfer settings. Optional knobs without a default here take the profile's (image size, iterations,

@@ -281,14 +281,45 @@ pub fn carry(content: &Planar, to: &ColourSample) -> Planar {
     ColourMap::fit(content, to).1
 }
 
-/// Longest side of the copy of a result that `finish` fits its colour map on: colours need no detail, and a kiosk
+/// At most this many of a result's pixels are what `Finish` fits its colour map on (every k-th row and column, not
+/// averaged: an averaged copy has less colour spread than the result, and the map fitted to it overshoots); a kiosk
 /// image's 8 million pixels would take seconds to sort ten times over.
-const FINISH_FIT_SIDE: usize = 256;
+const FINISH_FIT_PIXELS: usize = 256 * 256;
+/// The painting is sampled for the finish at the result's longest side, up to this: its colours are compared with
+/// the result's at the same scale. Sampled at `schedule::PALETTE_SIDE` (128 px) instead, a 512-px result was
+/// carried to a palette with less spread than the painting has at 512 px: the two Starry Night pairs at 1.54 / 1.53
+/// against 0.72 / 0.63 (docs/quality.md).
+const FINISH_STYLE_SIDE: usize = 1024;
+
+/// The longest side at which a finish of `image` samples the painting's colours (`StyleSource::colours`).
+pub fn finish_side(image: &Planar) -> usize {
+    image.width.max(image.height).min(FINISH_STYLE_SIDE)
+}
+
+/// Every k-th pixel of every k-th row of `img`, k the smallest that leaves at most `max` pixels.
+fn strided(img: &Planar, max: usize) -> Planar {
+    let n = img.width * img.height;
+    let k = (1..).find(|k| n.div_ceil(k * k) <= max).expect("some stride fits");
+    if k == 1 {
+        return img.clone();
+    }
+    let (w, h) = (img.width.div_ceil(k), img.height.div_ceil(k));
+    let mut out = Planar::new(w, h);
+    for c in 0..3 {
+        for y in 0..h {
+            for x in 0..w {
+                out.data[c * w * h + y * w + x] = img.data[c * n + y * k * img.width + x * k];
+            }
+        }
+    }
+    out
+}
 
 /// The share of `Finish`'s amount by which it moves the luminance (BT.601 Y); the chroma moves by all of it. The
 /// light/dark contrasts are the scene's structure: carried all the way, the map flattens some of them (on the 12
 /// bench pairs at 256 px structure 0.825 → 0.807, the cat under Starry Night below the 0.6 bound); a third keeps
-/// them (0.822) and still takes most of the palette's way (1.08 → 0.64; docs/quality.md).
+/// them (0.822) and still takes most of the palette's way (1.08 → 0.64; docs/quality.md; both with the painting
+/// sampled at 128 px, before `FINISH_STYLE_SIDE`).
 pub const FINISH_LUMA_SHARE: f32 = 0.3;
 
 /// `image` finished in the colours of `to` (`Finish`), `amount` (0–1) of the way.
@@ -314,18 +345,14 @@ pub struct Finish {
 }
 
 impl Finish {
-    /// The map from `image`'s colours towards `to`'s, applied `amount` (clamped to [0, 1]) of the way.
+    /// The map from `image`'s colours towards `to`'s (the painting sampled at `finish_side(image)`), applied `amount`
+    /// (clamped to [0, 1]) of the way.
     pub fn fit(image: &Planar, to: &ColourSample, amount: f32) -> Finish {
         let amount = amount.clamp(0.0, 1.0);
         if amount == 0.0 {
             return Finish { map: None, amount };
         }
-        let fit_on = if image.width.max(image.height) > FINISH_FIT_SIDE {
-            image.fit_longest(FINISH_FIT_SIDE)
-        } else {
-            image.clone()
-        };
-        Finish { map: Some(ColourMap::fit(&fit_on, to).0), amount }
+        Finish { map: Some(ColourMap::fit(&strided(image, FINISH_FIT_PIXELS), to).0), amount }
     }
 
     /// `image` finished.
@@ -529,9 +556,9 @@ mod tests {
 
     #[test]
     fn finishing_carries_the_chroma_and_a_share_of_the_luminance_and_keeps_equal_colours_equal() {
-        // a result larger than the fitting side (the map is fitted on a reduced copy), in colours far from the
+        // a result with more pixels than the map is fitted on (a strided subsample), in colours far from the
         // target's two
-        let (w, h) = (300, 200);
+        let (w, h) = (400, 200);
         let n = w * h;
         let mut img = Planar::new(w, h);
         let mut t = Planar::new(64, 32);
@@ -549,7 +576,7 @@ mod tests {
         let full = finish(&img, &sample, 1.0);
         let half = finish(&img, &sample, 0.5);
         // all the way: the chroma where the map takes it, the luminance FINISH_LUMA_SHARE of the way
-        let map = ColourMap::fit(&img.fit_longest(FINISH_FIT_SIDE), &sample).0.apply(&img);
+        let map = ColourMap::fit(&strided(&img, FINISH_FIT_PIXELS), &sample).0.apply(&img);
         let ycc = |p: &Planar, i: usize| rgb_to_ycbcr(p.data[i], p.data[n + i], p.data[2 * n + i]);
         let inside = |p: &Planar, i: usize| (0..3).all(|c| p.data[c * n + i] > 0.0 && p.data[c * n + i] < 1.0);
         let (mut moved, mut checked) = (0.0, 0);
@@ -569,6 +596,11 @@ mod tests {
         // a colour map: two pixels of one colour (rows repeat every 50) stay one colour
         let px = |p: &Planar, i: usize| [p.data[i], p.data[n + i], p.data[2 * n + i]];
         let (a, b) = (7 + 3 * w, 7 + 53 * w);
+        // the map is fitted on pixels of the result as they are (every other row and column here), not averaged
+        let sub = strided(&img, FINISH_FIT_PIXELS);
+        assert_eq!((sub.width, sub.height), (200, 100));
+        assert_eq!(sub.data[200 * 100 + 200 + 1], img.data[n + 2 * w + 2]);
+        assert_eq!(sub.data[2 * 200 * 100 + 3 * 200 + 5], img.data[2 * n + 6 * w + 10]);
         assert_eq!(px(&img, a), px(&img, b));
         assert_eq!(px(&half, a), px(&half, b));
     }

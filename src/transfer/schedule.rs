@@ -322,8 +322,9 @@ impl Outcome {
 pub trait StyleSource {
     /// Blended style targets for a scale whose output has longest side `longest`.
     fn targets(&mut self, model: &mut Model, longest: usize) -> Result<StyleTargets>;
-    /// The blended styles' colours (`Palette::Style`); None: the source cannot tell (the content keeps its own).
-    fn colours(&self) -> Option<color::ColourSample> {
+    /// The blended styles' colours (`Palette::Style`), each style image seen at most `side` px a side; None: the
+    /// source cannot tell (the content keeps its own).
+    fn colours(&self, _side: usize) -> Option<color::ColourSample> {
         None
     }
 }
@@ -370,8 +371,8 @@ impl StyleSource for StyleImages<'_> {
         StyleTargets::blend(&per_style, &blend)
     }
 
-    fn colours(&self) -> Option<color::ColourSample> {
-        color::ColourSample::of(self.images, &self.blend, PALETTE_SIDE)
+    fn colours(&self, side: usize) -> Option<color::ColourSample> {
+        color::ColourSample::of(self.images, &self.blend, side)
     }
 }
 
@@ -397,8 +398,8 @@ impl<S: StyleSource> StyleSource for CachedTargets<S> {
         Ok(t)
     }
 
-    fn colours(&self) -> Option<color::ColourSample> {
-        self.inner.colours()
+    fn colours(&self, side: usize) -> Option<color::ColourSample> {
+        self.inner.colours(side)
     }
 }
 
@@ -711,7 +712,7 @@ pub fn stylize_with(
     // only a run that carried the content into the painting's colours is finished in them (not `--palette
     // content`, `--original-colors`, or a stream's frame carried by its cold frame's map)
     if opts.palette_finish > 0.0 && carried.is_some() && opts.colour_map.is_none() {
-        if let Some(sample) = styles.colours() {
+        if let Some(sample) = styles.colours(color::finish_side(&image)) {
             image = color::finish(&image, &sample, opts.palette_finish);
         }
     }
@@ -779,7 +780,7 @@ fn carry_palette(
 ) -> (Option<color::ColourMap>, Option<Planar>) {
     match (opts.palette, opts.original_colors, &opts.colour_map) {
         (Palette::Style, false, Some(m)) => (Some(m.clone()), Some(m.apply(content))),
-        (Palette::Style, false, None) => match styles.colours() {
+        (Palette::Style, false, None) => match styles.colours(PALETTE_SIDE) {
             Some(sample) => {
                 let (m, c) = color::ColourMap::fit(content, &sample);
                 (Some(m), Some(c))

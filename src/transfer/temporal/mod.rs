@@ -389,7 +389,7 @@ pub fn stylize_frame(
             colour: cur_colour,
             colour_map: outcome.colour_map.clone(),
             // only a frame carried into the painting's colours is finished in them (as `stylize_with` decides)
-            finish: match (&outcome.colour_map, styles.colours()) {
+            finish: match (&outcome.colour_map, styles.colours(color::finish_side(&outcome.image))) {
                 (Some(_), Some(sample)) if cold.palette_finish > 0.0 && cold.colour_map.is_none() => {
                     Some(color::Finish::fit(&outcome.image, &sample, cold.palette_finish))
                 }

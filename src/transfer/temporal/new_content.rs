@@ -28,8 +28,8 @@ impl StyleSource for AtSize<'_> {
     fn targets(&mut self, model: &mut Model, _longest: usize) -> Result<StyleTargets> {
         self.inner.targets(model, self.longest)
     }
-    fn colours(&self) -> Option<color::ColourSample> {
-        self.inner.colours()
+    fn colours(&self, side: usize) -> Option<color::ColourSample> {
+        self.inner.colours(side)
     }
 }
 
