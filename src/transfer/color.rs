@@ -154,14 +154,21 @@ impl ColourSample {
     /// The pixels of `images` (each at most `side` px a side), image i drawn with weight `blend[i]` (empty: equal):
     /// every image contributes the same number of samples times its weight.
     pub fn of(images: &[Planar], blend: &[f32], side: usize) -> Option<ColourSample> {
-        let smalls: Vec<Planar> =
-            images.iter().map(|s| if s.width.max(s.height) > side { s.fit_longest(side) } else { s.clone() }).collect();
+        // an image of weight 0 is not in the blend: with it left out, a blend of one image samples exactly that
+        // image alone (`--style-blend-weights 1,0` is the first style)
+        let (smalls, weights): (Vec<Planar>, Vec<f32>) = images
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s, blend.get(i).copied().unwrap_or(1.0)))
+            .filter(|(_, w)| *w > 0.0)
+            .map(|(s, w)| (if s.width.max(s.height) > side { s.fit_longest(side) } else { s.clone() }, w))
+            .unzip();
         let per = smalls.iter().map(|s| s.width * s.height).min()?;
-        let total: f32 = (0..smalls.len()).map(|i| blend.get(i).copied().unwrap_or(1.0)).sum::<f32>().max(1e-12);
+        let total: f32 = weights.iter().sum::<f32>().max(1e-12);
         let mut pixels = Vec::new();
-        for (i, s) in smalls.iter().enumerate() {
+        for (s, w) in smalls.iter().zip(&weights) {
             let n = s.width * s.height;
-            let take = ((blend.get(i).copied().unwrap_or(1.0) / total) * (per * smalls.len()) as f32).round() as usize;
+            let take = ((w / total) * (per * smalls.len()) as f32).round() as usize;
             for k in 0..take {
                 // an even stride over the image's pixels
                 let j = (k * n / take.max(1)).min(n - 1);
