@@ -329,11 +329,6 @@ fn strided(img: &Planar, max: usize) -> Planar {
 /// sampled at 128 px, before `FINISH_STYLE_SIDE`).
 pub const FINISH_LUMA_SHARE: f32 = 0.3;
 
-/// `image` finished in the colours of `to` (`Finish`), `amount` (0–1) of the way.
-pub fn finish(image: &Planar, to: &ColourSample, amount: f32) -> Planar {
-    Finish::fit(image, to, amount).apply(image)
-}
-
 /// After the transfer, the result carried towards the colours of `to` by a colour map fitted to it
 /// (`ColourMap::fit`): each pixel's chroma (BT.601 CbCr) `amount` of the way to where the map takes it, its
 /// luminance `amount × FINISH_LUMA_SHARE` of the way.
@@ -579,9 +574,10 @@ mod tests {
             (t.data[i], t.data[tn + i], t.data[2 * tn + i]) = (r, g, b);
         }
         let sample = ColourSample::of(std::slice::from_ref(&t), &[], 256).unwrap();
-        assert_eq!(finish(&img, &sample, 0.0).data, img.data, "0: untouched");
-        let full = finish(&img, &sample, 1.0);
-        let half = finish(&img, &sample, 0.5);
+        let finish = |amount: f32| Finish::fit(&img, &sample, amount).apply(&img);
+        assert_eq!(finish(0.0).data, img.data, "0: untouched");
+        let full = finish(1.0);
+        let half = finish(0.5);
         // all the way: the chroma where the map takes it, the luminance FINISH_LUMA_SHARE of the way
         let map = ColourMap::fit(&strided(&img, FINISH_FIT_PIXELS), &sample).0.apply(&img);
         let ycc = |p: &Planar, i: usize| rgb_to_ycbcr(p.data[i], p.data[n + i], p.data[2 * n + i]);

@@ -81,7 +81,7 @@ pub struct StylizeOptions {
     /// stream's frames are carried by their cold frame's map, so that what did not change keeps its colour).
     pub colour_map: Option<color::ColourMap>,
     /// With `Palette::Style`: after the last scale, the result is carried this far (0–1) towards the painting's
-    /// colours by a colour map fitted to it (`color::finish`). A stream's frames are optimised unfinished (the next
+    /// colours by a colour map fitted to it (`color::Finish`, `fit_finish`). A stream's frames are optimised unfinished (the next
     /// frame starts from them) and finished by `temporal::stylize_frame` with the cold frame's map.
     pub palette_finish: f32,
     /// Luminance-only transfer (Gatys et al. 2017): style and content as luminance, the style's matched to the
@@ -709,17 +709,30 @@ pub fn stylize_with(
     }
     let canvas = x.expect("at least one scale");
     let mut image = canvas::inner(&canvas);
-    // only a run that carried the content into the painting's colours is finished in them (not `--palette
-    // content`, `--original-colors`, or a stream's frame carried by its cold frame's map)
-    if opts.palette_finish > 0.0 && carried.is_some() && opts.colour_map.is_none() {
-        if let Some(sample) = styles.colours(color::finish_side(&image)) {
-            image = color::finish(&image, &sample, opts.palette_finish);
-        }
+    if let Some(f) = fit_finish(&image, carried.is_some(), styles, opts) {
+        image = f.apply(&image);
     }
     if opts.original_colors {
         image = color::original_colors(&image, original);
     }
     Ok(Outcome { image, canvas, scales: reports, colour_map })
+}
+
+/// The finish of a result (`StylizeOptions::palette_finish`), fitted to it. Only a run that carried the content into
+/// the painting's colours by a map fitted for it (`carried`) is finished in them: not `--palette content`,
+/// `--original-colors`, or a stream's frame carried by its cold frame's map. `stylize_with` applies it; a stream
+/// (`temporal::stylize_frame`) keeps its cold frame's and publishes every frame through it.
+pub fn fit_finish(
+    image: &Planar,
+    carried: bool,
+    styles: &dyn StyleSource,
+    opts: &StylizeOptions,
+) -> Option<color::Finish> {
+    if !(carried && opts.palette_finish > 0.0 && opts.colour_map.is_none()) {
+        return None;
+    }
+    let sample = styles.colours(color::finish_side(image))?;
+    Some(color::Finish::fit(image, &sample, opts.palette_finish))
 }
 
 /// The chosen optimiser on `x` for `iterations` (L-BFGS: at most `max_evaluations`, by default 1.25 × iterations + 5),

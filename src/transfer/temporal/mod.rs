@@ -21,7 +21,7 @@ pub use change::{change_mask, dilate, ChangeMask, ChangeParams};
 pub use plan::{SETTLE_FRAMES, YOUNG_FRAMES};
 
 use super::color;
-use super::schedule::{stylize_with, Hooks, Init, Outcome, Palette, StyleSource, StylizeOptions};
+use super::schedule::{fit_finish, stylize_with, Hooks, Init, Outcome, Palette, StyleSource, StylizeOptions};
 use crate::engine::Model;
 use crate::imageio::Planar;
 use change::{blurred_colour, compare, global_shift, grey, shift_values};
@@ -388,13 +388,7 @@ pub fn stylize_frame(
             age: vec![YOUNG_FRAMES; cur.len()],
             colour: cur_colour,
             colour_map: outcome.colour_map.clone(),
-            // only a frame carried into the painting's colours is finished in them (as `stylize_with` decides)
-            finish: match (&outcome.colour_map, styles.colours(color::finish_side(&outcome.image))) {
-                (Some(_), Some(sample)) if cold.palette_finish > 0.0 && cold.colour_map.is_none() => {
-                    Some(color::Finish::fit(&outcome.image, &sample, cold.palette_finish))
-                }
-                _ => None,
-            },
+            finish: fit_finish(&outcome.image, outcome.colour_map.is_some(), &*styles, cold),
         },
     };
     if let Some(f) = &kept.finish {
